@@ -1,0 +1,144 @@
+"""Audio plumbing: Ogg Opus (sphn) and PCM16 codecs, 80 ms re-framing, a simple activity detector.
+
+All PCM inside the server is float32 mono at 24 kHz in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import sphn
+
+from .protocol import FRAME_SAMPLES, SAMPLE_RATE
+
+
+class BadAudio(ValueError):
+    """Audio bytes that cannot be decoded."""
+
+
+class OpusDecoder:
+    """One continuous Ogg Opus stream in, PCM out. A broken stream is reported once and resynced."""
+
+    def __init__(self, sample_rate: int = SAMPLE_RATE):
+        self._sample_rate = sample_rate
+        self._reader = sphn.OpusStreamReader(sample_rate)
+
+    def decode(self, data: bytes) -> np.ndarray:
+        try:
+            return np.asarray(self._reader.append_bytes(data), dtype=np.float32)
+        except Exception as exc:  # sphn raises ValueError/RuntimeError on a bad page
+            # The reader keeps the bad bytes buffered: start a fresh one so later pages can decode.
+            self._reader = sphn.OpusStreamReader(self._sample_rate)
+            raise BadAudio(f"undecodable Ogg Opus data: {exc}") from None
+
+
+class OpusEncoder:
+    """PCM in, Ogg Opus pages out (one page per 80 ms frame, headers with the first)."""
+
+    def __init__(self, sample_rate: int = SAMPLE_RATE):
+        self._writer = sphn.OpusStreamWriter(sample_rate)
+
+    def encode(self, pcm: np.ndarray) -> bytes:
+        return self._writer.append_pcm(np.clip(pcm, -1.0, 1.0).astype(np.float32, copy=False))
+
+
+class Pcm16Decoder:
+    """Little-endian int16 bytes in, float32 PCM out."""
+
+    def decode(self, data: bytes) -> np.ndarray:
+        if len(data) % 2:
+            raise BadAudio(f"pcm16 payload has an odd number of bytes ({len(data)})")
+        return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+
+
+class Pcm16Encoder:
+    def encode(self, pcm: np.ndarray) -> bytes:
+        return float_to_pcm16(pcm)
+
+
+def float_to_pcm16(pcm: np.ndarray) -> bytes:
+    return (np.clip(pcm, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
+
+
+def make_codec(codec: str) -> tuple[OpusDecoder | Pcm16Decoder, OpusEncoder | Pcm16Encoder]:
+    if codec == "opus":
+        return OpusDecoder(), OpusEncoder()
+    if codec == "pcm16":
+        return Pcm16Decoder(), Pcm16Encoder()
+    raise ValueError(f"unknown codec {codec!r}")
+
+
+class FrameAssembler:
+    """Cuts a stream of arbitrarily sized PCM chunks into exact 1920-sample frames."""
+
+    def __init__(self, frame_samples: int = FRAME_SAMPLES):
+        self.frame_samples = frame_samples
+        self._pending = np.zeros(0, dtype=np.float32)
+
+    def push(self, pcm: np.ndarray) -> list[np.ndarray]:
+        if pcm.size == 0:
+            return []
+        buf = np.concatenate([self._pending, pcm.astype(np.float32, copy=False)])
+        n = len(buf) // self.frame_samples
+        frames = [buf[i * self.frame_samples:(i + 1) * self.frame_samples] for i in range(n)]
+        self._pending = buf[n * self.frame_samples:]
+        return frames
+
+    def clear(self) -> None:
+        self._pending = np.zeros(0, dtype=np.float32)
+
+
+def rms_dbfs(pcm: np.ndarray) -> float:
+    """Root-mean-square level in dB relative to full scale (-120 for digital silence)."""
+    if pcm.size == 0:
+        return -120.0
+    rms = float(np.sqrt(np.mean(np.square(pcm, dtype=np.float64))))
+    return 20.0 * np.log10(max(rms, 1e-6))
+
+
+class ActivityDetector:
+    """Energy-based speech activity with a hangover, one decision per frame.
+
+    `update` returns "start" on the first active frame, "end" after `hangover_frames` quiet frames,
+    None otherwise. Cheap and model-free: it works on real speech and on random-weight babble alike.
+    """
+
+    def __init__(self, threshold_dbfs: float = -45.0, hangover_frames: int = 5):
+        self.threshold_dbfs = threshold_dbfs
+        self.hangover_frames = hangover_frames
+        self.active = False
+        self._quiet = 0
+
+    def update(self, pcm: np.ndarray) -> str | None:
+        loud = rms_dbfs(pcm) > self.threshold_dbfs
+        if loud:
+            self._quiet = 0
+            if not self.active:
+                self.active = True
+                return "start"
+            return None
+        if self.active:
+            self._quiet += 1
+            if self._quiet >= self.hangover_frames:
+                self.active = False
+                self._quiet = 0
+                return "end"
+        return None
+
+    def reset(self) -> None:
+        self.active = False
+        self._quiet = 0
+
+
+def read_wav_mono24k(path: str) -> np.ndarray:
+    """Reads any audio file sphn can read, as mono float32 at 24 kHz."""
+    pcm, sr = sphn.read(path)
+    pcm = np.asarray(pcm, dtype=np.float32)
+    if pcm.ndim == 2:
+        pcm = pcm.mean(axis=0)
+    if sr != SAMPLE_RATE:
+        pcm = np.asarray(sphn.resample(pcm, src_sample_rate=sr, dst_sample_rate=SAMPLE_RATE), dtype=np.float32)
+    return pcm
+
+
+def write_wav(path: str, pcm: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    sphn.write_wav(path, np.asarray(pcm, dtype=np.float32), sample_rate)
