@@ -1,0 +1,450 @@
+"""Async Python client for the `/ws` conversation protocol (docs: PROTOCOL.md).
+
+One `DuplexClient` is one WebSocket connection. A background reader task records every server
+message in arrival order (`events`, `audio`) and wakes anyone waiting in `wait_for` /
+`wait_audio_frames` / `stream()`. JSON `error` messages are ordinary events: the client never
+raises because the server reported a problem, only when the connection itself is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import typing as tp
+from dataclasses import dataclass, field
+
+import aiohttp
+import numpy as np
+from yarl import URL
+
+from .audio import make_codec
+from .protocol import CODECS, FRAME_SAMPLES, KIND_AUDIO, MODES, SAMPLE_RATE
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Event:
+    """One JSON message from the server."""
+
+    type: str
+    data: dict  # the whole parsed JSON object
+    received_at: float  # time.monotonic() on arrival
+
+
+@dataclass
+class AudioChunk:
+    """Decoded assistant audio from one binary 0x01 message.
+
+    There is one chunk per binary audio message, even when it decoded to no samples (then `pcm` is
+    empty), so `audio[k]` is always the k-th audio message: duplex turnaround is measured on it.
+    """
+
+    pcm: np.ndarray  # float32 mono 24 kHz
+    received_at: float
+    seq: int = 0  # 0-based index among the binary audio messages of this connection
+
+
+class ServerClosed(Exception):
+    """The connection is gone (or was refused): `code`/`reason` of the WebSocket close.
+
+    For a refused upgrade (`HandshakeRefused`), `code` is the HTTP status instead.
+    """
+
+    def __init__(self, code: int | None, reason: str = "", detail: str = ""):
+        self.code = code
+        self.reason = reason
+        text = f"server closed the connection (code {code}{', ' + repr(reason) if reason else ''})"
+        super().__init__(f"{text}: {detail}" if detail else text)
+
+
+class HandshakeRefused(ServerClosed):
+    """The server answered the WebSocket upgrade with an HTTP error (e.g. 401: bad or no token)."""
+
+    def __init__(self, status: int, message: str):
+        self.code = status
+        self.reason = message
+        hint = ""
+        if status == 401:
+            hint = ": the server needs a valid access token (token=... / --token)"
+        elif status == 403:
+            hint = ": the access token was refused (token=... / --token)"
+        Exception.__init__(self, f"server refused the WebSocket upgrade with HTTP {status} {message}{hint}")
+
+
+_CLOSED = object()  # end-of-stream marker put in stream() queues
+
+
+def build_ws_url(url: str, *, mode: str | None = None, codec: str = "opus",
+                 token: str | None = None, token_in_header: bool = False) -> tuple[str, dict[str, str]]:
+    """Returns (WebSocket URL with query, extra headers) for `url` and the connection options.
+
+    `url` may be `ws(s)://host:port/ws` (used as given) or `http(s)://host:port` / `ws://host:port`
+    (then `/ws` is the path). Query parameters already in `url` are kept.
+    """
+    if mode is not None and mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if codec not in CODECS:
+        raise ValueError(f"codec must be one of {', '.join(CODECS)}, got {codec!r}")
+    if "://" not in url:
+        url = "http://" + url  # "127.0.0.1:8998" is a common shorthand
+    parsed = URL(url)
+    schemes = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
+    if parsed.scheme not in schemes:
+        raise ValueError(f"unsupported URL scheme {parsed.scheme!r} in {url!r}")
+    parsed = parsed.with_scheme(schemes[parsed.scheme])
+    if parsed.path in ("", "/"):
+        parsed = parsed.with_path("/ws")
+    query = dict(parsed.query)
+    if mode is not None:
+        query["mode"] = mode
+    query["codec"] = codec
+    headers: dict[str, str] = {}
+    if token is not None:
+        if token_in_header:
+            headers["Authorization"] = f"Bearer {token}"
+        else:
+            query["token"] = token
+    return str(parsed.with_query(query)), headers
+
+
+class DuplexClient:
+    """One conversation connection. Create with `await DuplexClient.connect(url, ...)`."""
+
+    def __init__(self, session: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse, codec: str):
+        self._http = session
+        self._ws = ws
+        self.codec = codec
+        self._decoder, self._encoder = make_codec(codec)
+        self.ready: dict = {}
+        self.session_id: str = ""
+        self.events: list[Event] = []
+        self.audio: list[AudioChunk] = []
+        self.binary_messages = 0
+        self.samples_sent = 0
+        self.close_code: int | None = None
+        self.close_reason: str = ""
+        self._closed = False
+        self._changed = asyncio.Condition()
+        self._cursors: dict[str, int] = {}  # per event type: index in self.events to search from
+        self._subscribers: list[asyncio.Queue] = []
+        self._reader = asyncio.create_task(self._read_loop(), name="duplex-client-reader")
+
+    # ---- connecting ---------------------------------------------------------------------------
+
+    @classmethod
+    async def connect(cls, url: str, *, mode: str | None = None, codec: str = "opus",
+                      token: str | None = None, token_in_header: bool = False,
+                      ready_timeout: float = 30.0) -> "DuplexClient":
+        """Opens the socket and waits for `ready`. Raises ServerClosed / HandshakeRefused / TimeoutError."""
+        ws_url, headers = build_ws_url(url, mode=mode, codec=codec, token=token, token_in_header=token_in_header)
+        session = aiohttp.ClientSession()
+        try:
+            ws = await session.ws_connect(ws_url, headers=headers, autoping=True, max_msg_size=0)
+        except aiohttp.WSServerHandshakeError as exc:
+            await session.close()
+            raise HandshakeRefused(exc.status, exc.message) from None
+        except BaseException:
+            await session.close()
+            raise
+        client = cls(session, ws, codec)
+        try:
+            ready = await client.wait_for("ready", timeout=ready_timeout)
+        except BaseException:
+            await client.close()
+            raise
+        client.ready = ready.data
+        client.session_id = str(ready.data.get("session_id", ""))
+        return client
+
+    async def __aenter__(self) -> "DuplexClient":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def close(self) -> None:
+        """Closes the socket (normal closure) and waits for the reader to finish. Idempotent."""
+        if not self._ws.closed:
+            await self._ws.close()
+        try:
+            await asyncio.wait_for(self._reader, timeout=5.0)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            self._reader.cancel()
+        await self._http.close()
+        await self._mark_closed()
+
+    # ---- sending ------------------------------------------------------------------------------
+
+    async def start(self, mode: str | None = None, config: dict | None = None) -> None:
+        msg: dict[str, tp.Any] = {"type": "start"}
+        if mode is not None:
+            msg["mode"] = mode
+        if config is not None:
+            msg["config"] = config
+        await self.send_json(msg)
+
+    async def stop(self) -> None:
+        """Sends `stop`; the answer (`stop_acknowledged`) arrives as an event."""
+        await self.send_json({"type": "stop"})
+
+    async def reset(self) -> None:
+        await self.send_json({"type": "reset"})
+
+    async def interrupt(self) -> None:
+        await self.send_json({"type": "interrupt"})
+
+    async def configure(self, config: dict) -> None:
+        await self.send_json({"type": "configure", "config": config})
+
+    async def text_input(self, text: str) -> None:
+        await self.send_json({"type": "text_input", "text": text})
+
+    async def send_json(self, obj: tp.Any) -> None:
+        await self.send_text_raw(json.dumps(obj))
+
+    async def send_text_raw(self, text: str) -> None:
+        await self._send(self._ws.send_str(text))
+
+    async def send_bytes_raw(self, data: bytes) -> None:
+        await self._send(self._ws.send_bytes(data))
+
+    async def send_audio(self, pcm: np.ndarray) -> None:
+        """Encodes float32 24 kHz mono PCM with the connection's codec and sends it as 0x01 audio.
+
+        Opus buffers until it has a whole page, so a short chunk may send nothing yet.
+        """
+        pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
+        payload = self._encoder.encode(pcm)
+        self.samples_sent += len(pcm)
+        if payload:
+            await self.send_bytes_raw(bytes([KIND_AUDIO]) + payload)
+
+    async def _send(self, coro: tp.Awaitable[None]) -> None:
+        if self._ws.closed:
+            if asyncio.iscoroutine(coro):
+                coro.close()  # never awaited: avoid the "never awaited" warning
+            raise self._closed_error("cannot send")
+        try:
+            await coro
+        except (ConnectionError, aiohttp.ClientConnectionError) as exc:
+            raise self._closed_error(f"send failed: {exc}") from None
+
+    # ---- receiving ----------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                msg = await self._ws.receive()
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    self._on_text(msg.data)
+                elif msg.type == aiohttp.WSMsgType.BINARY:
+                    self._on_binary(msg.data)
+                elif msg.type == aiohttp.WSMsgType.CLOSE:
+                    self.close_code = msg.data
+                    self.close_reason = msg.extra or ""
+                    break
+                elif msg.type == aiohttp.WSMsgType.ERROR:
+                    logger.warning("WebSocket error: %s", msg.data)
+                    self.close_reason = self.close_reason or f"error: {msg.data}"
+                    break
+                else:  # CLOSING / CLOSED: we (or the transport) closed the socket
+                    break
+                async with self._changed:
+                    self._changed.notify_all()
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # the reader must never die silently: waiters would hang
+            logger.exception("duplex client reader failed")
+        finally:
+            if self.close_code is None:
+                self.close_code = self._ws.close_code
+            await self._mark_closed()
+
+    def _on_text(self, text: str) -> None:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            logger.warning("server sent a text message that is not JSON: %.200r", text)
+            return
+        if not isinstance(data, dict):
+            logger.warning("server sent JSON that is not an object: %.200r", text)
+            return
+        event = Event(type=str(data.get("type", "")), data=data, received_at=time.monotonic())
+        self.events.append(event)
+        self._publish(event)
+
+    def _on_binary(self, data: bytes) -> None:
+        now = time.monotonic()
+        if not data or data[0] != KIND_AUDIO:
+            logger.warning("server sent a binary message of unknown kind (%d bytes)", len(data))
+            return
+        try:
+            pcm = np.asarray(self._decoder.decode(data[1:]), dtype=np.float32)
+        except ValueError as exc:  # BadAudio: keep the slot so indices stay aligned
+            logger.warning("could not decode assistant audio: %s", exc)
+            pcm = np.zeros(0, dtype=np.float32)
+        chunk = AudioChunk(pcm=pcm, received_at=now, seq=self.binary_messages)
+        self.binary_messages += 1
+        self.audio.append(chunk)
+        self._publish(chunk)
+
+    def _publish(self, item: Event | AudioChunk) -> None:
+        for queue in self._subscribers:
+            queue.put_nowait(item)
+
+    async def _mark_closed(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for queue in self._subscribers:
+            queue.put_nowait(_CLOSED)
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _closed_error(self, detail: str = "") -> ServerClosed:
+        return ServerClosed(self.close_code, self.close_reason, detail or self._last_error_text())
+
+    def _last_error_text(self) -> str:
+        errors = [e for e in self.events if e.type == "error"]
+        if not errors:
+            return ""
+        last = errors[-1].data
+        return f"last error from the server: [{last.get('code')}] {last.get('message')}"
+
+    # ---- waiting ------------------------------------------------------------------------------
+
+    async def _wait_until(self, check: tp.Callable[[], tp.Any], timeout: float, what: str) -> tp.Any:
+        """Returns check()'s first non-None result; ServerClosed if the socket closes first."""
+        async def wait() -> tp.Any:
+            async with self._changed:
+                while True:
+                    result = check()
+                    if result is not None:
+                        return result
+                    if self._closed:
+                        raise self._closed_error(f"while waiting for {what}; " + self._last_error_text())
+                    await self._changed.wait()
+
+        try:
+            return await asyncio.wait_for(wait(), timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"no {what} within {timeout:g} s") from None
+
+    async def wait_for(self, type_: str, timeout: float = 10.0,
+                       predicate: tp.Callable[[Event], bool] | None = None) -> Event:
+        """Next event of `type_` (matching `predicate`) after the last one wait_for returned for that type.
+
+        One cursor per type: events of that type passed over by a predicate are not returned later.
+        """
+        def find() -> Event | None:
+            start = self._cursors.get(type_, 0)
+            for index in range(start, len(self.events)):
+                event = self.events[index]
+                if event.type == type_ and (predicate is None or predicate(event)):
+                    self._cursors[type_] = index + 1
+                    return event
+            return None
+
+        return await self._wait_until(find, timeout, f"{type_!r} event")
+
+    async def wait_audio_frames(self, n: int, timeout: float = 10.0) -> None:
+        """Waits until at least `n` binary audio messages have arrived in total."""
+        await self._wait_until(lambda: True if self.binary_messages >= n else None, timeout,
+                               f"{n} audio frames (have {self.binary_messages})")
+
+    def stream(self) -> tp.AsyncIterator[Event | AudioChunk]:
+        """Every event and audio chunk from this call on, in arrival order; ends when the socket closes."""
+        queue: asyncio.Queue = asyncio.Queue()
+        if self._closed:
+            queue.put_nowait(_CLOSED)
+        self._subscribers.append(queue)
+        return self._drain(queue)
+
+    async def _drain(self, queue: asyncio.Queue) -> tp.AsyncIterator[Event | AudioChunk]:
+        try:
+            while True:
+                item = await queue.get()
+                if item is _CLOSED:
+                    return
+                yield item
+        finally:
+            if queue in self._subscribers:
+                self._subscribers.remove(queue)
+
+    def events_of(self, type_: str) -> list[Event]:
+        """All events of one type received so far (ignores wait_for cursors)."""
+        return [e for e in self.events if e.type == type_]
+
+    def assistant_pcm(self) -> np.ndarray:
+        """All received assistant audio, concatenated in arrival order."""
+        if not self.audio:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate([chunk.pcm for chunk in self.audio]).astype(np.float32, copy=False)
+
+
+def align_assistant_audio(chunks: tp.Sequence[AudioChunk], *, by_arrival: bool, stream_start: float = 0.0,
+                          min_samples: int = 0, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Places assistant audio on the user's input timeline (sample i of the result = input sample i).
+
+    Duplex (`by_arrival=False`): the server sends one frame per input frame, in order, so the decoded
+    chunks laid end to end are already aligned. Cascade (`by_arrival=True`): each chunk starts when it
+    arrived (relative to `stream_start`, the send time of input sample 0), or right after the
+    previous chunk if that one is still playing, as a live player would hear it.
+    The result is at least `min_samples` long (the input length), zero-padded.
+    """
+    pieces: list[tuple[int, np.ndarray]] = []
+    cursor = 0
+    for chunk in chunks:
+        pcm = np.asarray(chunk.pcm, dtype=np.float32).reshape(-1)
+        if pcm.size == 0:
+            continue
+        position = cursor
+        if by_arrival:
+            arrival = int(round((chunk.received_at - stream_start) * sample_rate))
+            position = max(cursor, arrival)
+        pieces.append((position, pcm))
+        cursor = position + pcm.size
+    out = np.zeros(max(cursor, min_samples), dtype=np.float32)
+    for position, pcm in pieces:
+        out[position:position + pcm.size] = pcm
+    return out
+
+
+def split_frames(pcm: np.ndarray, frame_samples: int = FRAME_SAMPLES) -> list[np.ndarray]:
+    """Cuts PCM into whole frames, zero-padding the last one."""
+    pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
+    n_frames = -(-pcm.size // frame_samples)
+    padded = np.zeros(n_frames * frame_samples, dtype=np.float32)
+    padded[:pcm.size] = pcm
+    return [padded[k * frame_samples:(k + 1) * frame_samples] for k in range(n_frames)]
+
+
+@dataclass
+class FramePacer:
+    """Real-time send schedule on an absolute clock: frame k is due at start + k * frame period.
+
+    Sleeping a fixed 80 ms per frame drifts (send time and scheduling add up); an absolute
+    schedule does not.
+    """
+
+    start: float
+    frame_seconds: float = FRAME_SAMPLES / SAMPLE_RATE
+    clock: tp.Callable[[], float] = field(default=time.monotonic, repr=False)
+
+    def due(self, k: int) -> float:
+        return self.start + k * self.frame_seconds
+
+    def delay(self, k: int) -> float:
+        return max(0.0, self.due(k) - self.clock())
+
+    async def wait(self, k: int) -> None:
+        delay = self.delay(k)
+        if delay > 0:
+            await asyncio.sleep(delay)

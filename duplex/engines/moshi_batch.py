@@ -1,0 +1,145 @@
+"""Moshi over a fixed batch of slots: one batched Mimi encode -> LMGen step -> Mimi decode per tick.
+
+Runs on the model worker thread only (the scheduler guarantees it), so no locking here.
+Shapes: B = slots, F = 1920 samples (80 ms), K = dep_q = 8 audio codebooks per side.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from moshi.models import loaders
+
+from ..protocol import FRAME_SAMPLES
+from .sampling import BatchedLMGen, SamplingSettings, SlotRandomness
+
+log = logging.getLogger(__name__)
+
+# Text pieces with these ids are control tokens (unk, bos, eos, pad) and are never shown.
+SPECIAL_TEXT_IDS = frozenset({0, 1, 2, 3})
+
+
+@dataclass
+class StepInput:
+    pcm: np.ndarray            # [B, F] float32, zeros for slots without a frame
+    execute: np.ndarray        # [B] bool: slot has a frame this tick
+    reset: np.ndarray          # [B] bool: wipe the slot's state before this tick
+    first: np.ndarray          # [B] bool: first frame of a conversation (moshi skips its encoder state)
+    force_silence: np.ndarray  # [B] bool: the slot's assistant is forced silent
+
+
+@dataclass
+class StepOutput:
+    pcm: np.ndarray            # [B, F] float32 decoded assistant audio (silence before the model's delay)
+    text: list[str | None]     # [B] text piece the model said this step, if any
+    has_output: np.ndarray     # [B] bool: the model's delay has passed for this slot
+    step_ms: float             # wall time of the whole batched step
+
+
+class MoshiBatch:
+    """Loads Mimi + the LM once and serves `slots` independent streams through one batched step."""
+
+    def __init__(self, checkpoint: loaders.CheckpointInfo, slots: int, device: str, dtype: torch.dtype):
+        self.slots = slots
+        self.device = torch.device(device)
+        self.mimi = checkpoint.get_mimi(device=self.device)
+        self.lm = checkpoint.get_moshi(device=self.device, dtype=dtype)
+        self.tokenizer = checkpoint.get_text_tokenizer()
+        self.frame_samples = self.mimi.frame_size
+        assert self.frame_samples == FRAME_SAMPLES, self.frame_samples
+        self.defaults = SamplingSettings().updated(_lm_gen_defaults(checkpoint.lm_gen_config))
+        self.silence_codes = self._silence_codes()
+        self.gen = BatchedLMGen(self.lm, slots, self.silence_codes)
+        self.randomness = SlotRandomness(slots, 1 + self.lm.dep_q)
+        self.settings = [self.defaults for _ in range(slots)]
+        self.mimi.streaming_forever(slots)
+        self.gen.streaming_forever(slots)
+        for slot in range(slots):
+            self.configure_slot(slot, self.defaults)
+        self._pieces = [self._piece(i) for i in range(self.tokenizer.vocab_size())]
+
+    @property
+    def max_delay_frames(self) -> int:
+        return self.gen.max_delay
+
+    def _silence_codes(self) -> torch.Tensor:
+        """Mimi's codes for digital silence, once the encoder has settled: [dep_q]."""
+        zeros = torch.zeros(1, 1, self.frame_samples, device=self.device)
+        with torch.no_grad(), self.mimi.streaming(1):
+            for _ in range(6):
+                codes = self.mimi.encode(zeros)
+        return codes[0, : self.lm.dep_q, 0].clone()
+
+    def _piece(self, token: int) -> str | None:
+        if token in SPECIAL_TEXT_IDS:
+            return None
+        return self.tokenizer.id_to_piece(token).replace("\u2581", " ")
+
+    def configure_slot(self, slot: int, settings: SamplingSettings) -> None:
+        """Sets one slot's sampling; a new seed restarts its random stream."""
+        self.settings[slot] = settings
+        self.gen.temp_audio[slot] = settings.temperature
+        self.gen.temp_text[slot] = settings.text_temperature
+        self.gen.top_k_audio[slot] = settings.top_k
+        self.gen.top_k_text[slot] = settings.text_top_k
+        self.randomness.reseed(slot, settings.seed)
+
+    def warmup(self, steps: int = 3) -> None:
+        """Runs a few full-batch steps (CUDA graphs are captured here), then wipes every slot."""
+        ones = np.ones(self.slots, dtype=bool)
+        none = np.zeros(self.slots, dtype=bool)
+        pcm = np.zeros((self.slots, self.frame_samples), dtype=np.float32)
+        for i in range(steps):
+            self.step(StepInput(pcm, ones, ones if i == 0 else none, none, none))
+        self.step(StepInput(pcm, none, ones, none, none))
+
+    @torch.no_grad()
+    def step(self, batch: StepInput) -> StepOutput:
+        started = time.perf_counter()
+        execute = torch.from_numpy(batch.execute).to(self.device)
+        if batch.reset.any():
+            reset = torch.from_numpy(batch.reset).to(self.device)
+            self.mimi.reset_streaming(reset)
+            self.gen.reset_streaming(reset)
+        sampling = [s for s in np.flatnonzero(batch.execute) if self._samples(int(s))]
+        self.gen.noise.copy_(self.randomness.draw([int(s) for s in sampling]), non_blocking=True)
+        self.gen.force_silence.copy_(torch.from_numpy(batch.force_silence))
+
+        pcm = torch.from_numpy(batch.pcm).to(self.device)[:, None, :]        # [B, 1, F]
+        self.mimi.set_exec_mask(execute)
+        codes = self.mimi.encode(pcm)                                        # [B, K, 1]
+        if batch.first.any():
+            # As moshi.server does: the first frame is in the model's past; re-apply the
+            # encoder's left padding on the next frame by resetting that slot's Mimi state.
+            self.mimi.reset_streaming(torch.from_numpy(batch.first).to(self.device))
+
+        self.gen.set_exec_mask(execute)
+        tokens = self.gen.step(codes)                                        # [B, 1 + K, 1]
+        assert tokens is not None  # support_out_of_sync: never None, "ungenerated" marks instead
+        audio = tokens[:, 1:, :]
+        has_output = (audio >= 0).all(dim=1)[:, 0] & execute                 # [B]
+        audio = torch.where(has_output[:, None, None], audio, self.silence_codes[None, :, None])
+
+        self.mimi.set_exec_mask(execute)
+        out = self.mimi.decode(audio)[:, 0, :]                               # [B, F]
+        has_output_np = has_output.cpu().numpy()
+        out_np = out.float().cpu().numpy()
+        out_np[~has_output_np] = 0.0
+        text_ids = tokens[:, 0, 0].tolist()
+        text = [self._pieces[t] if ok and 0 <= t < len(self._pieces) else None
+                for t, ok in zip(text_ids, has_output_np)]
+        return StepOutput(out_np, text, has_output_np, (time.perf_counter() - started) * 1000.0)
+
+    def _samples(self, slot: int) -> bool:
+        s = self.settings[slot]
+        return s.temperature > 0 or s.text_temperature > 0
+
+
+def _lm_gen_defaults(lm_gen_config: dict) -> dict:
+    """Maps a checkpoint's optional lm_gen_config (moshi's names) to our config names."""
+    names = {"temp": "temperature", "temp_text": "text_temperature", "top_k": "top_k", "top_k_text": "text_top_k"}
+    return {ours: lm_gen_config[theirs] for theirs, ours in names.items() if theirs in lm_gen_config}

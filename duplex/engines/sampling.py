@@ -1,0 +1,114 @@
+"""Per-slot sampling for a batched `LMGen`: each conversation has its own temperature, top-k and seed.
+
+moshi's LMGen samples the whole batch with one temperature and the global RNG. We keep its step
+and replace only the two sampling points, through its public extension points:
+  - text: `on_text_logits_hook` samples per slot, then leaves a single finite logit per row, so
+    LMGen's own greedy pick (use_sampling=False) returns exactly our token;
+  - audio: `depformer_step` is overridden (LMGen graphs `self.depformer_step`, so CUDA graphs keep working).
+Randomness comes in as a noise tensor drawn per slot from that slot's own generator, outside the
+graph, so a slot's samples depend only on its seed and its own history, never on its neighbours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from moshi.models.lm import LMGen, LMModel
+
+from ..protocol import MAX_TOP_K
+
+
+@dataclass
+class SamplingSettings:
+    temperature: float = 0.8       # audio tokens; 0 = greedy
+    text_temperature: float = 0.7  # text tokens; 0 = greedy
+    top_k: int = 250
+    text_top_k: int = 25
+    seed: int | None = None
+
+    def updated(self, config: dict) -> "SamplingSettings":
+        known = {k: config[k] for k in ("temperature", "text_temperature", "top_k", "text_top_k", "seed") if k in config}
+        return SamplingSettings(**{**self.__dict__, **known})
+
+
+def sample_per_slot(logits: torch.Tensor, temp: torch.Tensor, top_k: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """logits [B, V], temp [B], top_k [B] long, noise [B, K] Exp(1) draws -> tokens [B].
+
+    Top-k sampling by the exponential race (argmax p/q with q ~ Exp(1) is a categorical draw),
+    with a fixed K so shapes never change; rows with temp == 0 take the plain argmax.
+    """
+    logits = logits.float()
+    greedy = logits.argmax(dim=-1)
+    k = min(noise.shape[-1], logits.shape[-1])
+    top_values, top_index = logits.topk(k, dim=-1)                       # [B, k], sorted
+    probs = torch.softmax(top_values / temp.clamp_min(1e-5)[:, None], dim=-1)
+    rank = torch.arange(k, device=logits.device)[None, :]
+    probs = torch.where(rank < top_k[:, None], probs, torch.zeros_like(probs))
+    choice = (probs / noise[:, :k]).argmax(dim=-1, keepdim=True)         # [B, 1]
+    sampled = top_index.gather(-1, choice)[:, 0]
+    return torch.where(temp > 0, sampled, greedy)
+
+
+class BatchedLMGen(LMGen):
+    """LMGen with per-slot sampling settings and a per-slot "forced silent" switch."""
+
+    def __init__(self, lm_model: LMModel, batch_size: int, silence_codes: torch.Tensor):
+        super().__init__(lm_model, use_sampling=False, support_out_of_sync=True)
+        self.on_text_logits_hook = self._sample_text
+        device = lm_model.device
+        n_streams = 1 + lm_model.dep_q
+        # Persistent buffers, updated in place between steps (CUDA graphs capture their addresses).
+        self.temp_audio = torch.zeros(batch_size, device=device)
+        self.temp_text = torch.zeros(batch_size, device=device)
+        self.top_k_audio = torch.ones(batch_size, dtype=torch.long, device=device)
+        self.top_k_text = torch.ones(batch_size, dtype=torch.long, device=device)
+        self.force_silence = torch.zeros(batch_size, dtype=torch.bool, device=device)
+        self.noise = torch.ones(batch_size, n_streams, MAX_TOP_K, device=device)
+        self.silence_codes = silence_codes.to(device=device, dtype=torch.long)   # [dep_q]
+
+    def _sample_text(self, text_logits: torch.Tensor) -> None:
+        """text_logits [B, 1, 1, V]: rewritten in place so that its argmax is our sampled token."""
+        token = sample_per_slot(text_logits[:, 0, 0], self.temp_text, self.top_k_text, self.noise[:, 0])
+        pad = torch.full_like(token, self.lm_model.text_padding_token_id)
+        token = torch.where(self.force_silence, pad, token)
+        text_logits.fill_(float("-inf"))
+        text_logits[:, 0, 0].scatter_(-1, token[:, None], 0.0)
+
+    def depformer_step(self, text_token: torch.Tensor, transformer_out: torch.Tensor) -> torch.Tensor:
+        """Samples the model's dep_q audio codebooks, one after another, for every slot: [B, dep_q]."""
+        lm_model = self.lm_model
+        assert lm_model.depformer is not None and self.cfg_coef == 1.0
+        batch_size = text_token.shape[0]
+        previous = text_token
+        tokens: list[torch.Tensor] = []
+        with lm_model.depformer.streaming(batch_size):
+            for codebook in range(lm_model.dep_q):
+                logits = lm_model.forward_depformer(codebook, previous[:, None, None], transformer_out)
+                token = sample_per_slot(logits[:, 0, 0], self.temp_audio, self.top_k_audio, self.noise[:, 1 + codebook])
+                tokens.append(token)
+                previous = token
+        audio = torch.stack(tokens, dim=1)
+        # A forced-silent slot says the silence codes, so what it "hears itself say" agrees.
+        return torch.where(self.force_silence[:, None], self.silence_codes[None, :], audio)
+
+
+class SlotRandomness:
+    """One CPU generator per slot; draws the Exp(1) noise for the slots that sample this step."""
+
+    def __init__(self, batch_size: int, n_streams: int, width: int = MAX_TOP_K):
+        self.generators = [torch.Generator() for _ in range(batch_size)]
+        self.noise = torch.ones(batch_size, n_streams, width)
+        for slot in range(batch_size):
+            self.reseed(slot, None)
+
+    def reseed(self, slot: int, seed: int | None) -> None:
+        if seed is None:
+            self.generators[slot].seed()  # fresh entropy
+        else:
+            self.generators[slot].manual_seed(seed)
+
+    def draw(self, sampling_slots: list[int]) -> torch.Tensor:
+        for slot in sampling_slots:
+            self.noise[slot].exponential_(1.0, generator=self.generators[slot])
+        return self.noise

@@ -1,0 +1,1 @@
+"""Model specs, presets, loading and the tiny random-weight presets."""

@@ -1,0 +1,102 @@
+"""Model specs: a preset name, a Hugging Face repo id, or a local directory in the hub layout.
+
+Every spec resolves to a `moshi.models.loaders.CheckpointInfo`, so the tiny presets, local
+directories and hub downloads all load through the very same moshi code afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from moshi.models import loaders
+
+from . import tiny
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_DIR = Path(os.environ.get("DUPLEX_WEIGHTS_DIR", Path(__file__).resolve().parents[2] / "weights"))
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    duplex_spec: str      # HF repo id, or "tiny:<name>" for a generated tiny model
+    description: str
+
+
+PRESETS: dict[str, Preset] = {
+    "moshiko": Preset("moshiko", "kyutai/moshiko-pytorch-bf16", "Kyutai's Moshi 7B (male voice), bf16, from the hub"),
+    "moshika": Preset("moshika", "kyutai/moshika-pytorch-bf16", "Kyutai's Moshi 7B (female voice), bf16, from the hub"),
+    "tiny": Preset("tiny", "tiny:moshi", "random-weight Moshi + Mimi of the real architectures, generated locally"),
+}
+
+
+class WeightsUnavailable(RuntimeError):
+    """The weights of a spec cannot be found or downloaded; the message says what to do."""
+
+
+def resolve_checkpoint(spec: str) -> loaders.CheckpointInfo:
+    """Turns a spec (repo id, local dir, or tiny:<name>) into a CheckpointInfo with local paths."""
+    if spec.startswith("tiny:"):
+        directory = tiny.ensure_tiny_moshi(WEIGHTS_DIR / f"tiny-{spec.removeprefix('tiny:')}")
+        return checkpoint_from_dir(directory)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return checkpoint_from_dir(path)
+    if path.exists() or spec.startswith((".", "/", "~")):
+        raise WeightsUnavailable(f"{spec!r} is not a model directory (expected config.json + safetensors + tokenizer)")
+    return checkpoint_from_hub(spec)
+
+
+def checkpoint_from_dir(directory: Path) -> loaders.CheckpointInfo:
+    """A local directory laid out like a hub repo: config.json naming its files, which sit beside it."""
+    config_path = directory / "config.json"
+    if not config_path.exists():
+        raise WeightsUnavailable(f"{directory} has no config.json; it must use the Hugging Face repo layout")
+    config = json.loads(config_path.read_text())
+
+    def local(key: str, default: str | None) -> Path | None:
+        name = config.get(key, default)
+        if name is None:
+            return None
+        file = directory / name
+        if not file.exists():
+            raise WeightsUnavailable(f"{directory}: config.json names {name!r} ({key}) but the file is missing")
+        return file
+
+    # Path objects pass through moshi's hf_get untouched, so nothing here reaches the network.
+    return loaders.CheckpointInfo.from_hf_repo(
+        str(directory),
+        moshi_weights=local("moshi_name", loaders.MOSHI_NAME),
+        mimi_weights=local("mimi_name", loaders.MIMI_NAME),
+        tokenizer=local("tokenizer_name", loaders.TEXT_TOKENIZER_NAME),
+        config_path=config_path,
+        mimi_config_path=local("mimi_config_name", None),
+        lora_weights=local("lora_name", None),
+    )
+
+
+def checkpoint_from_hub(repo: str) -> loaders.CheckpointInfo:
+    """Downloads (with huggingface_hub's progress bars) into the HF cache, or reuses the cache."""
+    from huggingface_hub.utils import HfHubHTTPError
+
+    log.info("fetching %s from the Hugging Face hub (cached under %s)", repo, _hf_cache_dir())
+    try:
+        return loaders.CheckpointInfo.from_hf_repo(repo)
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise WeightsUnavailable(
+            f"could not get {repo!r} from the Hugging Face hub ({type(exc).__name__}: {exc}).\n"
+            "  - check the network, or set HF_HUB_OFFLINE=1 to use what is already cached;\n"
+            "  - or pass a local directory in the hub layout (--moshi-spec /path/to/dir);\n"
+            "  - or try `--preset tiny` (random weights generated locally, no download)."
+        ) from exc
+
+
+def _hf_cache_dir() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)

@@ -1,0 +1,158 @@
+"""Tiny presets: random-weight models of the real architectures, written in the hub layout.
+
+They are generated once, deterministically from a seed, into `weights/` and then loaded by the
+same loader as real checkpoints (config.json + safetensors + sentencepiece tokenizer). They babble,
+but they exercise every line of the real path on a small CPU in real time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import json
+import logging
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+log = logging.getLogger(__name__)
+
+TINY_SEED = 42
+TEXT_VOCAB = 512
+FORMAT_VERSION = 2  # bump when the tiny architecture changes, so stale files are regenerated
+
+# Mimi, shrunk: the same SEANet/transformer/split-RVQ classes and strides (24 kHz -> 12.5 Hz),
+# fewer channels and layers. The bins stay 2048 so the LM card matches the real one.
+TINY_MIMI_CONFIG = {
+    "sample_rate": 24000,
+    "channels": 1,
+    "frame_rate": 12.5,
+    "seanet": {
+        "channels": 1, "dimension": 32, "causal": True, "n_filters": 4, "n_residual_layers": 1,
+        "activation": "ELU", "compress": 2, "dilation_base": 2, "disable_norm_outer_blocks": 0,
+        "kernel_size": 7, "residual_kernel_size": 3, "last_kernel_size": 3, "norm": "none",
+        "pad_mode": "constant", "ratios": [8, 6, 5, 4], "true_skip": True,
+    },
+    "quantizer": {"dimension": 16, "n_q": 8, "bins": 2048, "input_dimension": 32, "output_dimension": 32},
+    "transformer": {
+        "d_model": 32, "num_heads": 2, "num_layers": 1, "causal": True, "layer_scale": 0.01,
+        "context": 250, "conv_layout": True, "max_period": 10000, "gating": "none",
+        "norm": "layer_norm", "positional_embedding": "rope", "dim_feedforward": 64,
+        "input_dimension": 32, "output_dimensions": [32],
+    },
+}
+
+# Moshi's LM, shrunk: same streams (1 text + 8 model audio + 8 user audio), same delays,
+# same depformer layout; small widths and depths.
+TINY_LM_CONFIG = {
+    "dim": 64, "text_card": TEXT_VOCAB, "existing_text_padding_id": 3, "n_q": 16, "dep_q": 8,
+    "card": 2048, "num_heads": 4, "num_layers": 2, "hidden_scale": 4.125, "causal": True,
+    "layer_scale": None, "context": 750, "max_period": 10000, "gating": "silu",
+    "norm": "rms_norm_f32", "positional_embedding": "rope", "depformer_dim": 64,
+    "depformer_dim_feedforward": 128, "depformer_num_heads": 4, "depformer_num_layers": 1,
+    "depformer_layer_scale": None, "depformer_multi_linear": True, "depformer_context": 8,
+    "depformer_max_period": 10000, "depformer_gating": "silu", "depformer_pos_emb": "none",
+    "depformer_weights_per_step": True,
+    "delays": [0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1],
+}
+
+MOSHI_FILE = "model.safetensors"
+MIMI_FILE = "mimi.safetensors"
+MIMI_CONFIG_FILE = "mimi_config.json"
+TOKENIZER_FILE = "tokenizer.model"
+
+_WORDS = (
+    "hello how are you today i am fine thank you what would you like to talk about the weather is nice "
+    "let us speak about music books science travel food and friends can you hear me yes i can hear you "
+    "very well this is a test of a full duplex speech model that listens and speaks at the same time "
+    "please tell me more about your day it was good we went to the park and saw birds trees flowers "
+    "one two three four five six seven eight nine ten morning evening night coffee tea water bread"
+).split()
+
+
+def ensure_tiny_moshi(directory: Path, seed: int = TINY_SEED) -> Path:
+    """Returns `directory`, generating the tiny Moshi checkpoint there first if it is missing."""
+    stamp = directory / "tiny.json"
+    expected = {"format": FORMAT_VERSION, "seed": seed}
+    if stamp.exists() and json.loads(stamp.read_text()) == expected:
+        return directory
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    # Several processes (test workers, a server and a bench) may race here: one writes, the others wait.
+    with _file_lock(directory.parent / f".{directory.name}.lock"):
+        if stamp.exists() and json.loads(stamp.read_text()) == expected:
+            return directory
+        log.info("generating tiny Moshi weights (seed %d) in %s", seed, directory)
+        with tempfile.TemporaryDirectory(dir=directory.parent) as tmp:
+            staging = Path(tmp) / "model"
+            staging.mkdir()
+            write_tiny_moshi(staging, seed)
+            (staging / "tiny.json").write_text(json.dumps(expected))
+            if directory.exists():
+                shutil.rmtree(directory)
+            staging.rename(directory)
+    return directory
+
+
+def write_tiny_moshi(directory: Path, seed: int) -> None:
+    """Writes config.json, the LM and Mimi safetensors and a sentencepiece tokenizer."""
+    from moshi.models import loaders
+
+    import sentencepiece as spm
+
+    tokenizer = train_tokenizer(seed, TEXT_VOCAB)
+    (directory / TOKENIZER_FILE).write_bytes(tokenizer)
+    # The corpus is small, so the vocabulary may come out smaller than asked: the LM's text card
+    # must match what the tokenizer really has, or the model could sample ids it cannot decode.
+    text_card = spm.SentencePieceProcessor(model_proto=tokenizer).vocab_size()
+    (directory / MIMI_CONFIG_FILE).write_text(json.dumps(TINY_MIMI_CONFIG, indent=2))
+
+    torch.manual_seed(seed)
+    mimi = loaders.get_mimi(None, TINY_MIMI_CONFIG, device="cpu")
+    save_file(_contiguous(mimi.state_dict()), str(directory / MIMI_FILE))
+
+    torch.manual_seed(seed + 1)
+    lm_config = dict(TINY_LM_CONFIG, text_card=text_card)
+    lm = loaders.get_moshi_lm(None, lm_kwargs=lm_config, device="cpu", dtype=torch.float32)
+    save_file(_contiguous(lm.state_dict()), str(directory / MOSHI_FILE))
+
+    config = dict(lm_config)
+    config.update(
+        moshi_name=MOSHI_FILE, mimi_name=MIMI_FILE, mimi_config_name=MIMI_CONFIG_FILE,
+        tokenizer_name=TOKENIZER_FILE, model_type="moshi",
+    )
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def train_tokenizer(seed: int, vocab_size: int) -> bytes:
+    """A sentencepiece model with Moshi's special ids (0 unk, 1 bos, 2 eos, 3 pad), deterministic."""
+    import sentencepiece as spm
+
+    rng = random.Random(seed)
+    sentences = [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 14))) for _ in range(4000)]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences), model_writer=model, vocab_size=vocab_size,
+        model_type="unigram", unk_id=0, bos_id=1, eos_id=2, pad_id=3, num_threads=1,
+        hard_vocab_limit=False, minloglevel=2, seed_sentencepiece_size=100000,
+        shuffle_input_sentence=False,
+    )
+    return model.getvalue()
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().clone() for k, v in state.items()}
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
