@@ -63,15 +63,14 @@ class ServerClosed(Exception):
 class HandshakeRefused(ServerClosed):
     """The server answered the WebSocket upgrade with an HTTP error (e.g. 401: bad or no token)."""
 
+    HINTS = {401: "the server needs a valid access token (token=... / --token)",
+             403: "the access token was refused (token=... / --token)"}
+
     def __init__(self, status: int, message: str):
         self.code = status
         self.reason = message
-        hint = ""
-        if status == 401:
-            hint = ": the server needs a valid access token (token=... / --token)"
-        elif status == 403:
-            hint = ": the access token was refused (token=... / --token)"
-        Exception.__init__(self, f"server refused the WebSocket upgrade with HTTP {status} {message}{hint}")
+        hint = self.HINTS.get(status, message)
+        Exception.__init__(self, f"server refused the WebSocket upgrade with HTTP {status}: {hint}")
 
 
 _CLOSED = object()  # end-of-stream marker put in stream() queues
@@ -94,10 +93,10 @@ def build_ws_url(url: str, *, mode: str | None = None, codec: str = "opus",
     schemes = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
     if parsed.scheme not in schemes:
         raise ValueError(f"unsupported URL scheme {parsed.scheme!r} in {url!r}")
+    query = dict(parsed.query)  # read before with_path, which drops the query
     parsed = parsed.with_scheme(schemes[parsed.scheme])
     if parsed.path in ("", "/"):
         parsed = parsed.with_path("/ws")
-    query = dict(parsed.query)
     if mode is not None:
         query["mode"] = mode
     query["codec"] = codec
@@ -173,10 +172,11 @@ class DuplexClient:
         """Closes the socket (normal closure) and waits for the reader to finish. Idempotent."""
         if not self._ws.closed:
             await self._ws.close()
-        try:
-            await asyncio.wait_for(self._reader, timeout=5.0)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
-            self._reader.cancel()
+        _, pending = await asyncio.wait({self._reader}, timeout=5.0)
+        for task in pending:
+            task.cancel()
+        if self.close_code is None:
+            self.close_code = self._ws.close_code
         await self._http.close()
         await self._mark_closed()
 
@@ -308,8 +308,9 @@ class DuplexClient:
         async with self._changed:
             self._changed.notify_all()
 
-    def _closed_error(self, detail: str = "") -> ServerClosed:
-        return ServerClosed(self.close_code, self.close_reason, detail or self._last_error_text())
+    def _closed_error(self, detail: str) -> ServerClosed:
+        last_error = self._last_error_text()
+        return ServerClosed(self.close_code, self.close_reason, f"{detail}; {last_error}" if last_error else detail)
 
     def _last_error_text(self) -> str:
         errors = [e for e in self.events if e.type == "error"]
@@ -320,7 +321,8 @@ class DuplexClient:
 
     # ---- waiting ------------------------------------------------------------------------------
 
-    async def _wait_until(self, check: tp.Callable[[], tp.Any], timeout: float, what: str) -> tp.Any:
+    async def _wait_until(self, check: tp.Callable[[], tp.Any], timeout: float,
+                          what: tp.Callable[[], str]) -> tp.Any:
         """Returns check()'s first non-None result; ServerClosed if the socket closes first."""
         async def wait() -> tp.Any:
             async with self._changed:
@@ -329,13 +331,13 @@ class DuplexClient:
                     if result is not None:
                         return result
                     if self._closed:
-                        raise self._closed_error(f"while waiting for {what}; " + self._last_error_text())
+                        raise self._closed_error(f"while waiting for {what()}")
                     await self._changed.wait()
 
         try:
             return await asyncio.wait_for(wait(), timeout)
         except asyncio.TimeoutError:
-            raise TimeoutError(f"no {what} within {timeout:g} s") from None
+            raise TimeoutError(f"no {what()} within {timeout:g} s") from None
 
     async def wait_for(self, type_: str, timeout: float = 10.0,
                        predicate: tp.Callable[[Event], bool] | None = None) -> Event:
@@ -352,12 +354,12 @@ class DuplexClient:
                     return event
             return None
 
-        return await self._wait_until(find, timeout, f"{type_!r} event")
+        return await self._wait_until(find, timeout, lambda: f"{type_!r} event")
 
     async def wait_audio_frames(self, n: int, timeout: float = 10.0) -> None:
         """Waits until at least `n` binary audio messages have arrived in total."""
         await self._wait_until(lambda: True if self.binary_messages >= n else None, timeout,
-                               f"{n} audio frames (have {self.binary_messages})")
+                               lambda: f"{n} audio frames (have {self.binary_messages})")
 
     def stream(self) -> tp.AsyncIterator[Event | AudioChunk]:
         """Every event and audio chunk from this call on, in arrival order; ends when the socket closes."""

@@ -1,0 +1,480 @@
+"""`duplex client`: talk to a running server from a WAV file or the microphone.
+
+Prints transcripts as they arrive and a summary (frames, turnaround, response latency) at the end;
+optionally writes the assistant's audio time-aligned to the input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import typing as tp
+from dataclasses import dataclass, field
+
+import aiohttp
+import numpy as np
+
+from .audio import FrameAssembler, read_wav_mono24k, write_wav
+from .client import (AudioChunk, DuplexClient, Event, FramePacer, ServerClosed, align_assistant_audio,
+                     split_frames)
+from .protocol import CODECS, FRAME_SAMPLES, MODES, SAMPLE_RATE
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+STOP_ACK_TIMEOUT_S = 10.0
+TEXT_TURN_TIMEOUT_S = 60.0
+MIC_INSTALL_HINT = ("--mic needs the `sounddevice` Python package and the PortAudio library: "
+                    "`pip install 'duplex[mic]'` (or `pip install sounddevice`) and, on Debian/Ubuntu, "
+                    "`apt-get install libportaudio2`; on macOS `brew install portaudio`.")
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Adds the `client` sub-command to the main CLI."""
+    p = subparsers.add_parser(
+        "client", help="talk to a running server from a WAV file or the microphone",
+        description="Connect to a duplex server's /ws endpoint, stream audio from a file or the microphone, "
+                    "print transcripts and a latency summary, and optionally save the assistant's audio.")
+    p.add_argument("--url", default="http://127.0.0.1:8998",
+                   help="server address: http(s)://host:port (then /ws is used) or a full ws(s)://host:port/ws URL "
+                        "(default: %(default)s)")
+    p.add_argument("--mode", choices=MODES, default=None,
+                   help="conversation engine: duplex (Moshi), cascade (STT+LLM+TTS) or auto "
+                        "(duplex when a slot is free); default: the server's choice (auto)")
+    p.add_argument("--codec", choices=CODECS, default="opus",
+                   help="audio encoding on the wire: opus (Ogg Opus pages) or pcm16 (raw 16-bit samples); "
+                        "default: %(default)s")
+    p.add_argument("--token", default=None, help="access token, when the server was started with one")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--input", metavar="WAV", default=None,
+                        help="audio file to send as the user's voice (any format sphn reads; "
+                             "converted to 24 kHz mono)")
+    source.add_argument("--mic", action="store_true",
+                        help="stream the live microphone and play the reply (needs sounddevice + PortAudio); "
+                             "Ctrl-C ends the conversation")
+    p.add_argument("--output", metavar="WAV", default=None,
+                   help="write the assistant's audio here, time-aligned to the input "
+                        "(sample i of the output is heard with sample i of the input)")
+    p.add_argument("--fast", action="store_true",
+                   help="send the input as fast as possible instead of at real-time pace")
+    p.add_argument("--tail-seconds", type=float, default=2.0,
+                   help="seconds of silence sent after the input so the reply can finish (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=None, help="audio sampling temperature (0 = greedy)")
+    p.add_argument("--text-temperature", type=float, default=None, help="text sampling temperature (0 = greedy)")
+    p.add_argument("--top-k", type=int, default=None, help="audio top-k sampling")
+    p.add_argument("--text-top-k", type=int, default=None, help="text top-k sampling")
+    p.add_argument("--seed", type=int, default=None, help="random seed, for reproducible sampling")
+    p.add_argument("--system-prompt", default=None, help="system prompt for the assistant (cascade LLM)")
+    p.add_argument("--voice", default=None, help="assistant voice name (engine-dependent)")
+    p.add_argument("--transcribe-user", action="store_true",
+                   help="duplex: also run the speech recogniser on your audio to get user transcripts")
+    p.add_argument("--text", default=None,
+                   help="send this text as a user turn (cascade); alone, waits for the spoken reply")
+    p.add_argument("--json", action="store_true",
+                   help="print every server event as one JSON line (and a final summary line) "
+                        "instead of the human format")
+    p.set_defaults(func=run)
+    return p
+
+
+def build_config(args: argparse.Namespace) -> dict[str, tp.Any] | None:
+    """The `config` object of `start`, from the flags that were given (None when none were)."""
+    names = ("temperature", "text_temperature", "top_k", "text_top_k", "seed", "system_prompt", "voice")
+    config = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    if args.transcribe_user:
+        config["transcribe_user"] = True
+    return config or None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `duplex client`; returns the process exit code."""
+    if not (args.input or args.mic or args.text):
+        print("duplex client: give --input WAV, --mic or --text", file=sys.stderr)
+        return EXIT_USAGE
+    if args.tail_seconds < 0:
+        print("duplex client: --tail-seconds must be >= 0", file=sys.stderr)
+        return EXIT_USAGE
+    user_pcm = None
+    if args.input:
+        try:
+            user_pcm = read_wav_mono24k(args.input)
+        except Exception as exc:  # sphn raises several kinds for a missing or unreadable file
+            print(f"duplex client: cannot read {args.input}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    mic = None
+    if args.mic:
+        mic = open_mic_or_explain()
+        if mic is None:
+            return EXIT_USAGE
+    try:
+        return asyncio.run(_converse(args, user_pcm, mic))
+    except BrokenPipeError:  # e.g. `duplex client --json ... | head`: the reader left, not an error
+        sys.stdout = open(os.devnull, "w")
+        return EXIT_OK
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the conversation began
+        return 130
+
+
+# ---- one conversation -----------------------------------------------------------------------------
+
+@dataclass
+class Transfer:
+    """What was sent and when, for the summary and the aligned output."""
+
+    sent_at: list[float] = field(default_factory=list)  # time.monotonic() after sending frame k
+    stream_start: float | None = None  # when input sample 0 was (or was due to be) sent
+
+
+async def _converse(args: argparse.Namespace, user_pcm: np.ndarray | None, mic: tp.Any) -> int:
+    printer: EventPrinter = JsonPrinter() if args.json else HumanPrinter(sys.stdout.isatty())
+    began = time.monotonic()
+    try:
+        client = await DuplexClient.connect(args.url, mode=args.mode, codec=args.codec, token=args.token)
+    except (ServerClosed, TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+        print(f"duplex client: cannot connect to {args.url}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    stop_requested = asyncio.Event()
+    _install_ctrl_c(stop_requested)
+    transfer = Transfer()
+    printer.on_event(Event("ready", client.ready, time.monotonic()))
+    printing = asyncio.create_task(_print_events(client, printer))
+    exit_code = EXIT_OK
+    try:
+        await client.start(args.mode, build_config(args))
+        if args.text:
+            transfer.stream_start = time.monotonic()
+            await client.text_input(args.text)
+        if user_pcm is not None:
+            tail = np.zeros(int(round(args.tail_seconds * SAMPLE_RATE)), dtype=np.float32)
+            await _send_file(client, np.concatenate([user_pcm, tail]), args.fast, transfer, stop_requested)
+        elif mic is not None:
+            await _send_mic(client, mic, transfer, stop_requested)
+        else:
+            await _wait_text_turn(client, stop_requested)
+        if _effective_mode(client, args.mode) == "duplex":
+            await _quietly(client.wait_audio_frames(len(transfer.sent_at), timeout=5.0))
+        exit_code = await _stop(client)
+    except ServerClosed as exc:
+        print(f"duplex client: {exc}", file=sys.stderr)
+        exit_code = EXIT_FAILED
+    finally:
+        if mic is not None:
+            mic.close()
+        await client.close()
+        await _quietly(asyncio.wait_for(printing, timeout=2.0))
+    printer.flush()
+    mode = _effective_mode(client, args.mode)
+    if args.output:
+        _write_output(args.output, client, transfer, mode)
+    printer.on_summary(summarize(client, transfer, mode, time.monotonic() - began))
+    return exit_code
+
+
+async def _send_file(client: DuplexClient, pcm: np.ndarray, fast: bool, transfer: Transfer,
+                     stop_requested: asyncio.Event) -> None:
+    pacer = FramePacer(time.monotonic())
+    transfer.stream_start = pacer.start  # the aligned output is on the input's timeline
+    for k, frame in enumerate(split_frames(pcm)):
+        if not fast:
+            await _sleep_unless(stop_requested, pacer.delay(k))
+        if stop_requested.is_set():
+            return
+        await client.send_audio(frame)
+        transfer.sent_at.append(time.monotonic())
+        if fast:
+            await asyncio.sleep(0)  # let the reader and printer run between frames
+
+
+async def _send_mic(client: DuplexClient, mic: tp.Any, transfer: Transfer, stop_requested: asyncio.Event) -> None:
+    frames = mic.start(asyncio.get_running_loop())
+    print("listening on the microphone; Ctrl-C to stop", file=sys.stderr)
+    transfer.stream_start = time.monotonic()
+    played = 0
+    while not stop_requested.is_set():
+        frame = await _get_unless(stop_requested, frames)
+        if frame is None:
+            return
+        await client.send_audio(frame)
+        transfer.sent_at.append(time.monotonic())
+        for chunk in client.audio[played:]:  # play what arrived since the last frame
+            mic.play(chunk.pcm)
+        played = len(client.audio)
+
+
+async def _wait_text_turn(client: DuplexClient, stop_requested: asyncio.Event) -> None:
+    """Text-only turn: wait until the spoken reply ends (or is cut, or fails)."""
+    def turn_over(event: Event) -> bool:
+        return event.type in ("tts_end", "tts_stop", "error")
+
+    async def watch() -> None:
+        async for item in client.stream():
+            if isinstance(item, Event) and turn_over(item):
+                return
+
+    if any(turn_over(e) for e in client.events):
+        return
+    watcher = asyncio.create_task(watch())
+    stopper = asyncio.create_task(stop_requested.wait())
+    await asyncio.wait({watcher, stopper}, timeout=TEXT_TURN_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+    watcher.cancel()
+    stopper.cancel()
+
+
+async def _stop(client: DuplexClient) -> int:
+    """Sends `stop` and waits for its acknowledgement."""
+    await client.stop()
+    try:
+        await client.wait_for("stop_acknowledged", timeout=STOP_ACK_TIMEOUT_S)
+    except TimeoutError:
+        print(f"duplex client: no stop_acknowledged within {STOP_ACK_TIMEOUT_S:g} s", file=sys.stderr)
+        return EXIT_FAILED
+    await _quietly(client.wait_for("metrics", timeout=0.5))  # the stop-time metrics, if they come
+    return EXIT_OK
+
+
+def _write_output(path: str, client: DuplexClient, transfer: Transfer, mode: str | None) -> None:
+    pcm = align_assistant_audio(client.audio, by_arrival=(mode != "duplex"),
+                                stream_start=transfer.stream_start or 0.0,
+                                min_samples=len(transfer.sent_at) * FRAME_SAMPLES)
+    write_wav(path, pcm)
+    print(f"wrote {len(pcm) / SAMPLE_RATE:.2f} s of assistant audio to {path}", file=sys.stderr)
+
+
+def _effective_mode(client: DuplexClient, requested: str | None) -> str | None:
+    """The mode the server chose (from `status` events), else what was asked for."""
+    for event in client.events:
+        if event.type == "status" and event.data.get("mode") in ("duplex", "cascade"):
+            return event.data["mode"]
+    return requested
+
+
+# ---- small async helpers --------------------------------------------------------------------------
+
+def _install_ctrl_c(stop_requested: asyncio.Event) -> None:
+    """First Ctrl-C ends the conversation cleanly; a second one kills the client."""
+    loop = asyncio.get_running_loop()
+
+    def on_sigint() -> None:
+        stop_requested.set()
+        loop.remove_signal_handler(signal.SIGINT)
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+    except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
+        pass
+
+
+async def _sleep_unless(stop_requested: asyncio.Event, seconds: float) -> None:
+    if seconds > 0:
+        await _quietly(asyncio.wait_for(stop_requested.wait(), timeout=seconds))
+
+
+async def _get_unless(stop_requested: asyncio.Event, queue: asyncio.Queue) -> tp.Any:
+    getter = asyncio.create_task(queue.get())
+    stopper = asyncio.create_task(stop_requested.wait())
+    done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if getter in done:
+        return getter.result()
+    getter.cancel()
+    return None
+
+
+async def _quietly(awaitable: tp.Awaitable[tp.Any]) -> None:
+    """Awaits, ignoring a timeout or a closed server (for best-effort waits)."""
+    try:
+        await awaitable
+    except (TimeoutError, asyncio.TimeoutError, ServerClosed):
+        pass
+
+
+async def _print_events(client: DuplexClient, printer: "EventPrinter") -> None:
+    async for item in client.stream():
+        if isinstance(item, Event):
+            printer.on_event(item)
+
+
+# ---- summary --------------------------------------------------------------------------------------
+
+def frame_turnaround_ms(sent_at: tp.Sequence[float], audio: tp.Sequence[AudioChunk]) -> list[float]:
+    """Duplex: time from sending input frame k to receiving output frame k, in ms."""
+    return [(audio[k].received_at - sent_at[k]) * 1000.0 for k in range(min(len(sent_at), len(audio)))]
+
+
+def _percentiles(values: tp.Sequence[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    p50, p90 = np.percentile(np.asarray(values, dtype=np.float64), [50, 90])
+    return {"p50": round(float(p50), 1), "p90": round(float(p90), 1), "max": round(float(max(values)), 1)}
+
+
+def summarize(client: DuplexClient, transfer: Transfer, mode: str | None, duration_s: float) -> dict[str, tp.Any]:
+    metrics = [e.data for e in client.events if e.type == "metrics"]
+    latencies = [float(m["response_latency_ms"]) for m in metrics
+                 if isinstance(m.get("response_latency_ms"), (int, float))]
+    return {
+        "type": "client_summary",
+        "mode": mode,
+        "frames_sent": len(transfer.sent_at),
+        "frames_received": client.binary_messages,
+        "frame_turnaround_ms": _percentiles(frame_turnaround_ms(transfer.sent_at, client.audio))
+        if mode == "duplex" else None,
+        "response_latency_ms": _percentiles(latencies),
+        "responses": len(latencies),
+        "frames_dropped": metrics[-1].get("frames_dropped") if metrics else None,
+        "errors": sum(1 for e in client.events if e.type == "error"),
+        "duration_s": round(duration_s, 2),
+    }
+
+
+# ---- printing -------------------------------------------------------------------------------------
+
+class EventPrinter(tp.Protocol):
+    def on_event(self, event: Event) -> None: ...
+    def on_summary(self, summary: dict[str, tp.Any]) -> None: ...
+    def flush(self) -> None: ...
+
+
+class JsonPrinter:
+    def on_event(self, event: Event) -> None:
+        print(json.dumps(event.data), flush=True)
+
+    def on_summary(self, summary: dict[str, tp.Any]) -> None:
+        print(json.dumps(summary), flush=True)
+
+    def flush(self) -> None:
+        pass
+
+
+class HumanPrinter:
+    """Role-prefixed transcripts. On a terminal, partials rewrite one live line; otherwise only finals."""
+
+    def __init__(self, tty: bool, out: tp.TextIO | None = None, err: tp.TextIO | None = None):
+        self.tty = tty
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self._live = False  # a partial line is on screen, without its newline
+        self._llm_text = ""  # assistant text of the current llm_response run
+
+    def on_event(self, event: Event) -> None:
+        d = event.data
+        if event.type == "ready":
+            self._line(f"connected: session {d.get('session_id')}, modes {', '.join(d.get('modes', []))}, "
+                       f"audio {d.get('audio', {}).get('codec')}")
+        elif event.type == "partial_transcript" and self.tty:
+            self._show_live(f"{d.get('role')}… {d.get('content', '')}")
+        elif event.type == "final_transcript":
+            self._line(f"{d.get('role')}: {d.get('content', '')}")
+        elif event.type == "llm_response":
+            self._llm_text += str(d.get("content", ""))
+            if d.get("is_complete"):
+                self.flush()
+            elif self.tty:
+                self._show_live(f"assistant (text)… {self._llm_text}")
+        elif event.type == "error":
+            self._line(f"error [{d.get('code')}]: {d.get('message')}", self.err)
+
+    def flush(self) -> None:
+        """Prints any assistant text still pending (the turn ended or the client stopped)."""
+        if self._llm_text.strip():
+            self._line(f"assistant (text): {self._llm_text.strip()}")
+        self._llm_text = ""
+
+    def on_summary(self, s: dict[str, tp.Any]) -> None:
+        lines = [f"--- summary ({s['mode'] or 'unknown'} mode, {s['duration_s']:.1f} s)",
+                 f"frames sent {s['frames_sent']}, received {s['frames_received']}"
+                 + (f", dropped by server {s['frames_dropped']}" if s["frames_dropped"] else "")]
+        if s["frame_turnaround_ms"]:
+            t = s["frame_turnaround_ms"]
+            lines.append(f"frame turnaround ms: p50 {t['p50']}, p90 {t['p90']}, max {t['max']}")
+        if s["response_latency_ms"]:
+            r = s["response_latency_ms"]
+            lines.append(f"response latency ms ({s['responses']} replies): p50 {r['p50']}, p90 {r['p90']}, "
+                         f"max {r['max']}")
+        if s["errors"]:
+            lines.append(f"errors from server: {s['errors']}")
+        for line in lines:
+            self._line(line)
+
+    def _show_live(self, text: str) -> None:
+        self.out.write("\r\033[K" + text)
+        self.out.flush()
+        self._live = True
+
+    def _line(self, text: str, stream: tp.TextIO | None = None) -> None:
+        if self._live:
+            self.out.write("\r\033[K")
+            self.out.flush()
+            self._live = False
+        print(text, file=stream or self.out, flush=True)
+
+
+# ---- microphone and speaker -----------------------------------------------------------------------
+
+def open_mic_or_explain() -> "MicIO | None":
+    """A MicIO, or None after telling the user what is missing (sounddevice, PortAudio, a microphone)."""
+    try:
+        import sounddevice  # lazy: it needs the PortAudio system library just to import
+    except (ImportError, OSError) as exc:
+        print(f"duplex client: {MIC_INSTALL_HINT} ({exc})", file=sys.stderr)
+        return None
+    try:
+        sounddevice.query_devices(kind="input")
+    except Exception as exc:  # PortAudioError / ValueError: no default input device
+        print(f"duplex client: no microphone found ({exc}); plug one in or pick a default input device, "
+              "or use --input WAV", file=sys.stderr)
+        return None
+    return MicIO(sounddevice)
+
+
+class MicIO:
+    """Microphone in as 1920-sample frames on an asyncio queue; assistant audio out to the speaker."""
+
+    def __init__(self, sd: tp.Any):
+        self._sd = sd
+        self._streams: list[tp.Any] = []
+        self._lock = threading.Lock()  # the output callback runs on PortAudio's thread
+        self._to_play = np.zeros(0, dtype=np.float32)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> asyncio.Queue:
+        frames: asyncio.Queue = asyncio.Queue(maxsize=25)
+        assembler = FrameAssembler()
+
+        def push(pcm: np.ndarray) -> None:  # on the event loop
+            for frame in assembler.push(pcm):
+                if frames.full():  # the sender fell behind: drop the oldest rather than lag further
+                    frames.get_nowait()
+                frames.put_nowait(frame)
+
+        def on_input(indata: np.ndarray, n: int, time_info: tp.Any, status: tp.Any) -> None:
+            loop.call_soon_threadsafe(push, indata[:, 0].copy())
+
+        params = dict(samplerate=SAMPLE_RATE, channels=1, dtype="float32", blocksize=FRAME_SAMPLES)
+        self._streams.append(self._sd.InputStream(callback=on_input, **params))
+        try:
+            self._streams.append(self._sd.OutputStream(callback=self._on_output, **params))
+        except Exception as exc:  # no speaker: the conversation still works, silently
+            print(f"duplex client: no audio output ({exc}); the reply will not be played", file=sys.stderr)
+        for stream in self._streams:
+            stream.start()
+        return frames
+
+    def play(self, pcm: np.ndarray) -> None:
+        with self._lock:
+            self._to_play = np.concatenate([self._to_play, pcm.astype(np.float32, copy=False)])
+
+    def _on_output(self, outdata: np.ndarray, n: int, time_info: tp.Any, status: tp.Any) -> None:
+        with self._lock:
+            chunk, self._to_play = self._to_play[:n], self._to_play[n:]
+        outdata[:len(chunk), 0] = chunk
+        outdata[len(chunk):, 0] = 0.0
+
+    def close(self) -> None:
+        for stream in self._streams:
+            stream.stop()
+            stream.close()
+        self._streams.clear()
