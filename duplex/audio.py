@@ -106,10 +106,11 @@ class ActivityDetector:
         self.threshold_dbfs = threshold_dbfs
         self.hangover_frames = hangover_frames
         self.active = False
+        self.loud = False  # whether the last frame was above the threshold
         self._quiet = 0
 
     def update(self, pcm: np.ndarray) -> str | None:
-        loud = rms_dbfs(pcm) > self.threshold_dbfs
+        loud = self.loud = rms_dbfs(pcm) > self.threshold_dbfs
         if loud:
             self._quiet = 0
             if not self.active:

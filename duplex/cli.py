@@ -1,0 +1,35 @@
+"""The `duplex` command: `serve`, `client` (and benchmarks)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .server import add_serve_parser
+
+    parser = argparse.ArgumentParser(prog="duplex", description="Full-duplex speech model server and tools.")
+    parser.add_argument("--version", action="version", version=f"duplex {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_serve_parser(sub)
+    try:
+        from . import client_cli
+        client_cli.register(sub)
+    except ImportError:  # pragma: no cover - the client CLI is part of the package
+        pass
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(args, "log_level", "info").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

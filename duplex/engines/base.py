@@ -1,0 +1,120 @@
+"""What a session sees of an engine: typed frames out, a small control surface in.
+
+Pipecat-style: an engine emits typed frames (dataclasses below) into the session's sink; the
+session turns them into protocol messages. Nothing here knows about Moshi or sockets.
+"""
+
+from __future__ import annotations
+
+import abc
+import typing as tp
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class AssistantAudio:
+    pcm: np.ndarray            # one 80 ms frame, float32
+    turnaround_ms: float | None = None   # duplex: input frame arrival -> this frame ready
+
+
+@dataclass
+class AssistantText:
+    text: str                  # new text only (a delta of the assistant's text stream)
+
+
+@dataclass
+class AssistantTurnStarted:
+    pass
+
+
+@dataclass
+class AssistantTurnEnded:
+    interrupted: bool = False
+
+
+@dataclass
+class UserTranscript:
+    content: str               # whole segment so far
+    start_ms: int
+    end_ms: int | None = None  # set when final
+
+
+@dataclass
+class LLMProcessing:
+    pass
+
+
+@dataclass
+class EngineFailure:
+    code: str                  # a protocol error code
+    message: str
+
+
+EngineFrame = tp.Union[
+    AssistantAudio, AssistantText, AssistantTurnStarted, AssistantTurnEnded,
+    UserTranscript, LLMProcessing, EngineFailure,
+]
+Sink = tp.Callable[[EngineFrame], None]
+
+
+class CapacityError(RuntimeError):
+    """Every slot of the engine is taken."""
+
+
+class Unsupported(RuntimeError):
+    """The engine cannot do what was asked (answered as `error` `unsupported`)."""
+
+
+class EngineStream(abc.ABC):
+    """One conversation inside an engine. Called on the event loop thread only."""
+
+    frames_dropped: int = 0
+
+    @abc.abstractmethod
+    def push_audio(self, frame: np.ndarray) -> None:
+        """One 1920-sample frame of user audio."""
+
+    @abc.abstractmethod
+    def interrupt(self) -> None:
+        """The assistant stops speaking now."""
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Forget the conversation, keep listening."""
+
+    @abc.abstractmethod
+    def configure(self, config: dict) -> None:
+        """Apply settings mid-conversation, or raise Unsupported."""
+
+    def text_input(self, text: str) -> None:
+        raise Unsupported(f"{self.mode} mode takes no text input")
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Leave the engine: its slot and queues are freed at once."""
+
+    @property
+    @abc.abstractmethod
+    def mode(self) -> str: ...
+
+
+class Engine(abc.ABC):
+    name: str
+
+    @abc.abstractmethod
+    def open(self, config: dict, sink: Sink) -> EngineStream:
+        """Starts a conversation; raises CapacityError when full."""
+
+    @abc.abstractmethod
+    def has_free_slot(self) -> bool: ...
+
+    @abc.abstractmethod
+    def health(self) -> dict: ...
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass

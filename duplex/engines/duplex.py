@@ -1,0 +1,182 @@
+"""The duplex engine: Moshi conversations, each in a slot of one batched model.
+
+DuplexStream is one conversation: it queues user frames into its slot, turns step results into
+typed frames for its session, detects assistant turns from the audio it speaks, and implements
+`interrupt` by forcing its slot silent (the model is fed silence codes as its own speech, so its
+state agrees with what the user hears).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import typing as tp
+
+import numpy as np
+
+from ..audio import ActivityDetector
+from ..protocol import FRAME_MS, FRAME_SAMPLES
+from .base import (AssistantAudio, AssistantText, AssistantTurnEnded, AssistantTurnStarted,
+                   CapacityError, Engine, EngineStream, Sink, Unsupported)
+from .moshi_batch import MoshiBatch, StepInput, StepOutput
+from .sampling import SamplingSettings
+from .scheduler import BatchScheduler, Slot, TickEntry
+
+log = logging.getLogger(__name__)
+
+DUPLEX_CONFIG_KEYS = {"temperature", "text_temperature", "top_k", "text_top_k", "seed", "transcribe_user"}
+
+
+class DuplexRunner:
+    """Adapts MoshiBatch to the scheduler: builds the masked batch, runs it, hands results out."""
+
+    def __init__(self, model: MoshiBatch):
+        self.model = model
+
+    def prepare(self, entries: list[TickEntry]) -> StepInput:
+        slots = self.model.slots
+        batch = StepInput(
+            pcm=np.zeros((slots, FRAME_SAMPLES), dtype=np.float32),
+            execute=np.zeros(slots, dtype=bool), reset=np.zeros(slots, dtype=bool),
+            first=np.zeros(slots, dtype=bool), force_silence=np.zeros(slots, dtype=bool),
+        )
+        for entry in entries:
+            i = entry.slot.index
+            batch.reset[i] = entry.reset
+            if entry.frame is not None:
+                batch.pcm[i] = entry.frame.pcm
+                batch.execute[i] = True
+                batch.first[i] = entry.first
+                owner = entry.slot.owner
+                batch.force_silence[i] = bool(owner is not None and owner.forced_silent)
+        return batch
+
+    def execute(self, batch: StepInput) -> StepOutput:
+        return self.model.step(batch)
+
+    def deliver(self, entries: list[TickEntry], result: StepOutput) -> None:
+        now = time.monotonic()
+        for entry in entries:
+            i = entry.slot.index
+            entry.slot.owner.on_step(result.pcm[i], result.text[i], bool(result.has_output[i]),
+                                     (now - entry.frame.arrived) * 1000.0)
+
+
+class DuplexEngine(Engine):
+    name = "duplex"
+
+    def __init__(self, model: MoshiBatch, *, max_wait_ms: float = 20.0, max_queue_frames: int = 25,
+                 interrupt_hold_ms: float = 2000.0, speech_threshold_dbfs: float = -45.0):
+        self.model = model
+        self.scheduler = BatchScheduler(DuplexRunner(model), model.slots, max_wait_ms=max_wait_ms,
+                                        max_queue_frames=max_queue_frames, name="duplex")
+        self.interrupt_hold_frames = max(1, round(interrupt_hold_ms / FRAME_MS))
+        self.speech_threshold_dbfs = speech_threshold_dbfs
+
+    async def start(self) -> None:
+        await self.scheduler.start()
+
+    async def stop(self) -> None:
+        await self.scheduler.stop()
+
+    def has_free_slot(self) -> bool:
+        return self.scheduler.has_free_slot()
+
+    def health(self) -> dict:
+        return {"slots": self.model.slots, "active": self.scheduler.active,
+                "ticks": self.scheduler.ticks, "last_step_ms": round(self.scheduler.last_step_ms, 2)}
+
+    def open(self, config: dict, sink: Sink) -> "DuplexStream":
+        _check_config(config)
+        stream = DuplexStream(self, sink)
+        slot = self.scheduler.acquire(stream)
+        if slot is None:
+            raise CapacityError(f"all {self.model.slots} duplex slots are busy")
+        stream.slot = slot
+        stream.apply_settings(config)
+        return stream
+
+
+def _check_config(config: dict) -> None:
+    unsupported = sorted(set(config) - DUPLEX_CONFIG_KEYS)
+    if unsupported:
+        raise Unsupported(f"the duplex model does not take {', '.join(unsupported)}")
+
+
+class DuplexStream(EngineStream):
+    def __init__(self, engine: DuplexEngine, sink: Sink):
+        self.engine = engine
+        self.sink = sink
+        self.slot: Slot | None = None
+        self.settings = engine.model.defaults
+        self.speaking = ActivityDetector(engine.speech_threshold_dbfs, hangover_frames=5)
+        self.user_voice = ActivityDetector(engine.speech_threshold_dbfs, hangover_frames=5)
+        self.forced_silent = False
+        self._hold_left = 0          # frames left of an interrupt's forced silence
+
+    @property
+    def mode(self) -> str:
+        return "duplex"
+
+    @property
+    def frames_dropped(self) -> int:  # type: ignore[override]
+        return self.slot.dropped if self.slot is not None else 0
+
+    # --- session -> engine -------------------------------------------------------------------
+    def push_audio(self, frame: np.ndarray) -> None:
+        assert self.slot is not None
+        self.engine.scheduler.push(self.slot, frame)
+        self.user_voice.update(frame)
+
+    def interrupt(self) -> None:
+        self.forced_silent = True
+        self._hold_left = self.engine.interrupt_hold_frames
+        if self.speaking.active:
+            self.speaking.reset()
+            self.sink(AssistantTurnEnded(interrupted=True))
+
+    def reset(self) -> None:
+        assert self.slot is not None
+        self.engine.scheduler.reset(self.slot)
+        self.forced_silent = False
+        self.speaking.reset()
+        self.user_voice.reset()
+
+    def configure(self, config: dict) -> None:
+        _check_config(config)
+        self.apply_settings(config)
+
+    def apply_settings(self, config: dict) -> None:
+        settings = self.settings.updated(config)
+        if settings != self.settings or "seed" in config:
+            self.settings = settings
+            slot = self.slot
+            assert slot is not None
+            # On the model thread, in order with the ticks: never mid-step.
+            self.engine.scheduler.worker.submit(self.engine.model.configure_slot, slot.index, settings)
+
+    def close(self) -> None:
+        if self.slot is not None:
+            self.engine.scheduler.release(self.slot)
+            self.slot = None
+
+    # --- engine -> session (event loop, once per consumed frame) ------------------------------
+    def on_step(self, pcm: np.ndarray, text: str | None, has_output: bool, turnaround_ms: float) -> None:
+        if self.forced_silent:
+            pcm = np.zeros_like(pcm)
+            text = None
+            self._count_down_hold()
+        change = self.speaking.update(pcm) if has_output else None
+        if change == "start":
+            self.sink(AssistantTurnStarted())
+        if text:
+            self.sink(AssistantText(text))
+        self.sink(AssistantAudio(pcm, turnaround_ms))
+        if change == "end":
+            self.sink(AssistantTurnEnded())
+
+    def _count_down_hold(self) -> None:
+        """Forced silence lasts the hold time, and longer while the user is still speaking."""
+        self._hold_left -= 1
+        if self._hold_left <= 0 and not self.user_voice.active:
+            self.forced_silent = False

@@ -1,0 +1,83 @@
+"""Server-wide counters: Prometheus exposition for /metrics and the totals /health reports.
+
+One registry per app (not the global one), so several servers in one process (tests) stay apart.
+"""
+
+from __future__ import annotations
+
+import time
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# `*_created` series add noise for no use here.
+prometheus_client.disable_created_metrics()
+
+MS_BUCKETS = (1, 2, 5, 10, 20, 40, 60, 80, 100, 150, 200, 300, 500, 1000, 2000, 5000)
+
+
+class ServerMetrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.started = time.monotonic()
+        self.frames_in_total = 0
+        self.frames_out_total = 0
+        r = self.registry
+        self.sessions = Gauge("duplex_sessions_active", "Conversations running now", ["mode"], registry=r)
+        self.sessions_total = Counter("duplex_sessions", "Conversations started", ["mode"], registry=r)
+        self.connections = Gauge("duplex_connections_open", "WebSocket connections open", ["endpoint"], registry=r)
+        self.frames_in = Counter("duplex_frames_in", "80 ms user audio frames consumed", registry=r)
+        self.frames_out = Counter("duplex_frames_out", "80 ms assistant audio frames produced", registry=r)
+        self.frames_dropped = Counter("duplex_frames_dropped", "Frames dropped by full queues", registry=r)
+        self.errors = Counter("duplex_errors", "Error messages sent to clients", ["code"], registry=r)
+        self.step_ms = Histogram("duplex_step_ms", "Batched model step time (ms)", ["engine"],
+                                 buckets=MS_BUCKETS, registry=r)
+        self.tick_frames = Histogram("duplex_tick_frames", "Frames served per batched step", ["engine"],
+                                     buckets=(1, 2, 4, 8, 12, 16, 24, 32, 48, 64), registry=r)
+        self.turnaround_ms = Histogram("duplex_frame_turnaround_ms", "User frame in -> assistant frame out (ms)",
+                                       buckets=MS_BUCKETS, registry=r)
+        self.response_latency_ms = Histogram("duplex_response_latency_ms", "End of user speech -> assistant audio (ms)",
+                                             ["mode"], buckets=MS_BUCKETS, registry=r)
+
+    # --- SessionObserver ---------------------------------------------------------------------
+    def session_started(self, mode: str) -> None:
+        self.sessions.labels(mode).inc()
+        self.sessions_total.labels(mode).inc()
+
+    def session_ended(self, mode: str) -> None:
+        self.sessions.labels(mode).dec()
+
+    def frame_in(self) -> None:
+        self.frames_in_total += 1
+        self.frames_in.inc()
+
+    def frame_out(self, turnaround_ms: float | None) -> None:
+        self.frames_out_total += 1
+        self.frames_out.inc()
+        if turnaround_ms is not None:
+            self.turnaround_ms.observe(turnaround_ms)
+
+    def frames_dropped(self, n: int) -> None:
+        self.frames_dropped.inc(n)
+
+    def response_latency(self, mode: str, ms: float) -> None:
+        self.response_latency_ms.labels(mode).observe(ms)
+
+    def error(self, code: str) -> None:
+        self.errors.labels(code).inc()
+
+    # --- engines -----------------------------------------------------------------------------
+    def tick_observer(self, engine: str):
+        def observe(step_ms: float, frames: int) -> None:
+            self.step_ms.labels(engine).observe(step_ms)
+            self.tick_frames.labels(engine).observe(frames)
+        return observe
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def uptime_s(self) -> float:
+        return time.monotonic() - self.started

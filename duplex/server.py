@@ -1,0 +1,172 @@
+"""`duplex serve`: load the models once, then serve every conversation from one process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import logging
+import signal
+import ssl
+from pathlib import Path
+
+from aiohttp import web
+
+from .app import ServerSettings, create_app
+from .engines.base import Engine
+
+log = logging.getLogger("duplex")
+
+
+class StartupError(RuntimeError):
+    """A problem the user can fix; the message says how."""
+
+
+def pick_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise StartupError(
+            f"--device {requested} was asked for, but no CUDA GPU is usable here "
+            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'}).\n"
+            "  Use --device cpu (with --preset tiny for real-time speed), or check the NVIDIA driver.")
+    return requested
+
+
+def pick_dtype(requested: str, device: str):
+    import torch
+
+    if requested == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[requested]
+
+
+def build_duplex_engine(args: argparse.Namespace, device: str, dtype) -> Engine:
+    from tqdm import tqdm
+
+    from .engines.duplex import DuplexEngine
+    from .engines.moshi_batch import MoshiBatch
+    from .models.spec import PRESETS, resolve_checkpoint
+
+    spec = args.moshi_spec or PRESETS[args.preset].duplex_spec
+    with tqdm(total=3, desc=f"duplex model {spec}", unit="stage", disable=args.quiet_progress) as bar:
+        bar.set_postfix_str("weights")
+        checkpoint = resolve_checkpoint(spec)
+        bar.update()
+        bar.set_postfix_str(f"loading on {device} ({str(dtype).removeprefix('torch.')})")
+        model = MoshiBatch(checkpoint, args.slots, device, dtype)
+        bar.update()
+        bar.set_postfix_str("warm-up" + (" + CUDA graphs" if device.startswith("cuda") else ""))
+        model.warmup()
+        bar.update()
+    return DuplexEngine(model, max_wait_ms=args.max_wait_ms, interrupt_hold_ms=args.interrupt_hold_ms,
+                        speech_threshold_dbfs=args.speech_threshold_dbfs)
+
+
+def ssl_context(directory: str | None) -> ssl.SSLContext | None:
+    if directory is None:
+        return None
+    cert, key = Path(directory) / "cert.pem", Path(directory) / "key.pem"
+    missing = [str(p) for p in (cert, key) if not p.exists()]
+    if missing:
+        raise StartupError(f"--ssl {directory}: missing {', '.join(missing)}. Make a self-signed pair with:\n"
+                           f"  openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj /CN=localhost "
+                           f"-keyout {key} -out {cert}")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certfile=str(cert), keyfile=str(key))
+    return context
+
+
+def build_engines(args: argparse.Namespace) -> dict[str, Engine]:
+    device = pick_device(args.device)
+    dtype = pick_dtype(args.dtype, device)
+    engines: dict[str, Engine] = {}
+    if not args.no_duplex:
+        engines["duplex"] = build_duplex_engine(args, device, dtype)
+    if not engines:
+        raise StartupError("no engine to serve: drop --no-duplex")
+    return engines
+
+
+async def serve(args: argparse.Namespace) -> None:
+    context = ssl_context(args.ssl)
+    engines = build_engines(args)
+    static = None if args.static == "none" else Path(args.static)
+    app = create_app(engines, ServerSettings(token=args.token, static_dir=static,
+                                             speech_threshold_dbfs=args.speech_threshold_dbfs))
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, args.host, args.port, ssl_context=context)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(f"port {args.port} on {args.host} is already in use: stop the other server "
+                               f"or pick another port with --port") from None
+        raise StartupError(f"cannot listen on {args.host}:{args.port}: {exc}") from None
+    scheme = "https" if context else "http"
+    port = site._server.sockets[0].getsockname()[1]  # the real one when --port 0
+    shown_host = "localhost" if args.host in ("0.0.0.0", "127.0.0.1", "::") else args.host
+    slots = ", ".join(f"{name}: {e.health().get('slots', '?')} slots" for name, e in engines.items())
+    log.info("serving on %s://%s:%d  (%s)  — open it in a browser, or: duplex client --url %s://%s:%d",
+             scheme, shown_host, port, slots, scheme, shown_host, port)
+    # A machine-readable line for scripts and tests that pass --port 0.
+    print(f"DUPLEX_READY {scheme}://{args.host}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await runner.cleanup()
+
+
+def add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    from .models.spec import PRESETS
+
+    p = sub.add_parser("serve", help="load the models and serve conversations over WebSockets",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Serve /ws (duplex protocol), /api/chat (Moshi-compatible), /health, "
+                                   "/metrics and the browser client at /.")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
+                   help="model preset: " + "; ".join(f"{k} = {v.description}" for k, v in PRESETS.items()))
+    p.add_argument("--moshi-spec", metavar="SPEC",
+                   help="duplex model instead of the preset's: a Hugging Face repo id "
+                        "(e.g. kyutai/moshiko-pytorch-bf16) or a local directory in the same layout")
+    p.add_argument("--no-duplex", action="store_true", help="do not load a duplex model")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=8998, help="TCP port (0 picks a free one, printed at start)")
+    p.add_argument("--device", default="auto", help="torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1")
+    p.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], default="auto",
+                   help="LM weights dtype: auto = bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--slots", type=int, default=8,
+                   help="batch size: conversations served at once by one model step (fixed for the run)")
+    p.add_argument("--max-wait-ms", type=float, default=20.0,
+                   help="a tick runs when every active slot has a frame, or when the oldest waiting frame "
+                        "has waited this long")
+    p.add_argument("--interrupt-hold-ms", type=float, default=2000.0,
+                   help="after `interrupt`, the duplex model stays silent this long (longer while the user speaks)")
+    p.add_argument("--speech-threshold-dbfs", type=float, default=-45.0,
+                   help="energy above which a frame counts as speech (turn detection, latency metrics)")
+    p.add_argument("--token", help="access token required from clients (?token= or Authorization: Bearer)")
+    p.add_argument("--ssl", metavar="DIR", help="serve https/wss with DIR/key.pem and DIR/cert.pem "
+                                                "(browsers need a secure context for the microphone off localhost)")
+    p.add_argument("--static", default=str(Path(__file__).resolve().parents[1] / "client"),
+                   help="directory served at / (the browser client); 'none' to serve no page")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log verbosity")
+    p.add_argument("--quiet-progress", action="store_true", help="no progress bars (for logs and CI)")
+    p.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from .models.spec import WeightsUnavailable
+
+    try:
+        asyncio.run(serve(args))
+    except (StartupError, WeightsUnavailable) as exc:
+        log.error("%s", exc)
+        return 2
+    return 0

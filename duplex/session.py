@@ -1,0 +1,327 @@
+"""The session layer: one per connection, engine-agnostic.
+
+It owns the protocol state machine (start/stop/reset/interrupt/configure/text_input), the
+conversation clock, transcript segments, turn metrics, and the mapping from an engine's typed
+frames to protocol messages. It never touches a socket: it reads decoded client messages and
+writes to its Outbox; the app's handler moves bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import typing as tp
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import protocol
+from .audio import ActivityDetector, BadAudio, FrameAssembler, make_codec
+from .engines.base import (AssistantAudio, AssistantText, AssistantTurnEnded, AssistantTurnStarted,
+                           CapacityError, Engine, EngineFailure, EngineFrame, EngineStream, LLMProcessing,
+                           Unsupported, UserTranscript)
+from .outbox import Outbox
+from .protocol import FRAME_MS, ProtocolError
+
+log = logging.getLogger(__name__)
+
+MAX_AUDIO_MESSAGE_BYTES = 256 * 1024   # ~ 5 s of pcm16; Opus pages are far smaller
+MAX_TEXT_MESSAGE_BYTES = 64 * 1024
+MAX_BAD_MESSAGES = 50                  # past this, the connection is closed (policy violation)
+
+
+class TooManyBadMessages(Exception):
+    pass
+
+
+@dataclass
+class SessionLimits:
+    max_audio_bytes: int = MAX_AUDIO_MESSAGE_BYTES
+    max_text_bytes: int = MAX_TEXT_MESSAGE_BYTES
+    max_bad_messages: int = MAX_BAD_MESSAGES
+
+
+class SessionObserver(tp.Protocol):
+    """Server-wide counters (metrics module); every call is cheap and non-blocking."""
+
+    def session_started(self, mode: str) -> None: ...
+    def session_ended(self, mode: str) -> None: ...
+    def frame_in(self) -> None: ...
+    def frame_out(self, turnaround_ms: float | None) -> None: ...
+    def frames_dropped(self, n: int) -> None: ...
+    def response_latency(self, mode: str, ms: float) -> None: ...
+    def error(self, code: str) -> None: ...
+
+
+@dataclass
+class TurnState:
+    """The assistant's current text segment and the bookkeeping for its metrics."""
+    text: str = ""
+    start_ms: int | None = None
+    speaking: bool = False
+    response_latency_ms: float | None = None
+
+
+@dataclass
+class Conversation:
+    mode: str
+    stream: EngineStream
+    frames_in: int = 0
+    frames_out: int = 0
+    turn: TurnState = field(default_factory=TurnState)
+    user_speech_end: float | None = None    # monotonic time of the user's last loud frame, after they stopped
+    last_loud: float | None = None
+
+
+class Session:
+    def __init__(self, engines: dict[str, Engine], codec: str, observer: SessionObserver,
+                 default_mode: str = "auto", limits: SessionLimits | None = None,
+                 speech_threshold_dbfs: float = -45.0):
+        self.id = uuid.uuid4().hex[:12]
+        self.engines = engines
+        self.codec = codec
+        self.default_mode = default_mode
+        self.observer = observer
+        self.limits = limits or SessionLimits()
+        self.outbox = Outbox()
+        self.decoder, self.encoder = make_codec(codec)
+        self.frames = FrameAssembler()
+        self.user_voice = ActivityDetector(speech_threshold_dbfs, hangover_frames=5)
+        self.conversation: Conversation | None = None
+        self.bad_messages = 0
+        self._told_not_started = False
+
+    # --- outgoing ------------------------------------------------------------------------------
+    def send(self, type_: str, **fields: tp.Any) -> None:
+        self.outbox.put_json(protocol.message(type_, self.id, **fields))
+
+    def send_error(self, code: str, text: str) -> None:
+        self.observer.error(code)
+        self.outbox.put_json(protocol.error(self.id, code, text))
+
+    def send_ready(self) -> None:
+        modes = [name for name in ("duplex", "cascade") if name in self.engines]
+        self.send("ready", protocol=protocol.PROTOCOL_VERSION, modes=modes,
+                  audio={"codec": self.codec, "sample_rate": protocol.SAMPLE_RATE, "frame_ms": FRAME_MS})
+
+    def _bad(self, code: str, text: str) -> None:
+        self.send_error(code, text)
+        self.bad_messages += 1
+        if self.bad_messages > self.limits.max_bad_messages:
+            raise TooManyBadMessages(f"more than {self.limits.max_bad_messages} bad messages")
+
+    # --- incoming ------------------------------------------------------------------------------
+    def handle_text(self, data: str) -> None:
+        if len(data.encode()) > self.limits.max_text_bytes:
+            return self._bad("too_large", f"text messages are limited to {self.limits.max_text_bytes} bytes")
+        try:
+            msg = protocol.parse_client_text(data)
+        except ProtocolError as exc:
+            return self._bad(exc.code, exc.message)
+        handler = getattr(self, f"_on_{msg.type}")
+        try:
+            handler(msg.body)
+        except Unsupported as exc:
+            self.send_error("unsupported", str(exc))
+
+    def handle_binary(self, data: bytes) -> None:
+        if not data or data[0] != protocol.KIND_AUDIO:
+            kind = f"0x{data[0]:02x}" if data else "an empty message"
+            return self._bad("bad_message", f"binary messages must start with 0x01 (audio); got {kind}")
+        if len(data) > self.limits.max_audio_bytes:
+            return self._bad("too_large", f"audio messages are limited to {self.limits.max_audio_bytes} bytes")
+        if self.conversation is None:
+            if not self._told_not_started:
+                self._told_not_started = True
+                self.send_error("not_started", "audio before `start` (or after `stop`) is discarded")
+            return
+        try:
+            pcm = self.decoder.decode(data[1:])
+        except BadAudio as exc:
+            return self._bad("bad_audio", str(exc))
+        for frame in self.frames.push(pcm):
+            self._user_frame(frame)
+
+    def _user_frame(self, frame: np.ndarray) -> None:
+        conv = self.conversation
+        assert conv is not None
+        conv.frames_in += 1
+        self.observer.frame_in()
+        change = self.user_voice.update(frame)
+        now = time.monotonic()
+        if self.user_voice.loud:
+            conv.last_loud = now
+        if change == "end":
+            conv.user_speech_end = conv.last_loud
+        elif change == "start":
+            conv.user_speech_end = None
+        conv.stream.push_audio(frame)
+
+    # --- control messages ----------------------------------------------------------------------
+    def _on_start(self, body: dict) -> None:
+        if self.conversation is not None:
+            return self.send_error("bad_message", "already started; send `stop` first")
+        mode = body.get("mode") or self.default_mode
+        engine_name = self._pick_engine(mode)
+        if engine_name is None:
+            return
+        config = body.get("config", {})
+        try:
+            stream = self.engines[engine_name].open(config, self._on_engine_frame)
+        except CapacityError as exc:
+            return self.send_error("capacity", f"{exc}; try again later or use mode=cascade")
+        self.conversation = Conversation(engine_name, stream)
+        self.frames.clear()
+        self.user_voice.reset()
+        self._told_not_started = False
+        self.observer.session_started(engine_name)
+        log.info("session %s started (%s)", self.id, engine_name)
+        self.send("status", status="listening", mode=engine_name)
+
+    def _pick_engine(self, mode: str) -> str | None:
+        if mode == "auto":
+            for name in ("duplex", "cascade"):
+                engine = self.engines.get(name)
+                if engine is not None and engine.has_free_slot():
+                    return name
+            self.send_error("capacity", "every slot of every engine is busy; try again later")
+            return None
+        if mode not in self.engines:
+            self.send_error("unsupported", f"this server has no {mode} engine loaded (available: "
+                            f"{', '.join(self.engines) or 'none'})")
+            return None
+        return mode
+
+    def _on_stop(self, body: dict) -> None:
+        conv = self.conversation
+        if conv is not None:
+            self._end_conversation()
+            self.send("stop_acknowledged", queues_cleared=True)
+            self._send_metrics(conv, None)
+        else:
+            self.send("stop_acknowledged", queues_cleared=True)
+        self.send("status", status="stopped", mode=conv.mode if conv else None)
+
+    def _end_conversation(self) -> None:
+        conv = self.conversation
+        assert conv is not None
+        conv.stream.close()
+        self.outbox.drop_audio()
+        self.frames.clear()
+        self.conversation = None
+        self.observer.session_ended(conv.mode)
+        log.info("session %s stopped (%d frames in, %d out)", self.id, conv.frames_in, conv.frames_out)
+
+    def _require_conversation(self, what: str) -> Conversation | None:
+        if self.conversation is None:
+            self.send_error("not_started", f"`{what}` needs a conversation; send `start` first")
+        return self.conversation
+
+    def _on_reset(self, body: dict) -> None:
+        conv = self._require_conversation("reset")
+        if conv is None:
+            return
+        conv.stream.reset()
+        self.outbox.silence_audio()
+        self.frames.clear()
+        self.user_voice.reset()
+        was_speaking = conv.turn.speaking
+        conv.turn = TurnState()
+        conv.user_speech_end = None
+        self.send("reset_acknowledged")
+        if was_speaking:
+            self.send("tts_stop")
+            self.send("status", status="listening", mode=conv.mode)
+
+    def _on_interrupt(self, body: dict) -> None:
+        conv = self._require_conversation("interrupt")
+        if conv is None:
+            return
+        self.outbox.silence_audio()
+        self.send("interrupt_acknowledged")
+        self.send("tts_stop")
+        conv.stream.interrupt()  # may end the assistant's turn (final transcript, metrics)
+
+    def _on_configure(self, body: dict) -> None:
+        conv = self._require_conversation("configure")
+        if conv is not None:
+            conv.stream.configure(body["config"])
+
+    def _on_text_input(self, body: dict) -> None:
+        conv = self._require_conversation("text_input")
+        if conv is not None:
+            conv.stream.text_input(body["text"])
+
+    # --- engine frames -------------------------------------------------------------------------
+    def _on_engine_frame(self, frame: EngineFrame) -> None:
+        conv = self.conversation
+        if conv is None:
+            return
+        if isinstance(frame, AssistantAudio):
+            conv.frames_out += 1
+            self.observer.frame_out(frame.turnaround_ms)
+            self.outbox.put_audio(frame.pcm)
+        elif isinstance(frame, AssistantText):
+            self._assistant_text(conv, frame.text)
+        elif isinstance(frame, AssistantTurnStarted):
+            self._turn_started(conv)
+        elif isinstance(frame, AssistantTurnEnded):
+            self._turn_ended(conv, frame.interrupted)
+        elif isinstance(frame, UserTranscript):
+            kind = "final_transcript" if frame.end_ms is not None else "partial_transcript"
+            extra = {"end_ms": frame.end_ms} if frame.end_ms is not None else {}
+            self.send(kind, role="user", content=frame.content, start_ms=frame.start_ms, **extra)
+        elif isinstance(frame, LLMProcessing):
+            self.send("llm_status", status="processing")
+        elif isinstance(frame, EngineFailure):
+            self.send_error(frame.code, frame.message)
+
+    def _clock_ms(self, conv: Conversation) -> int:
+        return conv.frames_out * FRAME_MS
+
+    def _assistant_text(self, conv: Conversation, text: str) -> None:
+        turn = conv.turn
+        if turn.start_ms is None:
+            turn.start_ms = self._clock_ms(conv)
+        turn.text += text
+        self.send("llm_response", content=text, is_complete=False)
+        self.send("partial_transcript", role="assistant", content=turn.text.strip(), start_ms=turn.start_ms)
+
+    def _turn_started(self, conv: Conversation) -> None:
+        turn = conv.turn
+        turn.speaking = True
+        if turn.start_ms is None:
+            turn.start_ms = self._clock_ms(conv)
+        if conv.user_speech_end is not None and not self.user_voice.active:
+            turn.response_latency_ms = (time.monotonic() - conv.user_speech_end) * 1000.0
+            self.observer.response_latency(conv.mode, turn.response_latency_ms)
+            conv.user_speech_end = None
+        self.send("status", status="speaking", mode=conv.mode)
+        self.send("tts_start", format=self.codec, sample_rate=protocol.SAMPLE_RATE)
+
+    def _turn_ended(self, conv: Conversation, interrupted: bool) -> None:
+        turn = conv.turn
+        if not interrupted:
+            self.send("tts_end")
+        if turn.text.strip():
+            self.send("llm_response", content="", is_complete=True)
+            self.send("final_transcript", role="assistant", content=turn.text.strip(),
+                      start_ms=turn.start_ms, end_ms=self._clock_ms(conv))
+        self._send_metrics(conv, turn.response_latency_ms)
+        conv.turn = TurnState()
+        self.send("status", status="listening", mode=conv.mode)
+
+    def _send_metrics(self, conv: Conversation, response_latency_ms: float | None) -> None:
+        dropped = conv.stream.frames_dropped + self.outbox.dropped_audio
+        self.send("metrics", response_latency_ms=None if response_latency_ms is None else round(response_latency_ms, 1),
+                  frames_in=conv.frames_in, frames_out=conv.frames_out, frames_dropped=dropped)
+
+    # --- teardown ------------------------------------------------------------------------------
+    def close(self) -> None:
+        """The socket is gone: free the slot at once."""
+        if self.conversation is not None:
+            dropped = self.conversation.stream.frames_dropped + self.outbox.dropped_audio
+            if dropped:
+                self.observer.frames_dropped(dropped)
+            self._end_conversation()
