@@ -61,7 +61,8 @@ def build_duplex_engine(args: argparse.Namespace, device: str, dtype) -> Engine:
         bar.set_postfix_str("warm-up" + (" + CUDA graphs" if device.startswith("cuda") else ""))
         model.warmup()
         bar.update()
-    return DuplexEngine(model, max_wait_ms=args.max_wait_ms, interrupt_hold_ms=args.interrupt_hold_ms,
+    return DuplexEngine(model, max_wait_ms=args.max_wait_ms, max_queue_frames=args.max_queue_frames,
+                        interrupt_hold_ms=args.interrupt_hold_ms,
                         speech_threshold_dbfs=args.speech_threshold_dbfs)
 
 
@@ -147,6 +148,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-wait-ms", type=float, default=20.0,
                    help="a tick runs when every active slot has a frame, or when the oldest waiting frame "
                         "has waited this long")
+    p.add_argument("--max-queue-frames", type=int, default=125,
+                   help="per-conversation input queue bound in 80 ms frames; past it the oldest frame is "
+                        "dropped (and counted) so a client sending faster than real time cannot grow memory")
     p.add_argument("--interrupt-hold-ms", type=float, default=2000.0,
                    help="after `interrupt`, the duplex model stays silent this long (longer while the user speaks)")
     p.add_argument("--speech-threshold-dbfs", type=float, default=-45.0,

@@ -65,7 +65,7 @@ class DuplexRunner:
 class DuplexEngine(Engine):
     name = "duplex"
 
-    def __init__(self, model: MoshiBatch, *, max_wait_ms: float = 20.0, max_queue_frames: int = 25,
+    def __init__(self, model: MoshiBatch, *, max_wait_ms: float = 20.0, max_queue_frames: int = 125,
                  interrupt_hold_ms: float = 2000.0, speech_threshold_dbfs: float = -45.0):
         self.model = model
         self.scheduler = BatchScheduler(DuplexRunner(model), model.slots, max_wait_ms=max_wait_ms,

@@ -6,6 +6,7 @@ Shapes: B = slots, F = 1920 samples (80 ms), K = dep_q = 8 audio codebooks per s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from moshi.models import loaders
+from moshi.utils.compile import no_compile
 
 from ..protocol import FRAME_SAMPLES
 from .sampling import BatchedLMGen, SamplingSettings, SlotRandomness
@@ -69,7 +71,7 @@ class MoshiBatch:
     def _silence_codes(self) -> torch.Tensor:
         """Mimi's codes for digital silence, once the encoder has settled: [dep_q]."""
         zeros = torch.zeros(1, 1, self.frame_samples, device=self.device)
-        with torch.no_grad(), self.mimi.streaming(1):
+        with no_compile(), torch.no_grad(), self.mimi.streaming(1):
             for _ in range(6):
                 codes = self.mimi.encode(zeros)
         return codes[0, : self.lm.dep_q, 0].clone()
@@ -97,8 +99,13 @@ class MoshiBatch:
             self.step(StepInput(pcm, ones, ones if i == 0 else none, none, none))
         self.step(StepInput(pcm, none, ones, none, none))
 
-    @torch.no_grad()
     def step(self, batch: StepInput) -> StepOutput:
+        # torch.compile buys nothing on CPU for these step sizes and costs ~8 s of start-up: off there.
+        guard = no_compile() if self.device.type == "cpu" else contextlib.nullcontext()
+        with guard, torch.no_grad():
+            return self._step(batch)
+
+    def _step(self, batch: StepInput) -> StepOutput:
         started = time.perf_counter()
         execute = torch.from_numpy(batch.execute).to(self.device)
         if batch.reset.any():

@@ -57,7 +57,7 @@ class TickRunner(tp.Protocol):
 
 class BatchScheduler:
     def __init__(self, runner: TickRunner, slots: int, *, max_wait_ms: float = 20.0,
-                 max_queue_frames: int = 25, name: str = "duplex"):
+                 max_queue_frames: int = 125, name: str = "duplex"):
         self.runner = runner
         self.slots = [Slot(i) for i in range(slots)]
         self.max_wait = max_wait_ms / 1000.0

@@ -1,0 +1,92 @@
+"""Shared fixtures: real `duplex serve` processes on loopback ports (tiny preset), real speech."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from duplex.audio import read_wav_mono24k
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class RunningServer:
+    process: subprocess.Popen
+    http_url: str
+    log_path: Path
+
+    @property
+    def ws_url(self) -> str:
+        return self.http_url.replace("http://", "ws://") + "/ws"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_server(tmp_dir: Path, *args: str, timeout: float = 120.0) -> RunningServer:
+    """Starts `duplex serve --port 0 ...` and waits for its DUPLEX_READY line."""
+    log_path = tmp_dir / f"server-{time.monotonic_ns()}.log"
+    log_file = open(log_path, "w")
+    cmd = [sys.executable, "-m", "duplex.cli", "serve", "--port", "0", "--quiet-progress",
+           "--log-level", "info", *args]
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file, text=True, cwd=REPO,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + timeout
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if line.startswith("DUPLEX_READY "):
+            return RunningServer(process, line.split()[1].strip(), log_path)
+        if not line and process.poll() is not None:
+            break
+    process.kill()
+    raise RuntimeError(f"server did not start: {' '.join(cmd)}\n{log_path.read_text()}")
+
+
+def stop_server(server: RunningServer) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tmp_path_factory):
+    """The main test server: tiny preset, 16 slots."""
+    server = start_server(tmp_path_factory.mktemp("server"), "--slots", "16")
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def small_server(tmp_path_factory):
+    """Two slots and an access token: capacity and authorization tests."""
+    server = start_server(tmp_path_factory.mktemp("small"), "--slots", "2", "--token", "s3cret")
+    yield server
+    stop_server(server)
+
+
+def espeak(text: str, path: Path) -> np.ndarray:
+    """Real speech: espeak-ng to WAV, read back as 24 kHz mono float32."""
+    if shutil.which("espeak-ng") is None:
+        pytest.fail("espeak-ng is required for the tests (apt-get install espeak-ng); .ci/run installs it")
+    subprocess.run(["espeak-ng", "-w", str(path), text], check=True, capture_output=True)
+    return read_wav_mono24k(str(path))
+
+
+@pytest.fixture(scope="session")
+def speech(tmp_path_factory) -> np.ndarray:
+    """About 3 s of speech followed by 1 s of silence."""
+    pcm = espeak("Hello there. Can you hear me? Tell me something about the weather today.",
+                 tmp_path_factory.mktemp("speech") / "hello.wav")
+    return np.concatenate([pcm, np.zeros(24000, dtype=np.float32)])

@@ -1,0 +1,43 @@
+"""Small helpers shared by the server tests."""
+
+from __future__ import annotations
+
+import aiohttp
+import numpy as np
+
+from duplex.client import DuplexClient, FramePacer, split_frames
+
+GREEDY = {"temperature": 0, "text_temperature": 0}
+
+
+async def send_frames(client: DuplexClient, frames: list[np.ndarray], realtime: bool = False) -> None:
+    pacer = FramePacer(start=__import__("time").monotonic())
+    for k, frame in enumerate(frames):
+        if realtime:
+            await pacer.wait(k)
+        await client.send_audio(frame)
+
+
+async def health(http_url: str) -> dict:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(http_url + "/health") as response:
+            assert response.status == 200
+            return await response.json()
+
+
+def frames_of(pcm: np.ndarray, n: int | None = None) -> list[np.ndarray]:
+    frames = split_frames(pcm)
+    return frames if n is None else frames[:n]
+
+
+async def wait_until_idle(http_url: str, engine: str = "duplex", timeout: float = 10.0) -> dict:
+    """Polls /health until no slot of `engine` is active."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        state = await health(http_url)
+        if state["engines"][engine]["active"] == 0 or time.monotonic() > deadline:
+            return state
+        await asyncio.sleep(0.1)

@@ -1,0 +1,118 @@
+"""The /ws protocol on a real server (tiny preset): frames, the control flow, acknowledgements."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from duplex.client import DuplexClient
+from duplex.protocol import FRAME_SAMPLES
+
+from .helpers import GREEDY, frames_of, health, send_frames
+
+
+@pytest.mark.parametrize("codec", ["pcm16", "opus"])
+async def test_one_output_frame_per_input_frame(tiny_server, speech, codec):
+    before = await health(tiny_server.http_url)
+    frames = frames_of(speech, 30)
+    async with await DuplexClient.connect(tiny_server.http_url, codec=codec) as client:
+        assert client.ready["protocol"] == 1
+        assert client.ready["audio"] == {"codec": codec, "sample_rate": 24000, "frame_ms": 80}
+        assert "duplex" in client.ready["modes"]
+        await client.start(mode="duplex")
+        status = await client.wait_for("status")
+        assert status.data["status"] == "listening" and status.data["mode"] == "duplex"
+        await send_frames(client, frames)
+        await client.wait_audio_frames(len(frames), timeout=20)
+        await client.stop()
+        await client.wait_for("stop_acknowledged")
+        assert client.binary_messages == len(frames)  # exactly one per consumed frame, no more
+        if codec == "pcm16":
+            assert all(chunk.pcm.size == FRAME_SAMPLES for chunk in client.audio)
+        else:  # one Ogg page per 80 ms frame; decoded audio covers every frame
+            assert client.assistant_pcm().size >= (len(frames) - 1) * FRAME_SAMPLES
+        # every message carries the session id
+        assert all(e.data.get("session_id") == client.session_id for e in client.events)
+    after = await health(tiny_server.http_url)
+    assert after["frames_in"] - before["frames_in"] >= len(frames)
+    assert after["frames_out"] - before["frames_out"] >= len(frames)
+
+
+async def test_start_stream_interrupt_reset_stop_flow(tiny_server, speech):
+    frames = frames_of(speech)
+    async with await DuplexClient.connect(tiny_server.http_url, codec="pcm16") as client:
+        await client.start(mode="duplex", config={"temperature": 0.8, "seed": 7})
+        await client.wait_for("status", predicate=lambda e: e.data["status"] == "listening")
+        await send_frames(client, frames[:20])
+        await client.wait_audio_frames(20, timeout=20)
+
+        # interrupt: acknowledged, tts_stop, and every frame after the acknowledgement is silent
+        await client.interrupt()
+        ack = await client.wait_for("interrupt_acknowledged")
+        await client.wait_for("tts_stop")
+        after_ack = client.binary_messages
+        await send_frames(client, frames[20:30])
+        await client.wait_audio_frames(30, timeout=20)
+        silenced = [c.pcm for c in client.audio if c.received_at > ack.received_at]
+        assert len(silenced) >= 30 - after_ack
+        assert all(np.all(pcm == 0) for pcm in silenced), "assistant audio after interrupt must be silent"
+
+        # reset: acknowledged, and the conversation goes on listening (frames still answered)
+        await client.reset()
+        await client.wait_for("reset_acknowledged")
+        await send_frames(client, frames[30:40])
+        await client.wait_audio_frames(40, timeout=20)
+
+        # stop: acknowledged with queues cleared, then status stopped; audio is refused afterwards
+        await client.stop()
+        stop_ack = await client.wait_for("stop_acknowledged")
+        assert stop_ack.data["queues_cleared"] is True
+        await client.wait_for("status", predicate=lambda e: e.data["status"] == "stopped")
+        metrics = client.events_of("metrics")[-1]  # the one sent on stop (turns send their own)
+        assert metrics.data["frames_in"] == 40 and metrics.data["frames_out"] == 40
+        await client.send_audio(frames[0])
+        error = await client.wait_for("error")
+        assert error.data["code"] == "not_started"
+
+        # a new conversation on the same socket works
+        await client.start(mode="duplex")
+        await client.wait_for("status", predicate=lambda e: e.data["status"] == "listening")
+        await send_frames(client, frames[:5])
+        await client.wait_audio_frames(45, timeout=20)
+
+
+async def test_model_text_stream_becomes_llm_response_and_transcripts(tiny_server, speech):
+    """Random tiny weights still emit text tokens: they must come out as deltas and segments."""
+    frames = frames_of(speech)
+    async with await DuplexClient.connect(tiny_server.http_url, codec="pcm16") as client:
+        await client.start(mode="duplex", config=GREEDY)
+        await send_frames(client, frames)
+        await client.wait_audio_frames(len(frames), timeout=30)
+        deltas = client.events_of("llm_response")
+        partials = [e for e in client.events_of("partial_transcript") if e.data["role"] == "assistant"]
+        assert deltas and partials
+        # a partial transcript is the whole segment so far: it grows by the deltas
+        joined = "".join(e.data["content"] for e in deltas[: len(partials)]).strip()
+        assert partials[len(partials) - 1].data["content"].startswith(joined[:10])
+        await client.interrupt()  # ends the turn: final transcript and metrics follow
+        await client.wait_for("tts_stop")
+        await client.stop()
+        await client.wait_for("stop_acknowledged")
+        assert client.events_of("metrics")
+
+
+async def test_configure_mid_conversation(tiny_server, speech):
+    async with await DuplexClient.connect(tiny_server.http_url, codec="pcm16") as client:
+        await client.start(mode="duplex")
+        await client.configure({"temperature": 0.5, "top_k": 50})
+        await client.configure({"system_prompt": "be nice"})  # not a duplex setting
+        error = await client.wait_for("error")
+        assert error.data["code"] == "unsupported"
+        await client.configure({"no_such_key": 1})
+        error = await client.wait_for("error")
+        assert error.data["code"] == "bad_message"
+        await client.text_input("hello")
+        error = await client.wait_for("error")
+        assert error.data["code"] == "unsupported"
+        await send_frames(client, frames_of(speech, 5))
+        await client.wait_audio_frames(5)
