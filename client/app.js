@@ -1,0 +1,386 @@
+// The page's controller: buttons -> protocol messages, server messages -> view and audio.
+//
+// URL parameters: ?mode=duplex|cascade|auto, ?token=..., ?autostart=1 (connect and start on load,
+// for kiosks and tests), ?server=ws://host:port (talk to another server than the page's host).
+// `window.duplexStats` is a read-only snapshot of counters for tests and debugging.
+
+import { AudioEngine, AudioError } from './audio.js';
+import { Connection, conversationUrl, diagnoseRefusal } from './connection.js';
+import {
+  AssistantTextView, TranscriptView, el, hideBanner, log, setFigure, setMeter, setPill, showBanner,
+} from './view.js';
+
+const ERROR_TEXT = {
+  capacity: 'The server is full: every conversation slot for this mode is taken. Try mode "auto", or again later.',
+  unauthorized: 'The server refused the access token: enter the right token and connect again.',
+  not_started: 'Audio was sent before the conversation started (it was discarded).',
+  unsupported: 'The server does not support that here.',
+  bad_message: 'The server could not understand a message from this page.',
+  bad_audio: 'The server could not decode the microphone audio.',
+  too_large: 'A message was too large for the server.',
+  internal: 'The server hit an internal error.',
+};
+
+const params = new URLSearchParams(location.search);
+
+const stats = {
+  connected: false,
+  started: false,
+  sessionId: null,
+  mode: null,
+  modes: [],
+  lastStatus: null,
+  framesSent: 0,
+  bytesSent: 0,
+  pagesReceived: 0,
+  framesDecoded: 0,
+  samplesDecoded: 0,
+  samplesPlayed: 0,
+  sampleRate: 0,
+  bufferedMs: 0,
+  targetMs: 0,
+  underruns: 0,
+  overflowDroppedSamples: 0,
+  flushes: 0,
+  flushLog: [],       // { reason, droppedSamples, bufferedAfter } per completed flush
+  transcripts: 0,     // transcript messages (partial and final)
+  finalTranscripts: 0,
+  llmChars: 0,
+  metrics: null,      // the last `metrics` message
+  rttMs: null,
+  inputLevel: 0,
+  outputLevel: 0,
+  errors: [],         // { code, message } from the server and from the page
+};
+
+Object.defineProperty(window, 'duplexStats', {
+  get: () => Object.freeze(structuredClone(stats)),
+  enumerable: true,
+});
+
+let conn = null;
+let pending = null;      // the control message waiting for its acknowledgement, e.g. 'stop'
+let readyWaiters = [];   // resolvers waiting for the `ready` message
+
+// Microphone pages go out only between `start` and `stop` (the server discards audio outside a
+// conversation). A page the encoder finishes after `stop` waits here and goes out after the next
+// `start`, so the server still reads one unbroken Ogg stream (no page sequence gap).
+let sending = false;
+let outbox = [];
+const OUTBOX_MAX_PAGES = 25;  // 2 s; more only if the encoder runs while not sending
+
+function flushOutbox() {
+  while (outbox.length > 0 && conn?.sendAudio(outbox[0])) {
+    stats.framesSent += 1;
+    stats.bytesSent += outbox[0].length;
+    outbox.shift();
+  }
+}
+
+const transcript = new TranscriptView(el.transcript);
+const assistantText = new AssistantTextView(el.assistantText);
+const audio = new AudioEngine({
+  onPage: (page) => {
+    outbox.push(page);
+    if (outbox.length > OUTBOX_MAX_PAGES) outbox.shift();
+    if (sending) flushOutbox();
+  },
+  onDecoded: (samples) => {
+    stats.framesDecoded += 1;
+    stats.samplesDecoded += samples.length;
+  },
+  onPlaybackStats: (s) => {
+    stats.samplesPlayed = s.samplesPlayed;
+    stats.bufferedMs = s.bufferedMs;
+    stats.targetMs = s.targetMs;
+    stats.underruns = s.underruns;
+    stats.overflowDroppedSamples = s.droppedSamples;
+    stats.outputLevel = s.rms;
+    setMeter('out', s.rms);
+    setFigure('buffer', `${s.bufferedMs.toFixed(0)} ms, target ${s.targetMs} ms`);
+    setFigure('underruns', `${s.underruns} / ${stats.flushes}`);
+  },
+  onFlushed: (info) => {
+    stats.flushes = info.flushes;
+    stats.flushLog.push({ reason: info.reason, droppedSamples: info.droppedSamples, bufferedAfter: info.bufferedAfter });
+    if (stats.flushLog.length > 50) stats.flushLog.shift();
+  },
+});
+
+// --- errors ---------------------------------------------------------------------------------
+
+function reportError(code, message) {
+  stats.errors.push({ code, message });
+  log(`${code}: ${message}`, { error: true });
+  showBanner(message);
+  setPill(el.connectionPill, stats.connected ? 'connected' : 'error', stats.connected ? 'connected' : 'error');
+}
+
+// --- buttons --------------------------------------------------------------------------------
+
+function render() {
+  const open = stats.connected;
+  el.connect.textContent = open || conn ? 'Disconnect' : 'Connect';
+  el.mode.disabled = Boolean(conn);
+  el.token.disabled = Boolean(conn);
+  el.start.disabled = Boolean(pending) || stats.started;
+  el.stop.disabled = !open || !stats.started || Boolean(pending);
+  el.reset.disabled = !open || !stats.started || Boolean(pending);
+  el.interrupt.disabled = !open || !stats.started || Boolean(pending);
+  for (const b of [el.start, el.stop, el.reset, el.interrupt]) {
+    if (pending === b.id) {
+      b.dataset.pending = '';
+      b.textContent = `${b.id[0].toUpperCase()}${b.id.slice(1)}…`;
+    } else {
+      delete b.dataset.pending;
+      b.textContent = `${b.id[0].toUpperCase()}${b.id.slice(1)}`;
+    }
+  }
+  setFigure('frames', `${stats.framesSent} / ${stats.pagesReceived}`);
+  setFigure('mode', stats.mode ?? '–');
+}
+
+async function connect() {
+  if (conn) return;
+  hideBanner();
+  try {
+    await audio.init();
+  } catch (err) {
+    reportError('audio', err.message);
+    return;
+  }
+  stats.sampleRate = audio.context.sampleRate;
+  if (audio.suspended) {
+    showBanner('Click anywhere on the page to enable audio.', { info: true });
+    document.addEventListener('pointerdown', () => audio.resume().then(hideBanner), { once: true });
+  }
+  const url = conversationUrl({ server: params.get('server'), mode: el.mode.value, token: el.token.value.trim() });
+  setPill(el.connectionPill, 'connecting', 'connecting');
+  log(`connecting to ${url.origin}${url.pathname} (mode ${el.mode.value})`);
+  conn = new Connection(url);
+  conn.addEventListener('open', () => {
+    stats.connected = true;
+    setPill(el.connectionPill, 'connected', 'connected');
+    render();
+  });
+  conn.addEventListener('message', (e) => onMessage(e.detail));
+  conn.addEventListener('audio', (e) => {
+    stats.pagesReceived += 1;
+    audio.playPage(e.detail);
+  });
+  conn.addEventListener('rtt', (e) => {
+    stats.rttMs = e.detail.ms;
+    setFigure('rtt', `${e.detail.ms.toFixed(0)} ms (${e.detail.type})`);
+  });
+  conn.addEventListener('close', (e) => onClose(e.detail));
+  render();
+}
+
+function waitForReady() {
+  if (stats.sessionId) return Promise.resolve();
+  return new Promise((resolve, reject) => readyWaiters.push({ resolve, reject }));
+}
+
+async function start() {
+  if (stats.started || pending) return;
+  pending = 'start';
+  render();
+  try {
+    if (!conn) await connect();
+    if (!conn) throw new Error('not connected');
+    await waitForReady();
+    await audio.openMicrophone();
+  } catch (err) {
+    pending = null;
+    if (err instanceof AudioError) reportError(`mic_${err.kind}`, err.message);
+    render();
+    return;
+  }
+  conn.send('start', { mode: el.mode.value });
+  sending = true;
+  flushOutbox();
+  audio.startCapture();  // after `start`, so the Ogg headers are not discarded
+  log('start');
+}
+
+function stop() {
+  if (!conn?.isOpen) return;
+  sending = false;
+  audio.stopCapture();
+  conn.send('stop');
+  pending = 'stop';
+  audio.flushPlayback('stop');
+  log('stop');
+  render();
+}
+
+function reset() {
+  if (!conn?.send('reset')) return;
+  pending = 'reset';
+  log('reset');
+  render();
+}
+
+function interrupt() {
+  if (!conn?.send('interrupt')) return;
+  pending = 'interrupt';
+  audio.flushPlayback('interrupt');  // silence now; flushed again when the server confirms
+  log('interrupt');
+  render();
+}
+
+async function disconnect() {
+  conn?.close();
+}
+
+// --- server messages ------------------------------------------------------------------------
+
+function onMessage(msg) {
+  switch (msg.type) {
+    case 'ready':
+      stats.sessionId = msg.session_id;
+      stats.modes = msg.modes ?? [];
+      el.sessionId.textContent = `session ${msg.session_id}`;
+      log(`ready: protocol ${msg.protocol}, modes ${stats.modes.join(', ')}, `
+        + `${msg.audio?.codec} ${msg.audio?.sample_rate} Hz / ${msg.audio?.frame_ms} ms`);
+      readyWaiters.forEach((w) => w.resolve());
+      readyWaiters = [];
+      break;
+    case 'status':
+      stats.lastStatus = msg.status;
+      stats.mode = msg.mode ?? stats.mode;
+      setPill(el.statusPill, msg.status);
+      if (msg.status === 'stopped') {
+        stats.started = false;
+        if (pending === 'stop') pending = null;
+      } else {
+        stats.started = true;
+        if (pending === 'start') pending = null;
+      }
+      log(`status ${msg.status}${msg.mode ? ` (${msg.mode})` : ''}`);
+      break;
+    case 'partial_transcript':
+      stats.transcripts += 1;
+      transcript.partial(msg.role, msg.content, msg.start_ms);
+      break;
+    case 'final_transcript':
+      stats.transcripts += 1;
+      stats.finalTranscripts += 1;
+      transcript.final(msg.role, msg.content, msg.start_ms, msg.end_ms);
+      break;
+    case 'llm_status':
+      el.llmStatus.textContent = msg.status === 'processing' ? '· thinking…' : '';
+      break;
+    case 'llm_response':
+      el.llmStatus.textContent = '';
+      stats.llmChars += (msg.content ?? '').length;
+      assistantText.append(msg.content ?? '', msg.is_complete);
+      break;
+    case 'tts_start':
+      log(`assistant speaks (${msg.format ?? '?'} ${msg.sample_rate ?? ''})`);
+      break;
+    case 'tts_end':
+      assistantText.end();
+      break;
+    case 'tts_stop':
+      audio.flushPlayback('tts_stop');
+      assistantText.end();
+      log('assistant cut off (tts_stop)');
+      break;
+    case 'interrupt_acknowledged':
+      audio.flushPlayback('interrupt_acknowledged');
+      if (pending === 'interrupt') pending = null;
+      log('interrupt acknowledged');
+      break;
+    case 'stop_acknowledged':
+      stats.started = false;
+      if (pending === 'stop') pending = null;
+      transcript.divider('conversation stopped');
+      log('stop acknowledged');
+      break;
+    case 'reset_acknowledged':
+      if (pending === 'reset') pending = null;
+      audio.flushPlayback('reset');
+      assistantText.end();
+      transcript.divider('conversation reset');
+      log('reset acknowledged');
+      break;
+    case 'metrics':
+      onMetrics(msg);
+      break;
+    case 'error':
+      onServerError(msg);
+      break;
+    default:
+      log(`(unknown message ${msg.type})`);
+  }
+  render();
+}
+
+function onMetrics(msg) {
+  stats.metrics = msg;
+  const latency = msg.response_latency_ms;
+  if (typeof latency === 'number') setFigure('latency', `${latency.toFixed(0)} ms`);
+  const parts = Object.entries(msg)
+    .filter(([k]) => k !== 'type' && k !== 'session_id')
+    .map(([k, v]) => `${k}=${typeof v === 'number' ? Math.round(v * 10) / 10 : v}`);
+  log(`metrics ${parts.join(' ')}`);
+}
+
+function onServerError(msg) {
+  const text = ERROR_TEXT[msg.code] ? `${ERROR_TEXT[msg.code]} (${msg.message})` : `${msg.code}: ${msg.message}`;
+  if (msg.code === 'not_started') {
+    // Harmless race (audio in flight around stop): note it, do not alarm the user.
+    stats.errors.push({ code: msg.code, message: msg.message });
+    log(text, { error: true });
+    return;
+  }
+  if (pending === 'start') pending = null;
+  reportError(msg.code, text);
+}
+
+async function onClose({ code, reason, wasOpen }) {
+  const closedConn = conn;
+  conn = null;
+  stats.connected = false;
+  stats.started = false;
+  stats.sessionId = null;
+  pending = null;
+  sending = false;
+  outbox = [];
+  readyWaiters.forEach((w) => w.reject(new Error('closed')));
+  readyWaiters = [];
+  await audio.close();
+  setPill(el.statusPill, 'idle');
+  el.sessionId.textContent = '';
+  if (!wasOpen) {
+    const why = (await diagnoseRefusal(closedConn.url)) ?? `Could not connect to ${closedConn.url.host} (code ${code}).`;
+    reportError(/401/.test(why) ? 'unauthorized' : 'connect', why);
+  } else if (code === 1000 && reason === 'client closed') {
+    setPill(el.connectionPill, 'disconnected', 'disconnected');
+    log('disconnected');
+  } else {
+    reportError('closed', `The connection was closed (code ${code}${reason ? `: ${reason}` : ''}).`);
+  }
+  render();
+}
+
+// --- wiring ---------------------------------------------------------------------------------
+
+el.connect.addEventListener('click', () => (conn ? disconnect() : connect()));
+el.start.addEventListener('click', start);
+el.stop.addEventListener('click', stop);
+el.reset.addEventListener('click', reset);
+el.interrupt.addEventListener('click', interrupt);
+
+setInterval(() => {
+  const { rms } = audio.inputLevel();
+  stats.inputLevel = rms;
+  setMeter('in', audio.capturing ? rms : 0);
+  render();
+}, 100);
+
+if (['duplex', 'cascade', 'auto'].includes(params.get('mode'))) el.mode.value = params.get('mode');
+if (params.get('token')) el.token.value = params.get('token');
+render();
+if (params.get('autostart') === '1') start();
