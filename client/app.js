@@ -109,7 +109,10 @@ const audio = new AudioEngine({
 
 // --- errors ---------------------------------------------------------------------------------
 
+let lastError = null;  // the last error shown on this connection, kept when the socket then closes
+
 function reportError(code, message) {
+  lastError = message;
   stats.errors.push({ code, message });
   log(`${code}: ${message}`, { error: true });
   showBanner(message);
@@ -143,6 +146,7 @@ function render() {
 async function connect() {
   if (conn) return;
   hideBanner();
+  lastError = null;
   try {
     await audio.init();
   } catch (err) {
@@ -360,8 +364,10 @@ async function onClose({ code, reason, wasOpen }) {
     setPill(el.connectionPill, 'disconnected', 'disconnected');
     log('disconnected');
   } else {
-    reportError('closed', `The connection was closed (code ${code}${reason ? `: ${reason}` : ''}).`);
+    const closed = `The connection was closed (code ${code}${reason ? `: ${reason}` : ''}).`;
+    reportError('closed', lastError ? `${lastError} ${closed}` : closed);
   }
+  lastError = null;
   render();
 }
 

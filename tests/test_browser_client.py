@@ -1,0 +1,104 @@
+"""The browser client in headless Chromium against the real tiny server.
+
+Chromium's fake microphone plays espeak-ng speech; tests/browser/drive_page.mjs opens
+`/?autostart=1&mode=duplex`, waits until audio flows both ways, presses Interrupt and Stop, and
+prints what the page saw (window.duplexStats and the DOM) as JSON. Needs the system Chromium at
+/usr/bin/chromium and `npm ci` in tests/browser (playwright-core only, no browser download).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+BROWSER_DIR = Path(__file__).resolve().parent / "browser"
+CHROMIUM = Path("/usr/bin/chromium")
+DRIVER = BROWSER_DIR / "drive_page.mjs"
+
+
+def _missing() -> str | None:
+    if not CHROMIUM.exists():
+        return f"{CHROMIUM} is missing (apt-get install chromium)"
+    if not (BROWSER_DIR / "node_modules" / "playwright-core").is_dir():
+        return "tests/browser/node_modules is missing (cd tests/browser && npm ci)"
+    if shutil.which("node") is None:
+        return "node is missing"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
+
+
+def _health(http_url: str) -> dict:
+    with urllib.request.urlopen(f"{http_url}/health", timeout=10) as response:
+        return json.load(response)
+
+
+@pytest.fixture(scope="module")
+def speech_wav(tmp_path_factory) -> Path:
+    """Speech as Chromium's fake capture device wants it: a 24 kHz mono 16-bit WAV."""
+    for tool in ("espeak-ng", "sox"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is required for the browser test (apt-get install {tool})")
+    folder = tmp_path_factory.mktemp("browser")
+    raw, wav = folder / "speech-raw.wav", folder / "speech.wav"
+    subprocess.run(["espeak-ng", "-w", str(raw),
+                    "Hello there. Can you hear me? Tell me something about the weather today."],
+                   check=True, capture_output=True)
+    subprocess.run(["sox", str(raw), "-r", "24000", "-c", "1", "-b", "16", str(wav)],
+                   check=True, capture_output=True)
+    return wav
+
+
+def test_browser_client_talks_to_the_server(tiny_server, speech_wav, tmp_path):
+    before = _health(tiny_server.http_url)
+    screenshot = tmp_path / "browser-client.png"
+    run = subprocess.run(
+        ["node", str(DRIVER), "--url", tiny_server.http_url, "--wav", str(speech_wav),
+         "--screenshot", str(screenshot), "--mode", "duplex", "--timeout-ms", "90000"],
+        capture_output=True, text=True, timeout=240, cwd=BROWSER_DIR,
+    )
+    try:
+        summary = json.loads(run.stdout)
+    except json.JSONDecodeError:
+        pytest.fail(f"drive_page.mjs printed no JSON (rc {run.returncode}):\n{run.stdout}\n{run.stderr}")
+    context = json.dumps(summary, indent=1)[:6000]
+    assert summary["ok"], f"the page failed at step {summary['step']!r}: {summary.get('error')}\n{context}"
+    assert not summary["pageErrors"], context
+
+    # The page side: audio went out, came back, was decoded and played.
+    flowing = summary["flowing"]
+    assert flowing["connected"] and flowing["started"], context
+    assert flowing["mode"] == "duplex", context
+    assert flowing["framesSent"] > 0 and flowing["pagesReceived"] > 0, context
+    assert flowing["framesDecoded"] > 0 and flowing["samplesPlayed"] > 0, context
+    assert flowing["lastStatus"] in ("listening", "speaking"), context
+    assert flowing["errors"] == [], context
+
+    # Transcript and assistant-text panes exist (a tiny model's babble may or may not fill them).
+    assert summary["dom"]["transcriptPresent"] and summary["dom"]["assistantTextPresent"], context
+    assert summary["dom"]["banner"] is None, context
+
+    # Interrupt: acknowledged by the server, and the playback buffer emptied at once.
+    interrupt = summary["interrupt"]
+    assert interrupt["flushed"], context
+    assert interrupt["flushesAfter"] > interrupt["flushesBefore"], context
+    assert interrupt["ackFlush"]["bufferedAfter"] == 0, context
+    assert interrupt["rttMs"] is not None and interrupt["rttMs"] >= 0, context
+
+    # Stop: acknowledged, the page knows the conversation ended.
+    stopped = summary["stopped"]
+    assert stopped["lastStatus"] == "stopped" and not stopped["started"], context
+    assert stopped["framesSent"] >= flowing["framesSent"], context
+
+    assert screenshot.exists() and screenshot.stat().st_size > 0
+
+    # The server side: it received the browser's audio and answered it.
+    after = _health(tiny_server.http_url)
+    assert after["frames_in"] > before["frames_in"], (before, after)
+    assert after["frames_out"] > before["frames_out"], (before, after)
