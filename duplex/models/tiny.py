@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 TINY_SEED = 42
 TEXT_VOCAB = 512
-FORMAT_VERSION = 2  # bump when the tiny architecture changes, so stale files are regenerated
+FORMAT_VERSION = 4  # bump when the tiny architecture changes, so stale files are regenerated
 
 # Mimi, shrunk: the same SEANet/transformer/split-RVQ classes and strides (24 kHz -> 12.5 Hz),
 # fewer channels and layers. The bins stay 2048 so the LM card matches the real one.
@@ -113,6 +113,8 @@ def write_tiny_moshi(directory: Path, seed: int) -> None:
 
     torch.manual_seed(seed)
     mimi = loaders.get_mimi(None, TINY_MIMI_CONFIG, device="cpu")
+    _randomize_codebooks(mimi)
+    _shape_decoder_output(mimi)
     save_file(_contiguous(mimi.state_dict()), str(directory / MIMI_FILE))
 
     torch.manual_seed(seed + 1)
@@ -126,6 +128,31 @@ def write_tiny_moshi(directory: Path, seed: int) -> None:
         tokenizer_name=TOKENIZER_FILE, model_type="moshi",
     )
     (directory / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def _randomize_codebooks(mimi: torch.nn.Module) -> None:
+    """Mimi's codebooks start at zero (training fills them by EMA): every code would decode alike.
+    Random unit-variance codebooks, marked initialised, make codes carry the audio both ways."""
+    from moshi.quantization.core_vq import EuclideanCodebook
+
+    for module in mimi.modules():
+        if isinstance(module, EuclideanCodebook):
+            module.embedding_sum.normal_(0.0, 1.0)
+            module.cluster_usage.fill_(1.0)
+            module._initialized.fill_(1.0)
+
+
+def _shape_decoder_output(mimi: torch.nn.Module, target_rms: float = 0.1) -> None:
+    """A random decoder's biases add a loud constant offset that hides what the codes say. Zero them
+    and scale the last convolution so code-driven babble comes out at about -20 dBFS."""
+    convs = [m for m in mimi.decoder.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d))]
+    with torch.no_grad():
+        for conv in convs:
+            if conv.bias is not None:
+                conv.bias.zero_()
+        codes = torch.randint(0, 2048, (1, 8, 25), generator=torch.Generator().manual_seed(0))
+        rms = mimi.decode(codes).pow(2).mean().sqrt().item()
+        convs[-1].weight.mul_(target_rms / max(rms, 1e-8))
 
 
 def train_tokenizer(seed: int, vocab_size: int) -> bytes:

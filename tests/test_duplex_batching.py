@@ -1,0 +1,111 @@
+"""The batch scheduler seen from clients: isolation between slots and real-time concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import numpy as np
+
+from duplex.client import DuplexClient, FramePacer
+
+from .helpers import GREEDY, frames_of, health, send_frames
+
+
+async def run_reference(url: str, frames: list[np.ndarray], config: dict) -> tuple[np.ndarray, str]:
+    """One conversation, pcm16 (lossless on the way back): its output audio and text."""
+    async with await DuplexClient.connect(url, codec="pcm16") as client:
+        await client.start(mode="duplex", config=config)
+        await client.wait_for("status")
+        pacer = FramePacer(start=time.monotonic(), frame_seconds=0.02)  # 4x real time: many ticks
+        for k, frame in enumerate(frames):
+            await pacer.wait(k)
+            await client.send_audio(frame)
+        await client.wait_audio_frames(len(frames), timeout=60)
+        await client.stop()
+        await client.wait_for("stop_acknowledged")
+        text = "".join(e.data["content"] for e in client.events_of("llm_response"))
+        return client.assistant_pcm(), text
+
+
+async def churning_neighbour(url: str, frames: list[np.ndarray], stop: asyncio.Event, seed: int) -> int:
+    """Joins, streams noise or speech, resets, leaves and rejoins at random moments until told to stop."""
+    rng = random.Random(seed)
+    cycles = 0
+    while not stop.is_set():
+        async with await DuplexClient.connect(url, codec=rng.choice(["pcm16", "opus"])) as client:
+            await client.start(mode="duplex", config={"temperature": 0.9, "seed": rng.randrange(1000)})
+            for k in range(rng.randint(3, 20)):
+                if stop.is_set():
+                    break
+                noise = np.random.default_rng(seed * 1000 + k).standard_normal(1920).astype(np.float32) * 0.2
+                await client.send_audio(frames[k % len(frames)] if k % 2 else noise)
+                await asyncio.sleep(rng.uniform(0.0, 0.06))
+                if rng.random() < 0.1:
+                    await client.reset()
+                if rng.random() < 0.05:
+                    await client.interrupt()
+            if rng.random() < 0.5:
+                await client.stop()
+        cycles += 1
+        await asyncio.sleep(rng.uniform(0, 0.1))
+    return cycles
+
+
+async def test_greedy_output_is_bit_identical_whatever_the_neighbours_do(tiny_server, speech):
+    frames = frames_of(speech, 50)
+    alone_pcm, alone_text = await run_reference(tiny_server.http_url, frames, GREEDY)
+    assert alone_pcm.size == 50 * 1920 and np.abs(alone_pcm).max() > 0
+
+    stop = asyncio.Event()
+    neighbours = [asyncio.create_task(churning_neighbour(tiny_server.http_url, frames, stop, seed))
+                  for seed in range(6)]
+    await asyncio.sleep(0.3)  # neighbours are mid-conversation when we start
+    busy_pcm, busy_text = await run_reference(tiny_server.http_url, frames, GREEDY)
+    stop.set()
+    cycles = await asyncio.gather(*neighbours)
+    assert sum(cycles) >= 6, "the neighbours did not actually churn"
+    assert busy_text == alone_text
+    assert np.array_equal(busy_pcm, alone_pcm), "a neighbour changed this conversation's output"
+
+
+async def test_seeded_sampling_is_reproducible_across_runs(tiny_server, speech):
+    frames = frames_of(speech, 25)
+    config = {"temperature": 0.8, "text_temperature": 0.7, "seed": 1234}
+    first, first_text = await run_reference(tiny_server.http_url, frames, config)
+    second, second_text = await run_reference(tiny_server.http_url, frames, config)
+    other, _ = await run_reference(tiny_server.http_url, frames, {**config, "seed": 99})
+    assert np.array_equal(first, second) and first_text == second_text
+    assert not np.array_equal(first, other), "a different seed should sample differently"
+
+
+async def test_twelve_conversations_at_real_time_pace(tiny_server, speech):
+    """12 clients stream 4 s each at real-time pace: every frame is answered, none dropped, and
+    the answers keep up (no growing backlog: the last answer lands soon after the last frame)."""
+    frames = frames_of(speech, 50)
+    before = await health(tiny_server.http_url)
+
+    async def conversation(index: int) -> tuple[int, float, int]:
+        async with await DuplexClient.connect(tiny_server.http_url, codec="opus") as client:
+            await client.start(mode="duplex")
+            await client.wait_for("status")
+            await asyncio.sleep(index * 0.007)  # spread phases like real clients
+            await send_frames(client, frames, realtime=True)
+            sent_last = time.monotonic()
+            await client.wait_audio_frames(len(frames), timeout=30)
+            lag = client.audio[-1].received_at - sent_last
+            await client.stop()
+            metrics = client.events_of("metrics")
+            ack = await client.wait_for("stop_acknowledged")
+            metrics = [e for e in client.events_of("metrics") if e.received_at >= ack.received_at]
+            dropped = metrics[0].data["frames_dropped"] if metrics else -1
+            return client.binary_messages, lag, dropped
+
+    results = await asyncio.gather(*(conversation(i) for i in range(12)))
+    after = await health(tiny_server.http_url)
+    assert all(count == len(frames) for count, _, _ in results), results
+    assert all(dropped == 0 for _, _, dropped in results), results
+    # Behaviour, not speed: a server that fell behind real time would end seconds late.
+    assert max(lag for _, lag, _ in results) < 1.0, results
+    assert after["frames_out"] - before["frames_out"] >= 12 * len(frames)
