@@ -23,6 +23,10 @@ const { values: opt } = parseArgs({
     chromium: { type: 'string', default: '/usr/bin/chromium' },
     'timeout-ms': { type: 'string', default: '60000' },
     'listen-ms': { type: 'string', default: '4000' },
+    // conversation: talk, interrupt, stop. refused: expect the page to show an error (wrong
+    // token, full server, denied microphone) and report it.
+    scenario: { type: 'string', default: 'conversation' },
+    'deny-mic': { type: 'boolean', default: false },
   },
 });
 if (!opt.url || !opt.wav || !opt.screenshot) {
@@ -40,7 +44,8 @@ async function main(summary) {
     args: [
       '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
       '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
+      ...(opt['deny-mic'] ? [] : ['--use-fake-ui-for-media-stream']),
+      '--use-fake-device-for-media-stream',
       `--use-file-for-fake-audio-capture=${opt.wav}`,
       // A kiosk has no user gesture before audio starts.
       '--autoplay-policy=no-user-gesture-required',
@@ -61,6 +66,10 @@ async function main(summary) {
     const url = `${opt.url.replace(/\/$/, '')}/?${query}`;
     summary.page = url;
     await page.goto(url, { waitUntil: 'load', timeout });
+    if (opt.scenario === 'refused') {
+      await refused(page, summary);
+      return;
+    }
 
     // 1. Audio flows both ways: pages sent, pages received, decoded and played.
     summary.step = 'waiting for audio to flow';
@@ -127,6 +136,25 @@ async function main(summary) {
     await context.close();
     rmSync(userDataDir, { recursive: true, force: true });
   }
+}
+
+/** The page must show an error and say why; reports the errors, the banner and the pills. */
+async function refused(page, summary) {
+  summary.step = 'waiting for an error';
+  await page.waitForFunction(
+    () => window.duplexStats.errors.some((e) => e.code !== 'not_started'), null, { timeout },
+  );
+  await page.waitForTimeout(1000);  // let the socket close and the page settle
+  summary.refused = await stats(page);
+  summary.dom = await page.evaluate(() => ({
+    banner: document.getElementById('banner').hidden ? null : document.getElementById('banner').textContent,
+    connection: document.getElementById('connection-pill').textContent,
+    startEnabled: !document.getElementById('start').disabled,
+  }));
+  await page.screenshot({ path: opt.screenshot, fullPage: true });
+  summary.screenshot = opt.screenshot;
+  summary.step = 'done';
+  summary.ok = true;
 }
 
 const summary = { ok: false, step: 'launch', console: [], pageErrors: [], httpErrors: [] };
