@@ -339,7 +339,14 @@ function onServerError(msg) {
     log(text, { error: true });
     return;
   }
-  if (pending === 'start') pending = null;
+  if (pending === 'start' || !stats.started) {
+    // The conversation was refused (capacity, unauthorized, ...). The server discarded what was
+    // sent, Ogg headers included: stop sending, and begin a fresh Ogg stream on the next Start.
+    pending = null;
+    sending = false;
+    outbox = [];
+    audio.restartStream();
+  }
   reportError(msg.code, text);
 }
 

@@ -58,6 +58,7 @@ export class AudioEngine {
     this.analyser = null;
     this.encoderNode = null;
     this.capturing = false;
+    this.headersSent = false;
     this.levelBuffer = null;
   }
 
@@ -168,6 +169,19 @@ export class AudioEngine {
     if (!this.capturing) return;
     this.source.disconnect(this.encoderNode);
     this.capturing = false;
+  }
+
+  /**
+   * Begins a new Ogg stream (new serial, headers again on the next startCapture). Used when the
+   * server refused a `start`: it discarded the pages sent so far, header pages included.
+   */
+  async restartStream() {
+    if (!this.encoderNode) return;
+    this.stopCapture();
+    this.encoderNode.port.postMessage({ command: 'close' });
+    this.encoderNode.port.onmessage = null;
+    this.headersSent = false;
+    await this.initEncoder();
   }
 
   /** Queues one Ogg page of assistant audio for decoding and playback. */

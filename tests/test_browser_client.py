@@ -55,19 +55,24 @@ def speech_wav(tmp_path_factory) -> Path:
     return wav
 
 
-def test_browser_client_talks_to_the_server(tiny_server, speech_wav, tmp_path):
-    before = _health(tiny_server.http_url)
-    screenshot = tmp_path / "browser-client.png"
+def drive_page(http_url: str, wav: Path, screenshot: Path, *args: str) -> tuple[dict, str]:
+    """Runs drive_page.mjs; returns its JSON summary and a shortened dump for assertion messages."""
     run = subprocess.run(
-        ["node", str(DRIVER), "--url", tiny_server.http_url, "--wav", str(speech_wav),
-         "--screenshot", str(screenshot), "--mode", "duplex", "--timeout-ms", "90000"],
+        ["node", str(DRIVER), "--url", http_url, "--wav", str(wav), "--screenshot", str(screenshot),
+         "--timeout-ms", "90000", *args],
         capture_output=True, text=True, timeout=240, cwd=BROWSER_DIR,
     )
     try:
         summary = json.loads(run.stdout)
     except json.JSONDecodeError:
         pytest.fail(f"drive_page.mjs printed no JSON (rc {run.returncode}):\n{run.stdout}\n{run.stderr}")
-    context = json.dumps(summary, indent=1)[:6000]
+    return summary, json.dumps(summary, indent=1)[:6000]
+
+
+def test_browser_client_talks_to_the_server(tiny_server, speech_wav, tmp_path):
+    before = _health(tiny_server.http_url)
+    screenshot = tmp_path / "browser-client.png"
+    summary, context = drive_page(tiny_server.http_url, speech_wav, screenshot, "--mode", "duplex")
     assert summary["ok"], f"the page failed at step {summary['step']!r}: {summary.get('error')}\n{context}"
     assert not summary["pageErrors"], context
 
@@ -102,3 +107,23 @@ def test_browser_client_talks_to_the_server(tiny_server, speech_wav, tmp_path):
     after = _health(tiny_server.http_url)
     assert after["frames_in"] > before["frames_in"], (before, after)
     assert after["frames_out"] > before["frames_out"], (before, after)
+
+
+def test_browser_client_explains_a_wrong_token(small_server, speech_wav, tmp_path):
+    summary, context = drive_page(small_server.http_url, speech_wav, tmp_path / "token.png",
+                                  "--scenario", "refused", "--token", "not-the-token")
+    assert summary["ok"], context
+    codes = [e["code"] for e in summary["refused"]["errors"]]
+    assert "unauthorized" in codes, context
+    assert "token" in summary["dom"]["banner"], context
+    assert not summary["refused"]["connected"] and summary["refused"]["framesSent"] == 0, context
+    assert summary["dom"]["startEnabled"], context
+
+
+def test_browser_client_explains_a_denied_microphone(tiny_server, speech_wav, tmp_path):
+    summary, context = drive_page(tiny_server.http_url, speech_wav, tmp_path / "mic.png",
+                                  "--scenario", "refused", "--deny-mic")
+    assert summary["ok"], context
+    assert [e["code"] for e in summary["refused"]["errors"]] == ["mic_denied"], context
+    assert "Microphone access was denied" in summary["dom"]["banner"], context
+    assert not summary["refused"]["started"] and summary["refused"]["framesSent"] == 0, context
