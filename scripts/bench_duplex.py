@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""Duplex serving benchmark: server overhead and real-time capacity, measured side by side in one run.
+
+(a) overhead: per-frame turnaround through the real server (client send -> client receive, pcm16
+    on loopback) minus the bare batched model step on the same weights and batch size.
+(b) capacity: the most concurrent conversations served in real time (p99 turnaround < 80 ms) by
+    - the server (`duplex serve --slots N`, N real clients at real-time pace),
+    - a bare batched loop (MoshiBatch with N slots, every slot active, no sockets),
+    - a one-conversation-at-a-time loop (batch 1, N steps per 80 ms: moshi.server's design,
+      which in fact serves a single conversation behind a global lock).
+Figures are ratios of numbers taken in the same run: this machine is shared and noisy.
+
+    python scripts/bench_duplex.py --preset tiny            # CPU, ~5 minutes
+    python scripts/bench_duplex.py --moshi-spec DIR --device cuda --sweep 1,8,16,32,64
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from duplex.client import DuplexClient, FramePacer  # noqa: E402
+from duplex.protocol import FRAME_MS, FRAME_SAMPLES  # noqa: E402
+
+REALTIME_MS = float(FRAME_MS)
+
+
+def percentiles(values: list[float]) -> dict:
+    array = np.asarray(values, dtype=np.float64)
+    return {"p50": float(np.percentile(array, 50)), "p90": float(np.percentile(array, 90)),
+            "p99": float(np.percentile(array, 99)), "n": int(array.size)}
+
+
+# --- bare loops (in this process) ---------------------------------------------------------------
+def load_model(args, slots: int):
+    from duplex.engines.moshi_batch import MoshiBatch
+    from duplex.models.spec import PRESETS, resolve_checkpoint
+    from duplex.server import pick_device, pick_dtype
+
+    device = pick_device(args.device)
+    spec = args.moshi_spec or PRESETS[args.preset].duplex_spec
+    model = MoshiBatch(resolve_checkpoint(spec), slots, device, pick_dtype(args.dtype, device))
+    model.warmup()
+    return model
+
+
+def step_times(model, active: int, steps: int, repeat_per_tick: int = 1) -> list[float]:
+    """Wall time per tick (ms) with `active` slots executing; `repeat_per_tick` steps make one tick."""
+    from duplex.engines.moshi_batch import StepInput
+
+    slots = model.slots
+    rng = np.random.default_rng(0)
+    execute = np.zeros(slots, dtype=bool)
+    execute[:active] = True
+    none = np.zeros(slots, dtype=bool)
+    times = []
+    for _ in range(steps):
+        pcm = (rng.standard_normal((slots, FRAME_SAMPLES)) * 0.05).astype(np.float32)
+        started = time.perf_counter()
+        for _ in range(repeat_per_tick):
+            model.step(StepInput(pcm, execute, none, none, none))
+        _sync(model)
+        times.append((time.perf_counter() - started) * 1000.0)
+    return times
+
+
+def _sync(model) -> None:
+    if model.device.type == "cuda":
+        import torch
+        torch.cuda.synchronize()
+
+
+# --- the real server (subprocess) ---------------------------------------------------------------
+class Server:
+    def __init__(self, args, slots: int):
+        cmd = [sys.executable, "-m", "duplex.cli", "serve", "--port", "0", "--slots", str(slots),
+               "--quiet-progress", "--log-level", "warning", "--device", args.device, "--dtype", args.dtype]
+        cmd += ["--moshi-spec", args.moshi_spec] if args.moshi_spec else ["--preset", args.preset]
+        self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                        cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        for line in self.process.stdout:  # type: ignore[union-attr]
+            if line.startswith("DUPLEX_READY "):
+                self.url = line.split()[1]
+                return
+        raise RuntimeError("server did not start")
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=20)
+
+
+async def client_turnarounds(url: str, frames: int, phase: float) -> list[float]:
+    """One conversation at real-time pace; turnaround of frame k = its answer's arrival - its send."""
+    rng = np.random.default_rng(int(phase * 1000))
+    async with await DuplexClient.connect(url, codec="pcm16") as client:
+        await client.start(mode="duplex", config={"temperature": 0, "text_temperature": 0})
+        await client.wait_for("status")
+        await asyncio.sleep(phase)
+        pacer = FramePacer(start=time.monotonic())
+        sent_at = []
+        for k in range(frames):
+            await pacer.wait(k)
+            sent_at.append(time.monotonic())
+            await client.send_audio((rng.standard_normal(FRAME_SAMPLES) * 0.05).astype(np.float32))
+        await client.wait_audio_frames(frames, timeout=60)
+        await client.stop()
+        return [(chunk.received_at - sent) * 1000.0 for chunk, sent in zip(client.audio, sent_at)]
+
+
+def server_turnarounds(url: str, conversations: int, frames: int, skip: int = 5) -> list[float]:
+    async def run() -> list[list[float]]:
+        phases = [i * (FRAME_MS / 1000.0) / max(conversations, 1) for i in range(conversations)]
+        return await asyncio.gather(*(client_turnarounds(url, frames, p) for p in phases))
+    per_client = asyncio.run(run())
+    return [t for times in per_client for t in times[skip:]]  # skip the start-up frames
+
+
+# --- the benchmark ------------------------------------------------------------------------------
+def overhead(args) -> dict:
+    slots = args.overhead_slots
+    model = load_model(args, slots)
+    bare_before = step_times(model, 1, args.frames)
+    server = Server(args, slots)
+    try:
+        served = server_turnarounds(server.url, 1, args.frames)
+    finally:
+        server.close()
+    bare_after = step_times(model, 1, args.frames)
+    del model
+    bare = percentiles(bare_before + bare_after)
+    turn = percentiles(served)
+    return {"slots": slots, "bare_step_ms": bare, "server_turnaround_ms": turn,
+            "overhead_ms": {"p50": turn["p50"] - bare["p50"], "p99": turn["p99"] - bare["p99"]}}
+
+
+def capacity(args) -> dict:
+    candidates = [int(n) for n in args.sweep.split(",")]
+    bare_capacity, one_at_a_time, bare_rows = 0, 0, []
+    single = load_model(args, 1)
+    for n in candidates:
+        model = load_model(args, n)
+        batched = percentiles(step_times(model, n, args.frames))
+        serial = percentiles(step_times(single, 1, max(10, args.frames // 4), repeat_per_tick=n))
+        del model
+        bare_rows.append({"conversations": n, "batched_step_ms": batched, "one_at_a_time_tick_ms": serial})
+        print(f"  bare  N={n:3d}: batched p99 {batched['p99']:6.1f} ms   one-at-a-time p99 {serial['p99']:6.1f} ms",
+              flush=True)
+        if batched["p99"] < REALTIME_MS:
+            bare_capacity = n
+        if serial["p99"] < REALTIME_MS:
+            one_at_a_time = n
+    server_capacity, server_rows = 0, []
+    for n in [c for c in candidates if c <= max(bare_capacity, candidates[0]) * 2]:
+        server = Server(args, n)
+        try:
+            turn = percentiles(server_turnarounds(server.url, n, args.frames))
+        finally:
+            server.close()
+        server_rows.append({"conversations": n, "turnaround_ms": turn})
+        print(f"  server N={n:3d}: turnaround p50 {turn['p50']:6.1f}  p99 {turn['p99']:6.1f} ms", flush=True)
+        if turn["p99"] < REALTIME_MS:
+            server_capacity = n
+        elif n > bare_capacity:
+            break
+    return {"bare": bare_rows, "server": server_rows, "capacity": {
+        "server": server_capacity, "bare_batched": bare_capacity, "one_at_a_time": one_at_a_time,
+        "moshi_server": 1}}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny", help="model preset (see duplex serve --help)")
+    parser.add_argument("--moshi-spec", help="HF repo id or local directory instead of the preset")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
+    parser.add_argument("--frames", type=int, default=60, help="frames per measurement (80 ms each)")
+    parser.add_argument("--overhead-slots", type=int, default=8, help="batch size for the overhead figure")
+    parser.add_argument("--sweep", default="1,2,4,8,12,16,20,24,28,32,40,48",
+                        help="conversation counts tried for capacity")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    print(f"duplex benchmark on {platform.node()} ({os.cpu_count()} CPUs), preset/spec "
+          f"{args.moshi_spec or args.preset}, device {args.device}", flush=True)
+    print("(a) overhead: server turnaround vs bare step, 1 conversation", flush=True)
+    over = overhead(args)
+    print("(b) capacity: conversations served in real time (p99 < 80 ms)", flush=True)
+    cap = capacity(args)
+    c = cap["capacity"]
+    results = {"overhead": over, **cap}
+    print()
+    print("| figure | value |")
+    print("|---|---|")
+    print(f"| bare batched step, {over['slots']} slots (p50 / p99) | {over['bare_step_ms']['p50']:.1f} / "
+          f"{over['bare_step_ms']['p99']:.1f} ms |")
+    print(f"| server turnaround, same weights (p50 / p99) | {over['server_turnaround_ms']['p50']:.1f} / "
+          f"{over['server_turnaround_ms']['p99']:.1f} ms |")
+    print(f"| server overhead (p50 / p99) | {over['overhead_ms']['p50']:.2f} / {over['overhead_ms']['p99']:.2f} ms |")
+    print(f"| real-time capacity: server / bare batched / one-at-a-time / moshi.server | "
+          f"{c['server']} / {c['bare_batched']} / {c['one_at_a_time']} / {c['moshi_server']} |")
+    if c["bare_batched"]:
+        print(f"| server / bare batched | {c['server'] / c['bare_batched']:.2f} |")
+    if c["one_at_a_time"]:
+        print(f"| server / one-at-a-time | {c['server'] / c['one_at_a_time']:.1f} |")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
