@@ -14,7 +14,7 @@ const ERROR_TEXT = {
   capacity: 'The server is full: every conversation slot for this mode is taken. Try mode "auto", or again later.',
   unauthorized: 'The server refused the access token: enter the right token and connect again.',
   not_started: 'Audio was sent before the conversation started (it was discarded).',
-  unsupported: 'The server does not support that here.',
+  unsupported: 'Not available on this server.',
   bad_message: 'The server could not understand a message from this page.',
   bad_audio: 'The server could not decode the microphone audio.',
   too_large: 'A message was too large for the server.',
@@ -60,6 +60,8 @@ Object.defineProperty(window, 'duplexStats', {
 
 let conn = null;
 let pending = null;      // the control message waiting for its acknowledgement, e.g. 'stop'
+let pendingSince = 0;
+const ACK_TIMEOUT_MS = 8000;
 let readyWaiters = [];   // resolvers waiting for the `ready` message
 
 // Microphone pages go out only between `start` and `stop` (the server discards audio outside a
@@ -107,6 +109,19 @@ const audio = new AudioEngine({
   },
 });
 
+function setPending(name) {
+  pending = name;
+  pendingSince = performance.now();
+}
+
+/** A control message never acknowledged must not leave the buttons disabled for good. */
+function checkPending() {
+  if (pending && performance.now() - pendingSince > ACK_TIMEOUT_MS) {
+    reportError('no_ack', `The server did not acknowledge "${pending}" within ${ACK_TIMEOUT_MS / 1000} s.`);
+    pending = null;
+  }
+}
+
 // --- errors ---------------------------------------------------------------------------------
 
 let lastError = null;  // the last error shown on this connection, kept when the socket then closes
@@ -124,7 +139,7 @@ function reportError(code, message) {
 function render() {
   const open = stats.connected;
   el.connect.textContent = open || conn ? 'Disconnect' : 'Connect';
-  el.mode.disabled = Boolean(conn);
+  el.mode.disabled = stats.started || Boolean(pending);  // `start` carries the mode
   el.token.disabled = Boolean(conn);
   el.start.disabled = Boolean(pending) || stats.started;
   el.stop.disabled = !open || !stats.started || Boolean(pending);
@@ -187,7 +202,7 @@ function waitForReady() {
 
 async function start() {
   if (stats.started || pending) return;
-  pending = 'start';
+  setPending('start');
   render();
   try {
     if (!conn) await connect();
@@ -200,6 +215,7 @@ async function start() {
     render();
     return;
   }
+  setPending('start');  // the acknowledgement clock starts now, not during the permission prompt
   conn.send('start', { mode: el.mode.value });
   sending = true;
   flushOutbox();
@@ -212,7 +228,7 @@ function stop() {
   sending = false;
   audio.stopCapture();
   conn.send('stop');
-  pending = 'stop';
+  setPending('stop');
   audio.flushPlayback('stop');
   log('stop');
   render();
@@ -220,14 +236,14 @@ function stop() {
 
 function reset() {
   if (!conn?.send('reset')) return;
-  pending = 'reset';
+  setPending('reset');
   log('reset');
   render();
 }
 
 function interrupt() {
   if (!conn?.send('interrupt')) return;
-  pending = 'interrupt';
+  setPending('interrupt');
   audio.flushPlayback('interrupt');  // silence now; flushed again when the server confirms
   log('interrupt');
   render();
@@ -245,6 +261,10 @@ function onMessage(msg) {
       stats.sessionId = msg.session_id;
       stats.modes = msg.modes ?? [];
       el.sessionId.textContent = `session ${msg.session_id}`;
+      for (const option of el.mode.options) {
+        const loaded = option.value === 'auto' || stats.modes.includes(option.value);
+        option.textContent = loaded ? option.value : `${option.value} (not loaded)`;
+      }
       log(`ready: protocol ${msg.protocol}, modes ${stats.modes.join(', ')}, `
         + `${msg.audio?.codec} ${msg.audio?.sample_rate} Hz / ${msg.audio?.frame_ms} ms`);
       readyWaiters.forEach((w) => w.resolve());
@@ -332,7 +352,7 @@ function onMetrics(msg) {
 }
 
 function onServerError(msg) {
-  const text = ERROR_TEXT[msg.code] ? `${ERROR_TEXT[msg.code]} (${msg.message})` : `${msg.code}: ${msg.message}`;
+  const text = ERROR_TEXT[msg.code] ? `${ERROR_TEXT[msg.code]} — ${msg.message}` : `${msg.code}: ${msg.message}`;
   if (msg.code === 'not_started') {
     // Harmless race (audio in flight around stop): note it, do not alarm the user.
     stats.errors.push({ code: msg.code, message: msg.message });
@@ -390,6 +410,7 @@ setInterval(() => {
   const { rms } = audio.inputLevel();
   stats.inputLevel = rms;
   setMeter('in', audio.capturing ? rms : 0);
+  checkPending();
   render();
 }, 100);
 
