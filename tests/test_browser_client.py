@@ -3,12 +3,15 @@
 Chromium's fake microphone plays espeak-ng speech; tests/browser/drive_page.mjs opens
 `/?autostart=1&mode=duplex`, waits until audio flows both ways, presses Interrupt and Stop, and
 prints what the page saw (window.duplexStats and the DOM) as JSON. Needs the system Chromium at
-/usr/bin/chromium and `npm ci` in tests/browser (playwright-core only, no browser download).
+/usr/bin/chromium and `npm ci --prefix tests/browser` (playwright-core only, no browser download);
+skipped without them, except that DUPLEX_REQUIRE_BROWSER=1 (set by .ci/run) turns the skip into a
+failure.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import urllib.request
@@ -25,13 +28,21 @@ def _missing() -> str | None:
     if not CHROMIUM.exists():
         return f"{CHROMIUM} is missing (apt-get install chromium)"
     if not (BROWSER_DIR / "node_modules" / "playwright-core").is_dir():
-        return "tests/browser/node_modules is missing (cd tests/browser && npm ci)"
+        return "tests/browser/node_modules is missing (npm ci --prefix tests/browser)"
     if shutil.which("node") is None:
         return "node is missing"
     return None
 
 
-pytestmark = pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
+_MISSING = _missing()
+_REQUIRED = os.environ.get("DUPLEX_REQUIRE_BROWSER") == "1"  # set by .ci/run: never skip there
+pytestmark = pytest.mark.skipif(_MISSING is not None and not _REQUIRED, reason=_MISSING or "")
+
+
+@pytest.fixture(autouse=True)
+def _browser_required():
+    if _MISSING is not None:
+        pytest.fail(f"DUPLEX_REQUIRE_BROWSER=1 but {_MISSING}")
 
 
 def _health(http_url: str) -> dict:
