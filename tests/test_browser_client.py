@@ -36,11 +36,11 @@ def _missing() -> str | None:
 
 _MISSING = _missing()
 _REQUIRED = os.environ.get("DUPLEX_REQUIRE_BROWSER") == "1"  # set by .ci/run: never skip there
-pytestmark = pytest.mark.skipif(_MISSING is not None and not _REQUIRED, reason=_MISSING or "")
+needs_browser = pytest.mark.skipif(_MISSING is not None and not _REQUIRED, reason=_MISSING or "")
 
 
-@pytest.fixture(autouse=True)
-def _browser_required():
+@pytest.fixture
+def browser_required():
     if _MISSING is not None:
         pytest.fail(f"DUPLEX_REQUIRE_BROWSER=1 but {_MISSING}")
 
@@ -80,7 +80,8 @@ def drive_page(http_url: str, wav: Path, screenshot: Path, *args: str) -> tuple[
     return summary, json.dumps(summary, indent=1)[:6000]
 
 
-def test_browser_client_talks_to_the_server(tiny_server, speech_wav, tmp_path):
+@needs_browser
+def test_browser_client_talks_to_the_server(browser_required, tiny_server, speech_wav, tmp_path):
     before = _health(tiny_server.http_url)
     screenshot = tmp_path / "browser-client.png"
     summary, context = drive_page(tiny_server.http_url, speech_wav, screenshot, "--mode", "duplex")
@@ -120,7 +121,8 @@ def test_browser_client_talks_to_the_server(tiny_server, speech_wav, tmp_path):
     assert after["frames_out"] > before["frames_out"], (before, after)
 
 
-def test_browser_client_explains_a_wrong_token(small_server, speech_wav, tmp_path):
+@needs_browser
+def test_browser_client_explains_a_wrong_token(browser_required, small_server, speech_wav, tmp_path):
     summary, context = drive_page(small_server.http_url, speech_wav, tmp_path / "token.png",
                                   "--scenario", "refused", "--token", "not-the-token")
     assert summary["ok"], context
@@ -131,10 +133,20 @@ def test_browser_client_explains_a_wrong_token(small_server, speech_wav, tmp_pat
     assert summary["dom"]["startEnabled"], context
 
 
-def test_browser_client_explains_a_denied_microphone(tiny_server, speech_wav, tmp_path):
+@needs_browser
+def test_browser_client_explains_a_denied_microphone(browser_required, tiny_server, speech_wav, tmp_path):
     summary, context = drive_page(tiny_server.http_url, speech_wav, tmp_path / "mic.png",
                                   "--scenario", "refused", "--deny-mic")
     assert summary["ok"], context
     assert [e["code"] for e in summary["refused"]["errors"]] == ["mic_denied"], context
     assert "Microphone access was denied" in summary["dom"]["banner"], context
     assert not summary["refused"]["started"] and summary["refused"]["framesSent"] == 0, context
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is missing")
+def test_playback_jitter_buffer():
+    """client/playback-worklet.js under node:test (no browser): start threshold, underrun growth,
+    overflow drops, flush, target shrink."""
+    run = subprocess.run(["node", "--test", str(BROWSER_DIR / "playback_worklet.test.mjs")],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
