@@ -14,7 +14,7 @@ const MAX_TARGET_MS = 400;
 const GROW_MS = 40;            // target step on each underrun
 const SHRINK_MS = 20;          // target step after SHRINK_AFTER_S without underruns
 const SHRINK_AFTER_S = 10;
-const OVERFLOW_FACTOR = 3;     // drop oldest when buffered > target * factor + 100 ms
+const OVERFLOW_FACTOR = 2;     // drop oldest when buffered > target * factor + 100 ms
 const REPORT_EVERY_S = 0.1;
 
 class PlaybackProcessor extends AudioWorkletProcessor {
