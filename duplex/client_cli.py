@@ -145,6 +145,8 @@ async def _converse(args: argparse.Namespace, user_pcm: np.ndarray | None, mic: 
     exit_code = EXIT_OK
     try:
         await client.start(args.mode, build_config(args))
+        if not await _started(client):
+            return EXIT_FAILED
         if args.text:
             transfer.stream_start = time.monotonic()
             await client.text_input(args.text)
@@ -242,6 +244,23 @@ def _write_output(path: str, client: DuplexClient, transfer: Transfer, mode: str
                                 min_samples=len(transfer.sent_at) * FRAME_SAMPLES)
     write_wav(path, pcm)
     print(f"wrote {len(pcm) / SAMPLE_RATE:.2f} s of assistant audio to {path}", file=sys.stderr)
+
+
+async def _started(client: DuplexClient, timeout: float = 15.0) -> bool:
+    """Waits for the answer to `start`: a `status` (go on) or an `error` (e.g. capacity: give up).
+    Knowing the mode before streaming matters: duplex runs wait for one reply frame per frame sent."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not client.closed:
+        answer = next((e for e in client.events if e.type in ("status", "error")), None)
+        if answer is not None and answer.type == "status":
+            return True
+        if answer is not None:
+            print(f"duplex client: the server refused to start: {answer.data.get('code')}: "
+                  f"{answer.data.get('message')}", file=sys.stderr)
+            return False
+        await asyncio.sleep(0.01)
+    print(f"duplex client: no answer to `start` within {timeout:g} s", file=sys.stderr)
+    return False
 
 
 def _effective_mode(client: DuplexClient, requested: str | None) -> str | None:
