@@ -111,6 +111,9 @@ async def test_configure_mid_conversation(tiny_server, speech):
         await client.configure({"no_such_key": 1})
         error = await client.wait_for("error")
         assert error.data["code"] == "bad_message"
+        await client.configure({"transcribe_user": True})  # no STT loaded on this server
+        error = await client.wait_for("error")
+        assert error.data["code"] == "unsupported" and "recogniser" in error.data["message"]
         await client.text_input("hello")
         error = await client.wait_for("error")
         assert error.data["code"] == "unsupported"

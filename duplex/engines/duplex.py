@@ -101,6 +101,8 @@ def _check_config(config: dict) -> None:
     unsupported = sorted(set(config) - DUPLEX_CONFIG_KEYS)
     if unsupported:
         raise Unsupported(f"the duplex model does not take {', '.join(unsupported)}")
+    if config.get("transcribe_user"):
+        raise Unsupported("transcribe_user needs a speech recogniser, and this server loaded none")
 
 
 class DuplexStream(EngineStream):
