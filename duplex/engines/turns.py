@@ -1,0 +1,68 @@
+"""User turn boundaries for the cascade: energy always, an STT's pause head when it has one.
+
+Random-weight models cannot decide end of turn, and real ones sometimes hesitate: the energy rule
+(speech, then `silence_ms` of quiet) always works on real speech; a pause probability from the STT
+(Kyutai's semantic end-of-turn head) above `pause_threshold` ends the turn sooner, once the user
+has been quiet for at least `min_pause_ms`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..audio import rms_dbfs
+from ..protocol import FRAME_MS
+
+
+@dataclass
+class TurnEvent:
+    kind: str       # "speech_start" or "turn_end"
+    start_ms: int   # first loud frame of the turn
+    end_ms: int     # end of the last loud frame (for "turn_end")
+
+
+class EndOfTurnDetector:
+    def __init__(self, threshold_dbfs: float = -45.0, silence_ms: float = 640.0, min_speech_ms: float = 160.0,
+                 pause_threshold: float | None = 0.6, min_pause_ms: float = 160.0):
+        self.threshold_dbfs = threshold_dbfs
+        self.silence_frames = max(1, round(silence_ms / FRAME_MS))
+        self.min_speech_frames = max(1, round(min_speech_ms / FRAME_MS))
+        self.pause_threshold = pause_threshold
+        self.min_pause_frames = max(1, round(min_pause_ms / FRAME_MS))
+        self.reset()
+
+    def reset(self) -> None:
+        self.frame_index = 0
+        self.in_turn = False
+        self._loud_run = 0
+        self._quiet_run = 0
+        self._turn_start = 0
+        self._last_loud_end = 0
+
+    def update(self, frame: np.ndarray, pause_prob: float = math.nan) -> TurnEvent | None:
+        """One 80 ms frame of user audio (and the STT's pause probability for it, if any)."""
+        index = self.frame_index
+        self.frame_index += 1
+        loud = rms_dbfs(frame) > self.threshold_dbfs
+        if loud:
+            self._loud_run += 1
+            self._quiet_run = 0
+            self._last_loud_end = (index + 1) * FRAME_MS
+            if not self.in_turn and self._loud_run >= self.min_speech_frames:
+                self.in_turn = True
+                self._turn_start = (index + 1 - self._loud_run) * FRAME_MS
+                return TurnEvent("speech_start", self._turn_start, self._last_loud_end)
+            return None
+        self._loud_run = 0
+        if not self.in_turn:
+            return None
+        self._quiet_run += 1
+        semantic_end = (self.pause_threshold is not None and not math.isnan(pause_prob)
+                        and pause_prob >= self.pause_threshold and self._quiet_run >= self.min_pause_frames)
+        if self._quiet_run >= self.silence_frames or semantic_end:
+            self.in_turn = False
+            return TurnEvent("turn_end", self._turn_start, self._last_loud_end)
+        return None
