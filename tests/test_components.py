@@ -81,8 +81,11 @@ def test_local_directory_with_a_missing_file_says_which(tmp_path):
 
 
 def test_unreachable_hub_repo_gives_advice(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    from huggingface_hub import constants
+
+    # huggingface_hub reads these at import time: patch the live values (no network retries).
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(spec.WeightsUnavailable) as error:
         spec.checkpoint_from_hub("kyutai/moshiko-pytorch-bf16")
     assert "--preset tiny" in str(error.value) and "local directory" in str(error.value)
