@@ -80,8 +80,21 @@ def ssl_context(directory: str | None) -> ssl.SSLContext | None:
     return context
 
 
+def set_cpu_threads(requested: int, device: str) -> int:
+    """Torch's intra-op threads spin on every core they own. On CPU, leave one core to the event loop
+    (sockets, codecs): a step a little slower beats a server that cannot answer while it runs."""
+    import os
+
+    import torch
+
+    threads = requested if requested > 0 else max(1, (os.cpu_count() or 2) - (0 if device != "cpu" else 1))
+    torch.set_num_threads(threads)
+    return threads
+
+
 def build_engines(args: argparse.Namespace) -> dict[str, Engine]:
     device = pick_device(args.device)
+    set_cpu_threads(args.threads, device)
     dtype = pick_dtype(args.dtype, device)
     engines: dict[str, Engine] = {}
     if not args.no_duplex:
@@ -143,6 +156,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1")
     p.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"], default="auto",
                    help="LM weights dtype: auto = bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads; 0 = auto (on CPU every core but one, left to the event loop)")
     p.add_argument("--slots", type=int, default=8,
                    help="batch size: conversations served at once by one model step (fixed for the run)")
     p.add_argument("--max-wait-ms", type=float, default=20.0,

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 MAX_AUDIO_MESSAGE_BYTES = 256 * 1024   # ~ 5 s of pcm16; Opus pages are far smaller
 MAX_TEXT_MESSAGE_BYTES = 64 * 1024
 MAX_BAD_MESSAGES = 50                  # past this, the connection is closed (policy violation)
+MAX_SEGMENT_CHARS = 600                # a longer assistant segment is finalised and a new one begun
 
 
 class TooManyBadMessages(Exception):
@@ -287,6 +288,17 @@ class Session:
         turn.text += text
         self.send("llm_response", content=text, is_complete=False)
         self.send("partial_transcript", role="assistant", content=turn.text.strip(), start_ms=turn.start_ms)
+        if len(turn.text) > MAX_SEGMENT_CHARS:
+            # A monologue (or random-weight babble) would make every partial ever longer: cut it.
+            self._final_assistant_segment(conv)
+
+    def _final_assistant_segment(self, conv: Conversation) -> None:
+        turn = conv.turn
+        if turn.text.strip():
+            self.send("final_transcript", role="assistant", content=turn.text.strip(),
+                      start_ms=turn.start_ms, end_ms=self._clock_ms(conv))
+        turn.text = ""
+        turn.start_ms = self._clock_ms(conv) if turn.speaking else None
 
     def _turn_started(self, conv: Conversation) -> None:
         turn = conv.turn
@@ -306,8 +318,7 @@ class Session:
             self.send("tts_end")
         if turn.text.strip():
             self.send("llm_response", content="", is_complete=True)
-            self.send("final_transcript", role="assistant", content=turn.text.strip(),
-                      start_ms=turn.start_ms, end_ms=self._clock_ms(conv))
+        self._final_assistant_segment(conv)
         self._send_metrics(conv, turn.response_latency_ms)
         conv.turn = TurnState()
         self.send("status", status="listening", mode=conv.mode)

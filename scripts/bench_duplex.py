@@ -47,9 +47,10 @@ def percentiles(values: list[float]) -> dict:
 def load_model(args, slots: int):
     from duplex.engines.moshi_batch import MoshiBatch
     from duplex.models.spec import PRESETS, resolve_checkpoint
-    from duplex.server import pick_device, pick_dtype
+    from duplex.server import pick_device, pick_dtype, set_cpu_threads
 
     device = pick_device(args.device)
+    set_cpu_threads(args.threads, device)  # the same threads as the server it is compared with
     spec = args.moshi_spec or PRESETS[args.preset].duplex_spec
     model = MoshiBatch(resolve_checkpoint(spec), slots, device, pick_dtype(args.dtype, device))
     model.warmup()
@@ -86,7 +87,8 @@ def _sync(model) -> None:
 class Server:
     def __init__(self, args, slots: int):
         cmd = [sys.executable, "-m", "duplex.cli", "serve", "--port", "0", "--slots", str(slots),
-               "--quiet-progress", "--log-level", "warning", "--device", args.device, "--dtype", args.dtype]
+               "--quiet-progress", "--log-level", "warning", "--device", args.device, "--dtype", args.dtype,
+               "--threads", str(args.threads)]
         cmd += ["--moshi-spec", args.moshi_spec] if args.moshi_spec else ["--preset", args.preset]
         self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                         cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -101,14 +103,29 @@ class Server:
         self.process.wait(timeout=20)
 
 
-async def client_turnarounds(url: str, frames: int, phase: float) -> list[float]:
-    """One conversation at real-time pace; turnaround of frame k = its answer's arrival - its send."""
+class StartSignal:
+    """Lets every client finish connecting, then starts them all on one shared clock."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.ready = 0
+        self.at = 0.0
+
+    def fire(self) -> None:
+        self.at = time.monotonic() + 0.05
+        self.event.set()
+
+
+async def client_turnarounds(url: str, frames: int, phase: float, go: StartSignal) -> list[float]:
+    """One conversation at real-time pace; turnaround of frame k = its answer's arrival - its send.
+    Every client starts on the same `go` signal, then waits its `phase` (0 = frames aligned)."""
     rng = np.random.default_rng(int(phase * 1000))
     async with await DuplexClient.connect(url, codec="pcm16") as client:
         await client.start(mode="duplex", config={"temperature": 0, "text_temperature": 0})
         await client.wait_for("status")
-        await asyncio.sleep(phase)
-        pacer = FramePacer(start=time.monotonic())
+        go.ready += 1
+        await go.event.wait()
+        pacer = FramePacer(start=go.at + phase)
         sent_at = []
         for k in range(frames):
             await pacer.wait(k)
@@ -119,10 +136,17 @@ async def client_turnarounds(url: str, frames: int, phase: float) -> list[float]
         return [(chunk.received_at - sent) * 1000.0 for chunk, sent in zip(client.audio, sent_at)]
 
 
-def server_turnarounds(url: str, conversations: int, frames: int, skip: int = 5) -> list[float]:
+def server_turnarounds(url: str, conversations: int, frames: int, skip: int = 5, spread: bool = False) -> list[float]:
+    """All clients' turnarounds. Aligned (default): every client sends its frame k at the same instant,
+    as a bare batched loop assumes. Spread: phases evenly spread over a frame, like unrelated users."""
     async def run() -> list[list[float]]:
-        phases = [i * (FRAME_MS / 1000.0) / max(conversations, 1) for i in range(conversations)]
-        return await asyncio.gather(*(client_turnarounds(url, frames, p) for p in phases))
+        go = StartSignal()
+        phases = [i * (FRAME_MS / 1000.0) / conversations if spread else 0.0 for i in range(conversations)]
+        tasks = [asyncio.create_task(client_turnarounds(url, frames, p, go)) for p in phases]
+        while go.ready < conversations:
+            await asyncio.sleep(0.01)
+        go.fire()
+        return await asyncio.gather(*tasks)
     per_client = asyncio.run(run())
     return [t for times in per_client for t in times[skip:]]  # skip the start-up frames
 
@@ -174,7 +198,18 @@ def capacity(args) -> dict:
             server_capacity = n
         elif n > bare_capacity:
             break
-    return {"bare": bare_rows, "server": server_rows, "capacity": {
+    spread = None
+    if server_capacity:
+        turn = None
+        server = Server(args, server_capacity)
+        try:
+            turn = percentiles(server_turnarounds(server.url, server_capacity, args.frames, spread=True))
+        finally:
+            server.close()
+        spread = {"conversations": server_capacity, "turnaround_ms": turn}
+        print(f"  server N={server_capacity:3d}, phases spread: turnaround p50 {turn['p50']:6.1f}  "
+              f"p99 {turn['p99']:6.1f} ms", flush=True)
+    return {"bare": bare_rows, "server": server_rows, "server_spread_phases": spread, "capacity": {
         "server": server_capacity, "bare_batched": bare_capacity, "one_at_a_time": one_at_a_time,
         "moshi_server": 1}}
 
@@ -185,9 +220,10 @@ def main() -> int:
     parser.add_argument("--moshi-spec", help="HF repo id or local directory instead of the preset")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = the server's auto choice)")
     parser.add_argument("--frames", type=int, default=60, help="frames per measurement (80 ms each)")
     parser.add_argument("--overhead-slots", type=int, default=8, help="batch size for the overhead figure")
-    parser.add_argument("--sweep", default="1,2,4,8,12,16,20,24,28,32,40,48",
+    parser.add_argument("--sweep", default="1,8,16,24,28,32,36,40,44,48",
                         help="conversation counts tried for capacity")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
