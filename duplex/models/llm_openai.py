@@ -1,0 +1,244 @@
+"""An OpenAI-compatible streaming chat client (vLLM, llama.cpp server, Ollama, OpenAI, ...).
+
+POST {url}/v1/chat/completions with `stream: true` and read Server-Sent Events: `data: {chunk}`
+lines carrying `choices[0].delta.content`, ended by `data: [DONE]`. Every way this can go wrong
+(endpoint down, HTTP error, no token for `token_timeout` seconds, a body that is not that shape)
+becomes an `LLMError` whose message names the endpoint and the cause: the session reports it and
+lives on. Setting `cancel` or closing the generator drops the connection at once, which is how
+these servers learn to stop generating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any, AsyncIterator
+
+import aiohttp
+
+from .llm import ChatMessage, LLMError
+
+log = logging.getLogger(__name__)
+
+_DONE = object()
+
+
+def completions_url(url: str) -> str:
+    """A base URL (`http://host:8000`, `.../v1`) or a full `.../chat/completions` URL."""
+    url = url.rstrip("/")
+    if url.endswith("/chat/completions"):
+        return url
+    if url.endswith("/v1"):
+        return url + "/chat/completions"
+    return url + "/v1/chat/completions"
+
+
+class OpenAICompatibleLLM:
+    def __init__(self, url: str, model: str | None = None, api_key: str | None = None,
+                 connect_timeout: float = 5.0, token_timeout: float = 10.0):
+        self.url = completions_url(url)
+        self.model = model
+        self.api_key = api_key
+        self.connect_timeout = connect_timeout
+        self.token_timeout = token_timeout  # the longest wait for the first or the next token
+        self.name = f"openai:{self.url}" + (f" ({model})" if model else "")
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        # One pooled session (kept-alive connections save a handshake per turn), made on first use
+        # inside the running loop, and remade if that loop has gone (tests, restarts).
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._session._loop is not loop:
+            timeout = aiohttp.ClientTimeout(total=None, connect=self.connect_timeout,
+                                            sock_connect=self.connect_timeout)
+            self._session = aiohttp.ClientSession(timeout=timeout)
+        return self._session
+
+    def request_body(self, messages: list[ChatMessage], temperature: float, max_tokens: int,
+                     seed: int | None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "stream": True, "temperature": temperature, "max_tokens": max_tokens,
+        }
+        if self.model:  # vLLM and llama.cpp serve one model and accept none; Ollama/OpenAI need it
+            body["model"] = self.model
+        if seed is not None:
+            body["seed"] = seed
+        return body
+
+    async def stream(self, messages: list[ChatMessage], *, temperature: float, max_tokens: int,
+                     cancel: asyncio.Event, seed: int | None = None) -> AsyncIterator[str]:
+        headers = {"Accept": "text/event-stream"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        if cancel.is_set():
+            return
+        body = self.request_body(messages, temperature, max_tokens, seed)
+        deadline = _Deadline(self.token_timeout)
+        response = await self._post(body, headers, cancel, deadline)
+        if response is None:
+            return
+        try:
+            await self._check_status(response)
+            if response.content_type == "application/json":  # the server ignored `stream: true`
+                text = await self._whole_answer(response, cancel, deadline)
+                if text:
+                    yield text
+                return
+            async for delta in self._events(response, cancel, deadline):
+                yield delta
+        finally:
+            # Closing (not releasing) drops the connection: the server sees it and stops generating.
+            response.close()
+
+    async def _post(self, body: dict, headers: dict, cancel: asyncio.Event,
+                    deadline: "_Deadline") -> aiohttp.ClientResponse | None:
+        """Sends the request; the response headers must come before the token timeout."""
+        request = self._client().post(self.url, json=body, headers=headers)
+        try:
+            return await _unless_cancelled(request, cancel, deadline, self._stalled("the response"))
+        except aiohttp.ClientError as exc:
+            raise LLMError(f"cannot reach LLM endpoint {self.url}: {type(exc).__name__}: {exc}") from exc
+
+    async def _check_status(self, response: aiohttp.ClientResponse) -> None:
+        if response.status < 400:
+            return
+        try:
+            body = (await asyncio.wait_for(response.text(), self.token_timeout))[:300]
+        except (aiohttp.ClientError, asyncio.TimeoutError, UnicodeDecodeError):
+            body = ""  # a broken error body must not hide the HTTP status we are reporting
+        detail = _error_message(body) or response.reason or ""
+        raise LLMError(f"LLM endpoint {self.url} answered HTTP {response.status}: {detail}".rstrip(": "))
+
+    async def _events(self, response: aiohttp.ClientResponse, cancel: asyncio.Event,
+                      deadline: "_Deadline") -> AsyncIterator[str]:
+        """Text deltas from the SSE body, until [DONE], the end of a finished answer, or cancel."""
+        finished = False  # a chunk said finish_reason: a server that then omits [DONE] is fine
+        while True:
+            line = await self._read_line(response, cancel, deadline)
+            if line is None:
+                return
+            if line is _DONE:
+                break
+            item = self._parse_event(line)
+            if item is _DONE:
+                return
+            if item is None:
+                continue
+            delta, finished = item
+            if delta:
+                deadline.restart()
+                yield delta
+        if not finished:
+            raise LLMError(f"LLM endpoint {self.url} closed the stream before the answer was complete")
+
+    async def _read_line(self, response: aiohttp.ClientResponse, cancel: asyncio.Event,
+                         deadline: "_Deadline") -> object:
+        """One stripped line, `_DONE` at the end of the body, or None once cancelled."""
+        try:
+            raw = await _unless_cancelled(response.content.readline(), cancel, deadline,
+                                          self._stalled("token"))
+        except aiohttp.ClientError as exc:
+            raise LLMError(f"LLM endpoint {self.url} broke the stream: {type(exc).__name__}: {exc}") from exc
+        if raw is None:
+            return None
+        if raw == b"":
+            return _DONE
+        return raw.decode("utf-8", errors="replace").strip()
+
+    def _parse_event(self, line: str) -> object:
+        """(delta, finished) for a chunk; None for lines to skip; `_DONE` for `data: [DONE]`."""
+        if not line or line.startswith(":") or line.startswith(("event:", "id:", "retry:")):
+            return None  # blank separators, keep-alive comments, SSE fields we do not need
+        if not line.startswith("data:"):
+            raise LLMError(f"LLM endpoint {self.url} sent a line that is not SSE: {line[:120]!r}")
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return _DONE
+        chunk = self._json(data)
+        if "error" in chunk:
+            raise LLMError(f"LLM endpoint {self.url} reported an error: {_error_message(data)}")
+        choice = self._first_choice(chunk, data)
+        delta = choice.get("delta") or {}
+        content = delta.get("content") if isinstance(delta, dict) else None
+        if content is not None and not isinstance(content, str):
+            raise LLMError(f"LLM endpoint {self.url} sent a non-text delta: {data[:120]!r}")
+        return content or "", choice.get("finish_reason") is not None
+
+    async def _whole_answer(self, response: aiohttp.ClientResponse, cancel: asyncio.Event,
+                            deadline: "_Deadline") -> str | None:
+        body = await _unless_cancelled(response.text(), cancel, deadline, self._stalled("the answer"))
+        if body is None:
+            return None
+        message = self._first_choice(self._json(body), body).get("message")
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise LLMError(f"LLM endpoint {self.url} sent an answer without message.content: {body[:120]!r}")
+        return message["content"]
+
+    def _json(self, data: str) -> dict:
+        try:
+            value = json.loads(data)
+        except ValueError:
+            raise LLMError(f"LLM endpoint {self.url} sent something that is not JSON: {data[:120]!r}") from None
+        if not isinstance(value, dict):
+            raise LLMError(f"LLM endpoint {self.url} sent JSON that is not an object: {data[:120]!r}")
+        return value
+
+    def _first_choice(self, chunk: dict, data: str) -> dict:
+        choices = chunk.get("choices")
+        if not isinstance(choices, list) or (choices and not isinstance(choices[0], dict)):
+            raise LLMError(f"LLM endpoint {self.url} sent a chunk without choices: {data[:120]!r}")
+        return choices[0] if choices else {}  # an empty list is a usage-only chunk
+
+    def _stalled(self, what: str) -> str:
+        return f"LLM endpoint {self.url} stalled: no {what} within {self.token_timeout:g} s"
+
+
+class _Deadline:
+    """The stall timer: restarted by every token, so a slow but steady answer never times out."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.restart()
+
+    def restart(self) -> None:
+        self.at = time.monotonic() + self.seconds
+
+    def left(self) -> float:
+        return max(0.0, self.at - time.monotonic())
+
+
+async def _unless_cancelled(awaitable: Any, cancel: asyncio.Event, deadline: _Deadline,
+                            stall_message: str) -> Any:
+    """The awaitable's result; None if `cancel` is set first; LLMError if the deadline passes."""
+    work = asyncio.ensure_future(awaitable)
+    cancelled = asyncio.ensure_future(cancel.wait())
+    try:
+        done, _ = await asyncio.wait({work, cancelled}, timeout=deadline.left(),
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        cancelled.cancel()
+    if work in done:
+        return work.result()
+    work.cancel()
+    if cancel.is_set():
+        return None
+    raise LLMError(stall_message)
+
+
+def _error_message(body: str) -> str:
+    """The `error.message` of an OpenAI-style error body, else the body itself."""
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        return body.strip()
+    if isinstance(error, dict):
+        return str(error.get("message") or error)
+    return str(error or body).strip()

@@ -1,0 +1,104 @@
+"""The tiny LLM preset: a random-weight Qwen2 and a locally trained tokenizer, in the hub layout.
+
+Written once, deterministically from a seed, with `save_pretrained`, then loaded by the very same
+`from_pretrained` path as a real model. It babbles, but it exercises the whole LLM stage on a small
+CPU with nothing from the hub. Same stamp + file-lock pattern as the tiny Moshi (`tiny.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import string
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .tiny import _WORDS, _file_lock
+
+log = logging.getLogger(__name__)
+
+TINY_LLM_SEED = 42
+TINY_LLM_FORMAT = 2  # bump when the tiny architecture or tokenizer changes, so stale files are regenerated
+TINY_LLM_VOCAB = 512
+
+# ChatML, as Qwen2.5 and SmolLM2 use it: the tiny preset renders prompts the way real models do.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+TINY_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# Byte-level BPE writes space and newline as these two characters.
+_TINY_ALPHABET = string.ascii_letters + string.digits + ".,?!'-:;" + "\u0120\u010a"
+
+
+def ensure_tiny_llm(directory: Path, seed: int = TINY_LLM_SEED) -> Path:
+    """Returns `directory`, generating the tiny LLM there first if it is missing or stale."""
+    stamp = directory / "tiny.json"
+    expected = {"format": TINY_LLM_FORMAT, "seed": seed}
+    if stamp.exists() and json.loads(stamp.read_text()) == expected:
+        return directory
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    # Test workers, a server and a bench may race here: one writes, the others wait and reuse it.
+    with _file_lock(directory.parent / f".{directory.name}.lock"):
+        if stamp.exists() and json.loads(stamp.read_text()) == expected:
+            return directory
+        log.info("generating the tiny LLM (seed %d) in %s", seed, directory)
+        with tempfile.TemporaryDirectory(dir=directory.parent) as tmp:
+            staging = Path(tmp) / "model"
+            staging.mkdir()
+            write_tiny_llm(staging, seed)
+            (staging / "tiny.json").write_text(json.dumps(expected))
+            if directory.exists():
+                shutil.rmtree(directory)
+            staging.rename(directory)
+    return directory
+
+
+def write_tiny_llm(directory: Path, seed: int) -> None:
+    """A random Qwen2 (hidden 64, 2 layers) and a locally trained byte-level BPE with ChatML."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = build_tiny_tokenizer(seed)
+    tokenizer.save_pretrained(directory)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        tie_word_embeddings=True, bos_token_id=None, eos_token_id=im_end,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.eos_token_id = im_end
+    model.save_pretrained(directory, safe_serialization=True)
+
+
+def build_tiny_tokenizer(seed: int):
+    """Byte-level BPE trained on a seeded corpus, nothing from the hub. Its alphabet is printable
+    ASCII (not all 256 bytes), so the random model babbles word pieces, never control bytes or
+    broken UTF-8; other characters are dropped when encoding (fine for a babbling model)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    rng = random.Random(seed)
+    corpus = [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 14))) + rng.choice(".?!,")
+              for _ in range(4000)]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_LLM_VOCAB, special_tokens=TINY_SPECIAL_TOKENS, show_progress=False,
+        initial_alphabet=list(_TINY_ALPHABET),
+    )
+    bpe.train_from_iterator(corpus, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>"], chat_template=CHATML_TEMPLATE,
+        model_max_length=2048,
+    )
