@@ -96,16 +96,16 @@ async def test_twelve_conversations_at_real_time_pace(tiny_server, speech):
             await client.wait_audio_frames(len(frames), timeout=30)
             lag = client.audio[-1].received_at - sent_last
             await client.stop()
-            metrics = client.events_of("metrics")
             ack = await client.wait_for("stop_acknowledged")
-            metrics = [e for e in client.events_of("metrics") if e.received_at >= ack.received_at]
-            dropped = metrics[0].data["frames_dropped"] if metrics else -1
-            return client.binary_messages, lag, dropped
+            metrics = await client.wait_for("metrics", predicate=lambda e: e.received_at >= ack.received_at)
+            return client.binary_messages, lag, metrics.data["frames_dropped"]
 
     results = await asyncio.gather(*(conversation(i) for i in range(12)))
     after = await health(tiny_server.http_url)
     assert all(count == len(frames) for count, _, _ in results), results
     assert all(dropped == 0 for _, _, dropped in results), results
-    # Behaviour, not speed: a server that fell behind real time would end seconds late.
-    assert max(lag for _, lag, _ in results) < 1.0, results
+    # Behaviour, not speed: stepping these 12 conversations one at a time (13 ms a step here) would
+    # need ~160 ms per 80 ms of audio and end ~4 s late; batched, the answers end close behind the
+    # input. 2.5 s separates the two with room for a noisy shared machine.
+    assert max(lag for _, lag, _ in results) < 2.5, results
     assert after["frames_out"] - before["frames_out"] >= 12 * len(frames)
