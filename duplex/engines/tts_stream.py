@@ -1,0 +1,401 @@
+"""Kyutai's streaming TTS (`moshi.models.tts`) over a fixed batch of slots, fed word by word.
+
+The TTS is a delayed-streams LM: it reads text and writes Mimi codes one 80 ms step at a time,
+the audio lagging the text by `delay_steps` (1.28 s on the real model). moshi's `StateMachine`
+decides, from the model's own "pad"/"new word" choices, when the next word is fed in; with a
+lookahead stream it also needs to see `second_stream_ahead` words beyond the current one. So a
+turn may step only while that many words are queued, or once the text is complete (as Kyutai's
+own streaming script does): speech starts after a handful of words, long before the LLM is done.
+
+Batching mirrors `moshi_batch.MoshiBatch`: one `LMGen` in streaming mode for `slots` turns,
+`set_exec_mask` so that slots with nothing to say keep their state, per-slot randomness
+(`sampling.BatchedLMGen`), per-slot reset when a slot is reused, and each slot's voice written
+into its row of the cross-attention source. Everything here runs on the model thread, except
+`TtsEngineModel.start_turn` and `TtsTurn.push_text`/`end_text`/`cancel`, which only queue work.
+
+Shapes: B = slots, Q = n_q audio codebooks (all generated: no user stream), F = 1920 samples.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import threading
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from moshi.models import loaders
+from moshi.models.tts import DEFAULT_DSM_TTS_VOICE_REPO, TTSModel, script_to_entries
+from moshi.modules.transformer import StreamingMultiheadAttention
+from moshi.utils.compile import no_compile
+
+from ..protocol import FRAME_SAMPLES
+from .sampling import BatchedLMGen, SlotRandomness
+
+DEFAULT_VOICE = "expresso/ex03-ex01_happy_001_channel1_334s.wav"  # Kyutai's own default in their scripts
+CFG_COEF = 2.0          # the real model is CFG-distilled: this is a condition value, not a second batch
+PADDING_BETWEEN = 1     # forced pads between words, as Kyutai uses: clearer articulation
+
+
+class UnknownVoice(ValueError):
+    """The voice name is not in the voices repo (or directory); the message says what exists."""
+
+
+class TtsCapacity(RuntimeError):
+    """Every slot is speaking."""
+
+
+@dataclass
+class TtsFrame:
+    pcm: np.ndarray   # [F] float32 in [-1, 1]
+    index: int        # position on the turn's audio clock, in frames (0 = the turn's first frame)
+
+    @property
+    def start_s(self) -> float:
+        return self.index * FRAME_SAMPLES / 24000
+
+
+class TtsEngineModel:
+    """Loads the TTS once and speaks up to `slots` turns at a time through one batched step."""
+
+    def __init__(self, checkpoint: loaders.CheckpointInfo, slots: int = 1, device: str = "cpu",
+                 dtype: torch.dtype = torch.float32, voice: str | None = None, *,
+                 voice_repo: str | None = None, n_q: int | None = None, temperature: float | None = None):
+        self.slots = slots
+        self.device = torch.device(device)
+        lm_config = checkpoint.lm_config or {}
+        self.tts = TTSModel.from_checkpoint_info(
+            checkpoint, n_q=n_q or lm_config.get("n_q", 32), device=self.device, dtype=dtype,
+            voice_repo=voice_repo or _voice_repo(checkpoint))
+        self._check_supported()
+        self.voice_repo = self.tts.voice_repo
+        self.default_voice = voice or DEFAULT_VOICE
+        self.voice_path(self.default_voice)  # fail at start-up, not at the first turn
+        lm, mimi = self.tts.lm, self.tts.mimi
+        self.frame_samples = mimi.frame_size
+        assert self.frame_samples == FRAME_SAMPLES, self.frame_samples
+        self.machine = self.tts.machine
+        self.delay_steps = self.tts.delay_steps
+        lm.dep_q = self.tts.n_q  # as TTSModel.generate does: generate only the codebooks Mimi decodes
+        self.gen = BatchedLMGen(lm, slots, torch.zeros(lm.dep_q, dtype=torch.long))
+        self.gen.on_text_hook = self._on_text
+        self.gen.on_audio_hook = self._on_audio
+        temp = temperature if temperature is not None else checkpoint.lm_gen_config.get("temp", self.tts.temp)
+        self.gen.temp_audio.fill_(temp)
+        self.gen.temp_text.fill_(temp)
+        self.gen.top_k_audio.fill_(250)   # LMGen's defaults, as TTSModel uses them
+        self.gen.top_k_text.fill_(25)
+        self.randomness = SlotRandomness(slots, 1 + lm.dep_q)
+        self._voice_rows: dict[str, torch.Tensor] = {}
+        self.gen.condition_tensors = lm.condition_provider.prepare_and_provide(
+            [self._attributes(self.default_voice)] * slots)
+        self.gen.streaming_forever(slots)
+        mimi.streaming_forever(slots)
+        self._slot_voice = [self.default_voice] * slots
+        self._turns: list[weakref.ref | None] = [None] * slots
+        self._lock = threading.Lock()        # guards the slot table: start_turn runs off the model thread
+        self._released: collections.deque[int] = collections.deque()
+        self._running: dict[int, TtsTurn] = {}
+        audio_delays = torch.tensor(lm.delays[1: 1 + lm.dep_q], device=self.device)
+        self._audio_start = audio_delays + self.delay_steps          # [Q]: first step with real codes
+        self._steps = torch.zeros(slots, dtype=torch.long, device=self.device)
+        self._no_depformer = torch.full((slots, lm.dep_q, 1), self.machine.token_ids.zero,
+                                        dtype=torch.long, device=self.device)
+
+    # ---- set-up -------------------------------------------------------------------------------
+
+    def _check_supported(self) -> None:
+        if not self.tts.multi_speaker:
+            raise ValueError("this TTS is conditioned by an audio prefix, not speaker embeddings: unsupported")
+        if self.tts.multistream:
+            raise ValueError("multistream (dialogue) TTS checkpoints are not supported")
+        if not self.tts.valid_cfg_conditionings:
+            raise ValueError("this TTS is not CFG-distilled (no `cfg` conditioner): unsupported")
+
+    @property
+    def first_audio_steps(self) -> int:
+        """Model steps a turn takes before its first audio frame: the text-to-audio delay plus the
+        acoustic delay. Steps only run once `second_stream_ahead` words are queued."""
+        return self.delay_steps + self.gen.max_delay + 1
+
+    def voice_path(self, voice: str) -> Path:
+        """The embedding file of a voice named as in the voices repo (e.g. `vctk/p225_023.wav`)."""
+        if voice.endswith(".safetensors"):
+            if Path(voice).is_file():
+                return Path(voice)
+            raise UnknownVoice(f"voice file {voice!r} does not exist")
+        repo = Path(self.voice_repo)
+        if repo.is_dir():
+            path = repo / f"{voice}{self.tts.voice_suffix}"
+            if path.is_file():
+                return path
+            raise UnknownVoice(f"unknown voice {voice!r}; available: {', '.join(self.available_voices())}")
+        try:
+            return self.tts.get_voice_path(voice)
+        except Exception as exc:  # hub errors: missing entry, network, auth
+            raise UnknownVoice(f"voice {voice!r} not found in {self.voice_repo} ({type(exc).__name__}: {exc})") from exc
+
+    def available_voices(self) -> list[str]:
+        """Voice names of a local voices directory (a hub repo is not listed: it has hundreds)."""
+        repo = Path(self.voice_repo)
+        if not repo.is_dir():
+            return []
+        suffix = self.tts.voice_suffix
+        return sorted(str(p.relative_to(repo))[: -len(suffix)] for p in repo.rglob(f"*{suffix}"))
+
+    def _attributes(self, voice: str):
+        return self.tts.make_condition_attributes([self.voice_path(voice)], cfg_coef=CFG_COEF)
+
+    def _voice_row(self, voice: str) -> torch.Tensor:
+        """The cross-attention source for one voice: [T, dim], in the LM's dtype."""
+        if voice not in self._voice_rows:
+            lm = self.tts.lm
+            conditions = lm.condition_provider.prepare_and_provide([self._attributes(voice)])
+            self._voice_rows[voice] = lm.fuser.get_cross(conditions)[0].to(lm.dtype)
+        return self._voice_rows[voice]
+
+    # ---- turns --------------------------------------------------------------------------------
+
+    def start_turn(self, voice: str | None = None, seed: int | None = None) -> "TtsTurn":
+        """Takes a free slot for a new turn. Raises UnknownVoice or TtsCapacity. Any thread."""
+        voice = voice or self.default_voice
+        self.voice_path(voice)
+        with self._lock:
+            self._free_released()
+            free = [slot for slot, ref in enumerate(self._turns) if ref is None]
+            if not free:
+                raise TtsCapacity(f"all {self.slots} TTS slots are speaking")
+            turn = TtsTurn(self, free[0], voice, seed)
+            # A dropped turn frees its slot: the callback only queues it (it may run on any thread).
+            self._turns[turn.slot] = weakref.ref(turn, lambda _, slot=turn.slot: self._released.append(slot))
+        return turn
+
+    def _release(self, turn: "TtsTurn") -> None:
+        with self._lock:
+            ref = self._turns[turn.slot]
+            if ref is not None and ref() is turn:
+                self._turns[turn.slot] = None
+
+    def _free_released(self) -> None:
+        while self._released:
+            slot = self._released.popleft()
+            ref = self._turns[slot]
+            if ref is not None and ref() is None:
+                self._turns[slot] = None
+
+    def _live_turns(self) -> list["TtsTurn"]:
+        with self._lock:
+            self._free_released()
+            turns = [ref() for ref in self._turns if ref is not None]
+        return [t for t in turns if t is not None]
+
+    # ---- the batched step (model thread) ------------------------------------------------------
+
+    def step(self) -> list["TtsTurn"]:
+        """One batched step for every turn that has work; returns the turns that got a new frame."""
+        guard = no_compile() if self.device.type == "cpu" else contextlib.nullcontext()
+        with guard, torch.no_grad():
+            return self._step()
+
+    def _step(self) -> list["TtsTurn"]:
+        running = [t for t in self._live_turns() if t._ready()]
+        if not running:
+            return []
+        for turn in running:
+            if turn._needs_reset:
+                self._prepare_slot(turn)
+        self._running = {t.slot: t for t in running}
+        execute = torch.zeros(self.slots, dtype=torch.bool)
+        execute[[t.slot for t in running]] = True
+        execute = execute.to(self.device)
+        for t in running:
+            self._steps[t.slot] = t._steps
+        self.gen.noise.copy_(self.randomness.draw([t.slot for t in running]), non_blocking=True)
+        lm = self.tts.lm
+        inputs = torch.full((self.slots, lm.n_q - lm.dep_q, 1), self.machine.token_ids.zero,
+                            dtype=torch.long, device=self.device)                     # [B, 0, 1] unless n_q was cut
+        # While every running turn is still inside the text-to-audio delay, its audio is all "zero":
+        # skip the depformer then, as TTSModel.generate does.
+        skip_depformer = all(t._steps < self.delay_steps for t in running)
+        self.gen.set_exec_mask(execute)
+        tokens = self.gen.step(inputs, depformer_replace_tokens=self._no_depformer if skip_depformer else None)
+        assert tokens is not None  # support_out_of_sync: never None                  # [B, 1 + Q, 1]
+        for t in running:
+            t._steps += 1
+        return self._decode(running, tokens)
+
+    def _prepare_slot(self, turn: "TtsTurn") -> None:
+        """A reused slot starts clean: model and codec state wiped, its seed and voice applied."""
+        mask = torch.zeros(self.slots, dtype=torch.bool)
+        mask[turn.slot] = True
+        mask = mask.to(self.device)
+        self.gen.reset_streaming(mask)
+        self.tts.mimi.reset_streaming(mask)
+        self.randomness.reseed(turn.slot, turn.seed)
+        if self._slot_voice[turn.slot] != turn.voice:
+            self._set_voice(turn.slot, turn.voice)
+        turn._needs_reset = False
+
+    def _set_voice(self, slot: int, voice: str) -> None:
+        """Writes the voice into the slot's row of the cross-attention source and refreshes the keys and
+        values the cross-attention layers cached from it (moshi computes them once, for the whole batch)."""
+        state = self.gen._streaming_state
+        assert state is not None and state.condition_cross is not None
+        row = self._voice_row(voice)
+        if row.shape != state.condition_cross.shape[1:]:
+            raise UnknownVoice(f"voice {voice!r} has shape {tuple(row.shape)}, the model expects "
+                               f"{tuple(state.condition_cross.shape[1:])}")
+        state.condition_cross[slot] = row
+        for module in self.tts.lm.transformer.modules():
+            if (isinstance(module, StreamingMultiheadAttention) and module.cross_attention
+                    and module._streaming_state is not None and module._streaming_state.k_cross is not None):
+                module.update_streaming_cross_attention_src(state.condition_cross)
+        self._slot_voice[slot] = voice
+
+    def _on_text(self, text_tokens: torch.Tensor) -> None:
+        """LMGen hook, after the text token is sampled: the state machine turns the model's "pad"/"new
+        word" choice into the token actually fed back (the next word's pieces, muxed with lookahead)."""
+        sampled = text_tokens.tolist()
+        fed = [self.machine.token_ids.pad] * len(sampled)
+        for slot, turn in self._running.items():
+            fed[slot], _ = self.machine.process(turn._steps, turn.state, sampled[slot])
+        text_tokens[:] = torch.tensor(fed, dtype=torch.long, device=text_tokens.device)
+
+    def _on_audio(self, audio_tokens: torch.Tensor) -> None:
+        """LMGen hook: before a slot's audio starts (text-to-audio delay plus acoustic delays) its
+        codes are the "zero" token, as in TTSModel.generate, but per slot. audio_tokens: [B, Q]."""
+        before = self._steps[:, None] < self._audio_start[None, :]
+        audio_tokens.masked_fill_(before, self.machine.token_ids.zero)
+
+    def _decode(self, running: list["TtsTurn"], tokens: torch.Tensor) -> list["TtsTurn"]:
+        """Mimi-decodes the slots whose output frame is real audio; hands each its frame."""
+        lag = self.first_audio_steps   # after n steps, the output frame holds audio of text step n - lag
+        speaking = [t for t in running if t._steps >= lag and not t._finished]
+        if not speaking:
+            return []
+        has_audio = torch.zeros(self.slots, dtype=torch.bool)
+        has_audio[[t.slot for t in speaking]] = True
+        has_audio = has_audio.to(self.device)
+        codes = tokens[:, 1:, :].clamp(min=0)                                        # [B, Q, 1]
+        self.tts.mimi.set_exec_mask(has_audio)
+        pcm = self.tts.mimi.decode(codes)[:, 0, :].clamp(-1, 1).float().cpu().numpy()  # [B, F]
+        for turn in speaking:
+            turn._emit(pcm[turn.slot].copy(), turn._steps - lag)
+        return speaking
+
+
+class TtsTurn:
+    """One assistant turn: text in as it streams, 80 ms frames out, word start times as they play.
+
+    Cancel by `cancel()` or by simply dropping every reference: the slot is freed either way.
+    """
+
+    def __init__(self, engine: TtsEngineModel, slot: int, voice: str, seed: int | None):
+        self.engine = engine
+        self.slot = slot
+        self.voice = voice
+        self.seed = seed
+        self.state = engine.machine.new_state([])
+        self._incoming: collections.deque = collections.deque()   # entries from push_text, any thread
+        self._partial = ""                 # text after the last whitespace: maybe half a word
+        self._first_word = True
+        self._text_ended = False           # set by end_text (any thread)
+        self._needs_reset = True
+        self._steps = 0                    # model steps this turn has run
+        self._frames: collections.deque[TtsFrame] = collections.deque()
+        self._emitted = 0                  # audio frames produced so far
+        self._finished = False             # all audio produced (frames may still be buffered)
+        self._cancelled = False
+
+    # ---- text in (any thread) -----------------------------------------------------------------
+
+    def push_text(self, text_delta: str) -> None:
+        """Adds LLM output as it streams; a word is queued once the whitespace after it arrives."""
+        if self._text_ended:
+            raise RuntimeError("push_text after end_text")
+        text = self._partial + text_delta
+        words = text.split()
+        self._partial = words.pop() if words and not text[-1].isspace() else ""
+        for word in words:
+            self._queue_word(word)
+
+    def end_text(self) -> None:
+        """No more text: the last word is queued and the turn runs to its end."""
+        if self._partial:
+            self._queue_word(self._partial)
+            self._partial = ""
+        self._text_ended = True
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._frames.clear()
+        self.engine._release(self)
+
+    def _queue_word(self, word: str) -> None:
+        engine = self.engine
+        # script_to_entries does Kyutai's text clean-up and, on the turn's first word, prepends the
+        # main-speaker token that the multi-speaker model expects at the start of a turn.
+        entries = script_to_entries(
+            engine.tts.tokenizer, engine.machine.token_ids, engine.tts.mimi.frame_rate, [word],
+            multi_speaker=self._first_word and engine.tts.multi_speaker, padding_between=PADDING_BETWEEN)
+        if entries:
+            self._first_word = False
+        self._incoming.extend(entries)
+
+    # ---- frames out (model thread) ------------------------------------------------------------
+
+    def step(self) -> TtsFrame | None:
+        """The next 80 ms frame, running batched engine steps until this turn has one (the first
+        takes `first_audio_steps` steps); None when the turn waits for more words, or is over."""
+        while not self._frames and self._ready():
+            self.engine.step()
+        return self._frames.popleft() if self._frames else None
+
+    @property
+    def done(self) -> bool:
+        """All text spoken, flushed, and every frame handed out (or the turn was cancelled)."""
+        return self._cancelled or (self._finished and not self._frames)
+
+    @property
+    def word_times(self) -> list[tuple[str, float]]:
+        """(word, start_s on the turn's audio clock) for the words whose first frame exists."""
+        frame_s = FRAME_SAMPLES / 24000
+        return [(word, step * frame_s) for word, step in list(self.state.transcript) if step < self._emitted]
+
+    def text_until(self, seconds: float) -> str:
+        """The words that had started by `seconds` of played audio: the history to keep after barge-in."""
+        return " ".join(word for word, start in self.word_times if start < seconds)
+
+    def _ready(self) -> bool:
+        """Whether this turn may step now; moves queued text into the state machine."""
+        if self._cancelled or self._finished:
+            return False
+        ended = self._text_ended            # read before draining: end_text queues, then sets the flag
+        while self._incoming:
+            self.state.entries.append(self._incoming.popleft())
+        if ended and self._steps == 0 and not self.state.entries:
+            self._finish()                  # nothing to say at all
+            return False
+        return ended or len(self.state.entries) > self.engine.machine.second_stream_ahead
+
+    def _emit(self, pcm: np.ndarray, index: int) -> None:
+        self._frames.append(TtsFrame(pcm, index))
+        self._emitted = index + 1
+        end = self.state.end_step
+        if end is not None and self._emitted >= end + self.engine.tts.final_padding:
+            self._finish()
+
+    def _finish(self) -> None:
+        self._finished = True
+        self.engine._release(self)
+
+
+def _voice_repo(checkpoint: loaders.CheckpointInfo) -> str:
+    """`tts_config.voice_repo` (a folder beside the weights: the tiny preset) or Kyutai's voices repo."""
+    local = checkpoint.tts_config.get("voice_repo")
+    if local:
+        return str(Path(checkpoint.moshi_weights).parent / local)
+    return DEFAULT_DSM_TTS_VOICE_REPO
