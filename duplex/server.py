@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import errno
 import logging
+import os
 import signal
 import ssl
 from pathlib import Path
@@ -66,6 +67,42 @@ def build_duplex_engine(args: argparse.Namespace, device: str, dtype) -> Engine:
                         speech_threshold_dbfs=args.speech_threshold_dbfs)
 
 
+def build_cascade_engine(args: argparse.Namespace, device: str, dtype) -> Engine:
+    from tqdm import tqdm
+
+    from .engines.cascade import CascadeEngine
+    from .engines.stt_batch import SttBatch
+    from .engines.tts_stream import TtsEngineModel, UnknownVoice
+    from .models.llm import load_llm
+    from .models.spec import PRESETS, resolve_checkpoint
+
+    preset = PRESETS[args.preset]
+    stt_spec, tts_spec = args.stt_spec or preset.stt_spec, args.tts_spec or preset.tts_spec
+    llm_spec = args.llm_url or args.llm or preset.llm_spec
+    slots = args.cascade_slots
+    with tqdm(total=3, desc="cascade models", unit="model", disable=args.quiet_progress) as bar:
+        bar.set_postfix_str(f"STT {stt_spec}")
+        stt = SttBatch(resolve_checkpoint(stt_spec), slots, device, dtype)
+        bar.update()
+        bar.set_postfix_str(f"TTS {tts_spec}")
+        try:
+            tts = TtsEngineModel(resolve_checkpoint(tts_spec), slots, device, dtype, voice=args.voice)
+        except UnknownVoice as exc:
+            raise StartupError(f"--voice: {exc}") from None
+        bar.update()
+        bar.set_postfix_str(f"LLM {llm_spec}")
+        if args.llm_url:
+            from .models.llm_openai import OpenAICompatibleLLM
+            llm = OpenAICompatibleLLM(args.llm_url, model=args.llm_model, token_timeout=args.llm_timeout,
+                                      api_key=os.environ.get("DUPLEX_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY"))
+        else:
+            llm = load_llm(llm_spec, device, model=args.llm_model)
+        bar.update()
+    return CascadeEngine(stt, llm, tts, max_tokens=args.llm_max_tokens, speech_threshold_dbfs=args.speech_threshold_dbfs,
+                         end_of_turn_silence_ms=args.end_of_turn_silence_ms, max_wait_ms=args.max_wait_ms,
+                         max_queue_frames=args.max_queue_frames)
+
+
 def ssl_context(directory: str | None) -> ssl.SSLContext | None:
     if directory is None:
         return None
@@ -83,8 +120,6 @@ def ssl_context(directory: str | None) -> ssl.SSLContext | None:
 def set_cpu_threads(requested: int, device: str) -> int:
     """Torch's intra-op threads spin on every core they own. On CPU, leave one core to the event loop
     (sockets, codecs): a step a little slower beats a server that cannot answer while it runs."""
-    import os
-
     import torch
 
     threads = requested if requested > 0 else max(1, (os.cpu_count() or 2) - (0 if device != "cpu" else 1))
@@ -99,8 +134,10 @@ def build_engines(args: argparse.Namespace) -> dict[str, Engine]:
     engines: dict[str, Engine] = {}
     if not args.no_duplex:
         engines["duplex"] = build_duplex_engine(args, device, dtype)
+    if not args.no_cascade:
+        engines["cascade"] = build_cascade_engine(args, device, dtype)
     if not engines:
-        raise StartupError("no engine to serve: drop --no-duplex")
+        raise StartupError("no engine to serve: drop --no-duplex or --no-cascade")
     return engines
 
 
@@ -150,7 +187,21 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--moshi-spec", metavar="SPEC",
                    help="duplex model instead of the preset's: a Hugging Face repo id "
                         "(e.g. kyutai/moshiko-pytorch-bf16) or a local directory in the same layout")
-    p.add_argument("--no-duplex", action="store_true", help="do not load a duplex model")
+    p.add_argument("--no-duplex", action="store_true", help="do not load a duplex model (serve the cascade only)")
+    p.add_argument("--no-cascade", action="store_true", help="do not load the cascade (STT + LLM + TTS)")
+    p.add_argument("--cascade-slots", type=int, default=4, help="cascade conversations served at once")
+    p.add_argument("--stt-spec", metavar="SPEC", help="speech recogniser instead of the preset's (repo id or directory)")
+    p.add_argument("--tts-spec", metavar="SPEC", help="speech synthesiser instead of the preset's (repo id or directory)")
+    p.add_argument("--llm", metavar="SPEC", help="in-process LLM instead of the preset's: 'tiny', a repo id or a directory")
+    p.add_argument("--llm-url", metavar="URL", help="an OpenAI-compatible chat-completions endpoint (vLLM, llama.cpp, "
+                                                    "Ollama) instead of an in-process LLM; key from $DUPLEX_LLM_API_KEY")
+    p.add_argument("--llm-model", help="model name sent to --llm-url")
+    p.add_argument("--llm-timeout", type=float, default=10.0,
+                   help="--llm-url: seconds without a new token before the turn fails with an error")
+    p.add_argument("--llm-max-tokens", type=int, default=120, help="longest assistant reply, in LLM tokens")
+    p.add_argument("--voice", help="default TTS voice (a name from the voices repository); clients may pick another")
+    p.add_argument("--end-of-turn-silence-ms", type=float, default=640.0,
+                   help="cascade: user silence that ends a turn (the STT's pause head may end it sooner)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=8998, help="TCP port (0 picks a free one, printed at start)")
     p.add_argument("--device", default="auto", help="torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1")

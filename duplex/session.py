@@ -224,7 +224,7 @@ class Session:
         if conv is None:
             return
         conv.stream.reset()
-        self.outbox.silence_audio()
+        self._cut_queued_audio(conv)
         self.frames.clear()
         self.user_voice.reset()
         was_speaking = conv.turn.speaking
@@ -239,10 +239,17 @@ class Session:
         conv = self._require_conversation("interrupt")
         if conv is None:
             return
-        self.outbox.silence_audio()
+        self._cut_queued_audio(conv)
         self.send("interrupt_acknowledged")
         self.send("tts_stop")
         conv.stream.interrupt()  # may end the assistant's turn (final transcript, metrics)
+
+    def _cut_queued_audio(self, conv: Conversation) -> None:
+        """Unsent assistant audio goes: as silence where frames are locked to input frames (duplex)."""
+        if conv.stream.frame_locked:
+            self.outbox.silence_audio()
+        else:
+            self.outbox.drop_audio()
 
     def _on_configure(self, body: dict) -> None:
         conv = self._require_conversation("configure")
@@ -253,6 +260,7 @@ class Session:
         conv = self._require_conversation("text_input")
         if conv is not None:
             conv.stream.text_input(body["text"])
+            conv.user_speech_end = time.monotonic()  # a typed turn ends when it arrives
 
     # --- engine frames -------------------------------------------------------------------------
     def _on_engine_frame(self, frame: EngineFrame) -> None:
@@ -268,7 +276,10 @@ class Session:
         elif isinstance(frame, AssistantTurnStarted):
             self._turn_started(conv)
         elif isinstance(frame, AssistantTurnEnded):
-            self._turn_ended(conv, frame.interrupted)
+            if frame.barge_in:
+                self._cut_queued_audio(conv)
+                self.send("tts_stop")
+            self._turn_ended(conv, frame.interrupted, frame.stages or {})
         elif isinstance(frame, UserTranscript):
             kind = "final_transcript" if frame.end_ms is not None else "partial_transcript"
             extra = {"end_ms": frame.end_ms} if frame.end_ms is not None else {}
@@ -312,21 +323,21 @@ class Session:
         self.send("status", status="speaking", mode=conv.mode)
         self.send("tts_start", format=self.codec, sample_rate=protocol.SAMPLE_RATE)
 
-    def _turn_ended(self, conv: Conversation, interrupted: bool) -> None:
+    def _turn_ended(self, conv: Conversation, interrupted: bool, stages: dict) -> None:
         turn = conv.turn
         if not interrupted:
             self.send("tts_end")
         if turn.text.strip():
             self.send("llm_response", content="", is_complete=True)
         self._final_assistant_segment(conv)
-        self._send_metrics(conv, turn.response_latency_ms)
+        self._send_metrics(conv, turn.response_latency_ms, stages)
         conv.turn = TurnState()
         self.send("status", status="listening", mode=conv.mode)
 
-    def _send_metrics(self, conv: Conversation, response_latency_ms: float | None) -> None:
+    def _send_metrics(self, conv: Conversation, response_latency_ms: float | None, stages: dict | None = None) -> None:
         dropped = conv.stream.frames_dropped + self.outbox.dropped_audio
         self.send("metrics", response_latency_ms=None if response_latency_ms is None else round(response_latency_ms, 1),
-                  frames_in=conv.frames_in, frames_out=conv.frames_out, frames_dropped=dropped)
+                  frames_in=conv.frames_in, frames_out=conv.frames_out, frames_dropped=dropped, **(stages or {}))
 
     # --- teardown ------------------------------------------------------------------------------
     def close(self) -> None:

@@ -70,8 +70,26 @@ def tiny_server(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def small_server(tmp_path_factory):
-    """Two slots and an access token: capacity and authorization tests."""
-    server = start_server(tmp_path_factory.mktemp("small"), "--slots", "2", "--token", "s3cret")
+    """Two slots and an access token, duplex only: capacity and authorization tests."""
+    server = start_server(tmp_path_factory.mktemp("small"), "--slots", "2", "--token", "s3cret", "--no-cascade")
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def llm_standin():
+    from .llm_standin import LLMStandIn
+
+    standin = LLMStandIn().start()
+    yield standin
+    standin.stop()
+
+
+@pytest.fixture(scope="session")
+def cascade_server(tmp_path_factory, llm_standin):
+    """Tiny duplex (2 slots) + tiny STT/TTS with the LLM behind a local OpenAI-compatible stand-in."""
+    server = start_server(tmp_path_factory.mktemp("cascade"), "--slots", "2", "--cascade-slots", "4",
+                          "--llm-url", llm_standin.url, "--llm-timeout", "2")
     yield server
     stop_server(server)
 

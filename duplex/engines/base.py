@@ -32,6 +32,8 @@ class AssistantTurnStarted:
 @dataclass
 class AssistantTurnEnded:
     interrupted: bool = False
+    barge_in: bool = False     # cut by the user's speech (the session announces it with tts_stop)
+    stages: dict | None = None  # per-stage times for `metrics` (cascade: stt_final_ms, llm_first_token_ms, ...)
 
 
 @dataclass
@@ -71,6 +73,8 @@ class EngineStream(abc.ABC):
     """One conversation inside an engine. Called on the event loop thread only."""
 
     frames_dropped: int = 0
+    # True: one assistant frame per user frame (duplex), so cut audio becomes silence, not a gap.
+    frame_locked: bool = True
 
     @abc.abstractmethod
     def push_audio(self, frame: np.ndarray) -> None:

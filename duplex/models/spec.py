@@ -26,13 +26,26 @@ class Preset:
     name: str
     duplex_spec: str      # HF repo id, or "tiny:<name>" for a generated tiny model
     description: str
+    stt_spec: str = "kyutai/stt-1b-en_fr"
+    tts_spec: str = "kyutai/tts-1.6b-en_fr"
+    llm_spec: str = "HuggingFaceTB/SmolLM2-360M-Instruct"
 
 
 PRESETS: dict[str, Preset] = {
-    "moshiko": Preset("moshiko", "kyutai/moshiko-pytorch-bf16", "Kyutai's Moshi 7B (male voice), bf16, from the hub"),
-    "moshika": Preset("moshika", "kyutai/moshika-pytorch-bf16", "Kyutai's Moshi 7B (female voice), bf16, from the hub"),
-    "tiny": Preset("tiny", "tiny:moshi", "random-weight Moshi + Mimi of the real architectures, generated locally"),
+    "moshiko": Preset("moshiko", "kyutai/moshiko-pytorch-bf16",
+                      "Kyutai's Moshi 7B (male voice), bf16; cascade: Kyutai STT 1B, TTS 1.6B, SmolLM2 360M"),
+    "moshika": Preset("moshika", "kyutai/moshika-pytorch-bf16",
+                      "Kyutai's Moshi 7B (female voice), bf16; the same cascade"),
+    "tiny": Preset("tiny", "tiny:moshi", "random-weight Moshi, STT, TTS and LLM of the real architectures, "
+                   "generated locally", stt_spec="tiny:stt", tts_spec="tiny:tts", llm_spec="tiny"),
 }
+
+
+def _tiny_generators() -> dict:
+    from .tiny_stt import ensure_tiny_stt
+    from .tiny_tts import ensure_tiny_tts
+
+    return {"moshi": tiny.ensure_tiny_moshi, "stt": ensure_tiny_stt, "tts": ensure_tiny_tts}
 
 
 class WeightsUnavailable(RuntimeError):
@@ -42,8 +55,11 @@ class WeightsUnavailable(RuntimeError):
 def resolve_checkpoint(spec: str) -> loaders.CheckpointInfo:
     """Turns a spec (repo id, local dir, or tiny:<name>) into a CheckpointInfo with local paths."""
     if spec.startswith("tiny:"):
-        directory = tiny.ensure_tiny_moshi(WEIGHTS_DIR / f"tiny-{spec.removeprefix('tiny:')}")
-        return checkpoint_from_dir(directory)
+        name = spec.removeprefix("tiny:")
+        generators = _tiny_generators()
+        if name not in generators:
+            raise WeightsUnavailable(f"no tiny preset {spec!r}; known: {', '.join('tiny:' + n for n in generators)}")
+        return checkpoint_from_dir(generators[name](WEIGHTS_DIR / f"tiny-{name}"))
     path = Path(spec).expanduser()
     if path.is_dir():
         return checkpoint_from_dir(path)

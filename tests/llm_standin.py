@@ -1,0 +1,68 @@
+"""A local OpenAI-compatible chat-completions server: the one stand-in the tests use, at a boundary
+the project does not own (vLLM, llama.cpp server, Ollama...). It records every request, and its answer
+depends on the last user message: FAIL -> HTTP 500, STALL -> stops after one token, GARBAGE -> not
+SSE JSON; otherwise it streams back a reply, word by word, that names how many messages it got
+(a long one when the message asks for something long)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+from aiohttp import web
+
+
+class LLMStandIn:
+    def __init__(self) -> None:
+        self.requests: list[list[dict]] = []
+        self.url = ""
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def start(self) -> "LLMStandIn":
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(10)
+        return self
+
+    async def _serve(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._complete)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.5)  # the STALL handler never ends by itself
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+    async def _complete(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        messages = body["messages"]
+        self.requests.append(messages)
+        last = messages[-1]["content"]
+        if "FAIL" in last:
+            return web.json_response({"error": {"message": "model is overloaded"}}, status=500)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        if "GARBAGE" in last:
+            await response.write(b"data: this is not json\n\n")
+            return response
+        words = reply_for(len(messages), long="long" in last).split()
+        for i, word in enumerate(words):
+            if "STALL" in last and i == 1:
+                await asyncio.sleep(5)  # far past the --llm-timeout the tests use
+            chunk = {"choices": [{"delta": {"content": ("" if i == 0 else " ") + word}, "index": 0}]}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            await asyncio.sleep(0.01)
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+
+def reply_for(n_messages: int, long: bool) -> str:
+    short = f"you sent {n_messages} messages and here is a short answer"
+    if not long:
+        return short
+    return " ".join([short] + ["and this long answer goes on for a while so that there is time to cut it"] * 3)
