@@ -74,6 +74,7 @@ def __getattr__(name: str) -> Any:
 # --- in-process transformers model -------------------------------------------------------------
 
 _DONE = object()
+MAX_AHEAD = 2  # deltas the generation thread may hold before the consumer takes them
 
 
 class TransformersLLM:
@@ -139,8 +140,15 @@ class TransformersLLM:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         stop = threading.Event()  # set when the consumer goes away (generator closed)
+        # Backpressure: the worker runs at most MAX_AHEAD deltas ahead of its consumer, so a turn that
+        # is cut costs at most that many wasted tokens, however slow the event loop is at that moment.
+        ahead = threading.Semaphore(MAX_AHEAD)
 
         def emit(item: object) -> None:
+            if isinstance(item, str):
+                while not ahead.acquire(timeout=0.05):
+                    if stop.is_set() or cancel.is_set():
+                        return
             with contextlib.suppress(RuntimeError):  # the loop may already be closed at shutdown
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
@@ -162,6 +170,7 @@ class TransformersLLM:
                     return
                 if isinstance(item, BaseException):
                     raise LLMError(f"LLM {self.name} failed: {type(item).__name__}: {item}") from item
+                ahead.release()
                 yield item
         finally:
             stop.set()
