@@ -20,6 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
         client_cli.register(sub)
     except ImportError:  # pragma: no cover - the client CLI is part of the package
         pass
+    from . import bench
+    bench.register(sub)
     return parser
 
 
