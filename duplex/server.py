@@ -136,6 +136,8 @@ def build_engines(args: argparse.Namespace) -> dict[str, Engine]:
         engines["duplex"] = build_duplex_engine(args, device, dtype)
     if not args.no_cascade:
         engines["cascade"] = build_cascade_engine(args, device, dtype)
+        if "duplex" in engines:  # duplex sessions may borrow the cascade's recogniser (transcribe_user)
+            engines["duplex"].transcriber_factory = engines["cascade"].transcriber  # type: ignore[attr-defined]
     if not engines:
         raise StartupError("no engine to serve: drop --no-duplex or --no-cascade")
     return engines

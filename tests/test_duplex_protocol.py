@@ -111,11 +111,34 @@ async def test_configure_mid_conversation(tiny_server, speech):
         await client.configure({"no_such_key": 1})
         error = await client.wait_for("error")
         assert error.data["code"] == "bad_message"
-        await client.configure({"transcribe_user": True})  # no STT loaded on this server
-        error = await client.wait_for("error")
-        assert error.data["code"] == "unsupported" and "recogniser" in error.data["message"]
         await client.text_input("hello")
         error = await client.wait_for("error")
         assert error.data["code"] == "unsupported"
         await send_frames(client, frames_of(speech, 5))
         await client.wait_audio_frames(5)
+
+
+async def test_transcribe_user_gives_duplex_conversations_user_transcripts(tiny_server, speech):
+    """The cascade's speech recogniser also serves duplex sessions that ask for it."""
+    frames = frames_of(speech) + [np.zeros(FRAME_SAMPLES, dtype=np.float32)] * 12
+    async with await DuplexClient.connect(tiny_server.http_url, codec="pcm16") as client:
+        await client.start(mode="duplex", config={"transcribe_user": True})
+        await client.wait_for("status")
+        await send_frames(client, frames, realtime=True)
+        final = await client.wait_for("final_transcript", timeout=20, predicate=lambda e: e.data["role"] == "user")
+        assert final.data["content"] and final.data["end_ms"] > final.data["start_ms"]
+        partials = [e for e in client.events_of("partial_transcript") if e.data["role"] == "user"]
+        assert partials and partials[0].received_at < final.received_at
+        assert client.binary_messages == len(frames) or await client.wait_audio_frames(len(frames)) is None
+        await client.configure({"transcribe_user": False})   # and off again: the STT slot is freed
+        await client.stop()
+        await client.wait_for("stop_acknowledged")
+
+
+async def test_transcribe_user_without_a_recogniser_is_unsupported(small_server):
+    async with await DuplexClient.connect(small_server.http_url, token="s3cret") as client:
+        await client.start(mode="duplex", config={"transcribe_user": True})
+        error = await client.wait_for("error")
+        assert error.data["code"] == "unsupported" and "recogniser" in error.data["message"]
+        await client.start(mode="duplex")     # the refused start left no slot behind
+        assert (await client.wait_for("status")).data["status"] == "listening"

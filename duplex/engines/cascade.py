@@ -20,12 +20,12 @@ import numpy as np
 
 from ..models.llm import ChatMessage, LLMBackend, LLMError
 from ..protocol import FRAME_MS, FRAME_SAMPLES
-from .base import (AssistantAudio, AssistantText, AssistantTurnEnded, AssistantTurnStarted, CapacityError,
-                   Engine, EngineFailure, EngineStream, LLMProcessing, Sink, Unsupported, UserTranscript)
-from .scheduler import BatchScheduler, Slot, TickEntry
+from .base import (AssistantAudio, AssistantText, AssistantTurnEnded, AssistantTurnStarted, Engine,
+                   EngineFailure, EngineStream, LLMProcessing, Sink, Unsupported, UserTranscript)
+from .scheduler import BatchScheduler, TickEntry
 from .stt_batch import SttBatch, SttStepInput, SttStepOutput
 from .tts_stream import TtsCapacity, TtsEngineModel, TtsFrame, TtsTurn, UnknownVoice
-from .turns import EndOfTurnDetector
+from .transcriber import UserTranscriber
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +102,13 @@ class CascadeEngine(Engine):
     def open(self, config: dict, sink: Sink) -> "CascadeStream":
         stream = CascadeStream(self, sink)
         stream.configure(config)
-        slot = self.scheduler.acquire(stream)
-        if slot is None:
-            raise CapacityError(f"all {self.stt.slots} cascade slots are busy")
-        stream.slot = slot
+        stream.user = self.transcriber(sink, on_speech_start=stream.on_user_speech, on_turn=stream.on_user_turn)
         return stream
+
+    def transcriber(self, sink: Sink, **callbacks) -> UserTranscriber:
+        """A user side on this engine's STT (also lent to duplex sessions with `transcribe_user`).
+        Raises CapacityError when every STT slot is taken."""
+        return UserTranscriber(self.scheduler, sink, self.turn_options, self.stt_lag_frames, **callbacks)
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -154,19 +156,12 @@ class CascadeStream(EngineStream):
     def __init__(self, engine: CascadeEngine, sink: Sink):
         self.engine = engine
         self.sink = sink
-        self.slot: Slot | None = None
+        self.user: UserTranscriber | None = None   # set by CascadeEngine.open
         self.system_prompt = DEFAULT_SYSTEM_PROMPT
         self.voice: str | None = None
         self.temperature = 0.7
         self.seed: int | None = None
         self.history: list[ChatMessage] = []
-        self.detector = EndOfTurnDetector(**engine.turn_options)
-        self.frames_pushed = 0
-        self.stt_frames = 0
-        self._last_pause = float("nan")
-        self._user_text = ""
-        self._user_turn: tuple[int, int] | None = None     # (start_ms, end_ms) of the turn being finalised
-        self._finalise_at: int | None = None              # STT frame count at which the turn is final
         self._response: asyncio.Task | None = None
         self._cancel = asyncio.Event()
         self.tts_turn: TtsTurn | None = None
@@ -187,7 +182,7 @@ class CascadeStream(EngineStream):
 
     @property
     def frames_dropped(self) -> int:  # type: ignore[override]
-        return self.slot.dropped if self.slot is not None else 0
+        return self.user.frames_dropped if self.user is not None else 0
 
     # --- configuration ---------------------------------------------------------------------------
     def configure(self, config: dict) -> None:
@@ -204,45 +199,25 @@ class CascadeStream(EngineStream):
         self.temperature = config.get("text_temperature", config.get("temperature", self.temperature))
         self.seed = config.get("seed", self.seed)
 
-    # --- user audio --------------------------------------------------------------------------
+    # --- user audio (the UserTranscriber calls back) --------------------------------------------
     def push_audio(self, frame: np.ndarray) -> None:
-        assert self.slot is not None
-        self.engine.scheduler.push(self.slot, frame)
-        self.frames_pushed += 1
-        event = self.detector.update(frame, self._last_pause)
-        if event is None:
-            return
-        if event.kind == "speech_start":
-            if self.busy:
-                self._cut(barge_in=True)
-        elif event.kind == "turn_end":
-            self._user_turn = (event.start_ms, event.end_ms)
-            self._finalise_at = self.frames_pushed + self.engine.stt_lag_frames
-            self._stages = {"user_end": time.monotonic()}
+        assert self.user is not None
+        self.user.push(frame)
 
-    def on_stt(self, text: str | None, pause_prob: float) -> None:
-        self.stt_frames += 1
-        self._last_pause = pause_prob
-        if text and (self.detector.in_turn or self._finalise_at is not None):
-            start_ms = self._user_turn[0] if self._user_turn else self.detector._turn_start
-            self._user_text += text.replace("\u2581", " ")
-            self.sink(UserTranscript(self._user_text.strip(), start_ms))
-        if self._finalise_at is not None and self.stt_frames >= self._finalise_at:
-            self._finalise_user_turn()
+    def on_user_speech(self) -> None:
+        if self.busy:
+            self._cut(barge_in=True)
+        self._stages = {}
 
-    def _finalise_user_turn(self) -> None:
-        assert self._user_turn is not None
-        text, (start_ms, end_ms) = self._user_text.strip(), self._user_turn
-        self._user_text, self._user_turn, self._finalise_at = "", None, None
-        self.sink(UserTranscript(text, start_ms, end_ms))
-        if text:  # noise that the recogniser heard as nothing is not a turn
-            self._stages["stt_final"] = time.monotonic()
-            self._start_response(text)
+    def on_user_turn(self, text: str) -> None:
+        assert self.user is not None
+        self._stages = {"user_end": self.user.turn_detected_at, "stt_final": time.monotonic()}
+        self._start_response(text)
 
     def text_input(self, text: str) -> None:
         if self.busy:
             self._cut(barge_in=True)
-        now_ms = self.frames_pushed * FRAME_MS
+        now_ms = (self.user.frames_pushed if self.user else 0) * FRAME_MS
         self.sink(UserTranscript(text, now_ms, now_ms))
         self._stages = {"user_end": time.monotonic(), "stt_final": time.monotonic()}
         self._start_response(text)
@@ -373,17 +348,13 @@ class CascadeStream(EngineStream):
         self._cut(barge_in=False)
 
     def reset(self) -> None:
-        assert self.slot is not None
         self._cut(barge_in=False)
         self.history.clear()
-        self.engine.scheduler.reset(self.slot)
-        self.detector.reset()
-        self._user_text, self._user_turn, self._finalise_at = "", None, None
-        self.frames_pushed = self.stt_frames = 0
+        if self.user is not None:
+            self.user.reset()
 
     def close(self) -> None:
         self._cut(barge_in=False)
-        if self.slot is not None:
-            self.engine.scheduler.release(self.slot)
-            self.slot = None
+        if self.user is not None:
+            self.user.close()
 

@@ -72,6 +72,8 @@ class DuplexEngine(Engine):
                                         max_queue_frames=max_queue_frames, name="duplex")
         self.interrupt_hold_frames = max(1, round(interrupt_hold_ms / FRAME_MS))
         self.speech_threshold_dbfs = speech_threshold_dbfs
+        # Set when a speech recogniser is loaded (the cascade's): makes `transcribe_user` available.
+        self.transcriber_factory: tp.Callable[..., tp.Any] | None = None
 
     async def start(self) -> None:
         await self.scheduler.start()
@@ -87,22 +89,26 @@ class DuplexEngine(Engine):
                 "ticks": self.scheduler.ticks, "last_step_ms": round(self.scheduler.last_step_ms, 2)}
 
     def open(self, config: dict, sink: Sink) -> "DuplexStream":
-        _check_config(config)
+        self.check_config(config)
         stream = DuplexStream(self, sink)
         slot = self.scheduler.acquire(stream)
         if slot is None:
             raise CapacityError(f"all {self.model.slots} duplex slots are busy")
         stream.slot = slot
-        stream.apply_settings(config)
+        try:
+            stream.apply_settings(config)
+        except Unsupported:
+            stream.close()
+            raise
         return stream
 
-
-def _check_config(config: dict) -> None:
-    unsupported = sorted(set(config) - DUPLEX_CONFIG_KEYS)
-    if unsupported:
-        raise Unsupported(f"the duplex model does not take {', '.join(unsupported)}")
-    if config.get("transcribe_user"):
-        raise Unsupported("transcribe_user needs a speech recogniser, and this server loaded none")
+    def check_config(self, config: dict) -> None:
+        unsupported = sorted(set(config) - DUPLEX_CONFIG_KEYS)
+        if unsupported:
+            raise Unsupported(f"the duplex model does not take {', '.join(unsupported)}")
+        if config.get("transcribe_user") and self.transcriber_factory is None:
+            raise Unsupported("transcribe_user needs a speech recogniser, and this server loaded none "
+                              "(start it without --no-cascade)")
 
 
 class DuplexStream(EngineStream):
@@ -115,6 +121,7 @@ class DuplexStream(EngineStream):
         self.user_voice = ActivityDetector(engine.speech_threshold_dbfs, hangover_frames=5)
         self.forced_silent = False
         self._hold_left = 0          # frames left of an interrupt's forced silence
+        self.transcriber = None      # a UserTranscriber while `transcribe_user` is on
 
     @property
     def mode(self) -> str:
@@ -129,6 +136,8 @@ class DuplexStream(EngineStream):
         assert self.slot is not None
         self.engine.scheduler.push(self.slot, frame)
         self.user_voice.update(frame)
+        if self.transcriber is not None:
+            self.transcriber.push(frame)
 
     def interrupt(self) -> None:
         self.forced_silent = True
@@ -143,12 +152,16 @@ class DuplexStream(EngineStream):
         self.forced_silent = False
         self.speaking.reset()
         self.user_voice.reset()
+        if self.transcriber is not None:
+            self.transcriber.reset()
 
     def configure(self, config: dict) -> None:
-        _check_config(config)
+        self.engine.check_config(config)
         self.apply_settings(config)
 
     def apply_settings(self, config: dict) -> None:
+        if "transcribe_user" in config:
+            self._set_transcription(bool(config["transcribe_user"]))
         settings = self.settings.updated(config)
         if settings != self.settings or "seed" in config:
             self.settings = settings
@@ -157,7 +170,20 @@ class DuplexStream(EngineStream):
             # On the model thread, in order with the ticks: never mid-step.
             self.engine.scheduler.worker.submit(self.engine.model.configure_slot, slot.index, settings)
 
+    def _set_transcription(self, on: bool) -> None:
+        if on and self.transcriber is None:
+            try:
+                self.transcriber = self.engine.transcriber_factory(self.sink)  # type: ignore[misc]
+            except CapacityError as exc:
+                raise Unsupported(f"transcribe_user: {exc}") from None
+        elif not on and self.transcriber is not None:
+            self.transcriber.close()
+            self.transcriber = None
+
     def close(self) -> None:
+        if self.transcriber is not None:
+            self.transcriber.close()
+            self.transcriber = None
         if self.slot is not None:
             self.engine.scheduler.release(self.slot)
             self.slot = None

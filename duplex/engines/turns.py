@@ -42,6 +42,10 @@ class EndOfTurnDetector:
         self._turn_start = 0
         self._last_loud_end = 0
 
+    @property
+    def turn_start_ms(self) -> int:
+        return self._turn_start
+
     def update(self, frame: np.ndarray, pause_prob: float = math.nan) -> TurnEvent | None:
         """One 80 ms frame of user audio (and the STT's pause probability for it, if any)."""
         index = self.frame_index

@@ -1,0 +1,95 @@
+"""A conversation's user side: its audio through a speech-recogniser slot and an end-of-turn detector.
+
+Emits user `UserTranscript` frames (partial while the user speaks, final once the STT has heard past
+the end of the turn) and tells its owner when the user starts speaking and when a turn is complete.
+The cascade answers those turns; a duplex conversation with `transcribe_user` only shows them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import typing as tp
+
+import numpy as np
+
+from .base import CapacityError, Sink, UserTranscript
+from .scheduler import BatchScheduler
+from .turns import EndOfTurnDetector
+
+
+class UserTranscriber:
+    def __init__(self, scheduler: BatchScheduler, sink: Sink, turn_options: dict, lag_frames: int,
+                 on_speech_start: tp.Callable[[], None] = lambda: None,
+                 on_turn: tp.Callable[[str], None] = lambda text: None):
+        self.scheduler = scheduler
+        self.sink = sink
+        self.lag_frames = lag_frames
+        self.on_speech_start = on_speech_start
+        self.on_turn = on_turn
+        self.detector = EndOfTurnDetector(**turn_options)
+        self.slot = scheduler.acquire(self)
+        if self.slot is None:
+            raise CapacityError(f"all {len(scheduler.slots)} speech-recogniser slots are busy")
+        self._clear()
+
+    def _clear(self) -> None:
+        self.frames_pushed = 0
+        self.stt_frames = 0
+        self._last_pause = math.nan
+        self._text = ""
+        self._turn: tuple[int, int] | None = None     # (start_ms, end_ms) of the turn being finalised
+        self._final_at: int | None = None             # STT frame count at which that turn is final
+        self.turn_detected_at = 0.0                   # when the detector ended the last turn (monotonic)
+
+    @property
+    def in_turn(self) -> bool:
+        return self.detector.in_turn
+
+    def push(self, frame: np.ndarray) -> None:
+        assert self.slot is not None
+        self.scheduler.push(self.slot, frame)
+        self.frames_pushed += 1
+        event = self.detector.update(frame, self._last_pause)
+        if event is None:
+            return
+        if event.kind == "speech_start":
+            self.on_speech_start()
+        else:  # turn_end: final once the STT has caught up with the audio (it lags by its delay)
+            self.turn_detected_at = time.monotonic()
+            self._turn = (event.start_ms, event.end_ms)
+            self._final_at = self.frames_pushed + self.lag_frames
+
+    def on_stt(self, text: str | None, pause_prob: float) -> None:
+        """The scheduler's delivery for this slot: one call per frame the STT consumed."""
+        self.stt_frames += 1
+        self._last_pause = pause_prob
+        if text and (self.detector.in_turn or self._final_at is not None):
+            start_ms = self._turn[0] if self._turn else self.detector.turn_start_ms
+            self._text += text.replace("\u2581", " ")
+            self.sink(UserTranscript(self._text.strip(), start_ms))
+        if self._final_at is not None and self.stt_frames >= self._final_at:
+            self._finalise()
+
+    def _finalise(self) -> None:
+        assert self._turn is not None
+        text, (start_ms, end_ms) = self._text.strip(), self._turn
+        self._text, self._turn, self._final_at = "", None, None
+        self.sink(UserTranscript(text, start_ms, end_ms))
+        if text:  # noise that the recogniser heard as nothing is not a turn
+            self.on_turn(text)
+
+    def reset(self) -> None:
+        assert self.slot is not None
+        self.scheduler.reset(self.slot)
+        self.detector.reset()
+        self._clear()
+
+    def close(self) -> None:
+        if self.slot is not None:
+            self.scheduler.release(self.slot)
+            self.slot = None
+
+    @property
+    def frames_dropped(self) -> int:
+        return self.slot.dropped if self.slot is not None else 0
