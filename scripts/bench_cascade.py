@@ -124,7 +124,7 @@ def main() -> int:
         finally:
             server.terminate()
             server.wait(timeout=20)
-    print(f"| sessions | figure | p50 ms | p90 ms | n |\n|---|---|---|---|---|")
+    print("| sessions | figure | p50 ms | p90 ms | n |\n|---|---|---|---|---|")
     for n, figures in results.items():
         for key, value in figures.items():
             print(f"| {n} | {key.removesuffix('_ms')} | {value['p50']:.0f} | {value['p90']:.0f} | {value['n']} |")

@@ -3,43 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import collections
-import time
 
 import numpy as np
 import pytest
 
+from duplex.bench import LiveMic
 from duplex.client import DuplexClient
-from duplex.protocol import FRAME_SAMPLES
 
 from .conftest import espeak
 from .llm_standin import reply_for
-
-
-class LiveMic:
-    """Streams 80 ms frames at real-time pace, like a microphone: queued speech, else silence."""
-
-    def __init__(self, client: DuplexClient):
-        self.client = client
-        self.queue: collections.deque[np.ndarray] = collections.deque()
-        self.task = asyncio.create_task(self._run())
-
-    def say(self, pcm: np.ndarray) -> None:
-        n = -(-len(pcm) // FRAME_SAMPLES)
-        padded = np.zeros(n * FRAME_SAMPLES, dtype=np.float32)
-        padded[: len(pcm)] = pcm
-        self.queue.extend(padded.reshape(n, FRAME_SAMPLES))
-
-    async def _run(self) -> None:
-        start, k = time.monotonic(), 0
-        while True:
-            frame = self.queue.popleft() if self.queue else np.zeros(FRAME_SAMPLES, dtype=np.float32)
-            await self.client.send_audio(frame)
-            k += 1
-            await asyncio.sleep(max(0.0, start + k * 0.08 - time.monotonic()))
-
-    def close(self) -> None:
-        self.task.cancel()
 
 
 @pytest.fixture(scope="module")

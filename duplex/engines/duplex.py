@@ -19,7 +19,6 @@ from ..protocol import FRAME_MS, FRAME_SAMPLES
 from .base import (AssistantAudio, AssistantText, AssistantTurnEnded, AssistantTurnStarted,
                    CapacityError, Engine, EngineStream, Sink, Unsupported)
 from .moshi_batch import MoshiBatch, StepInput, StepOutput
-from .sampling import SamplingSettings
 from .scheduler import BatchScheduler, Slot, TickEntry
 
 log = logging.getLogger(__name__)

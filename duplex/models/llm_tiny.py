@@ -7,17 +7,14 @@ CPU with nothing from the hub. Same stamp + file-lock pattern as the tiny Moshi 
 
 from __future__ import annotations
 
-import json
 import logging
 import random
-import shutil
 import string
-import tempfile
 from pathlib import Path
 
 import torch
 
-from .tiny import _WORDS, _file_lock
+from .tiny import _WORDS, ensure_generated
 
 log = logging.getLogger(__name__)
 
@@ -39,25 +36,8 @@ _TINY_ALPHABET = string.ascii_letters + string.digits + ".,?!'-:;" + "\u0120\u01
 
 def ensure_tiny_llm(directory: Path, seed: int = TINY_LLM_SEED) -> Path:
     """Returns `directory`, generating the tiny LLM there first if it is missing or stale."""
-    stamp = directory / "tiny.json"
-    expected = {"format": TINY_LLM_FORMAT, "seed": seed}
-    if stamp.exists() and json.loads(stamp.read_text()) == expected:
-        return directory
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    # Test workers, a server and a bench may race here: one writes, the others wait and reuse it.
-    with _file_lock(directory.parent / f".{directory.name}.lock"):
-        if stamp.exists() and json.loads(stamp.read_text()) == expected:
-            return directory
-        log.info("generating the tiny LLM (seed %d) in %s", seed, directory)
-        with tempfile.TemporaryDirectory(dir=directory.parent) as tmp:
-            staging = Path(tmp) / "model"
-            staging.mkdir()
-            write_tiny_llm(staging, seed)
-            (staging / "tiny.json").write_text(json.dumps(expected))
-            if directory.exists():
-                shutil.rmtree(directory)
-            staging.rename(directory)
-    return directory
+    return ensure_generated(directory, {"format": TINY_LLM_FORMAT, "seed": seed},
+                            lambda staging: write_tiny_llm(staging, seed), "the tiny LLM")
 
 
 def write_tiny_llm(directory: Path, seed: int) -> None:

@@ -15,6 +15,7 @@ import logging
 import random
 import shutil
 import tempfile
+import typing as tp
 from pathlib import Path
 
 import torch
@@ -77,21 +78,32 @@ _WORDS = (
 
 def ensure_tiny_moshi(directory: Path, seed: int = TINY_SEED) -> Path:
     """Returns `directory`, generating the tiny Moshi checkpoint there first if it is missing."""
-    stamp = directory / "tiny.json"
-    expected = {"format": FORMAT_VERSION, "seed": seed}
-    if stamp.exists() and json.loads(stamp.read_text()) == expected:
+    return ensure_generated(directory, {"format": FORMAT_VERSION, "seed": seed},
+                            lambda staging: write_tiny_moshi(staging, seed), "tiny Moshi weights")
+
+
+def ensure_generated(directory: Path, stamp: dict, write: tp.Callable[[Path], None], what: str) -> Path:
+    """Returns `directory`, first filling it with `write(staging)` unless its tiny.json equals `stamp`.
+
+    Test workers, a server and a bench may race here: one writes under a file lock, the others wait;
+    the files appear at once (a staging folder renamed into place), never half written."""
+    stamp_file = directory / "tiny.json"
+
+    def fresh() -> bool:
+        return stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp
+
+    if fresh():
         return directory
     directory.parent.mkdir(parents=True, exist_ok=True)
-    # Several processes (test workers, a server and a bench) may race here: one writes, the others wait.
     with _file_lock(directory.parent / f".{directory.name}.lock"):
-        if stamp.exists() and json.loads(stamp.read_text()) == expected:
+        if fresh():
             return directory
-        log.info("generating tiny Moshi weights (seed %d) in %s", seed, directory)
+        log.info("generating %s (%s) in %s", what, stamp, directory)
         with tempfile.TemporaryDirectory(dir=directory.parent) as tmp:
             staging = Path(tmp) / "model"
             staging.mkdir()
-            write_tiny_moshi(staging, seed)
-            (staging / "tiny.json").write_text(json.dumps(expected))
+            write(staging)
+            (staging / "tiny.json").write_text(json.dumps(stamp))
             if directory.exists():
                 shutil.rmtree(directory)
             staging.rename(directory)
@@ -102,20 +114,7 @@ def write_tiny_moshi(directory: Path, seed: int) -> None:
     """Writes config.json, the LM and Mimi safetensors and a sentencepiece tokenizer."""
     from moshi.models import loaders
 
-    import sentencepiece as spm
-
-    tokenizer = train_tokenizer(seed, TEXT_VOCAB)
-    (directory / TOKENIZER_FILE).write_bytes(tokenizer)
-    # The corpus is small, so the vocabulary may come out smaller than asked: the LM's text card
-    # must match what the tokenizer really has, or the model could sample ids it cannot decode.
-    text_card = spm.SentencePieceProcessor(model_proto=tokenizer).vocab_size()
-    (directory / MIMI_CONFIG_FILE).write_text(json.dumps(TINY_MIMI_CONFIG, indent=2))
-
-    torch.manual_seed(seed)
-    mimi = loaders.get_mimi(None, TINY_MIMI_CONFIG, device="cpu")
-    _randomize_codebooks(mimi)
-    _shape_decoder_output(mimi)
-    save_file(_contiguous(mimi.state_dict()), str(directory / MIMI_FILE))
+    text_card, _ = write_tokenizer_and_mimi(directory, seed, TINY_MIMI_CONFIG)
 
     torch.manual_seed(seed + 1)
     lm_config = dict(TINY_LM_CONFIG, text_card=text_card)
@@ -128,6 +127,26 @@ def write_tiny_moshi(directory: Path, seed: int) -> None:
         tokenizer_name=TOKENIZER_FILE, model_type="moshi",
     )
     (directory / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def write_tokenizer_and_mimi(directory: Path, seed: int, mimi_config: dict) -> tuple[int, torch.nn.Module]:
+    """Writes the tokenizer, a tiny Mimi and its config (shared by every tiny Kyutai preset); returns
+    the tokenizer's real vocabulary size (which must be the LM's text card) and the Mimi."""
+    import sentencepiece as spm
+    from moshi.models import loaders
+
+    tokenizer = train_tokenizer(seed, TEXT_VOCAB)
+    (directory / TOKENIZER_FILE).write_bytes(tokenizer)
+    # The corpus is small, so the vocabulary may come out smaller than asked: the LM's text card
+    # must match what the tokenizer really has, or the model could sample ids it cannot decode.
+    text_card = spm.SentencePieceProcessor(model_proto=tokenizer).vocab_size()
+    (directory / MIMI_CONFIG_FILE).write_text(json.dumps(mimi_config, indent=2))
+    torch.manual_seed(seed)
+    mimi = loaders.get_mimi(None, mimi_config, device="cpu")
+    _randomize_codebooks(mimi)
+    _shape_decoder_output(mimi)
+    save_file(_contiguous(mimi.state_dict()), str(directory / MIMI_FILE))
+    return text_card, mimi
 
 
 def _randomize_codebooks(mimi: torch.nn.Module) -> None:

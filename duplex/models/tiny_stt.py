@@ -15,16 +15,14 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
 from .tiny import (
-    MIMI_CONFIG_FILE, MIMI_FILE, TEXT_VOCAB, TINY_MIMI_CONFIG, TOKENIZER_FILE,
-    _contiguous, _file_lock, _randomize_codebooks, _shape_decoder_output, train_tokenizer,
+    MIMI_CONFIG_FILE, MIMI_FILE, TEXT_VOCAB, TINY_MIMI_CONFIG, TOKENIZER_FILE, _contiguous, ensure_generated,
+    write_tokenizer_and_mimi,
 )
 
 log = logging.getLogger(__name__)
@@ -56,43 +54,15 @@ TINY_STT_CONFIG = {"audio_delay_seconds": 0.5, "audio_silence_prefix_seconds": 0
 
 def ensure_tiny_stt(directory: Path, seed: int = TINY_STT_SEED) -> Path:
     """Returns `directory`, generating the tiny STT checkpoint there first if it is missing."""
-    stamp = directory / "tiny.json"
-    expected = {"format": FORMAT_VERSION, "seed": seed, "kind": "stt"}
-    if stamp.exists() and json.loads(stamp.read_text()) == expected:
-        return directory
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    # Test workers, a server and a bench may race here: one writes, the others wait.
-    with _file_lock(directory.parent / f".{directory.name}.lock"):
-        if stamp.exists() and json.loads(stamp.read_text()) == expected:
-            return directory
-        log.info("generating tiny STT weights (seed %d) in %s", seed, directory)
-        with tempfile.TemporaryDirectory(dir=directory.parent) as tmp:
-            staging = Path(tmp) / "model"
-            staging.mkdir()
-            write_tiny_stt(staging, seed)
-            (staging / "tiny.json").write_text(json.dumps(expected))
-            if directory.exists():
-                shutil.rmtree(directory)
-            staging.rename(directory)
-    return directory
+    return ensure_generated(directory, {"format": FORMAT_VERSION, "seed": seed, "kind": "stt"},
+                            lambda staging: write_tiny_stt(staging, seed), "tiny STT weights")
 
 
 def write_tiny_stt(directory: Path, seed: int) -> None:
     """Writes config.json, the LM and Mimi safetensors, the Mimi config and the tokenizer."""
-    import sentencepiece as spm
     from moshi.models import loaders
 
-    tokenizer = train_tokenizer(seed, TEXT_VOCAB)
-    (directory / TOKENIZER_FILE).write_bytes(tokenizer)
-    # The tiny corpus may give fewer pieces than asked: the text card must match the tokenizer.
-    text_card = spm.SentencePieceProcessor(model_proto=tokenizer).vocab_size()
-    (directory / MIMI_CONFIG_FILE).write_text(json.dumps(TINY_STT_MIMI_CONFIG, indent=2))
-
-    torch.manual_seed(seed)
-    mimi = loaders.get_mimi(None, TINY_STT_MIMI_CONFIG, device="cpu")
-    _randomize_codebooks(mimi)
-    _shape_decoder_output(mimi)
-    save_file(_contiguous(mimi.state_dict()), str(directory / MIMI_FILE))
+    text_card, mimi = write_tokenizer_and_mimi(directory, seed, TINY_STT_MIMI_CONFIG)
 
     lm_config = dict(TINY_STT_LM_CONFIG, text_card=text_card)
     torch.manual_seed(seed + 1)

@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
 from .tiny import (
-    MIMI_CONFIG_FILE, MIMI_FILE, TINY_MIMI_CONFIG, TOKENIZER_FILE, TEXT_VOCAB,
-    _contiguous, _file_lock, _randomize_codebooks, _shape_decoder_output, train_tokenizer,
+    MIMI_CONFIG_FILE, MIMI_FILE, TEXT_VOCAB, TINY_MIMI_CONFIG, TOKENIZER_FILE, _contiguous, ensure_generated,
+    write_tokenizer_and_mimi,
 )
 
 log = logging.getLogger(__name__)
@@ -65,42 +63,15 @@ TINY_TTS_LM_CONFIG = {
 
 def ensure_tiny_tts(directory: Path, seed: int = TINY_TTS_SEED) -> Path:
     """Returns `directory`, generating the tiny TTS checkpoint (and its voices) there first if missing."""
-    stamp = directory / "tiny.json"
-    expected = {"format": FORMAT_VERSION, "seed": seed, "kind": "tts"}
-    if stamp.exists() and json.loads(stamp.read_text()) == expected:
-        return directory
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    # Test workers, a server and a bench may race here: one writes, the others wait.
-    with _file_lock(directory.parent / f".{directory.name}.lock"):
-        if stamp.exists() and json.loads(stamp.read_text()) == expected:
-            return directory
-        log.info("generating tiny TTS weights (seed %d) in %s", seed, directory)
-        with tempfile.TemporaryDirectory(dir=directory.parent) as tmp:
-            staging = Path(tmp) / "model"
-            staging.mkdir()
-            write_tiny_tts(staging, seed)
-            (staging / "tiny.json").write_text(json.dumps(expected))
-            if directory.exists():
-                shutil.rmtree(directory)
-            staging.rename(directory)
-    return directory
+    return ensure_generated(directory, {"format": FORMAT_VERSION, "seed": seed, "kind": "tts"},
+                            lambda staging: write_tiny_tts(staging, seed), "tiny TTS weights")
 
 
 def write_tiny_tts(directory: Path, seed: int) -> None:
     """Writes config.json, the LM, Mimi, the tokenizer and the voice embeddings."""
-    import sentencepiece as spm
     from moshi.models import loaders
 
-    tokenizer = train_tokenizer(seed, TEXT_VOCAB)
-    (directory / TOKENIZER_FILE).write_bytes(tokenizer)
-    text_card = spm.SentencePieceProcessor(model_proto=tokenizer).vocab_size()
-    (directory / MIMI_CONFIG_FILE).write_text(json.dumps(TINY_MIMI_CONFIG, indent=2))
-
-    torch.manual_seed(seed)
-    mimi = loaders.get_mimi(None, TINY_MIMI_CONFIG, device="cpu")
-    _randomize_codebooks(mimi)
-    _shape_decoder_output(mimi)
-    save_file(_contiguous(mimi.state_dict()), str(directory / MIMI_FILE))
+    text_card, _ = write_tokenizer_and_mimi(directory, seed, TINY_MIMI_CONFIG)
 
     sig = f"tiny{seed:04d}"
     config = dict(
