@@ -24,6 +24,7 @@ import numpy as np
 from .audio import read_wav_mono24k, rms_dbfs
 from .client import DuplexClient
 from .protocol import FRAME_SAMPLES
+from .server_process import ServerProcess
 
 SILENT_DBFS = -50.0   # a received frame below this is silence
 FIGURES = ("response_latency_ms", "interrupt_latency_ms", "first_transcript_ms", "frame_turnaround_ms")
@@ -156,17 +157,9 @@ async def run_load(url: str, mode: str, sessions: int, script: list[np.ndarray],
             name != "frame_turnaround_ms"}
 
 
-def start_server(args, slots: int) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "duplex.cli", "serve", "--port", "0", "--quiet-progress", "--log-level", "warning",
-           "--preset", args.preset, "--slots", str(slots), "--cascade-slots", str(slots)]
-    if args.device:
-        cmd += ["--device", args.device]
-    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    for line in process.stdout:  # type: ignore[union-attr]
-        if line.startswith("DUPLEX_READY "):
-            return process, line.split()[1]
-    raise RuntimeError("the server did not start; run `duplex serve` by hand to see why")
+def start_server(args, slots: int) -> ServerProcess:
+    extra = ["--device", args.device] if args.device else []
+    return ServerProcess("--preset", args.preset, "--slots", str(slots), "--cascade-slots", str(slots), *extra)
 
 
 def make_script(args, tmp: Path) -> list[np.ndarray]:
@@ -242,7 +235,8 @@ def run(args: argparse.Namespace) -> int:
     counts = [int(n) for n in args.sessions.split(",")]
     modes = [m for m in args.modes.split(",") if m]
     args.out.mkdir(parents=True, exist_ok=True)
-    server, url = (None, args.url) if args.url else start_server(args, max(counts))
+    server = None if args.url else start_server(args, max(counts))
+    url = args.url or server.http_url
     try:
         with tempfile.TemporaryDirectory() as tmp:
             script = make_script(args, Path(tmp))
@@ -256,8 +250,7 @@ def run(args: argparse.Namespace) -> int:
                 results["modes"][mode][str(n)] = asyncio.run(run_load(url, mode, n, script, args.token))
     finally:
         if server is not None:
-            server.terminate()
-            server.wait(timeout=20)
+            server.stop()
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     plot(results, args.out / "latency.png")
     print(markdown_table(results))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ sys.path.insert(0, str(REPO))
 from duplex.audio import read_wav_mono24k, rms_dbfs  # noqa: E402
 from duplex.client import DuplexClient  # noqa: E402
 from duplex.protocol import FRAME_SAMPLES  # noqa: E402
+from duplex.server_process import ServerProcess  # noqa: E402
 
 UTTERANCES = ["Hello, how are you today?", "What is the weather like?", "Tell me about music.",
               "Can you recommend a good book?", "Thank you, that is all."]
@@ -108,11 +108,8 @@ def main() -> int:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         clips = [speech(text, Path(tmp)) for text in UTTERANCES]
-        cmd = [sys.executable, "-m", "duplex.cli", "serve", "--port", "0", "--quiet-progress", "--log-level",
-               "warning", "--preset", args.preset, "--cascade-slots", str(max(counts)), "--no-duplex"]
-        server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO,
-                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        url = next(line.split()[1] for line in server.stdout if line.startswith("DUPLEX_READY"))  # type: ignore
+        server = ServerProcess("--preset", args.preset, "--cascade-slots", str(max(counts)), "--no-duplex")
+        url = server.http_url
         try:
             for n in counts:
                 async def run() -> list[list[dict]]:
@@ -122,8 +119,7 @@ def main() -> int:
                 rows = [row for rows in asyncio.run(run()) for row in rows]
                 results[str(n)] = summarise(rows)
         finally:
-            server.terminate()
-            server.wait(timeout=20)
+            server.stop()
     print("| sessions | figure | p50 ms | p90 ms | n |\n|---|---|---|---|---|")
     for n, figures in results.items():
         for key, value in figures.items():

@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ import aiohttp  # noqa: E402
 from duplex.audio import float_to_pcm16  # noqa: E402
 from duplex.client import FramePacer  # noqa: E402
 from duplex.protocol import FRAME_MS, FRAME_SAMPLES  # noqa: E402
+from duplex.server_process import ServerProcess  # noqa: E402
 
 REALTIME_MS = float(FRAME_MS)
 
@@ -87,23 +87,10 @@ def _sync(model) -> None:
 
 
 # --- the real server (subprocess) ---------------------------------------------------------------
-class Server:
-    def __init__(self, args, slots: int):
-        cmd = [sys.executable, "-m", "duplex.cli", "serve", "--port", "0", "--slots", str(slots),
-               "--quiet-progress", "--log-level", "warning", "--device", args.device, "--dtype", args.dtype,
-               "--threads", str(args.threads)]
-        cmd += ["--moshi-spec", args.moshi_spec] if args.moshi_spec else ["--preset", args.preset]
-        self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                        cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        for line in self.process.stdout:  # type: ignore[union-attr]
-            if line.startswith("DUPLEX_READY "):
-                self.url = line.split()[1]
-                return
-        raise RuntimeError("server did not start")
-
-    def close(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=20)
+def start_server(args, slots: int) -> ServerProcess:
+    model = ["--moshi-spec", args.moshi_spec] if args.moshi_spec else ["--preset", args.preset]
+    return ServerProcess("--slots", str(slots), "--device", args.device, "--dtype", args.dtype,
+                         "--threads", str(args.threads), *model)
 
 
 class StartSignal:
@@ -179,11 +166,11 @@ def overhead(args) -> dict:
     slots = args.overhead_slots
     model = load_model(args, slots)
     bare_before = step_times(model, 1, args.frames)
-    server = Server(args, slots)
+    server = start_server(args, slots)
     try:
-        served = server_turnarounds(server.url, 1, args.frames)
+        served = server_turnarounds(server.http_url, 1, args.frames)
     finally:
-        server.close()
+        server.stop()
     bare_after = step_times(model, 1, args.frames)
     del model
     bare = percentiles(bare_before + bare_after)
@@ -217,11 +204,11 @@ def capacity(args) -> dict:
         one_at_a_time = n
     server_capacity, server_rows = 0, []
     for n in sorted(set(c for c in bare_candidates if c <= bare_capacity + 4)):
-        server = Server(args, n)
+        server = start_server(args, n)
         try:
-            turn = percentiles(server_turnarounds(server.url, n, args.frames))
+            turn = percentiles(server_turnarounds(server.http_url, n, args.frames))
         finally:
-            server.close()
+            server.stop()
         server_rows.append({"conversations": n, "turnaround_ms": turn})
         print(f"  server N={n:3d}: turnaround p50 {turn['p50']:6.1f}  p99 {turn['p99']:6.1f} ms", flush=True)
         if turn["p99"] < REALTIME_MS:
@@ -231,11 +218,11 @@ def capacity(args) -> dict:
     spread = None
     if server_capacity:
         turn = None
-        server = Server(args, server_capacity)
+        server = start_server(args, server_capacity)
         try:
-            turn = percentiles(server_turnarounds(server.url, server_capacity, args.frames, spread=True))
+            turn = percentiles(server_turnarounds(server.http_url, server_capacity, args.frames, spread=True))
         finally:
-            server.close()
+            server.stop()
         spread = {"conversations": server_capacity, "turnaround_ms": turn}
         print(f"  server N={server_capacity:3d}, phases spread: turnaround p50 {turn['p50']:6.1f}  "
               f"p99 {turn['p99']:6.1f} ms", flush=True)

@@ -2,62 +2,22 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from duplex.audio import read_wav_mono24k
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@dataclass
-class RunningServer:
-    process: subprocess.Popen
-    http_url: str
-    log_path: Path
-
-    @property
-    def ws_url(self) -> str:
-        return self.http_url.replace("http://", "ws://") + "/ws"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+from duplex.server_process import ServerProcess
 
 
-def start_server(tmp_dir: Path, *args: str, timeout: float = 120.0) -> RunningServer:
-    """Starts `duplex serve --port 0 ...` and waits for its DUPLEX_READY line."""
-    log_path = tmp_dir / f"server-{time.monotonic_ns()}.log"
-    log_file = open(log_path, "w")
-    cmd = [sys.executable, "-m", "duplex.cli", "serve", "--port", "0", "--quiet-progress",
-           "--log-level", "info", *args]
-    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file, text=True, cwd=REPO,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.monotonic() + timeout
-    assert process.stdout is not None
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if line.startswith("DUPLEX_READY "):
-            return RunningServer(process, line.split()[1].strip(), log_path)
-        if not line and process.poll() is not None:
-            break
-    process.kill()
-    raise RuntimeError(f"server did not start: {' '.join(cmd)}\n{log_path.read_text()}")
 
-
-def stop_server(server: RunningServer) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
+def start_server(tmp_dir: Path, *args: str) -> ServerProcess:
+    """A `duplex serve` child on a free loopback port, its log kept in tmp_dir for failures."""
+    return ServerProcess(*args, log_path=tmp_dir / f"server-{time.monotonic_ns()}.log", log_level="info")
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +25,7 @@ def tiny_server(tmp_path_factory):
     """The main test server: tiny preset, 16 slots."""
     server = start_server(tmp_path_factory.mktemp("server"), "--slots", "16")
     yield server
-    stop_server(server)
+    server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +33,7 @@ def small_server(tmp_path_factory):
     """Two slots and an access token, duplex only: capacity and authorization tests."""
     server = start_server(tmp_path_factory.mktemp("small"), "--slots", "2", "--token", "s3cret", "--no-cascade")
     yield server
-    stop_server(server)
+    server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +51,7 @@ def cascade_server(tmp_path_factory, llm_standin):
     server = start_server(tmp_path_factory.mktemp("cascade"), "--slots", "2", "--cascade-slots", "4",
                           "--llm-url", llm_standin.url, "--llm-timeout", "2")
     yield server
-    stop_server(server)
+    server.stop()
 
 
 def espeak(text: str, path: Path) -> np.ndarray:

@@ -76,7 +76,7 @@ class CascadeEngine(Engine):
                              "pause_threshold": 0.6 if stt.has_pause else None}
         # STT text lags the audio: a turn is final once the STT has heard this much past its end.
         silence_frames = round(end_of_turn_silence_ms / FRAME_MS)
-        self.stt_lag_frames = max(0, int(getattr(stt, "flush_frames", 0)) - silence_frames)
+        self.stt_lag_frames = max(0, stt.flush_frames - silence_frames)
         self.tts_worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tts-model")
         self.speaking: set[CascadeStream] = set()
         self._wakeup = asyncio.Event()
