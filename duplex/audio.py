@@ -1,6 +1,8 @@
-"""Audio plumbing: Ogg Opus (sphn) and PCM16 codecs, 80 ms re-framing, a simple activity detector.
+"""Audio plumbing shared by the server and the client: the audio clock, Ogg Opus (sphn) and PCM16
+codecs, 80 ms re-framing, loudness, WAV files.
 
-All PCM inside the server is float32 mono at 24 kHz in [-1, 1].
+All PCM inside the server is float32 mono at 24 kHz in [-1, 1]. This module owns the audio clock's
+constants; the wire protocol, the engines and the models import them from here.
 """
 
 from __future__ import annotations
@@ -8,7 +10,10 @@ from __future__ import annotations
 import numpy as np
 import sphn
 
-from .protocol import FRAME_SAMPLES, SAMPLE_RATE
+SAMPLE_RATE = 24000
+FRAME_SAMPLES = 1920  # one model step: 80 ms at 24 kHz
+FRAME_MS = 80
+FRAME_S = FRAME_MS / 1000.0
 
 
 class BadAudio(ValueError):
@@ -93,41 +98,6 @@ def rms_dbfs(pcm: np.ndarray) -> float:
         return -120.0
     rms = float(np.sqrt(np.mean(np.square(pcm, dtype=np.float64))))
     return 20.0 * np.log10(max(rms, 1e-6))
-
-
-class ActivityDetector:
-    """Energy-based speech activity with a hangover, one decision per frame.
-
-    `update` returns "start" on the first active frame, "end" after `hangover_frames` quiet frames,
-    None otherwise. Cheap and model-free: it works on real speech and on random-weight babble alike.
-    """
-
-    def __init__(self, threshold_dbfs: float = -45.0, hangover_frames: int = 5):
-        self.threshold_dbfs = threshold_dbfs
-        self.hangover_frames = hangover_frames
-        self.active = False
-        self.loud = False  # whether the last frame was above the threshold
-        self._quiet = 0
-
-    def update(self, pcm: np.ndarray) -> str | None:
-        loud = self.loud = rms_dbfs(pcm) > self.threshold_dbfs
-        if loud:
-            self._quiet = 0
-            if not self.active:
-                self.active = True
-                return "start"
-            return None
-        if self.active:
-            self._quiet += 1
-            if self._quiet >= self.hangover_frames:
-                self.active = False
-                self._quiet = 0
-                return "end"
-        return None
-
-    def reset(self) -> None:
-        self.active = False
-        self._quiet = 0
 
 
 def read_wav_mono24k(path: str) -> np.ndarray:

@@ -9,19 +9,16 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .server import add_serve_parser
+    from .bench import command as bench_command
+    from .client import cli as client_cli
+    from .server.serve import add_serve_parser
 
     parser = argparse.ArgumentParser(prog="duplex", description="Full-duplex speech model server and tools.")
     parser.add_argument("--version", action="version", version=f"duplex {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_serve_parser(sub)
-    try:
-        from . import client_cli
-        client_cli.register(sub)
-    except ImportError:  # pragma: no cover - the client CLI is part of the package
-        pass
-    from . import bench
-    bench.register(sub)
+    client_cli.register(sub)
+    bench_command.register(sub)
     return parser
 
 

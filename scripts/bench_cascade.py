@@ -28,10 +28,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from duplex.audio import read_wav_mono24k, rms_dbfs  # noqa: E402
+from duplex import stats  # noqa: E402
+from duplex.audio import FRAME_S, FRAME_SAMPLES, SAMPLE_RATE, read_wav_mono24k, rms_dbfs  # noqa: E402
 from duplex.client import DuplexClient  # noqa: E402
-from duplex.protocol import FRAME_SAMPLES  # noqa: E402
-from duplex.server_process import ServerProcess  # noqa: E402
+from duplex.server.process import ServerProcess  # noqa: E402
 
 UTTERANCES = ["Hello, how are you today?", "What is the weather like?", "Tell me about music.",
               "Can you recommend a good book?", "Thank you, that is all."]
@@ -55,7 +55,7 @@ async def conversation(url: str, utterances: list[np.ndarray]) -> list[dict]:
             await client.send_audio(frame)
             k += 1
             sent = time.monotonic()
-            await asyncio.sleep(max(0.0, start + k * 0.08 - time.monotonic()))
+            await asyncio.sleep(max(0.0, start + k * FRAME_S - time.monotonic()))
             return sent
 
         silence = np.zeros(FRAME_SAMPLES, dtype=np.float32)
@@ -67,7 +67,7 @@ async def conversation(url: str, utterances: list[np.ndarray]) -> list[dict]:
             for i, frame in enumerate(frames.reshape(-1, FRAME_SAMPLES)):
                 sent = await send(frame)
                 if i == last_voiced // FRAME_SAMPLES:
-                    speech_end = sent + (last_voiced % FRAME_SAMPLES) / 24000
+                    speech_end = sent + (last_voiced % FRAME_SAMPLES) / SAMPLE_RATE
             heard_before = len(client.audio)
             done = len(client.events_of("tts_end"))
             deadline = time.monotonic() + 60
@@ -90,10 +90,9 @@ def summarise(rows: list[dict]) -> dict:
     keys = sorted({k for row in rows for k in row})
     out = {}
     for key in keys:
-        values = np.array([row[key] for row in rows if row.get(key) is not None], dtype=float)
-        if values.size:
-            out[key] = {"p50": float(np.percentile(values, 50)), "p90": float(np.percentile(values, 90)),
-                        "n": int(values.size)}
+        values = [row[key] for row in rows if row.get(key) is not None]
+        if values:
+            out[key] = {**(stats.percentiles(values, (50, 90), digits=3) or {}), "n": len(values)}
     return out
 
 

@@ -32,25 +32,23 @@ sys.path.insert(0, str(REPO))
 
 import aiohttp  # noqa: E402
 
-from duplex.audio import float_to_pcm16  # noqa: E402
+from duplex import stats  # noqa: E402
+from duplex.audio import FRAME_MS, FRAME_SAMPLES, float_to_pcm16  # noqa: E402
 from duplex.client import FramePacer  # noqa: E402
-from duplex.protocol import FRAME_MS, FRAME_SAMPLES  # noqa: E402
-from duplex.server_process import ServerProcess  # noqa: E402
+from duplex.server.process import ServerProcess  # noqa: E402
 
 REALTIME_MS = float(FRAME_MS)
 
 
 def percentiles(values: list[float]) -> dict:
-    array = np.asarray(values, dtype=np.float64)
-    return {"p50": float(np.percentile(array, 50)), "p90": float(np.percentile(array, 90)),
-            "p99": float(np.percentile(array, 99)), "n": int(array.size)}
+    return {**(stats.percentiles(values, digits=3) or {}), "n": len(values)}
 
 
 # --- bare loops (in this process) ---------------------------------------------------------------
 def load_model(args, slots: int):
-    from duplex.engines.moshi_batch import MoshiBatch
+    from duplex.models.moshi_batch import MoshiBatch
     from duplex.models.spec import PRESETS, resolve_checkpoint
-    from duplex.server import pick_device, pick_dtype, set_cpu_threads
+    from duplex.server.loading import pick_device, pick_dtype, set_cpu_threads
 
     device = pick_device(args.device)
     set_cpu_threads(args.threads, device)  # the same threads as the server it is compared with
@@ -62,7 +60,7 @@ def load_model(args, slots: int):
 
 def step_times(model, active: int, steps: int, repeat_per_tick: int = 1) -> list[float]:
     """Wall time per tick (ms) with `active` slots executing; `repeat_per_tick` steps make one tick."""
-    from duplex.engines.moshi_batch import StepInput
+    from duplex.models.moshi_batch import StepInput
 
     slots = model.slots
     rng = np.random.default_rng(0)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from duplex.audio import read_wav_mono24k
-from duplex.server_process import ServerProcess
+from duplex.server.process import ServerProcess
 
 
 

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from duplex.bench import FIGURES
+from duplex.bench.latency import FIGURES
 
 
 def test_bench_writes_results_plot_and_table(cascade_server, tmp_path):

@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from duplex.bench import LiveMic
+from duplex.bench.latency import LiveMic
 from duplex.client import DuplexClient
 
 from .conftest import espeak

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from yarl import URL
 
-from duplex import client_cli
+from duplex.client import cli as client_cli
 from duplex.client import (AudioChunk, Event, FramePacer, HandshakeRefused, ServerClosed, align_assistant_audio,
                            build_ws_url, split_frames)
-from duplex.client_cli import HumanPrinter, Transfer, build_config, frame_turnaround_ms, summarize
-from duplex.protocol import FRAME_SAMPLES, SAMPLE_RATE
+from duplex.audio import FRAME_SAMPLES, SAMPLE_RATE
+from duplex.client.cli import build_config
+from duplex.client.report import HumanPrinter, Transfer, frame_turnaround_ms, summarize
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -11,19 +11,21 @@ import sys
 import numpy as np
 import pytest
 
-from duplex.models import spec, tiny
-from duplex.outbox import Outbox, SlowReader
+from duplex.models import spec
+from duplex.models.tiny import common as tiny_common
+from duplex.models.tiny import moshi as tiny_moshi
 from duplex.protocol import ProtocolError, parse_client_text
+from duplex.server.outbox import Outbox, SlowReader
 
 
 async def test_outbox_drops_oldest_audio_and_counts_it_never_blocking():
     box = Outbox(max_audio=3)
-    box.put_json('{"type":"status"}')
+    box.put_text('{"type":"status"}')
     for value in range(5):
         box.put_audio(np.full(4, value, dtype=np.float32))
     assert box.dropped_audio == 2
     kinds = [await box.get() for _ in range(4)]
-    assert kinds[0] == ("json", '{"type":"status"}')
+    assert kinds[0] == ("text", '{"type":"status"}')
     assert [int(pcm[0]) for _, pcm in kinds[1:]] == [2, 3, 4]  # the oldest went first
 
 
@@ -31,18 +33,18 @@ async def test_outbox_interrupt_silences_queued_audio_and_stop_drops_it():
     box = Outbox()
     for _ in range(3):
         box.put_audio(np.ones(4, dtype=np.float32))
-    box.put_json("{}")
+    box.put_text("{}")
     assert box.silence_audio() == 3
     assert all(not np.any(pcm) for kind, pcm in [await box.get() for _ in range(3)])
     box.put_audio(np.ones(4, dtype=np.float32))
     assert box.drop_audio() == 1
-    assert await box.get() == ("json", "{}")
+    assert await box.get() == ("text", "{}")
 
 
 async def test_outbox_reports_a_reader_that_stopped_reading():
     box = Outbox(max_total=5)
     for _ in range(6):
-        box.put_json("{}")
+        box.put_text("{}")
     with pytest.raises(SlowReader):
         await asyncio.wait_for(box.get(), 1)
 
@@ -58,22 +60,22 @@ def test_protocol_parser_validates_config_types_and_ranges():
 
 
 def test_tiny_preset_is_deterministic_and_loads_from_a_local_directory(tmp_path):
-    first = tiny.ensure_tiny_moshi(tmp_path / "a")
-    second = tiny.ensure_tiny_moshi(tmp_path / "b")
-    for name in ("config.json", tiny.MOSHI_FILE, tiny.MIMI_FILE, tiny.TOKENIZER_FILE):
+    first = tiny_moshi.ensure_tiny_moshi(tmp_path / "a")
+    second = tiny_moshi.ensure_tiny_moshi(tmp_path / "b")
+    for name in ("config.json", tiny_moshi.MOSHI_FILE, tiny_common.MIMI_FILE, tiny_common.TOKENIZER_FILE):
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
     checkpoint = spec.resolve_checkpoint(str(first))  # a plain local directory spec
-    assert checkpoint.moshi_weights == first / tiny.MOSHI_FILE
-    assert checkpoint.mimi_config["seanet"]["n_filters"] == tiny.TINY_MIMI_CONFIG["seanet"]["n_filters"]
+    assert checkpoint.moshi_weights == first / tiny_moshi.MOSHI_FILE
+    assert checkpoint.mimi_config["seanet"]["n_filters"] == tiny_common.TINY_MIMI_CONFIG["seanet"]["n_filters"]
     tokenizer = checkpoint.get_text_tokenizer()
     assert checkpoint.lm_config["text_card"] == tokenizer.vocab_size()
 
 
 def test_local_directory_with_a_missing_file_says_which(tmp_path):
-    directory = tiny.ensure_tiny_moshi(tmp_path / "m")
+    directory = tiny_moshi.ensure_tiny_moshi(tmp_path / "m")
     broken = tmp_path / "broken"
     shutil.copytree(directory, broken)
-    (broken / tiny.MIMI_FILE).unlink()
+    (broken / tiny_common.MIMI_FILE).unlink()
     with pytest.raises(spec.WeightsUnavailable, match="mimi"):
         spec.resolve_checkpoint(str(broken))
     with pytest.raises(spec.WeightsUnavailable, match="config.json"):

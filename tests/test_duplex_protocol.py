@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from duplex.audio import FRAME_SAMPLES
 from duplex.client import DuplexClient
-from duplex.protocol import FRAME_SAMPLES
 
 from .helpers import GREEDY, frames_of, health, send_frames
 

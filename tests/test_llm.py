@@ -12,10 +12,9 @@ import pytest
 from aiohttp import web
 
 from duplex.models import spec
-from duplex.models.llm import (
-    ChatMessage, LLMError, OpenAICompatibleLLM, TransformersLLM, ensure_tiny_llm, load_llm,
-)
-from duplex.models.llm_openai import completions_url
+from duplex.models.llm import ChatMessage, LLMError, OpenAICompatibleLLM, TransformersLLM, load_llm
+from duplex.models.llm.openai_compatible import completions_url
+from duplex.models.tiny.llm import ensure_tiny_llm
 
 HISTORY = [
     ChatMessage("system", "You are a helpful voice assistant."),

@@ -9,7 +9,7 @@ import aiohttp
 import numpy as np
 import sphn
 
-from duplex.moshi_compat import config_from_query
+from duplex.server.moshi_compat import config_from_query
 
 from .helpers import frames_of, health
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from duplex.engines.stt_batch import SttBatch, SttStepInput
+from duplex.audio import FRAME_SAMPLES
 from duplex.models import spec
-from duplex.models.tiny_stt import ensure_tiny_stt
-from duplex.protocol import FRAME_SAMPLES
+from duplex.models.stt import SttBatch, SttStepInput
+from duplex.models.tiny.stt import ensure_tiny_stt
 
 from .conftest import espeak
 

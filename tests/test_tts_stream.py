@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from duplex.engines.tts_stream import TtsCapacity, TtsEngineModel, UnknownVoice
+from duplex.models.tts import TtsCapacity, TtsEngineModel, UnknownVoice
 from duplex.models.spec import WEIGHTS_DIR, checkpoint_from_dir
-from duplex.models.tiny_tts import TINY_VOICES, ensure_tiny_tts
+from duplex.models.tiny.tts import TINY_VOICES, ensure_tiny_tts
 
 TEXT = "hello how are you today i am fine thank you what would you like to talk about"
 OTHER_TEXT = "let us speak about music books science travel food and friends"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from duplex.audio import FRAME_SAMPLES, rms_dbfs
 from duplex.engines.turns import EndOfTurnDetector
-from duplex.protocol import FRAME_SAMPLES
 
 from .conftest import espeak
 
@@ -14,7 +14,7 @@ def run(detector, pcm, pause=None):
     events = []
     for k in range(len(pcm) // FRAME_SAMPLES):
         frame = pcm[k * FRAME_SAMPLES:(k + 1) * FRAME_SAMPLES]
-        event = detector.update(frame, pause[k] if pause is not None else float("nan"))
+        event = detector.update(rms_dbfs(frame), pause[k] if pause is not None else float("nan"))
         if event:
             events.append((k, event))
     return events

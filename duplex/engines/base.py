@@ -12,6 +12,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..audio import rms_dbfs
+
+
+@dataclass(frozen=True)
+class UserFrame:
+    """One 80 ms frame of the user's audio, its loudness read once for every stage that needs it
+    (the session's latency clock, the duplex interrupt hold, the cascade's end-of-turn detector)."""
+    pcm: np.ndarray            # [FRAME_SAMPLES] float32
+    level_dbfs: float
+
+    @classmethod
+    def of(cls, pcm: np.ndarray) -> "UserFrame":
+        return cls(pcm, rms_dbfs(pcm))
+
 
 @dataclass
 class AssistantAudio:
@@ -77,8 +91,8 @@ class EngineStream(abc.ABC):
     frame_locked: bool = True
 
     @abc.abstractmethod
-    def push_audio(self, frame: np.ndarray) -> None:
-        """One 1920-sample frame of user audio."""
+    def push_audio(self, frame: UserFrame) -> None:
+        """One 80 ms frame of user audio."""
 
     @abc.abstractmethod
     def interrupt(self) -> None:

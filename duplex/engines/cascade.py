@@ -18,13 +18,13 @@ import time
 
 import numpy as np
 
+from ..audio import FRAME_MS, FRAME_S, FRAME_SAMPLES
 from ..models.llm import ChatMessage, LLMBackend, LLMError
-from ..protocol import FRAME_MS, FRAME_SAMPLES
+from ..models.stt import SttBatch, SttStepInput, SttStepOutput
+from ..models.tts import TtsCapacity, TtsEngineModel, TtsFrame, TtsTurn, UnknownVoice
 from .base import (AssistantAudio, AssistantText, AssistantTurnEnded, AssistantTurnStarted, Engine,
-                   EngineFailure, EngineStream, LLMProcessing, Sink, Unsupported, UserTranscript)
+                   EngineFailure, EngineStream, LLMProcessing, Sink, Unsupported, UserFrame, UserTranscript)
 from .scheduler import BatchScheduler, TickEntry
-from .stt_batch import SttBatch, SttStepInput, SttStepOutput
-from .tts_stream import TtsCapacity, TtsEngineModel, TtsFrame, TtsTurn, UnknownVoice
 from .transcriber import UserTranscriber
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 CASCADE_CONFIG_KEYS = {"system_prompt", "voice", "temperature", "text_temperature", "top_k", "text_top_k",
                        "seed", "transcribe_user"}
 DEFAULT_SYSTEM_PROMPT = "You are a helpful voice assistant. Answer briefly, in plain spoken sentences."
-FRAME_S = FRAME_MS / 1000.0
 
 
 class SttRunner:
@@ -200,7 +199,7 @@ class CascadeStream(EngineStream):
         self.seed = config.get("seed", self.seed)
 
     # --- user audio (the UserTranscriber calls back) --------------------------------------------
-    def push_audio(self, frame: np.ndarray) -> None:
+    def push_audio(self, frame: UserFrame) -> None:
         assert self.user is not None
         self.user.push(frame)
 

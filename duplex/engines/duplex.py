@@ -14,12 +14,12 @@ import typing as tp
 
 import numpy as np
 
-from ..audio import ActivityDetector
-from ..protocol import FRAME_MS, FRAME_SAMPLES
+from ..audio import FRAME_MS, FRAME_SAMPLES, rms_dbfs
+from ..models.moshi_batch import MoshiBatch, StepInput, StepOutput
 from .base import (AssistantAudio, AssistantText, AssistantTurnEnded, AssistantTurnStarted,
-                   CapacityError, Engine, EngineStream, Sink, Unsupported)
-from .moshi_batch import MoshiBatch, StepInput, StepOutput
+                   CapacityError, Engine, EngineStream, Sink, Unsupported, UserFrame)
 from .scheduler import BatchScheduler, Slot, TickEntry
+from .turns import ActivityDetector
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +131,10 @@ class DuplexStream(EngineStream):
         return self.slot.dropped if self.slot is not None else 0
 
     # --- session -> engine -------------------------------------------------------------------
-    def push_audio(self, frame: np.ndarray) -> None:
+    def push_audio(self, frame: UserFrame) -> None:
         assert self.slot is not None
-        self.engine.scheduler.push(self.slot, frame)
-        self.user_voice.update(frame)
+        self.engine.scheduler.push(self.slot, frame.pcm)
+        self.user_voice.update(frame.level_dbfs)
         if self.transcriber is not None:
             self.transcriber.push(frame)
 
@@ -193,7 +193,7 @@ class DuplexStream(EngineStream):
             pcm = np.zeros_like(pcm)
             text = None
             self._count_down_hold()
-        change = self.speaking.update(pcm) if has_output else None
+        change = self.speaking.update(rms_dbfs(pcm)) if has_output else None
         if change == "start":
             self.sink(AssistantTurnStarted())
         if text:

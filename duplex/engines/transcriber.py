@@ -11,9 +11,7 @@ import math
 import time
 import typing as tp
 
-import numpy as np
-
-from .base import CapacityError, Sink, UserTranscript
+from .base import CapacityError, Sink, UserFrame, UserTranscript
 from .scheduler import BatchScheduler
 from .turns import EndOfTurnDetector
 
@@ -46,11 +44,11 @@ class UserTranscriber:
     def in_turn(self) -> bool:
         return self.detector.in_turn
 
-    def push(self, frame: np.ndarray) -> None:
+    def push(self, frame: UserFrame) -> None:
         assert self.slot is not None
-        self.scheduler.push(self.slot, frame)
+        self.scheduler.push(self.slot, frame.pcm)
         self.frames_pushed += 1
-        event = self.detector.update(frame, self._last_pause)
+        event = self.detector.update(frame.level_dbfs, self._last_pause)
         if event is None:
             return
         if event.kind == "speech_start":

@@ -1,4 +1,8 @@
-"""User turn boundaries for the cascade: energy always, an STT's pause head when it has one.
+"""Who is speaking, frame by frame: voice activity (session and duplex) and user turn boundaries (cascade).
+
+Both read a frame's loudness once measured (`UserFrame.level_dbfs`), never the samples again.
+`ActivityDetector` answers "is this voice active now?" with a short hangover. `EndOfTurnDetector`
+decides user turns: energy always, an STT's pause head when it has one.
 
 Random-weight models cannot decide end of turn, and real ones sometimes hesitate: the energy rule
 (speech, then `silence_ms` of quiet) always works on real speech; a pause probability from the STT
@@ -11,10 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
-
-from ..audio import rms_dbfs
-from ..protocol import FRAME_MS
+from ..audio import FRAME_MS
 
 
 @dataclass
@@ -22,6 +23,43 @@ class TurnEvent:
     kind: str       # "speech_start" or "turn_end"
     start_ms: int   # first loud frame of the turn
     end_ms: int     # end of the last loud frame (for "turn_end")
+
+
+class ActivityDetector:
+    """Energy-based speech activity with a hangover, one decision per frame.
+
+    `update` returns "start" on the first active frame, "end" after `hangover_frames` quiet frames,
+    None otherwise. Cheap and model-free: it works on real speech and on random-weight babble alike.
+    """
+
+    def __init__(self, threshold_dbfs: float = -45.0, hangover_frames: int = 5):
+        self.threshold_dbfs = threshold_dbfs
+        self.hangover_frames = hangover_frames
+        self.active = False
+        self.loud = False  # whether the last frame was above the threshold
+        self._quiet = 0
+
+    def update(self, level_dbfs: float) -> str | None:
+        """One frame's loudness (`UserFrame.level_dbfs`, or `rms_dbfs` of assistant audio)."""
+        loud = self.loud = level_dbfs > self.threshold_dbfs
+        if loud:
+            self._quiet = 0
+            if not self.active:
+                self.active = True
+                return "start"
+            return None
+        if self.active:
+            self._quiet += 1
+            if self._quiet >= self.hangover_frames:
+                self.active = False
+                self._quiet = 0
+                return "end"
+        return None
+
+    def reset(self) -> None:
+        self.active = False
+        self._quiet = 0
+
 
 
 class EndOfTurnDetector:
@@ -46,11 +84,11 @@ class EndOfTurnDetector:
     def turn_start_ms(self) -> int:
         return self._turn_start
 
-    def update(self, frame: np.ndarray, pause_prob: float = math.nan) -> TurnEvent | None:
-        """One 80 ms frame of user audio (and the STT's pause probability for it, if any)."""
+    def update(self, level_dbfs: float, pause_prob: float = math.nan) -> TurnEvent | None:
+        """One 80 ms frame of user audio, by its loudness (and the STT's pause probability for it, if any)."""
         index = self.frame_index
         self.frame_index += 1
-        loud = rms_dbfs(frame) > self.threshold_dbfs
+        loud = level_dbfs > self.threshold_dbfs
         if loud:
             self._loud_run += 1
             self._quiet_run = 0

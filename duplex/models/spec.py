@@ -41,13 +41,6 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def _tiny_generators() -> dict:
-    from .tiny_stt import ensure_tiny_stt
-    from .tiny_tts import ensure_tiny_tts
-
-    return {"moshi": tiny.ensure_tiny_moshi, "stt": ensure_tiny_stt, "tts": ensure_tiny_tts}
-
-
 class WeightsUnavailable(RuntimeError):
     """The weights of a spec cannot be found or downloaded; the message says what to do."""
 
@@ -56,7 +49,7 @@ def resolve_checkpoint(spec: str) -> loaders.CheckpointInfo:
     """Turns a spec (repo id, local dir, or tiny:<name>) into a CheckpointInfo with local paths."""
     if spec.startswith("tiny:"):
         name = spec.removeprefix("tiny:")
-        generators = _tiny_generators()
+        generators = tiny.GENERATORS
         if name not in generators:
             raise WeightsUnavailable(f"no tiny preset {spec!r}; known: {', '.join('tiny:' + n for n in generators)}")
         return checkpoint_from_dir(generators[name](WEIGHTS_DIR / f"tiny-{name}"))

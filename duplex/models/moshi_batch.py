@@ -6,7 +6,6 @@ Shapes: B = slots, F = 1920 samples (80 ms), K = dep_q = 8 audio codebooks per s
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -16,7 +15,8 @@ import torch
 from moshi.models import loaders
 from moshi.utils.compile import no_compile
 
-from ..protocol import FRAME_SAMPLES
+from ..audio import FRAME_SAMPLES
+from .inference import inference
 from .sampling import BatchedLMGen, SamplingSettings, SlotRandomness
 
 log = logging.getLogger(__name__)
@@ -100,9 +100,7 @@ class MoshiBatch:
         self.step(StepInput(pcm, none, ones, none, none))
 
     def step(self, batch: StepInput) -> StepOutput:
-        # torch.compile buys nothing on CPU for these step sizes and costs ~8 s of start-up: off there.
-        guard = no_compile() if self.device.type == "cpu" else contextlib.nullcontext()
-        with guard, torch.no_grad():
+        with inference(self.device):
             return self._step(batch)
 
     def _step(self, batch: StepInput) -> StepOutput:

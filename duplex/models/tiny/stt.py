@@ -3,8 +3,8 @@
 Same architecture and config keys as the real checkpoint, shrunk: a delayed-streams LM with no
 depformer (dep_q 0) that reads all 32 Mimi codebooks of the user's audio and writes one text
 stream, plus the extra linear heads whose softmax gives the end-of-turn ("pause") probabilities,
-and `stt_config` (the text lags the audio by `audio_delay_seconds`). The Mimi is tiny.py's with 32
-codebooks instead of 8, because the STT reads 32. The tokenizer comes from tiny.py.
+and `stt_config` (the text lags the audio by `audio_delay_seconds`). The Mimi is common.py's with 32
+codebooks instead of 8, because the STT reads 32. The tokenizer comes from common.py.
 
 Written deterministically from a seed into the hub layout, then loaded by moshi's own
 `CheckpointInfo`, like the real one. Random weights babble: the text is not a transcript.
@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .tiny import (
-    MIMI_CONFIG_FILE, MIMI_FILE, TEXT_VOCAB, TINY_MIMI_CONFIG, TOKENIZER_FILE, _contiguous, ensure_generated,
+from .common import (
+    MIMI_CONFIG_FILE, MIMI_FILE, TEXT_VOCAB, TINY_MIMI_CONFIG, TOKENIZER_FILE, contiguous, ensure_generated,
     write_tokenizer_and_mimi,
 )
 
@@ -68,7 +68,7 @@ def write_tiny_stt(directory: Path, seed: int) -> None:
     torch.manual_seed(seed + 1)
     lm = loaders.get_moshi_lm(None, lm_kwargs=lm_config, device="cpu", dtype=torch.float32)
     _shape_text_head(lm, mimi, seed)
-    save_file(_contiguous(lm.state_dict()), str(directory / STT_FILE))
+    save_file(contiguous(lm.state_dict()), str(directory / STT_FILE))
 
     config = dict(
         lm_config, stt_config=dict(TINY_STT_CONFIG), model_type="stt",

@@ -1,8 +1,9 @@
-"""Tiny presets: random-weight models of the real architectures, written in the hub layout.
+"""What every tiny preset shares: the staged, locked writer, the sentencepiece tokenizer and the tiny Mimi.
 
-They are generated once, deterministically from a seed, into `weights/` and then loaded by the
-same loader as real checkpoints (config.json + safetensors + sentencepiece tokenizer). They babble,
-but they exercise every line of the real path on a small CPU in real time.
+Tiny presets are random-weight models of the real architectures, written in the hub layout, once,
+deterministically from a seed, into `weights/`, then loaded by the same loader as real checkpoints
+(config.json + safetensors + sentencepiece tokenizer). They babble, but they exercise every line of
+the real path on a small CPU in real time.
 """
 
 from __future__ import annotations
@@ -23,9 +24,7 @@ from safetensors.torch import save_file
 
 log = logging.getLogger(__name__)
 
-TINY_SEED = 42
 TEXT_VOCAB = 512
-FORMAT_VERSION = 4  # bump when the tiny architecture changes, so stale files are regenerated
 
 # Mimi, shrunk: the same SEANet/transformer/split-RVQ classes and strides (24 kHz -> 12.5 Hz),
 # fewer channels and layers. The bins stay 2048 so the LM card matches the real one.
@@ -48,38 +47,17 @@ TINY_MIMI_CONFIG = {
     },
 }
 
-# Moshi's LM, shrunk: same streams (1 text + 8 model audio + 8 user audio), same delays,
-# same depformer layout; small widths and depths.
-TINY_LM_CONFIG = {
-    "dim": 64, "text_card": TEXT_VOCAB, "existing_text_padding_id": 3, "n_q": 16, "dep_q": 8,
-    "card": 2048, "num_heads": 4, "num_layers": 2, "hidden_scale": 4.125, "causal": True,
-    "layer_scale": None, "context": 750, "max_period": 10000, "gating": "silu",
-    "norm": "rms_norm_f32", "positional_embedding": "rope", "depformer_dim": 64,
-    "depformer_dim_feedforward": 128, "depformer_num_heads": 4, "depformer_num_layers": 1,
-    "depformer_layer_scale": None, "depformer_multi_linear": True, "depformer_context": 8,
-    "depformer_max_period": 10000, "depformer_gating": "silu", "depformer_pos_emb": "none",
-    "depformer_weights_per_step": True,
-    "delays": [0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1],
-}
-
-MOSHI_FILE = "model.safetensors"
 MIMI_FILE = "mimi.safetensors"
 MIMI_CONFIG_FILE = "mimi_config.json"
 TOKENIZER_FILE = "tokenizer.model"
 
-_WORDS = (
+WORDS = (
     "hello how are you today i am fine thank you what would you like to talk about the weather is nice "
     "let us speak about music books science travel food and friends can you hear me yes i can hear you "
     "very well this is a test of a full duplex speech model that listens and speaks at the same time "
     "please tell me more about your day it was good we went to the park and saw birds trees flowers "
     "one two three four five six seven eight nine ten morning evening night coffee tea water bread"
 ).split()
-
-
-def ensure_tiny_moshi(directory: Path, seed: int = TINY_SEED) -> Path:
-    """Returns `directory`, generating the tiny Moshi checkpoint there first if it is missing."""
-    return ensure_generated(directory, {"format": FORMAT_VERSION, "seed": seed},
-                            lambda staging: write_tiny_moshi(staging, seed), "tiny Moshi weights")
 
 
 def ensure_generated(directory: Path, stamp: dict, write: tp.Callable[[Path], None], what: str) -> Path:
@@ -110,25 +88,6 @@ def ensure_generated(directory: Path, stamp: dict, write: tp.Callable[[Path], No
     return directory
 
 
-def write_tiny_moshi(directory: Path, seed: int) -> None:
-    """Writes config.json, the LM and Mimi safetensors and a sentencepiece tokenizer."""
-    from moshi.models import loaders
-
-    text_card, _ = write_tokenizer_and_mimi(directory, seed, TINY_MIMI_CONFIG)
-
-    torch.manual_seed(seed + 1)
-    lm_config = dict(TINY_LM_CONFIG, text_card=text_card)
-    lm = loaders.get_moshi_lm(None, lm_kwargs=lm_config, device="cpu", dtype=torch.float32)
-    save_file(_contiguous(lm.state_dict()), str(directory / MOSHI_FILE))
-
-    config = dict(lm_config)
-    config.update(
-        moshi_name=MOSHI_FILE, mimi_name=MIMI_FILE, mimi_config_name=MIMI_CONFIG_FILE,
-        tokenizer_name=TOKENIZER_FILE, model_type="moshi",
-    )
-    (directory / "config.json").write_text(json.dumps(config, indent=2))
-
-
 def write_tokenizer_and_mimi(directory: Path, seed: int, mimi_config: dict) -> tuple[int, torch.nn.Module]:
     """Writes the tokenizer, a tiny Mimi and its config (shared by every tiny Kyutai preset); returns
     the tokenizer's real vocabulary size (which must be the LM's text card) and the Mimi."""
@@ -145,7 +104,7 @@ def write_tokenizer_and_mimi(directory: Path, seed: int, mimi_config: dict) -> t
     mimi = loaders.get_mimi(None, mimi_config, device="cpu")
     _randomize_codebooks(mimi)
     _shape_decoder_output(mimi)
-    save_file(_contiguous(mimi.state_dict()), str(directory / MIMI_FILE))
+    save_file(contiguous(mimi.state_dict()), str(directory / MIMI_FILE))
     return text_card, mimi
 
 
@@ -179,7 +138,7 @@ def train_tokenizer(seed: int, vocab_size: int) -> bytes:
     import sentencepiece as spm
 
     rng = random.Random(seed)
-    sentences = [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 14))) for _ in range(4000)]
+    sentences = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 14))) for _ in range(4000)]
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(sentences), model_writer=model, vocab_size=vocab_size,
@@ -190,7 +149,7 @@ def train_tokenizer(seed: int, vocab_size: int) -> bytes:
     return model.getvalue()
 
 
-def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().clone() for k, v in state.items()}
 
 

@@ -14,15 +14,14 @@ import typing as tp
 import uuid
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from . import protocol
-from .audio import ActivityDetector, BadAudio, FrameAssembler, make_codec
-from .engines.base import (AssistantAudio, AssistantText, AssistantTurnEnded, AssistantTurnStarted,
-                           CapacityError, Engine, EngineFailure, EngineFrame, EngineStream, LLMProcessing,
-                           Unsupported, UserTranscript)
+from .. import protocol
+from ..audio import FRAME_MS, SAMPLE_RATE, BadAudio, FrameAssembler, make_codec
+from ..engines.base import (AssistantAudio, AssistantText, AssistantTurnEnded, AssistantTurnStarted,
+                            CapacityError, Engine, EngineFailure, EngineFrame, EngineStream, LLMProcessing,
+                            Unsupported, UserFrame, UserTranscript)
+from ..engines.turns import ActivityDetector
+from ..protocol import ProtocolError
 from .outbox import Outbox
-from .protocol import FRAME_MS, ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -95,16 +94,16 @@ class Session:
 
     # --- outgoing ------------------------------------------------------------------------------
     def send(self, type_: str, **fields: tp.Any) -> None:
-        self.outbox.put_json(protocol.message(type_, self.id, **fields))
+        self.outbox.put_text(protocol.message(type_, self.id, **fields))
 
     def send_error(self, code: str, text: str) -> None:
         self.observer.error(code)
-        self.outbox.put_json(protocol.error(self.id, code, text))
+        self.outbox.put_text(protocol.error(self.id, code, text))
 
     def send_ready(self) -> None:
         modes = [name for name in ("duplex", "cascade") if name in self.engines]
         self.send("ready", protocol=protocol.PROTOCOL_VERSION, modes=modes,
-                  audio={"codec": self.codec, "sample_rate": protocol.SAMPLE_RATE, "frame_ms": FRAME_MS})
+                  audio={"codec": self.codec, "sample_rate": SAMPLE_RATE, "frame_ms": FRAME_MS})
 
     def _bad(self, code: str, text: str) -> None:
         self.send_error(code, text)
@@ -141,15 +140,15 @@ class Session:
             pcm = self.decoder.decode(data[1:])
         except BadAudio as exc:
             return self._bad("bad_audio", str(exc))
-        for frame in self.frames.push(pcm):
-            self._user_frame(frame)
+        for samples in self.frames.push(pcm):
+            self._user_frame(UserFrame.of(samples))
 
-    def _user_frame(self, frame: np.ndarray) -> None:
+    def _user_frame(self, frame: UserFrame) -> None:
         conv = self.conversation
         assert conv is not None
         conv.frames_in += 1
         self.observer.frame_in()
-        change = self.user_voice.update(frame)
+        change = self.user_voice.update(frame.level_dbfs)
         now = time.monotonic()
         if self.user_voice.loud:
             conv.last_loud = now
@@ -321,7 +320,7 @@ class Session:
             self.observer.response_latency(conv.mode, turn.response_latency_ms)
             conv.user_speech_end = None
         self.send("status", status="speaking", mode=conv.mode)
-        self.send("tts_start", format=self.codec, sample_rate=protocol.SAMPLE_RATE)
+        self.send("tts_start", format=self.codec, sample_rate=SAMPLE_RATE)
 
     def _turn_ended(self, conv: Conversation, interrupted: bool, stages: dict) -> None:
         turn = conv.turn

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class ServerProcess:
@@ -19,7 +19,7 @@ class ServerProcess:
     def __init__(self, *args: str, log_path: Path | None = None, log_level: str = "warning",
                  timeout: float = 120.0):
         self.log_path = log_path
-        cmd = [sys.executable, "-m", "duplex.cli", "serve", "--port", "0", "--quiet-progress",
+        cmd = [sys.executable, "-m", "duplex", "serve", "--port", "0", "--quiet-progress",
                "--log-level", log_level, *args]
         stderr = open(log_path, "w") if log_path is not None else subprocess.DEVNULL
         self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=REPO,

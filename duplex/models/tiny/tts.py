@@ -5,7 +5,7 @@ stream is muxed with a lookahead stream (`demux_second_stream`), that generates 
 codebook itself (n_q == dep_q, no user stream), is steered by a voice through cross-attention on
 speaker embeddings (`speaker_wavs`, a tensor conditioner) and by the `control`/`cfg` lookup
 conditioners summed into its input (the real model is CFG-distilled: the CFG strength is a
-condition, not a second batch). Mimi and the tokenizer come from `tiny.py`.
+condition, not a second batch). Mimi and the tokenizer come from `common.py`.
 
 Written deterministically from a seed into the hub layout, then loaded by moshi's own
 `CheckpointInfo` and `TTSModel.from_checkpoint_info`, like the real one. Voices live in a `voices/`
@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .tiny import (
-    MIMI_CONFIG_FILE, MIMI_FILE, TEXT_VOCAB, TINY_MIMI_CONFIG, TOKENIZER_FILE, _contiguous, ensure_generated,
+from .common import (
+    MIMI_CONFIG_FILE, MIMI_FILE, TEXT_VOCAB, TINY_MIMI_CONFIG, TOKENIZER_FILE, contiguous, ensure_generated,
     write_tokenizer_and_mimi,
 )
 
@@ -90,7 +90,7 @@ def write_tiny_tts(directory: Path, seed: int) -> None:
     lm = loaders.get_moshi_lm(None, lm_kwargs=json.loads(json.dumps(_lm_kwargs(config))),
                               device="cpu", dtype=torch.float32)
     _boost_new_word(lm)
-    save_file(_contiguous(lm.state_dict()), str(directory / TTS_FILE))
+    save_file(contiguous(lm.state_dict()), str(directory / TTS_FILE))
     (directory / "config.json").write_text(json.dumps(config, indent=2))
     write_tiny_voices(directory / VOICES_DIR, f".{sig}@0.safetensors", seed)
 

@@ -15,7 +15,6 @@ Shapes: B = slots, F = 1920 samples (80 ms), K = 32 codebooks.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -23,9 +22,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from moshi.models import LMGen, loaders
-from moshi.utils.compile import no_compile
 
-from ..protocol import FRAME_MS, FRAME_SAMPLES
+from ..audio import FRAME_MS, FRAME_SAMPLES
+from .inference import inference
 
 # Kyutai's clients read the end-of-turn ("pause") probability as class 0 of the third extra head.
 PAUSE_HEAD = 2
@@ -114,8 +113,7 @@ class SttBatch:
         self.step(SttStepInput(pcm, none, ones))
 
     def step(self, batch: SttStepInput) -> SttStepOutput:
-        # torch.compile buys nothing on CPU for these step sizes and costs seconds of start-up: off there.
-        with self._guard(), torch.no_grad():
+        with inference(self.device):
             return self._step(batch)
 
     def flush(self, slot: int) -> SttFlushOutput:
@@ -130,7 +128,7 @@ class SttBatch:
         execute = np.zeros(self.slots, dtype=bool)
         execute[slot] = True
         pcm = np.zeros((self.slots, self.frame_samples), dtype=np.float32)
-        with self._guard(), torch.no_grad():
+        with inference(self.device):
             for _ in range(self.flush_frames):
                 tokens, _ = self._model_step(pcm, execute)
                 piece = self._advance(slot, tokens[slot], words)
@@ -138,9 +136,6 @@ class SttBatch:
                     text.append(piece)
         words += self._close_word(state, self._clock_ms(state.steps))
         return SttFlushOutput(words, "".join(text))
-
-    def _guard(self):
-        return no_compile() if self.device.type == "cpu" else contextlib.nullcontext()
 
     def _step(self, batch: SttStepInput) -> SttStepOutput:
         started = time.perf_counter()

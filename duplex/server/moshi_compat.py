@@ -13,9 +13,10 @@ import logging
 
 from aiohttp import WSMsgType, web
 
-from . import protocol
-from .audio import BadAudio, FrameAssembler, OpusDecoder, OpusEncoder
-from .engines.base import AssistantAudio, AssistantText, CapacityError, EngineFrame
+from .. import protocol
+from ..audio import BadAudio, FrameAssembler, OpusDecoder, OpusEncoder
+from ..config import MAX_TEMPERATURE, MAX_TOP_K
+from ..engines.base import AssistantAudio, AssistantText, CapacityError, EngineFrame, UserFrame
 from .outbox import Outbox, SlowReader
 
 log = logging.getLogger(__name__)
@@ -29,11 +30,11 @@ def config_from_query(query) -> dict:
     config: dict = {}
     for name, key in QUERY_FLOATS.items():
         if name in query:
-            config[key] = min(max(float(query[name]), 0.0), protocol.MAX_TEMPERATURE)
+            config[key] = min(max(float(query[name]), 0.0), MAX_TEMPERATURE)
     for name, key in QUERY_INTS.items():
         if name in query and key not in config:
             value = int(float(query[name]))
-            config[key] = min(max(value, 1), protocol.MAX_TOP_K) if key != "seed" else abs(value) % 2**63
+            config[key] = min(max(value, 1), MAX_TOP_K) if key != "seed" else abs(value) % 2**63
     return config
 
 
@@ -60,7 +61,7 @@ async def handle_chat(request: web.Request) -> web.StreamResponse:
             metrics.frame_out(frame.turnaround_ms)
             outbox.put_audio(frame.pcm)
         elif isinstance(frame, AssistantText):
-            outbox.put_json(frame.text)  # sent as 0x02 + utf-8 below
+            outbox.put_text(frame.text)  # sent as 0x02 + utf-8 below
 
     try:
         stream = engine.open(config, sink)
@@ -96,9 +97,9 @@ async def handle_chat(request: web.Request) -> web.StreamResponse:
             except BadAudio as exc:
                 log.warning("/api/chat: %s", exc)
                 continue
-            for frame in frames.push(pcm):
+            for samples in frames.push(pcm):
                 metrics.frame_in()
-                stream.push_audio(frame)
+                stream.push_audio(UserFrame.of(samples))
             if sender.done():
                 break
     finally:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from moshi.models.lm import LMGen, LMModel
 
-from ..protocol import MAX_TOP_K
+from ..config import MAX_TOP_K
 
 
 @dataclass

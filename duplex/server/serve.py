@@ -6,101 +6,17 @@ import argparse
 import asyncio
 import errno
 import logging
-import os
 import signal
 import ssl
 from pathlib import Path
 
 from aiohttp import web
 
-from .app import ServerSettings, create_app
-from .engines.base import Engine
+from .app import create_app
+from .loading import StartupError, build_engines
+from .settings import DEFAULT_STATIC, ServerSettings
 
 log = logging.getLogger("duplex")
-
-
-class StartupError(RuntimeError):
-    """A problem the user can fix; the message says how."""
-
-
-def pick_device(requested: str) -> str:
-    import torch
-
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise StartupError(
-            f"--device {requested} was asked for, but no CUDA GPU is usable here "
-            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'}).\n"
-            "  Use --device cpu (with --preset tiny for real-time speed), or check the NVIDIA driver.")
-    return requested
-
-
-def pick_dtype(requested: str, device: str):
-    import torch
-
-    if requested == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[requested]
-
-
-def build_duplex_engine(args: argparse.Namespace, device: str, dtype) -> Engine:
-    from tqdm import tqdm
-
-    from .engines.duplex import DuplexEngine
-    from .engines.moshi_batch import MoshiBatch
-    from .models.spec import PRESETS, resolve_checkpoint
-
-    spec = args.moshi_spec or PRESETS[args.preset].duplex_spec
-    with tqdm(total=3, desc=f"duplex model {spec}", unit="stage", disable=args.quiet_progress) as bar:
-        bar.set_postfix_str("weights")
-        checkpoint = resolve_checkpoint(spec)
-        bar.update()
-        bar.set_postfix_str(f"loading on {device} ({str(dtype).removeprefix('torch.')})")
-        model = MoshiBatch(checkpoint, args.slots, device, dtype)
-        bar.update()
-        bar.set_postfix_str("warm-up" + (" + CUDA graphs" if device.startswith("cuda") else ""))
-        model.warmup()
-        bar.update()
-    return DuplexEngine(model, max_wait_ms=args.max_wait_ms, max_queue_frames=args.max_queue_frames,
-                        interrupt_hold_ms=args.interrupt_hold_ms,
-                        speech_threshold_dbfs=args.speech_threshold_dbfs)
-
-
-def build_cascade_engine(args: argparse.Namespace, device: str, dtype) -> Engine:
-    from tqdm import tqdm
-
-    from .engines.cascade import CascadeEngine
-    from .engines.stt_batch import SttBatch
-    from .engines.tts_stream import TtsEngineModel, UnknownVoice
-    from .models.llm import load_llm
-    from .models.spec import PRESETS, resolve_checkpoint
-
-    preset = PRESETS[args.preset]
-    stt_spec, tts_spec = args.stt_spec or preset.stt_spec, args.tts_spec or preset.tts_spec
-    llm_spec = args.llm_url or args.llm or preset.llm_spec
-    slots = args.cascade_slots
-    with tqdm(total=3, desc="cascade models", unit="model", disable=args.quiet_progress) as bar:
-        bar.set_postfix_str(f"STT {stt_spec}")
-        stt = SttBatch(resolve_checkpoint(stt_spec), slots, device, dtype)
-        bar.update()
-        bar.set_postfix_str(f"TTS {tts_spec}")
-        try:
-            tts = TtsEngineModel(resolve_checkpoint(tts_spec), slots, device, dtype, voice=args.voice)
-        except UnknownVoice as exc:
-            raise StartupError(f"--voice: {exc}") from None
-        bar.update()
-        bar.set_postfix_str(f"LLM {llm_spec}")
-        if args.llm_url:
-            from .models.llm_openai import OpenAICompatibleLLM
-            llm = OpenAICompatibleLLM(args.llm_url, model=args.llm_model, token_timeout=args.llm_timeout,
-                                      api_key=os.environ.get("DUPLEX_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY"))
-        else:
-            llm = load_llm(llm_spec, device, model=args.llm_model)
-        bar.update()
-    return CascadeEngine(stt, llm, tts, max_tokens=args.llm_max_tokens, speech_threshold_dbfs=args.speech_threshold_dbfs,
-                         end_of_turn_silence_ms=args.end_of_turn_silence_ms, max_wait_ms=args.max_wait_ms,
-                         max_queue_frames=args.max_queue_frames)
 
 
 def ssl_context(directory: str | None) -> ssl.SSLContext | None:
@@ -115,32 +31,6 @@ def ssl_context(directory: str | None) -> ssl.SSLContext | None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(certfile=str(cert), keyfile=str(key))
     return context
-
-
-def set_cpu_threads(requested: int, device: str) -> int:
-    """Torch's intra-op threads spin on every core they own. On CPU, leave one core to the event loop
-    (sockets, codecs): a step a little slower beats a server that cannot answer while it runs."""
-    import torch
-
-    threads = requested if requested > 0 else max(1, (os.cpu_count() or 2) - (0 if device != "cpu" else 1))
-    torch.set_num_threads(threads)
-    return threads
-
-
-def build_engines(args: argparse.Namespace) -> dict[str, Engine]:
-    device = pick_device(args.device)
-    set_cpu_threads(args.threads, device)
-    dtype = pick_dtype(args.dtype, device)
-    engines: dict[str, Engine] = {}
-    if not args.no_duplex:
-        engines["duplex"] = build_duplex_engine(args, device, dtype)
-    if not args.no_cascade:
-        engines["cascade"] = build_cascade_engine(args, device, dtype)
-        if "duplex" in engines:  # duplex sessions may borrow the cascade's recogniser (transcribe_user)
-            engines["duplex"].transcriber_factory = engines["cascade"].transcriber  # type: ignore[attr-defined]
-    if not engines:
-        raise StartupError("no engine to serve: drop --no-duplex or --no-cascade")
-    return engines
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -178,7 +68,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
-    from .models.spec import PRESETS
+    from ..models.spec import PRESETS
 
     p = sub.add_parser("serve", help="load the models and serve conversations over WebSockets",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -226,7 +116,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--token", help="access token required from clients (?token= or Authorization: Bearer)")
     p.add_argument("--ssl", metavar="DIR", help="serve https/wss with DIR/key.pem and DIR/cert.pem "
                                                 "(browsers need a secure context for the microphone off localhost)")
-    p.add_argument("--static", default=str(Path(__file__).resolve().parents[1] / "client"),
+    p.add_argument("--static", default=str(DEFAULT_STATIC),
                    help="directory served at / (the browser client); 'none' to serve no page")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log verbosity")
     p.add_argument("--quiet-progress", action="store_true", help="no progress bars (for logs and CI)")
@@ -234,7 +124,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from .models.spec import WeightsUnavailable
+    from ..models.spec import WeightsUnavailable
 
     try:
         asyncio.run(serve(args))

@@ -31,8 +31,9 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._items)
 
-    def put_json(self, text: str) -> None:
-        self._put(("json", text))
+    def put_text(self, text: str) -> None:
+        """A text payload: a JSON message on /ws, a piece of the model's text on /api/chat."""
+        self._put(("text", text))
 
     def put_audio(self, pcm: np.ndarray) -> None:
         if self._audio >= self.max_audio:

@@ -8,29 +8,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import sys
-import threading
 import time
 import typing as tp
-from dataclasses import dataclass, field
 
 import aiohttp
 import numpy as np
 
-from .audio import FrameAssembler, read_wav_mono24k, write_wav
-from .client import (AudioChunk, DuplexClient, Event, FramePacer, ServerClosed, align_assistant_audio,
-                     split_frames)
-from .protocol import CODECS, FRAME_SAMPLES, MODES, SAMPLE_RATE
+from ..audio import FRAME_SAMPLES, SAMPLE_RATE, read_wav_mono24k, write_wav
+from ..protocol import CODECS, MODES
+from .connection import DuplexClient, Event, ServerClosed
+from .mic import open_mic_or_explain
+from .report import EventPrinter, HumanPrinter, JsonPrinter, Transfer, summarize
+from .timing import FramePacer, align_assistant_audio, split_frames
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 STOP_ACK_TIMEOUT_S = 10.0
 TEXT_TURN_TIMEOUT_S = 60.0
-MIC_INSTALL_HINT = ("--mic needs the `sounddevice` Python package and the PortAudio library: "
-                    "`pip install 'duplex[mic]'` (or `pip install sounddevice`) and, on Debian/Ubuntu, "
-                    "`apt-get install libportaudio2`; on macOS `brew install portaudio`.")
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -120,14 +116,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 # ---- one conversation -----------------------------------------------------------------------------
-
-@dataclass
-class Transfer:
-    """What was sent and when, for the summary and the aligned output."""
-
-    sent_at: list[float] = field(default_factory=list)  # time.monotonic() after sending frame k
-    stream_start: float | None = None  # when input sample 0 was (or was due to be) sent
-
 
 async def _converse(args: argparse.Namespace, user_pcm: np.ndarray | None, mic: tp.Any) -> int:
     printer: EventPrinter = JsonPrinter() if args.json else HumanPrinter(sys.stdout.isatty())
@@ -315,185 +303,3 @@ async def _print_events(client: DuplexClient, printer: "EventPrinter") -> None:
     async for item in client.stream():
         if isinstance(item, Event):
             printer.on_event(item)
-
-
-# ---- summary --------------------------------------------------------------------------------------
-
-def frame_turnaround_ms(sent_at: tp.Sequence[float], audio: tp.Sequence[AudioChunk]) -> list[float]:
-    """Duplex: time from sending input frame k to receiving output frame k, in ms."""
-    return [(audio[k].received_at - sent_at[k]) * 1000.0 for k in range(min(len(sent_at), len(audio)))]
-
-
-def _percentiles(values: tp.Sequence[float]) -> dict[str, float] | None:
-    if not values:
-        return None
-    p50, p90 = np.percentile(np.asarray(values, dtype=np.float64), [50, 90])
-    return {"p50": round(float(p50), 1), "p90": round(float(p90), 1), "max": round(float(max(values)), 1)}
-
-
-def summarize(client: DuplexClient, transfer: Transfer, mode: str | None, duration_s: float) -> dict[str, tp.Any]:
-    metrics = [e.data for e in client.events if e.type == "metrics"]
-    latencies = [float(m["response_latency_ms"]) for m in metrics
-                 if isinstance(m.get("response_latency_ms"), (int, float))]
-    return {
-        "type": "client_summary",
-        "mode": mode,
-        "frames_sent": len(transfer.sent_at),
-        "frames_received": client.binary_messages,
-        "frame_turnaround_ms": _percentiles(frame_turnaround_ms(transfer.sent_at, client.audio))
-        if mode == "duplex" else None,
-        "response_latency_ms": _percentiles(latencies),
-        "responses": len(latencies),
-        "frames_dropped": metrics[-1].get("frames_dropped") if metrics else None,
-        "errors": sum(1 for e in client.events if e.type == "error"),
-        "duration_s": round(duration_s, 2),
-    }
-
-
-# ---- printing -------------------------------------------------------------------------------------
-
-class EventPrinter(tp.Protocol):
-    def on_event(self, event: Event) -> None: ...
-    def on_summary(self, summary: dict[str, tp.Any]) -> None: ...
-    def flush(self) -> None: ...
-
-
-class JsonPrinter:
-    def on_event(self, event: Event) -> None:
-        print(json.dumps(event.data), flush=True)
-
-    def on_summary(self, summary: dict[str, tp.Any]) -> None:
-        print(json.dumps(summary), flush=True)
-
-    def flush(self) -> None:
-        pass
-
-
-class HumanPrinter:
-    """Role-prefixed transcripts. On a terminal, partials rewrite one live line; otherwise only finals."""
-
-    def __init__(self, tty: bool, out: tp.TextIO | None = None, err: tp.TextIO | None = None):
-        self.tty = tty
-        self.out = out or sys.stdout
-        self.err = err or sys.stderr
-        self._live = False  # a partial line is on screen, without its newline
-        self._llm_text = ""  # assistant text of the current llm_response run
-
-    def on_event(self, event: Event) -> None:
-        d = event.data
-        if event.type == "ready":
-            self._line(f"connected: session {d.get('session_id')}, modes {', '.join(d.get('modes', []))}, "
-                       f"audio {d.get('audio', {}).get('codec')}")
-        elif event.type == "partial_transcript" and self.tty:
-            self._show_live(f"{d.get('role')}… {d.get('content', '')}")
-        elif event.type == "final_transcript":
-            self._line(f"{d.get('role')}: {d.get('content', '')}")
-        elif event.type == "llm_response":
-            self._llm_text += str(d.get("content", ""))
-            if d.get("is_complete"):
-                self.flush()
-            elif self.tty:
-                self._show_live(f"assistant (text)… {self._llm_text}")
-        elif event.type == "error":
-            self._line(f"error [{d.get('code')}]: {d.get('message')}", self.err)
-
-    def flush(self) -> None:
-        """Prints any assistant text still pending (the turn ended or the client stopped)."""
-        if self._llm_text.strip():
-            self._line(f"assistant (text): {self._llm_text.strip()}")
-        self._llm_text = ""
-
-    def on_summary(self, s: dict[str, tp.Any]) -> None:
-        lines = [f"--- summary ({s['mode'] or 'unknown'} mode, {s['duration_s']:.1f} s)",
-                 f"frames sent {s['frames_sent']}, received {s['frames_received']}"
-                 + (f", dropped by server {s['frames_dropped']}" if s["frames_dropped"] else "")]
-        if s["frame_turnaround_ms"]:
-            t = s["frame_turnaround_ms"]
-            lines.append(f"frame turnaround ms: p50 {t['p50']}, p90 {t['p90']}, max {t['max']}")
-        if s["response_latency_ms"]:
-            r = s["response_latency_ms"]
-            lines.append(f"response latency ms ({s['responses']} replies): p50 {r['p50']}, p90 {r['p90']}, "
-                         f"max {r['max']}")
-        if s["errors"]:
-            lines.append(f"errors from server: {s['errors']}")
-        for line in lines:
-            self._line(line)
-
-    def _show_live(self, text: str) -> None:
-        self.out.write("\r\033[K" + text)
-        self.out.flush()
-        self._live = True
-
-    def _line(self, text: str, stream: tp.TextIO | None = None) -> None:
-        if self._live:
-            self.out.write("\r\033[K")
-            self.out.flush()
-            self._live = False
-        print(text, file=stream or self.out, flush=True)
-
-
-# ---- microphone and speaker -----------------------------------------------------------------------
-
-def open_mic_or_explain() -> "MicIO | None":
-    """A MicIO, or None after telling the user what is missing (sounddevice, PortAudio, a microphone)."""
-    try:
-        import sounddevice  # lazy: it needs the PortAudio system library just to import
-    except (ImportError, OSError) as exc:
-        print(f"duplex client: {MIC_INSTALL_HINT} ({exc})", file=sys.stderr)
-        return None
-    try:
-        sounddevice.query_devices(kind="input")
-    except Exception as exc:  # PortAudioError / ValueError: no default input device
-        print(f"duplex client: no microphone found ({exc}); plug one in or pick a default input device, "
-              "or use --input WAV", file=sys.stderr)
-        return None
-    return MicIO(sounddevice)
-
-
-class MicIO:
-    """Microphone in as 1920-sample frames on an asyncio queue; assistant audio out to the speaker."""
-
-    def __init__(self, sd: tp.Any):
-        self._sd = sd
-        self._streams: list[tp.Any] = []
-        self._lock = threading.Lock()  # the output callback runs on PortAudio's thread
-        self._to_play = np.zeros(0, dtype=np.float32)
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> asyncio.Queue:
-        frames: asyncio.Queue = asyncio.Queue(maxsize=25)
-        assembler = FrameAssembler()
-
-        def push(pcm: np.ndarray) -> None:  # on the event loop
-            for frame in assembler.push(pcm):
-                if frames.full():  # the sender fell behind: drop the oldest rather than lag further
-                    frames.get_nowait()
-                frames.put_nowait(frame)
-
-        def on_input(indata: np.ndarray, n: int, time_info: tp.Any, status: tp.Any) -> None:
-            loop.call_soon_threadsafe(push, indata[:, 0].copy())
-
-        params = dict(samplerate=SAMPLE_RATE, channels=1, dtype="float32", blocksize=FRAME_SAMPLES)
-        self._streams.append(self._sd.InputStream(callback=on_input, **params))
-        try:
-            self._streams.append(self._sd.OutputStream(callback=self._on_output, **params))
-        except Exception as exc:  # no speaker: the conversation still works, silently
-            print(f"duplex client: no audio output ({exc}); the reply will not be played", file=sys.stderr)
-        for stream in self._streams:
-            stream.start()
-        return frames
-
-    def play(self, pcm: np.ndarray) -> None:
-        with self._lock:
-            self._to_play = np.concatenate([self._to_play, pcm.astype(np.float32, copy=False)])
-
-    def _on_output(self, outdata: np.ndarray, n: int, time_info: tp.Any, status: tp.Any) -> None:
-        with self._lock:
-            chunk, self._to_play = self._to_play[:n], self._to_play[n:]
-        outdata[:len(chunk), 0] = chunk
-        outdata[len(chunk):, 0] = 0.0
-
-    def close(self) -> None:
-        for stream in self._streams:
-            stream.stop()
-            stream.close()
-        self._streams.clear()

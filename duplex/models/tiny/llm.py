@@ -2,7 +2,7 @@
 
 Written once, deterministically from a seed, with `save_pretrained`, then loaded by the very same
 `from_pretrained` path as a real model. It babbles, but it exercises the whole LLM stage on a small
-CPU with nothing from the hub. Same stamp + file-lock pattern as the tiny Moshi (`tiny.py`).
+CPU with nothing from the hub. Same stamp + file-lock pattern as the tiny Moshi (`common.py`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .tiny import _WORDS, ensure_generated
+from .common import WORDS, ensure_generated
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def build_tiny_tokenizer(seed: int):
     from transformers import PreTrainedTokenizerFast
 
     rng = random.Random(seed)
-    corpus = [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 14))) + rng.choice(".?!,")
+    corpus = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 14))) + rng.choice(".?!,")
               for _ in range(4000)]
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator
 
 import aiohttp
 
-from .llm import ChatMessage, LLMError
+from .base import ChatMessage, LLMError
 
 log = logging.getLogger(__name__)
 

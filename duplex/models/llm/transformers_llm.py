@@ -1,13 +1,8 @@
-"""The LLM stage of the cascade: a chat model that streams text deltas and stops when told.
+"""`TransformersLLM`: a causal LM run in process with `transformers`, streaming and cancellable.
 
-Two backends share one small interface (`LLMBackend.stream`):
-- `TransformersLLM`: a causal LM run in process with `transformers` (a hub repo id, a local
-  directory in the hub layout, or the tiny preset, all through `from_pretrained`);
-- `OpenAICompatibleLLM` (in `llm_openai.py`): any OpenAI-compatible streaming endpoint.
-The tiny preset's writer is in `llm_tiny.py`.
-
-Interruption is the point of the interface: setting `cancel` (or closing the async generator) stops
-the underlying generation within about one token, so a barge-in frees the model at once.
+A hub repo id, a local directory in the hub layout, or the tiny preset, all through `from_pretrained`.
+One worker thread decodes token by token; setting `cancel` (or closing the async generator) stops it
+within about one token, so a barge-in frees the model at once.
 """
 
 from __future__ import annotations
@@ -16,59 +11,17 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Protocol
+from typing import Any, AsyncIterator, Callable
 
 import torch
 
-from .llm_tiny import ensure_tiny_llm  # noqa: F401 - part of this module's API
+from ..spec import WEIGHTS_DIR, WeightsUnavailable
+from ..tiny.llm import ensure_tiny_llm
+from .base import ChatMessage, LLMError
 
 log = logging.getLogger(__name__)
-
-@dataclass
-class ChatMessage:
-    role: str  # "system" | "user" | "assistant"
-    content: str
-
-
-class LLMError(RuntimeError):
-    """A turn's generation failed (endpoint down, HTTP error, stall, garbage, model failure).
-    The session turns it into an `error` event and goes on; the message says what happened."""
-
-
-class LLMBackend(Protocol):
-    name: str
-
-    def stream(self, messages: list[ChatMessage], *, temperature: float, max_tokens: int,
-               cancel: asyncio.Event, seed: int | None = None) -> AsyncIterator[str]:
-        """Yields text deltas of the assistant's answer; returns early once `cancel` is set."""
-        ...
-
-
-def load_llm(spec_or_url: str, device: str = "cpu", *, model: str | None = None,
-             api_key: str | None = None, seed: int | None = None) -> LLMBackend:
-    """"tiny" -> the tiny preset; http(s)://... -> an OpenAI-compatible endpoint; else a hub id or
-    local directory. Loading a model blocks (call it at startup, or from a thread)."""
-    if spec_or_url.startswith(("http://", "https://")):
-        from .llm_openai import OpenAICompatibleLLM
-
-        return OpenAICompatibleLLM(
-            spec_or_url, model=model or os.environ.get("DUPLEX_LLM_MODEL"),
-            api_key=api_key or os.environ.get("DUPLEX_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY"),
-        )
-    return TransformersLLM.from_spec(spec_or_url, device=device, seed=seed)
-
-
-def __getattr__(name: str) -> Any:
-    # `from duplex.models.llm import OpenAICompatibleLLM` works without a circular import at load.
-    if name == "OpenAICompatibleLLM":
-        from .llm_openai import OpenAICompatibleLLM
-
-        return OpenAICompatibleLLM
-    raise AttributeError(name)
 
 
 # --- in-process transformers model -------------------------------------------------------------
@@ -99,8 +52,6 @@ class TransformersLLM:
     def from_spec(cls, spec: str, device: str = "cpu", seed: int | None = None) -> "TransformersLLM":
         """`tiny`, a hub repo id (downloaded into the HF cache) or a local directory."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from .spec import WeightsUnavailable
 
         directory = _local_directory(spec)
         # bf16 halves memory and is what these models ship in; CPUs are faster and exact in fp32.
@@ -221,8 +172,6 @@ _HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tikto
 
 def _local_directory(spec: str) -> str:
     """The tiny preset, a local directory, or a hub repo id downloaded once into the HF cache."""
-    from .spec import WEIGHTS_DIR, WeightsUnavailable
-
     if spec == "tiny":
         return str(ensure_tiny_llm(WEIGHTS_DIR / "tiny-llm"))
     path = Path(spec).expanduser()

@@ -19,7 +19,6 @@ Shapes: B = slots, Q = n_q audio codebooks (all generated: no user stream), F = 
 from __future__ import annotations
 
 import collections
-import contextlib
 import threading
 import weakref
 from dataclasses import dataclass
@@ -30,9 +29,9 @@ import torch
 from moshi.models import loaders
 from moshi.models.tts import DEFAULT_DSM_TTS_VOICE_REPO, TTSModel, script_to_entries
 from moshi.modules.transformer import StreamingMultiheadAttention
-from moshi.utils.compile import no_compile
 
-from ..protocol import FRAME_SAMPLES
+from ..audio import FRAME_S, FRAME_SAMPLES
+from .inference import inference
 from .sampling import BatchedLMGen, SlotRandomness
 
 DEFAULT_VOICE = "expresso/ex03-ex01_happy_001_channel1_334s.wav"  # Kyutai's own default in their scripts
@@ -53,9 +52,6 @@ class TtsFrame:
     pcm: np.ndarray   # [F] float32 in [-1, 1]
     index: int        # position on the turn's audio clock, in frames (0 = the turn's first frame)
 
-    @property
-    def start_s(self) -> float:
-        return self.index * FRAME_SAMPLES / 24000
 
 
 class TtsEngineModel:
@@ -196,8 +192,7 @@ class TtsEngineModel:
 
     def step(self) -> list["TtsTurn"]:
         """One batched step for every turn that has work; returns the turns that got a new frame."""
-        guard = no_compile() if self.device.type == "cpu" else contextlib.nullcontext()
-        with guard, torch.no_grad():
+        with inference(self.device):
             return self._step()
 
     def _step(self) -> list["TtsTurn"]:
@@ -362,8 +357,7 @@ class TtsTurn:
     @property
     def word_times(self) -> list[tuple[str, float]]:
         """(word, start_s on the turn's audio clock) for the words whose first frame exists."""
-        frame_s = FRAME_SAMPLES / 24000
-        return [(word, step * frame_s) for word, step in list(self.state.transcript) if step < self._emitted]
+        return [(word, step * FRAME_S) for word, step in list(self.state.transcript) if step < self._emitted]
 
     def text_until(self, seconds: float) -> str:
         """The words that had started by `seconds` of played audio: the history to keep after barge-in."""

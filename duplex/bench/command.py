@@ -1,0 +1,128 @@
+"""`duplex bench`: duplex and cascade latency compared in one run, over the real protocol.
+
+Scripted conversations (espeak-ng speech, or the user's WAV files) are played through the real Python
+client at real-time pace, in both modes, N conversations at once for each N of --sessions. Every figure is
+measured on the client's clock, from the audio itself (docs/bench.md says what each one means).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..audio import read_wav_mono24k
+from ..server.process import ServerProcess
+from .latency import run_load
+
+DEFAULT_SCRIPT = ["Hello, how are you today?", "Tell me a long story about the sea, please.",
+                  "What is the weather like?", "Thank you, that is all for now."]
+
+
+def start_server(args, slots: int) -> ServerProcess:
+    extra = ["--device", args.device] if args.device else []
+    return ServerProcess("--preset", args.preset, "--slots", str(slots), "--cascade-slots", str(slots), *extra)
+
+
+def make_script(args, tmp: Path) -> list[np.ndarray]:
+    if args.wav:
+        return [read_wav_mono24k(path) for path in args.wav]
+    clips = []
+    for i, text in enumerate(DEFAULT_SCRIPT[: args.turns]):
+        path = tmp / f"turn{i}.wav"
+        subprocess.run(["espeak-ng", "-w", str(path), text], check=True, capture_output=True)
+        clips.append(read_wav_mono24k(str(path)))
+    return clips
+
+
+def markdown_table(results: dict) -> str:
+    lines = ["| mode | sessions | figure | p50 ms | p90 ms | p99 ms | n |", "|---|---|---|---|---|---|---|"]
+    for mode, by_n in results["modes"].items():
+        for n, figures in by_n.items():
+            for name, d in figures.items():
+                cells = ["–" if d[k] is None else f"{d[k]:.0f}" for k in ("p50", "p90", "p99")]
+                lines.append(f"| {mode} | {n} | {name.removesuffix('_ms')} | {' | '.join(cells)} | {d['n']} |")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    """One panel per figure: grouped bars per concurrency, one bar per mode (p50), whisker to p90."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["response_latency_ms", "interrupt_latency_ms", "first_transcript_ms"]
+    counts = [str(n) for n in results["sessions"]]
+    modes = list(results["modes"])
+    width = 0.8 / max(len(modes), 1)
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4))
+    for ax, name in zip(axes, names):
+        for m, mode in enumerate(modes):
+            xs, p50, err = [], [], []
+            for i, n in enumerate(counts):
+                d = results["modes"][mode].get(n, {}).get(name)
+                if d and d["n"]:
+                    xs.append(i + (m - (len(modes) - 1) / 2) * width)
+                    p50.append(d["p50"])
+                    err.append(max(0.0, d["p90"] - d["p50"]))
+            ax.bar(xs, p50, width=width, yerr=[[0] * len(err), err], capsize=4, label=mode)
+        ax.set_xticks(range(len(counts)), counts)
+        ax.set_title(name.removesuffix("_ms").replace("_", " ") + " (p50, whisker p90)")
+        ax.set_xlabel("concurrent conversations")
+        ax.set_ylabel("ms")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"duplex vs cascade: {results['models']}, device {results['device']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="compare duplex and cascade latency over the real protocol",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=__doc__)
+    p.add_argument("--preset", default="tiny", help="model preset of the server this command starts")
+    p.add_argument("--device", help="device of the server this command starts (default: its auto choice)")
+    p.add_argument("--url", help="bench a running server instead of starting one")
+    p.add_argument("--token", help="access token of the server at --url")
+    p.add_argument("--out", type=Path, required=True, help="directory for results.json and latency.png")
+    p.add_argument("--sessions", default="1", help="concurrent conversations, e.g. 1,4,16 (one curve per mode)")
+    p.add_argument("--modes", default="duplex,cascade", help="modes to bench, comma-separated")
+    p.add_argument("--turns", type=int, default=3, help="user turns per scripted conversation (espeak-ng script)")
+    p.add_argument("--wav", nargs="+", help="your own WAV files as the user's turns, instead of espeak-ng speech")
+    p.add_argument("--log-level", default="warning", help="log verbosity")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    counts = [int(n) for n in args.sessions.split(",")]
+    modes = [m for m in args.modes.split(",") if m]
+    args.out.mkdir(parents=True, exist_ok=True)
+    server = None if args.url else start_server(args, max(counts))
+    url = args.url or server.http_url
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            script = make_script(args, Path(tmp))
+        results = {"machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs)",
+                   "device": args.device or "auto", "models": f"preset {args.preset}" if not args.url else url,
+                   "slots": max(counts), "sessions": counts, "turns": len(script), "modes": {}}
+        for mode in modes:
+            results["modes"][mode] = {}
+            for n in counts:
+                print(f"bench: {mode}, {n} conversation(s) ...", file=sys.stderr, flush=True)
+                results["modes"][mode][str(n)] = asyncio.run(run_load(url, mode, n, script, args.token))
+    finally:
+        if server is not None:
+            server.stop()
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    plot(results, args.out / "latency.png")
+    print(markdown_table(results))
+    print(f"\nwrote {args.out / 'results.json'} and {args.out / 'latency.png'}", file=sys.stderr)
+    return 0

@@ -1,0 +1,142 @@
+"""Latency of scripted conversations, measured on the client's clock from the audio itself.
+
+A `LiveMic` plays speech (or silence) at real-time pace through the real Python client; each figure
+(`FIGURES`, docs/bench.md) is read off when the assistant's audio arrives or goes quiet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+
+import numpy as np
+
+from ..audio import FRAME_S, FRAME_SAMPLES, SAMPLE_RATE, rms_dbfs
+from ..client import DuplexClient
+from ..stats import percentiles
+
+SILENT_DBFS = -50.0   # a received frame below this is silence
+FIGURES = ("response_latency_ms", "interrupt_latency_ms", "first_transcript_ms", "frame_turnaround_ms")
+
+
+class LiveMic:
+    """Sends 80 ms frames at real-time pace like a microphone: queued speech, else silence."""
+
+    def __init__(self, client: DuplexClient):
+        self.client = client
+        self.queue: collections.deque[np.ndarray] = collections.deque()
+        self.sent_at: list[float] = []
+        self.voiced_end = 0.0            # send time of the last voiced sample so far
+        self.task = asyncio.create_task(self._run())
+
+    def say(self, pcm: np.ndarray) -> float:
+        """Queues speech; returns how long it lasts (s)."""
+        n = -(-len(pcm) // FRAME_SAMPLES)
+        padded = np.zeros(n * FRAME_SAMPLES, dtype=np.float32)
+        padded[: len(pcm)] = pcm
+        self.queue.extend(padded.reshape(n, FRAME_SAMPLES))
+        return n * FRAME_S
+
+    async def _run(self) -> None:
+        start = time.monotonic()
+        while True:
+            frame = self.queue.popleft() if self.queue else np.zeros(FRAME_SAMPLES, dtype=np.float32)
+            await self.client.send_audio(frame)
+            now = time.monotonic()
+            self.sent_at.append(now)
+            voiced = np.flatnonzero(np.abs(frame) > 0.01)
+            if voiced.size:
+                self.voiced_end = now + (voiced[-1] + 1) / SAMPLE_RATE
+            await asyncio.sleep(max(0.0, start + len(self.sent_at) * FRAME_S - time.monotonic()))
+
+    async def wait_idle(self) -> None:
+        while self.queue:
+            await asyncio.sleep(0.02)
+
+    def close(self) -> None:
+        self.task.cancel()
+
+
+def loud(chunk) -> bool:
+    return chunk.pcm.size > 0 and rms_dbfs(chunk.pcm) > SILENT_DBFS
+
+
+async def wait_until(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+async def conversation(url: str, mode: str, script: list[np.ndarray], token: str | None) -> dict[str, list[float]]:
+    """One scripted conversation; returns samples of each figure."""
+    samples: dict[str, list[float]] = {name: [] for name in FIGURES}
+    async with await DuplexClient.connect(url, token=token) as client:
+        await client.start(mode=mode, config={"seed": 1})
+        status = await client.wait_for("status", timeout=30)
+        if status.data.get("mode") != mode:
+            raise RuntimeError(f"asked for {mode}, got {status.data}")
+        mic = LiveMic(client)
+        try:
+            for turn, pcm in enumerate(script):
+                mic.say(pcm)
+                await mic.wait_idle()
+                await asyncio.sleep(0.1)
+                speech_end = mic.voiced_end
+                after = lambda chunk: chunk.received_at > speech_end and loud(chunk)  # noqa: E731
+                if await wait_until(lambda: any(after(c) for c in client.audio), 30):
+                    first = next(c for c in client.audio if after(c))
+                    samples["response_latency_ms"].append((first.received_at - speech_end) * 1000)
+                transcripts = [e for e in client.events if e.type.endswith("_transcript") and e.received_at > speech_end]
+                if transcripts:
+                    samples["first_transcript_ms"].append((transcripts[0].received_at - speech_end) * 1000)
+                if turn == len(script) // 2:   # the middle turn: cut the assistant off
+                    await asyncio.sleep(0.8)
+                    samples["interrupt_latency_ms"] += await cut_off(client, mic, script[0], barge_in=False)
+                elif mode == "cascade":
+                    await wait_until(lambda: len(client.events_of("tts_end")) + len(client.events_of("tts_stop")) > turn, 60)
+                else:
+                    await asyncio.sleep(1.5)
+                await asyncio.sleep(0.8)
+            if mode == "duplex":
+                sent = mic.sent_at
+                samples["frame_turnaround_ms"] = [(c.received_at - sent[c.seq]) * 1000
+                                                  for c in client.audio[5:] if c.seq < len(sent)]
+        finally:
+            mic.close()
+        await client.stop()
+        await client.wait_for("stop_acknowledged", timeout=10)
+    return samples
+
+
+async def cut_off(client: DuplexClient, mic: LiveMic, speech: np.ndarray, barge_in: bool) -> list[float]:
+    """Interrupts now; returns [ms until the assistant's audio is silent on the client]."""
+    if not any(loud(c) for c in client.audio[-3:]):
+        return []  # nothing to cut
+    sent = time.monotonic()
+    if barge_in:
+        mic.say(speech)
+    else:
+        await client.interrupt()
+    await asyncio.sleep(1.0)
+    # The client is silent once the last loud frame after the cut has arrived and it has heard
+    # `tts_stop` (on which a player flushes its buffer, as the browser client does).
+    loud_later = [c.received_at for c in client.audio if c.received_at > sent and loud(c)]
+    stops = [e.received_at for e in client.events_of("tts_stop") if e.received_at > sent]
+    end = max(loud_later[-1:] + stops[:1] + [sent])
+    return [(end - sent) * 1000]
+
+
+def distribution(values: list[float]) -> dict:
+    figures = percentiles(values) or {"p50": None, "p90": None, "p99": None}
+    return {**figures, "n": len(values)}
+
+
+async def run_load(url: str, mode: str, sessions: int, script: list[np.ndarray], token: str | None) -> dict:
+    results = await asyncio.gather(*(conversation(url, mode, script, token) for _ in range(sessions)))
+    merged = {name: [v for r in results for v in r[name]] for name in FIGURES}
+    return {name: distribution(values) for name, values in merged.items() if mode == "duplex" or
+            name != "frame_turnaround_ms"}

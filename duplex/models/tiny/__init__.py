@@ -1,0 +1,18 @@
+"""Tiny presets: random-weight models of the real architectures (Moshi, STT, TTS, LLM), generated locally.
+
+One module per preset; `common` holds what they share. `GENERATORS` maps a `tiny:<name>` spec to the
+function that writes (once) and returns its directory.
+"""
+
+from __future__ import annotations
+
+import typing as tp
+from pathlib import Path
+
+from .moshi import ensure_tiny_moshi
+from .stt import ensure_tiny_stt
+from .tts import ensure_tiny_tts
+
+GENERATORS: dict[str, tp.Callable[[Path], Path]] = {
+    "moshi": ensure_tiny_moshi, "stt": ensure_tiny_stt, "tts": ensure_tiny_tts,
+}

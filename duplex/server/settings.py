@@ -1,0 +1,16 @@
+"""The server's settings that handlers read (`app["settings"]`): access token, static files, limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_STATIC = Path(__file__).resolve().parents[2] / "client"
+
+
+@dataclass
+class ServerSettings:
+    token: str | None = None
+    static_dir: Path | None = DEFAULT_STATIC
+    max_message_bytes: int = 1024 * 1024   # aiohttp closes the socket (1009) past this
+    speech_threshold_dbfs: float = -45.0
