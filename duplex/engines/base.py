@@ -86,9 +86,15 @@ class Unsupported(RuntimeError):
 class EngineStream(abc.ABC):
     """One conversation inside an engine. Called on the event loop thread only."""
 
-    frames_dropped: int = 0
-    # True: one assistant frame per user frame (duplex), so cut audio becomes silence, not a gap.
-    frame_locked: bool = True
+    @property
+    def frames_dropped(self) -> int:
+        """User frames this conversation lost to a full queue so far (reported in `metrics`)."""
+        return 0
+
+    @property
+    def frame_locked(self) -> bool:
+        """True: one assistant frame per user frame (duplex), so cut audio becomes silence, not a gap."""
+        return True
 
     @abc.abstractmethod
     def push_audio(self, frame: UserFrame) -> None:

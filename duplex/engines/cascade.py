@@ -16,48 +16,21 @@ import concurrent.futures
 import logging
 import time
 
-import numpy as np
 
-from ..audio import FRAME_MS, FRAME_S, FRAME_SAMPLES
+from ..audio import FRAME_MS, FRAME_S
 from ..models.llm import ChatMessage, LLMBackend, LLMError
-from ..models.stt import SttBatch, SttStepInput, SttStepOutput
+from ..models.stt import SttBatch
 from ..models.tts import TtsCapacity, TtsEngineModel, TtsFrame, TtsTurn, UnknownVoice
 from .base import (AssistantAudio, AssistantText, AssistantTurnEnded, AssistantTurnStarted, Engine,
                    EngineFailure, EngineStream, LLMProcessing, Sink, Unsupported, UserFrame, UserTranscript)
-from .scheduler import BatchScheduler, TickEntry
-from .transcriber import UserTranscriber
+from .scheduler import BatchScheduler
+from .transcriber import SttRunner, UserTranscriber
 
 log = logging.getLogger(__name__)
 
 CASCADE_CONFIG_KEYS = {"system_prompt", "voice", "temperature", "text_temperature", "top_k", "text_top_k",
                        "seed", "transcribe_user"}
 DEFAULT_SYSTEM_PROMPT = "You are a helpful voice assistant. Answer briefly, in plain spoken sentences."
-
-
-class SttRunner:
-    """Adapts SttBatch to the scheduler, as DuplexRunner does for Moshi."""
-
-    def __init__(self, model: SttBatch):
-        self.model = model
-
-    def prepare(self, entries: list[TickEntry]) -> SttStepInput:
-        slots = self.model.slots
-        batch = SttStepInput(np.zeros((slots, FRAME_SAMPLES), dtype=np.float32),
-                             np.zeros(slots, dtype=bool), np.zeros(slots, dtype=bool))
-        for entry in entries:
-            batch.reset[entry.slot.index] = entry.reset
-            if entry.frame is not None:
-                batch.pcm[entry.slot.index] = entry.frame.pcm
-                batch.execute[entry.slot.index] = True
-        return batch
-
-    def execute(self, batch: SttStepInput) -> SttStepOutput:
-        return self.model.step(batch)
-
-    def deliver(self, entries: list[TickEntry], result: SttStepOutput) -> None:
-        for entry in entries:
-            i = entry.slot.index
-            entry.slot.owner.on_stt(result.text[i], float(result.pause_prob[i]))
 
 
 class CascadeEngine(Engine):
@@ -180,7 +153,7 @@ class CascadeStream(EngineStream):
         return False
 
     @property
-    def frames_dropped(self) -> int:  # type: ignore[override]
+    def frames_dropped(self) -> int:
         return self.user.frames_dropped if self.user is not None else 0
 
     # --- configuration ---------------------------------------------------------------------------

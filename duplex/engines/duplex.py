@@ -18,7 +18,8 @@ from ..audio import FRAME_MS, FRAME_SAMPLES, rms_dbfs
 from ..models.moshi_batch import MoshiBatch, StepInput, StepOutput
 from .base import (AssistantAudio, AssistantText, AssistantTurnEnded, AssistantTurnStarted,
                    CapacityError, Engine, EngineStream, Sink, Unsupported, UserFrame)
-from .scheduler import BatchScheduler, Slot, TickEntry
+from .scheduler import BatchScheduler, Delivery, Slot, TickEntry
+from .transcriber import TranscriberSource, UserTranscriber
 from .turns import ActivityDetector
 
 log = logging.getLogger(__name__)
@@ -26,13 +27,21 @@ log = logging.getLogger(__name__)
 DUPLEX_CONFIG_KEYS = {"temperature", "text_temperature", "top_k", "text_top_k", "seed", "transcribe_user"}
 
 
+class DuplexSlotOwner(tp.Protocol):
+    """Who holds a Moshi slot (a DuplexStream): read before each step, told each step's result."""
+
+    forced_silent: bool   # the slot's assistant is held silent (interrupt)
+
+    def on_step(self, pcm: np.ndarray, text: str | None, has_output: bool, turnaround_ms: float) -> None: ...
+
+
 class DuplexRunner:
-    """Adapts MoshiBatch to the scheduler: builds the masked batch, runs it, hands results out."""
+    """Adapts MoshiBatch to the scheduler (a `TickRunner`): builds the masked batch, runs it, hands results out."""
 
     def __init__(self, model: MoshiBatch):
         self.model = model
 
-    def prepare(self, entries: list[TickEntry]) -> StepInput:
+    def prepare(self, entries: list[TickEntry[DuplexSlotOwner]]) -> StepInput:
         slots = self.model.slots
         batch = StepInput(
             pcm=np.zeros((slots, FRAME_SAMPLES), dtype=np.float32),
@@ -53,26 +62,26 @@ class DuplexRunner:
     def execute(self, batch: StepInput) -> StepOutput:
         return self.model.step(batch)
 
-    def deliver(self, entries: list[TickEntry], result: StepOutput) -> None:
+    def deliver(self, deliveries: list[Delivery[DuplexSlotOwner]], result: StepOutput) -> None:
         now = time.monotonic()
-        for entry in entries:
-            i = entry.slot.index
-            entry.slot.owner.on_step(result.pcm[i], result.text[i], bool(result.has_output[i]),
-                                     (now - entry.frame.arrived) * 1000.0)
+        for d in deliveries:
+            d.owner.on_step(result.pcm[d.index], result.text[d.index], bool(result.has_output[d.index]),
+                            (now - d.frame.arrived) * 1000.0)
 
 
 class DuplexEngine(Engine):
     name = "duplex"
 
     def __init__(self, model: MoshiBatch, *, max_wait_ms: float = 20.0, max_queue_frames: int = 125,
-                 interrupt_hold_ms: float = 2000.0, speech_threshold_dbfs: float = -45.0):
+                 interrupt_hold_ms: float = 2000.0, speech_threshold_dbfs: float = -45.0,
+                 transcribers: TranscriberSource | None = None):
         self.model = model
-        self.scheduler = BatchScheduler(DuplexRunner(model), model.slots, max_wait_ms=max_wait_ms,
-                                        max_queue_frames=max_queue_frames, name="duplex")
+        self.scheduler: BatchScheduler[DuplexSlotOwner] = BatchScheduler(
+            DuplexRunner(model), model.slots, max_wait_ms=max_wait_ms, max_queue_frames=max_queue_frames, name="duplex")
         self.interrupt_hold_frames = max(1, round(interrupt_hold_ms / FRAME_MS))
         self.speech_threshold_dbfs = speech_threshold_dbfs
-        # Set when a speech recogniser is loaded (the cascade's): makes `transcribe_user` available.
-        self.transcriber_factory: tp.Callable[..., tp.Any] | None = None
+        # A speech recogniser (the cascade's), when one is loaded: makes `transcribe_user` available.
+        self.transcribers = transcribers
 
     async def start(self) -> None:
         await self.scheduler.start()
@@ -105,7 +114,7 @@ class DuplexEngine(Engine):
         unsupported = sorted(set(config) - DUPLEX_CONFIG_KEYS)
         if unsupported:
             raise Unsupported(f"the duplex model does not take {', '.join(unsupported)}")
-        if config.get("transcribe_user") and self.transcriber_factory is None:
+        if config.get("transcribe_user") and self.transcribers is None:
             raise Unsupported("transcribe_user needs a speech recogniser, and this server loaded none "
                               "(start it without --no-cascade)")
 
@@ -114,20 +123,20 @@ class DuplexStream(EngineStream):
     def __init__(self, engine: DuplexEngine, sink: Sink):
         self.engine = engine
         self.sink = sink
-        self.slot: Slot | None = None
+        self.slot: Slot[DuplexSlotOwner] | None = None
         self.settings = engine.model.defaults
         self.speaking = ActivityDetector(engine.speech_threshold_dbfs, hangover_frames=5)
         self.user_voice = ActivityDetector(engine.speech_threshold_dbfs, hangover_frames=5)
         self.forced_silent = False
         self._hold_left = 0          # frames left of an interrupt's forced silence
-        self.transcriber = None      # a UserTranscriber while `transcribe_user` is on
+        self.transcriber: UserTranscriber | None = None   # while `transcribe_user` is on
 
     @property
     def mode(self) -> str:
         return "duplex"
 
     @property
-    def frames_dropped(self) -> int:  # type: ignore[override]
+    def frames_dropped(self) -> int:
         return self.slot.dropped if self.slot is not None else 0
 
     # --- session -> engine -------------------------------------------------------------------
@@ -167,12 +176,13 @@ class DuplexStream(EngineStream):
             slot = self.slot
             assert slot is not None
             # On the model thread, in order with the ticks: never mid-step.
-            self.engine.scheduler.worker.submit(self.engine.model.configure_slot, slot.index, settings)
+            self.engine.scheduler.call_in_worker(self.engine.model.configure_slot, slot.index, settings)
 
     def _set_transcription(self, on: bool) -> None:
-        if on and self.transcriber is None:
+        transcribers = self.engine.transcribers
+        if on and self.transcriber is None and transcribers is not None:
             try:
-                self.transcriber = self.engine.transcriber_factory(self.sink)  # type: ignore[misc]
+                self.transcriber = transcribers.transcriber(self.sink)
             except CapacityError as exc:
                 raise Unsupported(f"transcribe_user: {exc}") from None
         elif not on and self.transcriber is not None:

@@ -4,6 +4,11 @@ A tick runs as soon as every active slot has a frame, or when the oldest waiting
 waited `max_wait_ms` (so a slow or silent client never holds the others back). Slots without a
 frame this tick are masked out (their state does not move). Queues are bounded: overflow drops
 the oldest frame and is counted, never blocking. Results are handed back on the event loop.
+
+The seam: a `TickRunner` adapts one model to the scheduler (prepare a masked batch on the loop,
+execute it on the model thread, deliver results on the loop); each slot is held by an owner of the
+type that runner knows how to serve (`DuplexSlotOwner`, `SttSlotOwner`). The scheduler itself never
+calls an owner.
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+OwnerT = tp.TypeVar("OwnerT")
+JobT = tp.TypeVar("JobT")
+ResultT = tp.TypeVar("ResultT")
+
 
 @dataclass
 class QueuedFrame:
@@ -28,38 +37,54 @@ class QueuedFrame:
 
 
 @dataclass
-class Slot:
+class Slot(tp.Generic[OwnerT]):
     index: int
-    owner: tp.Any = None                  # the engine stream holding the slot, None when free
+    owner: OwnerT | None = None           # the engine stream holding the slot, None when free
     generation: int = 0                   # bumped on release/reset: stale results are discarded
-    queue: collections.deque = field(default_factory=collections.deque)
+    queue: collections.deque[QueuedFrame] = field(default_factory=collections.deque)
     needs_reset: bool = True
     first_frame: bool = True
     dropped: int = 0
 
 
 @dataclass
-class TickEntry:
-    slot: Slot
+class TickEntry(tp.Generic[OwnerT]):
+    slot: Slot[OwnerT]
     frame: QueuedFrame | None
     reset: bool
     first: bool
     generation: int
 
 
-class TickRunner(tp.Protocol):
-    """The model side of the scheduler (e.g. DuplexRunner)."""
+@dataclass
+class Delivery(tp.Generic[OwnerT]):
+    """A slot's result this tick: its owner (still holding the slot), index and input frame."""
+    owner: OwnerT
+    index: int
+    frame: QueuedFrame
 
-    def prepare(self, entries: list[TickEntry]) -> tp.Any: ...          # event loop: build the batch
-    def execute(self, job: tp.Any) -> tp.Any: ...                       # worker thread: run the model
-    def deliver(self, entries: list[TickEntry], result: tp.Any) -> None: ...  # event loop: hand out
+
+class TickRunner(tp.Protocol[OwnerT, JobT, ResultT]):
+    """The model side of the scheduler (DuplexRunner, SttRunner)."""
+
+    def prepare(self, entries: list[TickEntry[OwnerT]]) -> JobT:
+        """Event loop: build the masked batch."""
+        ...
+
+    def execute(self, job: JobT) -> ResultT:
+        """Model thread: run the batched step."""
+        ...
+
+    def deliver(self, deliveries: list[Delivery[OwnerT]], result: ResultT) -> None:
+        """Event loop: hand each live slot its part of the result."""
+        ...
 
 
-class BatchScheduler:
-    def __init__(self, runner: TickRunner, slots: int, *, max_wait_ms: float = 20.0,
+class BatchScheduler(tp.Generic[OwnerT]):
+    def __init__(self, runner: TickRunner[OwnerT, tp.Any, tp.Any], slots: int, *, max_wait_ms: float = 20.0,
                  max_queue_frames: int = 125, name: str = "duplex"):
         self.runner = runner
-        self.slots = [Slot(i) for i in range(slots)]
+        self.slots: list[Slot[OwnerT]] = [Slot(i) for i in range(slots)]
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue_frames = max_queue_frames
         self.name = name
@@ -69,6 +94,7 @@ class BatchScheduler:
         self.ticks = 0
         self.last_step_ms = 0.0
         self.on_tick: tp.Callable[[float, int], None] | None = None  # (step_ms, frames) for metrics
+        self._calls: set[concurrent.futures.Future] = set()          # fire-and-forget model-thread calls
 
     # --- slots -------------------------------------------------------------------------------
     @property
@@ -78,7 +104,7 @@ class BatchScheduler:
     def has_free_slot(self) -> bool:
         return any(slot.owner is None for slot in self.slots)
 
-    def acquire(self, owner: tp.Any) -> Slot | None:
+    def acquire(self, owner: OwnerT) -> Slot[OwnerT] | None:
         for slot in self.slots:
             if slot.owner is None:
                 slot.owner = owner
@@ -90,21 +116,21 @@ class BatchScheduler:
                 return slot
         return None
 
-    def release(self, slot: Slot) -> None:
+    def release(self, slot: Slot[OwnerT]) -> None:
         slot.owner = None
         slot.generation += 1
         slot.queue.clear()
         slot.needs_reset = True
         self._wakeup.set()
 
-    def reset(self, slot: Slot) -> None:
+    def reset(self, slot: Slot[OwnerT]) -> None:
         """Wipe the slot's model state at the next tick; frames not yet consumed are discarded."""
         slot.queue.clear()
         slot.needs_reset = True
         slot.first_frame = True
         self._wakeup.set()
 
-    def push(self, slot: Slot, pcm: np.ndarray) -> bool:
+    def push(self, slot: Slot[OwnerT], pcm: np.ndarray) -> bool:
         """Queues one frame; returns False when the queue was full and the oldest frame was dropped."""
         dropped = len(slot.queue) >= self.max_queue_frames
         if dropped:
@@ -115,9 +141,21 @@ class BatchScheduler:
         return not dropped
 
     # --- worker-thread calls ---------------------------------------------------------------
-    async def run_in_worker(self, fn: tp.Callable, *args: tp.Any) -> tp.Any:
+    async def run_in_worker(self, fn: tp.Callable[..., ResultT], *args: tp.Any) -> ResultT:
         """Runs fn on the model thread, in order with the ticks (model state is touched there only)."""
         return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
+
+    def call_in_worker(self, fn: tp.Callable[..., tp.Any], *args: tp.Any) -> None:
+        """Queues fn on the model thread, in order with the ticks, without waiting (e.g. a slot's new
+        sampling settings). The future is kept until it is done; a failure is logged, never lost."""
+        future = self.worker.submit(fn, *args)
+        self._calls.add(future)
+        future.add_done_callback(self._call_done)
+
+    def _call_done(self, future: concurrent.futures.Future) -> None:
+        self._calls.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            log.error("%s model-thread call failed", self.name, exc_info=future.exception())
 
     # --- the tick loop -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -159,10 +197,10 @@ class BatchScheduler:
                 raise
             except Exception:  # a model failure must not kill the loop that serves everyone
                 log.exception("%s tick failed; the affected frames are lost", self.name)
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # back off so that a failure every tick does not spin
 
     async def _tick(self) -> None:
-        entries: list[TickEntry] = []
+        entries: list[TickEntry[OwnerT]] = []
         for slot in self.slots:
             frame = slot.queue.popleft() if (slot.owner is not None and slot.queue) else None
             if frame is None and not slot.needs_reset:
@@ -177,8 +215,8 @@ class BatchScheduler:
         result = await self.run_in_worker(self.runner.execute, job)
         self.last_step_ms = (time.perf_counter() - started) * 1000.0
         self.ticks += 1
-        live = [e for e in entries if e.frame is not None and e.slot.generation == e.generation
-                and e.slot.owner is not None]
+        live = [Delivery(e.slot.owner, e.slot.index, e.frame) for e in entries
+                if e.frame is not None and e.slot.owner is not None and e.slot.generation == e.generation]
         self.runner.deliver(live, result)
         if self.on_tick is not None:
             self.on_tick(self.last_step_ms, sum(e.frame is not None for e in entries))

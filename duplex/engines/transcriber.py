@@ -11,13 +11,58 @@ import math
 import time
 import typing as tp
 
+import numpy as np
+
+from ..audio import FRAME_SAMPLES
+from ..models.stt import SttBatch, SttStepInput, SttStepOutput
 from .base import CapacityError, Sink, UserFrame, UserTranscript
-from .scheduler import BatchScheduler
+from .scheduler import BatchScheduler, Delivery, TickEntry
 from .turns import EndOfTurnDetector
 
 
+class SttSlotOwner(tp.Protocol):
+    """Who holds a speech-recogniser slot: told, once per frame the STT consumed, what it wrote."""
+
+    def on_stt(self, text: str | None, pause_prob: float) -> None: ...
+
+
+class SttRunner:
+    """Adapts SttBatch to the scheduler (a `TickRunner`), as DuplexRunner does for Moshi."""
+
+    def __init__(self, model: SttBatch):
+        self.model = model
+
+    def prepare(self, entries: list[TickEntry[SttSlotOwner]]) -> SttStepInput:
+        slots = self.model.slots
+        batch = SttStepInput(np.zeros((slots, FRAME_SAMPLES), dtype=np.float32),
+                             np.zeros(slots, dtype=bool), np.zeros(slots, dtype=bool))
+        for entry in entries:
+            batch.reset[entry.slot.index] = entry.reset
+            if entry.frame is not None:
+                batch.pcm[entry.slot.index] = entry.frame.pcm
+                batch.execute[entry.slot.index] = True
+        return batch
+
+    def execute(self, batch: SttStepInput) -> SttStepOutput:
+        return self.model.step(batch)
+
+    def deliver(self, deliveries: list[Delivery[SttSlotOwner]], result: SttStepOutput) -> None:
+        for d in deliveries:
+            d.owner.on_stt(result.text[d.index], float(result.pause_prob[d.index]))
+
+
+class TranscriberSource(tp.Protocol):
+    """Where a conversation gets its user side (the cascade engine lends its STT slots to duplex)."""
+
+    def transcriber(self, sink: Sink, **callbacks: tp.Any) -> "UserTranscriber":
+        """A user side on a free STT slot; raises CapacityError when every slot is taken."""
+        ...
+
+
 class UserTranscriber:
-    def __init__(self, scheduler: BatchScheduler, sink: Sink, turn_options: dict, lag_frames: int,
+    """One conversation's user side; holds one STT slot (an `SttSlotOwner`) until `close()`."""
+
+    def __init__(self, scheduler: BatchScheduler[SttSlotOwner], sink: Sink, turn_options: dict, lag_frames: int,
                  on_speech_start: tp.Callable[[], None] = lambda: None,
                  on_turn: tp.Callable[[str], None] = lambda text: None):
         self.scheduler = scheduler
@@ -39,10 +84,6 @@ class UserTranscriber:
         self._turn: tuple[int, int] | None = None     # (start_ms, end_ms) of the turn being finalised
         self._final_at: int | None = None             # STT frame count at which that turn is final
         self.turn_detected_at = 0.0                   # when the detector ended the last turn (monotonic)
-
-    @property
-    def in_turn(self) -> bool:
-        return self.detector.in_turn
 
     def push(self, frame: UserFrame) -> None:
         assert self.slot is not None

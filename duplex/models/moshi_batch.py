@@ -7,7 +7,6 @@ Shapes: B = slots, F = 1920 samples (80 ms), K = dep_q = 8 audio codebooks per s
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +38,6 @@ class StepOutput:
     pcm: np.ndarray            # [B, F] float32 decoded assistant audio (silence before the model's delay)
     text: list[str | None]     # [B] text piece the model said this step, if any
     has_output: np.ndarray     # [B] bool: the model's delay has passed for this slot
-    step_ms: float             # wall time of the whole batched step
 
 
 class MoshiBatch:
@@ -64,10 +62,6 @@ class MoshiBatch:
             self.configure_slot(slot, self.defaults)
         self._pieces = [self._piece(i) for i in range(self.tokenizer.vocab_size())]
 
-    @property
-    def max_delay_frames(self) -> int:
-        return self.gen.max_delay
-
     def _silence_codes(self) -> torch.Tensor:
         """Mimi's codes for digital silence, once the encoder has settled: [dep_q]."""
         zeros = torch.zeros(1, 1, self.frame_samples, device=self.device)
@@ -84,10 +78,10 @@ class MoshiBatch:
     def configure_slot(self, slot: int, settings: SamplingSettings) -> None:
         """Sets one slot's sampling; a new seed restarts its random stream."""
         self.settings[slot] = settings
-        self.gen.temp_audio[slot] = settings.temperature
-        self.gen.temp_text[slot] = settings.text_temperature
-        self.gen.top_k_audio[slot] = settings.top_k
-        self.gen.top_k_text[slot] = settings.text_top_k
+        self.gen.slot_temp_audio[slot] = settings.temperature
+        self.gen.slot_temp_text[slot] = settings.text_temperature
+        self.gen.slot_top_k_audio[slot] = settings.top_k
+        self.gen.slot_top_k_text[slot] = settings.text_top_k
         self.randomness.reseed(slot, settings.seed)
 
     def warmup(self, steps: int = 3) -> None:
@@ -104,7 +98,6 @@ class MoshiBatch:
             return self._step(batch)
 
     def _step(self, batch: StepInput) -> StepOutput:
-        started = time.perf_counter()
         execute = torch.from_numpy(batch.execute).to(self.device)
         if batch.reset.any():
             reset = torch.from_numpy(batch.reset).to(self.device)
@@ -137,7 +130,7 @@ class MoshiBatch:
         text_ids = tokens[:, 0, 0].tolist()
         text = [self._pieces[t] if ok and 0 <= t < len(self._pieces) else None
                 for t, ok in zip(text_ids, has_output_np)]
-        return StepOutput(out_np, text, has_output_np, (time.perf_counter() - started) * 1000.0)
+        return StepOutput(out_np, text, has_output_np)
 
     def _samples(self, slot: int) -> bool:
         s = self.settings[slot]

@@ -59,17 +59,17 @@ class BatchedLMGen(LMGen):
         device = lm_model.device
         n_streams = 1 + lm_model.dep_q
         # Persistent buffers, updated in place between steps (CUDA graphs capture their addresses).
-        self.temp_audio = torch.zeros(batch_size, device=device)
-        self.temp_text = torch.zeros(batch_size, device=device)
-        self.top_k_audio = torch.ones(batch_size, dtype=torch.long, device=device)
-        self.top_k_text = torch.ones(batch_size, dtype=torch.long, device=device)
+        self.slot_temp_audio = torch.zeros(batch_size, device=device)
+        self.slot_temp_text = torch.zeros(batch_size, device=device)
+        self.slot_top_k_audio = torch.ones(batch_size, dtype=torch.long, device=device)
+        self.slot_top_k_text = torch.ones(batch_size, dtype=torch.long, device=device)
         self.force_silence = torch.zeros(batch_size, dtype=torch.bool, device=device)
         self.noise = torch.ones(batch_size, n_streams, MAX_TOP_K, device=device)
         self.silence_codes = silence_codes.to(device=device, dtype=torch.long)   # [dep_q]
 
     def _sample_text(self, text_logits: torch.Tensor) -> None:
         """text_logits [B, 1, 1, V]: rewritten in place so that its argmax is our sampled token."""
-        token = sample_per_slot(text_logits[:, 0, 0], self.temp_text, self.top_k_text, self.noise[:, 0])
+        token = sample_per_slot(text_logits[:, 0, 0], self.slot_temp_text, self.slot_top_k_text, self.noise[:, 0])
         pad = torch.full_like(token, self.lm_model.text_padding_token_id)
         token = torch.where(self.force_silence, pad, token)
         text_logits.fill_(float("-inf"))
@@ -85,7 +85,7 @@ class BatchedLMGen(LMGen):
         with lm_model.depformer.streaming(batch_size):
             for codebook in range(lm_model.dep_q):
                 logits = lm_model.forward_depformer(codebook, previous[:, None, None], transformer_out)
-                token = sample_per_slot(logits[:, 0, 0], self.temp_audio, self.top_k_audio, self.noise[:, 1 + codebook])
+                token = sample_per_slot(logits[:, 0, 0], self.slot_temp_audio, self.slot_top_k_audio, self.noise[:, 1 + codebook])
                 tokens.append(token)
                 previous = token
         audio = torch.stack(tokens, dim=1)

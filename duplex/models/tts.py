@@ -80,10 +80,10 @@ class TtsEngineModel:
         self.gen.on_text_hook = self._on_text
         self.gen.on_audio_hook = self._on_audio
         temp = temperature if temperature is not None else checkpoint.lm_gen_config.get("temp", self.tts.temp)
-        self.gen.temp_audio.fill_(temp)
-        self.gen.temp_text.fill_(temp)
-        self.gen.top_k_audio.fill_(250)   # LMGen's defaults, as TTSModel uses them
-        self.gen.top_k_text.fill_(25)
+        self.gen.slot_temp_audio.fill_(temp)
+        self.gen.slot_temp_text.fill_(temp)
+        self.gen.slot_top_k_audio.fill_(250)   # LMGen's defaults, as TTSModel uses them
+        self.gen.slot_top_k_text.fill_(25)
         self.randomness = SlotRandomness(slots, 1 + lm.dep_q)
         self._voice_rows: dict[str, torch.Tensor] = {}
         self.gen.condition_tensors = lm.condition_provider.prepare_and_provide(

@@ -8,8 +8,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import typing as tp
 
 from ..engines.base import Engine
+
+if tp.TYPE_CHECKING:  # torch and the models load at run time only (fast `--help`)
+    import torch
+
+    from ..engines.cascade import CascadeEngine
+    from ..models.moshi_batch import MoshiBatch
 
 
 class StartupError(RuntimeError):
@@ -29,7 +36,7 @@ def pick_device(requested: str) -> str:
     return requested
 
 
-def pick_dtype(requested: str, device: str):
+def pick_dtype(requested: str, device: str) -> torch.dtype:
     import torch
 
     if requested == "auto":
@@ -37,10 +44,9 @@ def pick_dtype(requested: str, device: str):
     return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[requested]
 
 
-def build_duplex_engine(args: argparse.Namespace, device: str, dtype) -> Engine:
+def load_duplex_model(args: argparse.Namespace, device: str, dtype: torch.dtype) -> MoshiBatch:
     from tqdm import tqdm
 
-    from ..engines.duplex import DuplexEngine
     from ..models.moshi_batch import MoshiBatch
     from ..models.spec import PRESETS, resolve_checkpoint
 
@@ -55,12 +61,10 @@ def build_duplex_engine(args: argparse.Namespace, device: str, dtype) -> Engine:
         bar.set_postfix_str("warm-up" + (" + CUDA graphs" if device.startswith("cuda") else ""))
         model.warmup()
         bar.update()
-    return DuplexEngine(model, max_wait_ms=args.max_wait_ms, max_queue_frames=args.max_queue_frames,
-                        interrupt_hold_ms=args.interrupt_hold_ms,
-                        speech_threshold_dbfs=args.speech_threshold_dbfs)
+    return model
 
 
-def build_cascade_engine(args: argparse.Namespace, device: str, dtype) -> Engine:
+def build_cascade_engine(args: argparse.Namespace, device: str, dtype: torch.dtype) -> CascadeEngine:
     from tqdm import tqdm
 
     from ..engines.cascade import CascadeEngine
@@ -105,13 +109,19 @@ def build_engines(args: argparse.Namespace) -> dict[str, Engine]:
     device = pick_device(args.device)
     set_cpu_threads(args.threads, device)
     dtype = pick_dtype(args.dtype, device)
+    from ..engines.duplex import DuplexEngine
+
     engines: dict[str, Engine] = {}
-    if not args.no_duplex:
-        engines["duplex"] = build_duplex_engine(args, device, dtype)
-    if not args.no_cascade:
-        engines["cascade"] = build_cascade_engine(args, device, dtype)
-        if "duplex" in engines:  # duplex sessions may borrow the cascade's recogniser (transcribe_user)
-            engines["duplex"].transcriber_factory = engines["cascade"].transcriber  # type: ignore[attr-defined]
+    duplex_model = None if args.no_duplex else load_duplex_model(args, device, dtype)
+    cascade = None if args.no_cascade else build_cascade_engine(args, device, dtype)
+    if duplex_model is not None:
+        # duplex sessions borrow the cascade's recogniser, when there is one (transcribe_user)
+        engines["duplex"] = DuplexEngine(duplex_model, max_wait_ms=args.max_wait_ms,
+                                         max_queue_frames=args.max_queue_frames,
+                                         interrupt_hold_ms=args.interrupt_hold_ms,
+                                         speech_threshold_dbfs=args.speech_threshold_dbfs, transcribers=cascade)
+    if cascade is not None:
+        engines["cascade"] = cascade
     if not engines:
         raise StartupError("no engine to serve: drop --no-duplex or --no-cascade")
     return engines
