@@ -111,7 +111,7 @@ def main() -> int:
         url = server.http_url
         try:
             for n in counts:
-                async def run() -> list[list[dict]]:
+                async def run(n: int = n) -> list[list[dict]]:
                     return await asyncio.gather(*(conversation(url, [clips[(i + t) % len(clips)]
                                                                      for t in range(args.turns)])
                                                   for i in range(n)))

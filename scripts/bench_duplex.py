@@ -94,10 +94,17 @@ def start_server(args, slots: int) -> ServerProcess:
 class StartSignal:
     """Lets every client finish connecting, then starts them all on one shared clock."""
 
-    def __init__(self) -> None:
+    def __init__(self, clients: int) -> None:
         self.event = asyncio.Event()
+        self.all_ready = asyncio.Event()
+        self.clients = clients
         self.ready = 0
         self.at = 0.0
+
+    def client_ready(self) -> None:
+        self.ready += 1
+        if self.ready >= self.clients:
+            self.all_ready.set()
 
     def fire(self) -> None:
         self.at = time.monotonic() + 0.05
@@ -132,7 +139,7 @@ async def client_turnarounds(url: str, frames: int, phase: float, go: StartSigna
                             return
 
             receiver = asyncio.create_task(receive())
-            go.ready += 1
+            go.client_ready()
             await go.event.wait()
             pacer = FramePacer(start=go.at + phase)
             sent_at = []
@@ -148,11 +155,10 @@ def server_turnarounds(url: str, conversations: int, frames: int, skip: int = 5,
     """All clients' turnarounds. Aligned (default): every client sends its frame k at the same instant,
     as a bare batched loop assumes. Spread: phases evenly spread over a frame, like unrelated users."""
     async def run() -> list[list[float]]:
-        go = StartSignal()
+        go = StartSignal(conversations)
         phases = [i * (FRAME_MS / 1000.0) / conversations if spread else 0.0 for i in range(conversations)]
         tasks = [asyncio.create_task(client_turnarounds(url, frames, p, go)) for p in phases]
-        while go.ready < conversations:
-            await asyncio.sleep(0.01)
+        await go.all_ready.wait()
         go.fire()
         return await asyncio.gather(*tasks)
     per_client = asyncio.run(run())

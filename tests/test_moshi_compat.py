@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import aiohttp
@@ -31,10 +32,14 @@ async def moshi_peer(url: str, frames: list[np.ndarray]) -> dict:
             first = await ws.receive_bytes(timeout=10)
             assert first == b"\x00", "the handshake byte must come first"
 
+            all_audio = asyncio.Event()
+
             async def receive() -> None:
                 async for message in ws:
                     assert message.type == aiohttp.WSMsgType.BINARY, "moshi's protocol is binary only"
                     kinds.append(message.data[0])
+                    if kinds.count(1) >= len(frames):
+                        all_audio.set()
                     if message.data[0] == 1:
                         pcm_out.append(reader.append_bytes(message.data[1:]))
                     elif message.data[0] == 2:
@@ -47,9 +52,8 @@ async def moshi_peer(url: str, frames: list[np.ndarray]) -> dict:
                 if len(page) > 0:
                     await ws.send_bytes(b"\x01" + page)
                 await asyncio.sleep(max(0.0, start + (k + 1) * 0.08 - time.monotonic()))
-            deadline = time.monotonic() + 10
-            while kinds.count(1) < len(frames) and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
+            with contextlib.suppress(asyncio.TimeoutError):  # the assertions below say what was missing
+                await asyncio.wait_for(all_audio.wait(), timeout=10)
             await ws.close()
             await receiver
     return {"audio_pages": kinds.count(1), "text": text, "kinds": set(kinds),

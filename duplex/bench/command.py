@@ -15,6 +15,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import typing as tp
 from pathlib import Path
 
 import numpy as np
@@ -106,11 +107,11 @@ def run(args: argparse.Namespace) -> int:
     modes = [m for m in args.modes.split(",") if m]
     args.out.mkdir(parents=True, exist_ok=True)
     server = None if args.url else start_server(args, max(counts))
-    url = args.url or server.http_url
+    url = args.url if server is None else server.http_url
     try:
         with tempfile.TemporaryDirectory() as tmp:
             script = make_script(args, Path(tmp))
-        results = {"machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs)",
+        results: dict[str, tp.Any] = {"machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs)",
                    "device": args.device or "auto", "models": f"preset {args.preset}" if not args.url else url,
                    "slots": max(counts), "sessions": counts, "turns": len(script), "modes": {}}
         for mode in modes:

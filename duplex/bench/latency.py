@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from ..audio import FRAME_S, FRAME_SAMPLES, SAMPLE_RATE, rms_dbfs
-from ..client import DuplexClient
+from ..client import AudioChunk, DuplexClient
 from ..stats import percentiles
 
 SILENT_DBFS = -50.0   # a received frame below this is silence
@@ -28,6 +28,8 @@ class LiveMic:
         self.queue: collections.deque[np.ndarray] = collections.deque()
         self.sent_at: list[float] = []
         self.voiced_end = 0.0            # send time of the last voiced sample so far
+        self._idle = asyncio.Event()     # set while no queued speech is left to send
+        self._idle.set()
         self.task = asyncio.create_task(self._run())
 
     def say(self, pcm: np.ndarray) -> float:
@@ -36,12 +38,16 @@ class LiveMic:
         padded = np.zeros(n * FRAME_SAMPLES, dtype=np.float32)
         padded[: len(pcm)] = pcm
         self.queue.extend(padded.reshape(n, FRAME_SAMPLES))
+        if n:
+            self._idle.clear()
         return n * FRAME_S
 
     async def _run(self) -> None:
         start = time.monotonic()
         while True:
             frame = self.queue.popleft() if self.queue else np.zeros(FRAME_SAMPLES, dtype=np.float32)
+            if not self.queue:
+                self._idle.set()
             await self.client.send_audio(frame)
             now = time.monotonic()
             self.sent_at.append(now)
@@ -51,8 +57,8 @@ class LiveMic:
             await asyncio.sleep(max(0.0, start + len(self.sent_at) * FRAME_S - time.monotonic()))
 
     async def wait_idle(self) -> None:
-        while self.queue:
-            await asyncio.sleep(0.02)
+        """Until every queued frame of speech has been sent."""
+        await self._idle.wait()
 
     def close(self) -> None:
         self.task.cancel()
@@ -86,8 +92,10 @@ async def conversation(url: str, mode: str, script: list[np.ndarray], token: str
                 await mic.wait_idle()
                 await asyncio.sleep(0.1)
                 speech_end = mic.voiced_end
-                after = lambda chunk: chunk.received_at > speech_end and loud(chunk)  # noqa: E731
-                if await wait_until(lambda: any(after(c) for c in client.audio), 30):
+                def after(chunk: AudioChunk, end: float = speech_end) -> bool:
+                    return chunk.received_at > end and loud(chunk)
+
+                if await wait_until(lambda: any(after(c) for c in client.audio), 30):  # noqa: B023 - awaited here
                     first = next(c for c in client.audio if after(c))
                     samples["response_latency_ms"].append((first.received_at - speech_end) * 1000)
                 transcripts = [e for e in client.events if e.type.endswith("_transcript") and e.received_at > speech_end]
@@ -97,7 +105,9 @@ async def conversation(url: str, mode: str, script: list[np.ndarray], token: str
                     await asyncio.sleep(0.8)
                     samples["interrupt_latency_ms"] += await cut_off(client, mic, script[0], barge_in=False)
                 elif mode == "cascade":
-                    await wait_until(lambda: len(client.events_of("tts_end")) + len(client.events_of("tts_stop")) > turn, 60)
+                    turns_over = turn + 1
+                    await wait_until(lambda: len(client.events_of("tts_end")) + len(client.events_of("tts_stop"))
+                                     >= turns_over, 60)  # noqa: B023 - awaited here, in this iteration
                 else:
                     await asyncio.sleep(1.5)
                 await asyncio.sleep(0.8)
@@ -131,7 +141,8 @@ async def cut_off(client: DuplexClient, mic: LiveMic, speech: np.ndarray, barge_
 
 
 def distribution(values: list[float]) -> dict:
-    figures = percentiles(values) or {"p50": None, "p90": None, "p99": None}
+    figures: dict[str, float | None] = {"p50": None, "p90": None, "p99": None}
+    figures.update(percentiles(values) or {})
     return {**figures, "n": len(values)}
 
 

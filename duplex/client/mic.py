@@ -39,7 +39,7 @@ class MicIO:
         self._sd = sd
         self._streams: list[tp.Any] = []
         self._lock = threading.Lock()  # the output callback runs on PortAudio's thread
-        self._to_play = np.zeros(0, dtype=np.float32)
+        self._to_play: np.ndarray = np.zeros(0, dtype=np.float32)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> asyncio.Queue:
         frames: asyncio.Queue = asyncio.Queue(maxsize=25)

@@ -137,8 +137,10 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def health(self) -> dict: ...
 
+    @abc.abstractmethod
     async def start(self) -> None:
-        pass
+        """Starts the engine's background work (its scheduler's tick loop); called once, with the app."""
 
+    @abc.abstractmethod
     async def stop(self) -> None:
-        pass
+        """Stops it and waits for the model threads; called once, when the app shuts down."""

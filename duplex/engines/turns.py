@@ -26,59 +26,67 @@ class TurnEvent:
 
 
 class ActivityDetector:
-    """Energy-based speech activity with a hangover, one decision per frame.
+    """Energy-based voice activity, one decision per frame: the one rule every detector here uses.
 
-    `update` returns "start" on the first active frame, "end" after `hangover_frames` quiet frames,
-    None otherwise. Cheap and model-free: it works on real speech and on random-weight babble alike.
+    `update` returns "start" once `min_speech_frames` loud frames in a row have been heard, "end" after
+    `hangover_frames` quiet frames (or sooner, from `end_after` quiet frames, when the caller has another
+    reason to believe the speaker is done), None otherwise. Cheap and model-free: it works on real
+    speech and on random-weight babble alike.
     """
 
-    def __init__(self, threshold_dbfs: float = -45.0, hangover_frames: int = 5):
+    def __init__(self, threshold_dbfs: float = -45.0, hangover_frames: int = 5, min_speech_frames: int = 1):
         self.threshold_dbfs = threshold_dbfs
         self.hangover_frames = hangover_frames
-        self.active = False
-        self.loud = False  # whether the last frame was above the threshold
-        self._quiet = 0
-
-    def update(self, level_dbfs: float) -> str | None:
-        """One frame's loudness (`UserFrame.level_dbfs`, or `rms_dbfs` of assistant audio)."""
-        loud = self.loud = level_dbfs > self.threshold_dbfs
-        if loud:
-            self._quiet = 0
-            if not self.active:
-                self.active = True
-                return "start"
-            return None
-        if self.active:
-            self._quiet += 1
-            if self._quiet >= self.hangover_frames:
-                self.active = False
-                self._quiet = 0
-                return "end"
-        return None
+        self.min_speech_frames = min_speech_frames
+        self.reset()
 
     def reset(self) -> None:
         self.active = False
-        self._quiet = 0
+        self.loud = False      # whether the last frame was above the threshold
+        self.loud_run = 0      # loud frames in a row, up to the last one
+        self.quiet_run = 0     # quiet frames in a row while active
 
+    def update(self, level_dbfs: float, end_after: int | None = None) -> str | None:
+        """One frame's loudness (`UserFrame.level_dbfs`, or `rms_dbfs` of assistant audio)."""
+        self.loud = level_dbfs > self.threshold_dbfs
+        if self.loud:
+            self.loud_run += 1
+            self.quiet_run = 0
+            if not self.active and self.loud_run >= self.min_speech_frames:
+                self.active = True
+                return "start"
+            return None
+        self.loud_run = 0
+        if not self.active:
+            return None
+        self.quiet_run += 1
+        if self.quiet_run >= self.hangover_frames or (end_after is not None and self.quiet_run >= end_after):
+            self.active = False
+            return "end"
+        return None
 
 
 class EndOfTurnDetector:
+    """User turns on the conversation's clock: `ActivityDetector`'s rule with a turn's thresholds
+    (speech for `min_speech_ms`, silence for `silence_ms`), ended sooner by a confident pause head."""
+
     def __init__(self, threshold_dbfs: float = -45.0, silence_ms: float = 640.0, min_speech_ms: float = 160.0,
                  pause_threshold: float | None = 0.6, min_pause_ms: float = 160.0):
-        self.threshold_dbfs = threshold_dbfs
-        self.silence_frames = max(1, round(silence_ms / FRAME_MS))
-        self.min_speech_frames = max(1, round(min_speech_ms / FRAME_MS))
+        self.voice = ActivityDetector(threshold_dbfs, hangover_frames=max(1, round(silence_ms / FRAME_MS)),
+                                      min_speech_frames=max(1, round(min_speech_ms / FRAME_MS)))
         self.pause_threshold = pause_threshold
         self.min_pause_frames = max(1, round(min_pause_ms / FRAME_MS))
         self.reset()
 
     def reset(self) -> None:
+        self.voice.reset()
         self.frame_index = 0
-        self.in_turn = False
-        self._loud_run = 0
-        self._quiet_run = 0
         self._turn_start = 0
         self._last_loud_end = 0
+
+    @property
+    def in_turn(self) -> bool:
+        return self.voice.active
 
     @property
     def turn_start_ms(self) -> int:
@@ -88,23 +96,13 @@ class EndOfTurnDetector:
         """One 80 ms frame of user audio, by its loudness (and the STT's pause probability for it, if any)."""
         index = self.frame_index
         self.frame_index += 1
-        loud = level_dbfs > self.threshold_dbfs
-        if loud:
-            self._loud_run += 1
-            self._quiet_run = 0
+        paused = self.pause_threshold is not None and not math.isnan(pause_prob) and pause_prob >= self.pause_threshold
+        change = self.voice.update(level_dbfs, end_after=self.min_pause_frames if paused else None)
+        if self.voice.loud:
             self._last_loud_end = (index + 1) * FRAME_MS
-            if not self.in_turn and self._loud_run >= self.min_speech_frames:
-                self.in_turn = True
-                self._turn_start = (index + 1 - self._loud_run) * FRAME_MS
-                return TurnEvent("speech_start", self._turn_start, self._last_loud_end)
-            return None
-        self._loud_run = 0
-        if not self.in_turn:
-            return None
-        self._quiet_run += 1
-        semantic_end = (self.pause_threshold is not None and not math.isnan(pause_prob)
-                        and pause_prob >= self.pause_threshold and self._quiet_run >= self.min_pause_frames)
-        if self._quiet_run >= self.silence_frames or semantic_end:
-            self.in_turn = False
+        if change == "start":
+            self._turn_start = (index + 1 - self.voice.loud_run) * FRAME_MS
+            return TurnEvent("speech_start", self._turn_start, self._last_loud_end)
+        if change == "end":
             return TurnEvent("turn_end", self._turn_start, self._last_loud_end)
         return None

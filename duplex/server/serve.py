@@ -51,7 +51,7 @@ async def serve(args: argparse.Namespace) -> None:
                                f"or pick another port with --port") from None
         raise StartupError(f"cannot listen on {args.host}:{args.port}: {exc}") from None
     scheme = "https" if context else "http"
-    port = site._server.sockets[0].getsockname()[1]  # the real one when --port 0
+    port = runner.addresses[0][1]  # the real one when --port 0
     shown_host = "localhost" if args.host in ("0.0.0.0", "127.0.0.1", "::") else args.host
     slots = ", ".join(f"{name}: {e.health().get('slots', '?')} slots" for name, e in engines.items())
     log.info("serving on %s://%s:%d  (%s)  — open it in a browser, or: duplex client --url %s://%s:%d",

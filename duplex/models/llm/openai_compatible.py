@@ -125,12 +125,12 @@ class OpenAICompatibleLLM:
             line = await self._read_line(response, cancel, deadline)
             if line is None:
                 return
-            if line is _DONE:
+            if not isinstance(line, str):  # _DONE
                 break
             item = self._parse_event(line)
-            if item is _DONE:
-                return
-            if item is None:
+            if not isinstance(item, tuple):  # None: a keep-alive or empty chunk; _DONE: the end
+                if item is _DONE:
+                    return
                 continue
             delta, finished = item
             if delta:

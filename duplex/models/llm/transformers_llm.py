@@ -12,6 +12,7 @@ import concurrent.futures
 import contextlib
 import logging
 import threading
+import typing as tp
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
@@ -58,7 +59,8 @@ class TransformersLLM:
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         try:
             tokenizer = AutoTokenizer.from_pretrained(directory)
-            model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).to(device)
+            model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
+            tp.cast(torch.nn.Module, model).to(device)  # transformers types `.to` through a decorator mypy misreads
         except (OSError, ValueError) as exc:
             raise WeightsUnavailable(f"could not load LLM {spec!r} from {directory}: {exc}") from exc
         if tokenizer.chat_template is None:
@@ -122,7 +124,7 @@ class TransformersLLM:
                 if isinstance(item, BaseException):
                     raise LLMError(f"LLM {self.name} failed: {type(item).__name__}: {item}") from item
                 ahead.release()
-                yield item
+                yield tp.cast(str, item)
         finally:
             stop.set()
 

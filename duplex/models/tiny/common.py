@@ -22,13 +22,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+if tp.TYPE_CHECKING:
+    from moshi.models.compression import MimiModel
+
 log = logging.getLogger(__name__)
 
 TEXT_VOCAB = 512
 
 # Mimi, shrunk: the same SEANet/transformer/split-RVQ classes and strides (24 kHz -> 12.5 Hz),
 # fewer channels and layers. The bins stay 2048 so the LM card matches the real one.
-TINY_MIMI_CONFIG = {
+TINY_MIMI_CONFIG: dict[str, tp.Any] = {
     "sample_rate": 24000,
     "channels": 1,
     "frame_rate": 12.5,
@@ -88,7 +91,7 @@ def ensure_generated(directory: Path, stamp: dict, write: tp.Callable[[Path], No
     return directory
 
 
-def write_tokenizer_and_mimi(directory: Path, seed: int, mimi_config: dict) -> tuple[int, torch.nn.Module]:
+def write_tokenizer_and_mimi(directory: Path, seed: int, mimi_config: dict) -> tuple[int, MimiModel]:
     """Writes the tokenizer, a tiny Mimi and its config (shared by every tiny Kyutai preset); returns
     the tokenizer's real vocabulary size (which must be the LM's text card) and the Mimi."""
     import sentencepiece as spm
@@ -108,7 +111,7 @@ def write_tokenizer_and_mimi(directory: Path, seed: int, mimi_config: dict) -> t
     return text_card, mimi
 
 
-def _randomize_codebooks(mimi: torch.nn.Module) -> None:
+def _randomize_codebooks(mimi: MimiModel) -> None:
     """Mimi's codebooks start at zero (training fills them by EMA): every code would decode alike.
     Random unit-variance codebooks, marked initialised, make codes carry the audio both ways."""
     from moshi.quantization.core_vq import EuclideanCodebook
@@ -120,7 +123,7 @@ def _randomize_codebooks(mimi: torch.nn.Module) -> None:
             module._initialized.fill_(1.0)
 
 
-def _shape_decoder_output(mimi: torch.nn.Module, target_rms: float = 0.1) -> None:
+def _shape_decoder_output(mimi: MimiModel, target_rms: float = 0.1) -> None:
     """A random decoder's biases add a loud constant offset that hides what the codes say. Zero them
     and scale the last convolution so code-driven babble comes out at about -20 dBFS."""
     convs = [m for m in mimi.decoder.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d))]

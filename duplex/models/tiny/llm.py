@@ -55,6 +55,7 @@ def write_tiny_llm(directory: Path, seed: int) -> None:
     )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
+    assert model.generation_config is not None
     model.generation_config.eos_token_id = im_end
     model.save_pretrained(directory, safe_serialization=True)
 

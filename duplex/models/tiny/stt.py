@@ -13,12 +13,17 @@ Written deterministically from a seed into the hub layout, then loaded by moshi'
 from __future__ import annotations
 
 import copy
+import typing as tp
 import json
 import logging
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+
+if tp.TYPE_CHECKING:
+    from moshi.models.compression import MimiModel
+    from moshi.models.lm import LMModel
 
 from .common import (
     MIMI_CONFIG_FILE, MIMI_FILE, TEXT_VOCAB, TINY_MIMI_CONFIG, TOKENIZER_FILE, contiguous, ensure_generated,
@@ -80,7 +85,7 @@ def write_tiny_stt(directory: Path, seed: int) -> None:
     (directory / "config.json").write_text(json.dumps(config, indent=2))
 
 
-def _shape_text_head(lm: torch.nn.Module, mimi: torch.nn.Module, seed: int) -> None:
+def _shape_text_head(lm: LMModel, mimi: MimiModel, seed: int) -> None:
     """Gives the random text head the shape of a trained STT's, so the tiny one writes words that
     follow the audio instead of repeating one token forever.
 
@@ -93,9 +98,10 @@ def _shape_text_head(lm: torch.nn.Module, mimi: torch.nn.Module, seed: int) -> N
     with torch.no_grad():
         lm.text_emb.weight.mul_(0.3)
         constant = _mean_output(lm, mimi, seed)
-        for head in (lm.text_linear, *lm.extra_heads):
+        extra_heads = [tp.cast(torch.nn.Linear, head) for head in lm.extra_heads]
+        for head in (lm.text_linear, *extra_heads):
             head.weight.sub_(torch.outer(head.weight @ constant, constant))
-        for head in lm.extra_heads:
+        for head in extra_heads:
             head.weight.mul_(4.0)  # so the tiny pause probabilities move with the audio, visibly
         generator = torch.Generator().manual_seed(seed + 2)
         axis = torch.randn(constant.shape[0], generator=generator)
@@ -105,7 +111,7 @@ def _shape_text_head(lm: torch.nn.Module, mimi: torch.nn.Module, seed: int) -> N
         lm.text_linear.weight[lm.end_of_text_padding_id] = -4.0 * axis   # ...some word boundaries
 
 
-def _mean_output(lm: torch.nn.Module, mimi: torch.nn.Module, seed: int, frames: int = 50) -> torch.Tensor:
+def _mean_output(lm: LMModel, mimi: MimiModel, seed: int, frames: int = 50) -> torch.Tensor:
     """The unit mean of the LM's normed output over 4 s of seeded noise bursts and silences."""
     from moshi.models import LMGen
     from moshi.utils.compile import no_compile

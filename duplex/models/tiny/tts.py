@@ -16,11 +16,15 @@ the real config: moshi ignores unknown `tts_config` keys).
 from __future__ import annotations
 
 import json
+import typing as tp
 import logging
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+
+if tp.TYPE_CHECKING:
+    from moshi.models.lm import LMModel
 
 from .common import (
     MIMI_CONFIG_FILE, MIMI_FILE, TEXT_VOCAB, TINY_MIMI_CONFIG, TOKENIZER_FILE, contiguous, ensure_generated,
@@ -112,7 +116,7 @@ def _lm_kwargs(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in popped}
 
 
-def _boost_new_word(lm: torch.nn.Module) -> None:
+def _boost_new_word(lm: LMModel) -> None:
     """A random text head almost never says "new word" (id 0) among ~100 ids, so the state machine
     would only move on when forced (every `max_padding` steps). A trained model's head mostly
     hesitates between "pad" and "new word": give the tiny one that shape (other logits zero, the
