@@ -20,7 +20,7 @@ from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 
 from duplex.audio import FRAME_SAMPLES, float_to_pcm16
-from duplex.engines.base import AssistantAudio, CapacityError, Engine, EngineStream, Sink, UserFrame
+from duplex.engines.base import AssistantAudio, AssistantText, CapacityError, Engine, EngineStream, Sink, UserFrame
 from duplex.server.app import create_app
 from duplex.server.settings import ServerSettings
 from duplex.server.state import SOCKETS
@@ -43,6 +43,8 @@ class FakeStream(EngineStream):
         self.engine.calls["push_audio"] += 1
         self.pushed += 1
         self.sink(AssistantAudio(frame.pcm.copy()))
+        for _ in range(self.engine.chatter):
+            self.sink(AssistantText("a"))
 
     def interrupt(self) -> None:
         self.engine.calls["interrupt"] += 1
@@ -62,8 +64,9 @@ class FakeStream(EngineStream):
 class FakeEngine(Engine):
     """Echoes each user frame as one AssistantAudio; `slots` streams at most (then CapacityError)."""
 
-    def __init__(self, name: str = "duplex", slots: int = 4, log: list[str] | None = None):
+    def __init__(self, name: str = "duplex", slots: int = 4, log: list[str] | None = None, chatter: int = 0):
         self.name = name
+        self.chatter = chatter   # AssistantText frames after each echoed frame (to flood the outbox)
         self.slots = slots
         self.active = 0
         self.calls: collections.Counter[str] = collections.Counter()
@@ -291,6 +294,33 @@ async def test_frames_dropped_in_the_outbox_are_reported_after_a_disconnect():
         await asyncio.wait_for(engine.streams[0].closed.wait(), TIMEOUT)
         assert await metric(client, "duplex_frames_dropped_total") == 10.0
         assert await metric(client, "duplex_connections_open", '{endpoint="ws"}') == 0.0
+
+
+@pytest.mark.parametrize("endpoint, reason", [
+    ("/ws?codec=pcm16", "client too slow: stopped reading"),
+    ("/api/chat", "client too slow"),
+])
+async def test_a_reader_that_falls_behind_is_closed_1008(endpoint, reason):
+    # 2,100 text pieces queued by one user frame, before the sender runs once: past the outbox's 2,000
+    engine = FakeEngine(chatter=2100)
+    async with serving(engine) as client:
+        if endpoint.startswith("/ws"):
+            ws = await open_started(client)
+            message, _ = pcm16_message(FRAME_SAMPLES)
+        else:
+            ws = await client.ws_connect(endpoint)
+            assert (await ws.receive(timeout=TIMEOUT)).data == b"\x00"
+            message = b"\x01" + ogg_pages(1)[0]
+        await ws.send_bytes(message)
+        while not engine.streams[0].pushed:   # (the Ogg reader may hold the first frame back: send it again)
+            await asyncio.sleep(0.01)
+            await ws.send_bytes(message)
+        await ws.send_bytes(message)   # the connection notices the dead sender on its next message
+        msg = await ws.receive(timeout=TIMEOUT)
+        assert (msg.type, msg.data, msg.extra) == (WSMsgType.CLOSE, 1008, reason)
+        await asyncio.wait_for(engine.streams[0].closed.wait(), TIMEOUT)
+        label = "ws" if endpoint.startswith("/ws") else "api_chat"
+        assert await metric(client, "duplex_connections_open", f'{{endpoint="{label}"}}') == 0.0
 
 
 def ogg_pages(frames: int) -> list[bytes]:
