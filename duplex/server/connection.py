@@ -137,9 +137,11 @@ class _Connection:
             codec.on_error()
             close = (1011, b"internal error")
         finally:
-            codec.on_close()
-            app[SOCKETS].discard(ws)
-            gauge.dec()
+            try:
+                codec.on_close()
+            finally:   # the socket leaves the books even if the codec's teardown fails
+                app[SOCKETS].discard(ws)
+                gauge.dec()
         if sender is None:
             return
         if sender.done() and not sender.cancelled() and isinstance(sender.exception(), SlowReader):

@@ -3,7 +3,7 @@
 It owns the protocol state machine (start/stop/reset/interrupt/configure/text_input), the
 conversation clock, transcript segments, turn metrics, and the mapping from an engine's typed
 frames to protocol messages. It never touches a socket: it reads decoded client messages and
-writes to its Outbox; the app's handler moves bytes.
+writes to its Outbox; the connection lifecycle (connection.py) moves bytes.
 """
 
 from __future__ import annotations
