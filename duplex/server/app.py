@@ -1,10 +1,14 @@
 """The aiohttp application: an app factory, routes, auth, `/health` and `/metrics`; engines started and stopped with it.
 
-The conversation sockets have their own modules: `/ws` in `ws_endpoint`, `/api/chat` in `moshi_compat`.
+The app's state lives under typed keys (`state.py`). Each engine is a `cleanup_ctx` resource: started
+before the server accepts connections, stopped after it has closed them, in reverse order. The
+conversation sockets have their own modules: `/ws` in `ws_endpoint`, `/api/chat` in `moshi_compat`,
+both run by the one connection lifecycle in `connection`.
 """
 
 from __future__ import annotations
 
+import typing as tp
 from pathlib import Path
 
 from aiohttp import web
@@ -14,47 +18,45 @@ from .auth import require_token
 from .metrics import ServerMetrics
 from .moshi_compat import handle_chat
 from .settings import ServerSettings
+from .state import ENGINES, METRICS, SETTINGS, SOCKETS
 from .ws_endpoint import handle_ws
 
 
 def create_app(engines: dict[str, Engine], settings: ServerSettings | None = None) -> web.Application:
     """Builds the app around already-loaded engines; they are started and stopped with the app."""
     app = web.Application()
-    app["engines"] = engines
-    app["settings"] = settings or ServerSettings()
-    app["metrics"] = ServerMetrics()
+    app[ENGINES] = engines
+    app[SETTINGS] = settings or ServerSettings()
+    app[METRICS] = ServerMetrics()
+    app[SOCKETS] = set()
     for name, engine in engines.items():
         scheduler = getattr(engine, "scheduler", None)
         if scheduler is not None:
-            scheduler.on_tick = app["metrics"].tick_observer(name)
-    app.on_startup.append(_start_engines)
-    app.on_shutdown.append(_close_sockets)
-    app.on_cleanup.append(_stop_engines)
-    app["sockets"] = set()
+            scheduler.on_tick = app[METRICS].tick_observer(name)
+        app.cleanup_ctx.append(_engine_running(engine))
+    app.on_shutdown.append(_close_sockets)   # shutdown runs before cleanup: sockets go before engines stop
     app.router.add_get("/ws", handle_ws)
     app.router.add_get("/api/chat", require_token(handle_chat))
     app.router.add_get("/health", handle_health)
     app.router.add_get("/metrics", handle_metrics)
-    static_dir = app["settings"].static_dir
+    static_dir = app[SETTINGS].static_dir
     if static_dir is not None and (static_dir / "index.html").exists():
         app.router.add_get("/", _index(static_dir))
         app.router.add_static("/", static_dir, show_index=False)
     return app
 
 
-async def _start_engines(app: web.Application) -> None:
-    for engine in app["engines"].values():
+def _engine_running(engine: Engine) -> tp.Callable[[web.Application], tp.AsyncIterator[None]]:
+    async def running(app: web.Application) -> tp.AsyncIterator[None]:
         await engine.start()
+        yield
+        await engine.stop()
+    return running
 
 
 async def _close_sockets(app: web.Application) -> None:
-    for ws in list(app["sockets"]):
+    for ws in list(app[SOCKETS]):
         await ws.close(code=1001, message=b"server shutting down")
-
-
-async def _stop_engines(app: web.Application) -> None:
-    for engine in app["engines"].values():
-        await engine.stop()
 
 
 def _index(static_dir: Path):
@@ -65,17 +67,17 @@ def _index(static_dir: Path):
 
 async def handle_health(request: web.Request) -> web.Response:
     app = request.app
-    metrics: ServerMetrics = app["metrics"]
+    metrics = app[METRICS]
     return web.json_response({
         "status": "ok",
-        "engines": {name: engine.health() for name, engine in app["engines"].items()},
+        "engines": {name: engine.health() for name, engine in app[ENGINES].items()},
         "frames_in": metrics.frames_in_total,
         "frames_out": metrics.frames_out_total,
-        "connections": len(app["sockets"]),
+        "connections": len(app[SOCKETS]),
         "uptime_s": round(metrics.uptime_s(), 1),
     })
 
 
 async def handle_metrics(request: web.Request) -> web.Response:
-    metrics: ServerMetrics = request.app["metrics"]
+    metrics = request.app[METRICS]
     return web.Response(body=metrics.exposition(), headers={"Content-Type": metrics.content_type})

@@ -6,9 +6,11 @@ import hmac
 
 from aiohttp import web
 
+from .state import SETTINGS
+
 
 def token_ok(request: web.Request) -> bool:
-    expected = request.app["settings"].token
+    expected = request.app[SETTINGS].token
     if not expected:
         return True
     given = request.query.get("token", "")

@@ -31,7 +31,8 @@ class ServerMetrics:
         self.connections = Gauge("duplex_connections_open", "WebSocket connections open", ["endpoint"], registry=r)
         self.frames_in = Counter("duplex_frames_in", "80 ms user audio frames consumed", registry=r)
         self.frames_out = Counter("duplex_frames_out", "80 ms assistant audio frames produced", registry=r)
-        self.frames_dropped = Counter("duplex_frames_dropped", "Frames dropped by full queues", registry=r)
+        # not `self.frames_dropped`: that name is the SessionObserver method below, which this would shadow
+        self.dropped = Counter("duplex_frames_dropped", "Frames dropped by full queues", registry=r)
         self.errors = Counter("duplex_errors", "Error messages sent to clients", ["code"], registry=r)
         self.step_ms = Histogram("duplex_step_ms", "Batched model step time (ms)", ["engine"],
                                  buckets=MS_BUCKETS, registry=r)
@@ -61,7 +62,7 @@ class ServerMetrics:
             self.turnaround_ms.observe(turnaround_ms)
 
     def frames_dropped(self, n: int) -> None:
-        self.frames_dropped.inc(n)
+        self.dropped.inc(n)
 
     def response_latency(self, mode: str, ms: float) -> None:
         self.response_latency_ms.labels(mode).observe(ms)

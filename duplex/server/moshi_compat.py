@@ -3,21 +3,25 @@
 Binary only: the server sends 0x00 once the conversation is ready; 0x01 + Ogg Opus pages go both
 ways; the server sends 0x02 + UTF-8 pieces of the model's text stream. Kyutai's web client and
 `python -m moshi.client` work unchanged, and many at once (each takes a batch slot, where
-moshi.server serves one conversation at a time behind a global lock).
+moshi.server serves one conversation at a time behind a global lock). `MoshiCodec` is this
+protocol's side of the connection lifecycle (`connection.py`); there is no Session here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import typing as tp
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from .. import protocol
 from ..audio import BadAudio, FrameAssembler, OpusDecoder, OpusEncoder
 from ..config import MAX_TEMPERATURE, MAX_TOP_K
-from ..engines.base import AssistantAudio, AssistantText, CapacityError, EngineFrame, UserFrame
-from .outbox import Outbox, SlowReader
+from ..engines.base import AssistantAudio, AssistantText, CapacityError, EngineFrame, EngineStream, UserFrame
+from .connection import Refusal, SocketCodec, serve_socket
+from .metrics import ServerMetrics
+from .outbox import Outbox
+from .state import ENGINES, METRICS
 
 log = logging.getLogger(__name__)
 
@@ -39,75 +43,76 @@ def config_from_query(query) -> dict:
 
 
 async def handle_chat(request: web.Request) -> web.StreamResponse:
-    app = request.app
-    engine = app["engines"].get("duplex")
-    metrics = app["metrics"]
-    ws = web.WebSocketResponse(max_msg_size=app["settings"].max_message_bytes)
-    await ws.prepare(request)
-    if engine is None:
-        await ws.close(code=1011, message=b"no duplex model loaded")
-        return ws
-    try:
-        config = config_from_query(request.query)
-    except ValueError as exc:
-        await ws.close(code=1008, message=f"bad query parameter: {exc}".encode()[:120])
-        return ws
+    return await serve_socket(request, MoshiCodec())
 
-    outbox = Outbox()
-    encoder = OpusEncoder()
 
-    def sink(frame: EngineFrame) -> None:
+class MoshiCodec(SocketCodec):
+    """Moshi's byte protocol over one duplex stream; no Session (this protocol has no control messages)."""
+
+    endpoint = "api_chat"
+    slow_reader_reason = b"client too slow"
+    metrics: ServerMetrics
+
+    def __init__(self) -> None:
+        self.outbox = Outbox()
+        self.encoder = OpusEncoder()
+        self.decoder = OpusDecoder()
+        self.frames = FrameAssembler()
+        self.stream: EngineStream | None = None
+
+    def on_open(self, request: web.Request) -> Refusal | None:
+        engine = request.app[ENGINES].get("duplex")
+        self.metrics = request.app[METRICS]
+        if engine is None:
+            return Refusal(1011, b"no duplex model loaded")
+        try:
+            config = config_from_query(request.query)
+        except ValueError as exc:
+            return Refusal(1008, f"bad query parameter: {exc}".encode()[:120])
+        try:
+            self.stream = engine.open(config, self._sink)
+        except CapacityError:
+            return Refusal(1013, b"server full: every duplex slot is busy, try again later")
+        self.metrics.session_started("duplex")
+        log.info("moshi-compatible conversation started (%s)", config or "default sampling")
+        return None
+
+    def _sink(self, frame: EngineFrame) -> None:
         if isinstance(frame, AssistantAudio):
-            metrics.frame_out(frame.turnaround_ms)
-            outbox.put_audio(frame.pcm)
+            self.metrics.frame_out(frame.turnaround_ms)
+            self.outbox.put_audio(frame.pcm)
         elif isinstance(frame, AssistantText):
-            outbox.put_text(frame.text)  # sent as 0x02 + utf-8 below
+            self.outbox.put_text(frame.text)  # sent as 0x02 + utf-8
 
-    try:
-        stream = engine.open(config, sink)
-    except CapacityError:
-        await ws.close(code=1013, message=b"server full: every duplex slot is busy, try again later")
-        return ws
-    metrics.session_started("duplex")
-    metrics.connections.labels("api_chat").inc()
-    log.info("moshi-compatible conversation started (%s)", config or "default sampling")
+    def greeting(self) -> bytes:
+        return bytes([protocol.KIND_HANDSHAKE])
 
-    async def send_loop() -> None:
-        while True:
-            kind, payload = await outbox.get()
-            if kind == "audio":
-                page = encoder.encode(payload)
-                if page:
-                    await ws.send_bytes(bytes([protocol.KIND_AUDIO]) + page)
-            else:
-                await ws.send_bytes(bytes([protocol.KIND_TEXT]) + payload.encode())
+    def on_text(self, data: str) -> None:
+        pass  # moshi.server ignores these too
 
-    await ws.send_bytes(bytes([protocol.KIND_HANDSHAKE]))
-    sender = asyncio.create_task(send_loop())
-    decoder = OpusDecoder()
-    frames = FrameAssembler()
-    try:
-        async for msg in ws:
-            if msg.type != WSMsgType.BINARY or not msg.data:
-                continue  # moshi.server ignores these too
-            if msg.data[0] != protocol.KIND_AUDIO:
-                continue
-            try:
-                pcm = decoder.decode(msg.data[1:])
-            except BadAudio as exc:
-                log.warning("/api/chat: %s", exc)
-                continue
-            for samples in frames.push(pcm):
-                metrics.frame_in()
-                stream.push_audio(UserFrame.of(samples))
-            if sender.done():
-                break
-    finally:
-        too_slow = sender.done() and not sender.cancelled() and isinstance(sender.exception(), SlowReader)
-        stream.close()
-        sender.cancel()
-        metrics.session_ended("duplex")
-        metrics.connections.labels("api_chat").dec()
-    if too_slow:
-        await ws.close(code=1008, message=b"client too slow")
-    return ws
+    def on_binary(self, data: bytes) -> None:
+        if not data or data[0] != protocol.KIND_AUDIO:
+            return  # as moshi.server does
+        assert self.stream is not None
+        try:
+            pcm = self.decoder.decode(data[1:])
+        except BadAudio as exc:
+            log.warning("/api/chat: %s", exc)
+            return
+        for samples in self.frames.push(pcm):
+            self.metrics.frame_in()
+            self.stream.push_audio(UserFrame.of(samples))
+
+    def encode_outgoing(self, kind: str, payload: tp.Any) -> bytes | None:
+        if kind == "audio":
+            page = self.encoder.encode(payload)
+            return bytes([protocol.KIND_AUDIO]) + page if page else None
+        return bytes([protocol.KIND_TEXT]) + payload.encode()
+
+    def on_close(self) -> None:
+        assert self.stream is not None
+        dropped = self.stream.frames_dropped + self.outbox.dropped_audio
+        self.stream.close()
+        if dropped:
+            self.metrics.frames_dropped(dropped)
+        self.metrics.session_ended("duplex")

@@ -3,7 +3,7 @@
 It owns the protocol state machine (start/stop/reset/interrupt/configure/text_input), the
 conversation clock, transcript segments, turn metrics, and the mapping from an engine's typed
 frames to protocol messages. It never touches a socket: it reads decoded client messages and
-writes to its Outbox; the app's handler moves bytes.
+writes to its Outbox; the connection lifecycle (connection.py) moves bytes.
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ class Conversation:
     turn: TurnState = field(default_factory=TurnState)
     user_speech_end: float | None = None    # monotonic time of the user's last loud frame, after they stopped
     last_loud: float | None = None
+    outbox_dropped_before: int = 0          # the outbox's drop count when this conversation began
 
 
 class Session:
@@ -171,7 +172,7 @@ class Session:
             stream = self.engines[engine_name].open(config, self._on_engine_frame)
         except CapacityError as exc:
             return self.send_error("capacity", f"{exc}; try again later or use mode=cascade")
-        self.conversation = Conversation(engine_name, stream)
+        self.conversation = Conversation(engine_name, stream, outbox_dropped_before=self.outbox.dropped_audio)
         self.frames.clear()
         self.user_voice.reset()
         self._told_not_started = False
@@ -204,8 +205,13 @@ class Session:
         self.send("status", status="stopped", mode=conv.mode if conv else None)
 
     def _end_conversation(self) -> None:
+        """The one way a conversation ends (`stop` or the socket's close): slot freed, drops reported."""
         conv = self.conversation
         assert conv is not None
+        # counted once per conversation: the outbox's count runs on over every conversation of the socket
+        dropped = conv.stream.frames_dropped + self.outbox.dropped_audio - conv.outbox_dropped_before
+        if dropped:
+            self.observer.frames_dropped(dropped)
         conv.stream.close()
         self.outbox.drop_audio()
         self.frames.clear()
@@ -342,7 +348,4 @@ class Session:
     def close(self) -> None:
         """The socket is gone: free the slot at once."""
         if self.conversation is not None:
-            dropped = self.conversation.stream.frames_dropped + self.outbox.dropped_audio
-            if dropped:
-                self.observer.frames_dropped(dropped)
             self._end_conversation()

@@ -1,4 +1,4 @@
-"""The server's settings that handlers read (`app["settings"]`): access token, static files, limits."""
+"""The server's settings that handlers read (`app[state.SETTINGS]`): access token, static files, limits."""
 
 from __future__ import annotations
 

@@ -1,0 +1,18 @@
+"""The app's typed state: one `web.AppKey` per thing the handlers read from the application.
+
+Handlers write `request.app[ENGINES]`, never a string key, so a typo is an error at import time and
+a type checker knows what each lookup returns.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..engines.base import Engine
+from .metrics import ServerMetrics
+from .settings import ServerSettings
+
+ENGINES = web.AppKey("engines", dict[str, Engine])           # loaded engines by mode: "duplex", "cascade"
+SETTINGS = web.AppKey("settings", ServerSettings)
+METRICS = web.AppKey("metrics", ServerMetrics)
+SOCKETS = web.AppKey("sockets", set[web.WebSocketResponse])  # open conversation sockets, closed 1001 on shutdown
