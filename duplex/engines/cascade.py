@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from ..audio import FRAME_MS, FRAME_S, FRAME_SAMPLES
+from ..config import CASCADE_CONFIG_KEYS, DEFAULT_SYSTEM_PROMPT
 from ..models.llm import ChatMessage, LLMBackend, LLMError
 from ..models.stt import SttBatch, SttStepInput, SttStepOutput
 from ..models.tts import TtsCapacity, TtsEngineModel, TtsFrame, TtsTurn, UnknownVoice
@@ -29,9 +30,6 @@ from .transcriber import UserTranscriber
 
 log = logging.getLogger(__name__)
 
-CASCADE_CONFIG_KEYS = {"system_prompt", "voice", "temperature", "text_temperature", "top_k", "text_top_k",
-                       "seed", "transcribe_user"}
-DEFAULT_SYSTEM_PROMPT = "You are a helpful voice assistant. Answer briefly, in plain spoken sentences."
 
 
 class SttRunner:
