@@ -31,7 +31,6 @@ from .transcriber import UserTranscriber
 log = logging.getLogger(__name__)
 
 
-
 class SttRunner:
     """Adapts SttBatch to the scheduler, as DuplexRunner does for Moshi."""
 
