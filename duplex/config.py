@@ -1,30 +1,118 @@
-"""The conversation config: the keys a client may set (`start.config`, `configure`), their types and ranges.
+"""The conversation config: the one typed schema of the keys a client may set (`start.config`, `configure`).
 
-One schema for every entry point (the `/ws` protocol, `/api/chat` query parameters, the engines'
-sampling limits); each engine then says which keys it takes.
+Each key is one `ConfigKey` entry (type, range, default, one-line doc, engines that take it) in
+`CONFIG_SCHEMA`. Everything else derives from it: `validate_config` (the `/ws` protocol), the
+engines' accepted keys (`DUPLEX_CONFIG_KEYS`, `CASCADE_CONFIG_KEYS`), the sampling defaults
+(`models.sampling.SamplingSettings`), the `duplex client` flags, the `/api/chat` query clamping, and
+the config table of docs/protocol.md (`markdown_table`, checked by a test).
 """
 
 from __future__ import annotations
 
 import typing as tp
+from dataclasses import dataclass
 
-# config keys and the type each must have; numbers are range-checked in `validate_config`.
-CONFIG_KEYS: dict[str, tuple[type, ...]] = {
-    "system_prompt": (str,),
-    "voice": (str,),
-    "temperature": (int, float),
-    "text_temperature": (int, float),
-    "top_k": (int,),
-    "text_top_k": (int,),
-    "seed": (int,),
-    "transcribe_user": (bool,),
-}
 MAX_TOP_K = 500
 MAX_TEMPERATURE = 5.0
+SEED_LIMIT = 2**63
+DEFAULT_SYSTEM_PROMPT = "You are a helpful voice assistant. Answer briefly, in plain spoken sentences."
+
+DUPLEX, CASCADE = "duplex", "cascade"
+BOTH = frozenset({DUPLEX, CASCADE})
 
 
 class ConfigError(ValueError):
     """A config the server refuses; the message says which key and why."""
+
+
+@dataclass(frozen=True)
+class ConfigKey:
+    """One config key. `kind` float also takes a JSON integer; numbers are checked against [low, high]."""
+
+    name: str
+    kind: type                       # str, float, int or bool
+    doc: str                         # one line: what it does (also the `duplex client` flag's help)
+    engines: frozenset[str]          # the engines that take it; the others answer `unsupported`
+    default: tp.Any = None           # what applies when the key is not given; None: see default_doc
+    default_doc: str | None = None   # the default in words, where it is not a plain value
+    low: float | None = None
+    high: float | None = None
+    high_open: bool = False          # the range is [low, high) rather than [low, high]
+    wraps: bool = False              # out-of-range values wrap (abs, modulo) rather than clamp: any seed is as good
+
+    @property
+    def types(self) -> tuple[type, ...]:
+        return (int, float) if self.kind is float else (self.kind,)
+
+    @property
+    def range_text(self) -> str:
+        if self.low is None or self.high is None:
+            return ""
+        high = "2^63" if self.high == SEED_LIMIT else _number(self.high)
+        return f"[{_number(self.low)}, {high}{')' if self.high_open else ']'}"
+
+    def in_range(self, value: float) -> bool:
+        if self.low is None or self.high is None:
+            return True
+        return self.low <= value and (value < self.high if self.high_open else value <= self.high)
+
+    def check(self, value: tp.Any) -> tp.Any:
+        """The value if it has this key's type and range; else ConfigError naming the key."""
+        # bool is an int in Python: refuse it where a number is wanted.
+        if not isinstance(value, self.types) or (isinstance(value, bool) and self.kind is not bool):
+            names = "/".join(t.__name__ for t in self.types)
+            raise ConfigError(f"config.{self.name} must be {names}, got {type(value).__name__}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not self.in_range(value):
+            raise ConfigError(f"config.{self.name} must be in {self.range_text}")
+        return value
+
+    def fit(self, value: float) -> float:
+        """A number brought into range (for lenient inputs such as `/api/chat` query parameters)."""
+        if self.low is None or self.high is None or self.in_range(value):
+            return value
+        if self.wraps:
+            return type(value)(abs(value) % self.high)
+        return type(value)(min(max(value, self.low), self.high))
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+# The schema: one entry per key, in the order the docs and the client's --help list them.
+CONFIG_SCHEMA: dict[str, ConfigKey] = {key.name: key for key in (
+    ConfigKey("system_prompt", str, "the assistant's instructions: the cascade LLM's system prompt",
+              frozenset({CASCADE}), default=DEFAULT_SYSTEM_PROMPT),
+    ConfigKey("voice", str, "assistant voice, a name from the server's voices (unknown: `unsupported`, with the list)",
+              frozenset({CASCADE}), default_doc="the TTS's default voice"),
+    ConfigKey("temperature", float,
+              "audio sampling temperature (0 = greedy); the cascade's LLM uses it when text_temperature is not given",
+              BOTH, default=0.8, low=0, high=MAX_TEMPERATURE),
+    ConfigKey("text_temperature", float, "text sampling temperature (0 = greedy): the duplex text stream, the cascade's LLM",
+              BOTH, default=0.7, low=0, high=MAX_TEMPERATURE),
+    ConfigKey("top_k", int, "audio top-k sampling", BOTH, default=250, low=1, high=MAX_TOP_K),
+    ConfigKey("text_top_k", int, "text top-k sampling", BOTH, default=25, low=1, high=MAX_TOP_K),
+    ConfigKey("seed", int, "random seed, for reproducible sampling; a new seed restarts the random stream",
+              BOTH, default_doc="fresh entropy", low=0, high=SEED_LIMIT, high_open=True, wraps=True),
+    ConfigKey("transcribe_user", bool,
+              "duplex: also run the speech recogniser on the user's audio to get user transcripts",
+              BOTH, default=False),
+)}
+
+CONFIG_KEYS: dict[str, tuple[type, ...]] = {name: key.types for name, key in CONFIG_SCHEMA.items()}
+
+
+def keys_for(engine: str) -> frozenset[str]:
+    """The config keys an engine takes."""
+    return frozenset(name for name, key in CONFIG_SCHEMA.items() if engine in key.engines)
+
+
+DUPLEX_CONFIG_KEYS = keys_for(DUPLEX)
+CASCADE_CONFIG_KEYS = keys_for(CASCADE)
+
+
+def default_of(name: str) -> tp.Any:
+    return CONFIG_SCHEMA[name].default
 
 
 def validate_config(config: tp.Any) -> dict[str, tp.Any]:
@@ -34,19 +122,26 @@ def validate_config(config: tp.Any) -> dict[str, tp.Any]:
     if not isinstance(config, dict):
         raise ConfigError("`config` must be a JSON object")
     clean: dict[str, tp.Any] = {}
-    for key, value in config.items():
-        if key not in CONFIG_KEYS:
-            raise ConfigError(f"unknown config key {key!r}; known: {sorted(CONFIG_KEYS)}")
-        types = CONFIG_KEYS[key]
-        # bool is an int in Python: refuse it where a number is wanted.
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            names = "/".join(t.__name__ for t in types)
-            raise ConfigError(f"config.{key} must be {names}, got {type(value).__name__}")
-        if key in ("temperature", "text_temperature") and not 0 <= value <= MAX_TEMPERATURE:
-            raise ConfigError(f"config.{key} must be in [0, {MAX_TEMPERATURE}]")
-        if key in ("top_k", "text_top_k") and not 1 <= value <= MAX_TOP_K:
-            raise ConfigError(f"config.{key} must be in [1, {MAX_TOP_K}]")
-        if key == "seed" and not 0 <= value < 2**63:
-            raise ConfigError("config.seed must be in [0, 2^63)")
-        clean[key] = value
+    for name, value in config.items():
+        if name not in CONFIG_SCHEMA:
+            raise ConfigError(f"unknown config key {name!r}; known: {sorted(CONFIG_SCHEMA)}")
+        clean[name] = CONFIG_SCHEMA[name].check(value)
     return clean
+
+
+def markdown_table() -> str:
+    """The config table of docs/protocol.md (tests/test_config.py checks the doc holds exactly this)."""
+    rows = ["| key | type | range | default | engines | meaning |", "|---|---|---|---|---|---|"]
+    for key in CONFIG_SCHEMA.values():
+        if key.default_doc is not None:
+            default = key.default_doc
+        elif isinstance(key.default, bool):
+            default = f"`{str(key.default).lower()}`"
+        elif isinstance(key.default, str):
+            default = f'"{key.default}"'
+        else:
+            default = f"`{key.default}`"
+        kind = {str: "string", float: "number", int: "integer", bool: "boolean"}[key.kind]
+        engines = ", ".join(e for e in (DUPLEX, CASCADE) if e in key.engines)
+        rows.append(f"| `{key.name}` | {kind} | {key.range_text} | {default} | {engines} | {key.doc} |")
+    return "\n".join(rows) + "\n"

@@ -10,6 +10,8 @@ import numpy as np
 
 from duplex.audio import read_wav_mono24k, write_wav
 
+from .conftest import espeak
+
 
 def run_client(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "duplex.cli", "client", *args],
@@ -40,3 +42,20 @@ def test_client_reports_a_refused_token_clearly(small_server, tmp_path):
     result = run_client("--url", small_server.http_url, "--input", str(source), "--token", "nope", "--fast")
     assert result.returncode != 0
     assert "unauthorized" in (result.stdout + result.stderr).lower()
+
+
+def test_cascade_client_waits_for_the_end_of_the_reply(cascade_server, tmp_path):
+    """The reply lasts longer than the tail: the client still receives all of it, up to `tts_end`."""
+    source = tmp_path / "question.wav"
+    question = espeak("Hello there, tell me a long story about the weather.", tmp_path / "q.wav")
+    write_wav(str(source), question)
+    result = run_client("--url", cascade_server.http_url, "--mode", "cascade", "--input", str(source),
+                        "--codec", "pcm16", "--fast", "--tail-seconds", "0.5", "--seed", "7", "--json")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    types = [line.get("type") for line in lines]
+    assert "tts_end" in types, types
+    # the metrics sent with tts_end count every frame the server sent in this conversation
+    turn_metrics = next(line for line in lines[types.index("tts_end"):] if line.get("type") == "metrics")
+    summary = lines[-1]
+    assert summary["frames_received"] == turn_metrics["frames_out"] > 0

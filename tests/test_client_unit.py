@@ -15,7 +15,7 @@ from duplex.client import cli as client_cli
 from duplex.client import (AudioChunk, Event, FramePacer, HandshakeRefused, ServerClosed, align_assistant_audio,
                            build_ws_url, split_frames)
 from duplex.audio import FRAME_SAMPLES, SAMPLE_RATE
-from duplex.client.cli import build_config
+from duplex.client.cli import build_config, cascade_reply_state
 from duplex.client.report import HumanPrinter, Transfer, frame_turnaround_ms, summarize
 
 
@@ -265,3 +265,25 @@ def test_human_output_flushes_unfinished_assistant_text() -> None:
     assert out.getvalue() == ""
     printer.flush()
     assert out.getvalue() == "assistant (text): cut\n"
+
+
+# ---- when a cascade reply is over -----------------------------------------------------------------
+
+@pytest.mark.parametrize("types, state", [
+    ([], "none"),
+    (["status", "partial_transcript"], "none"),
+    (["final_transcript", "llm_status", "llm_response"], "waiting"),
+    (["llm_status", "tts_start"], "speaking"),
+    (["llm_status", "tts_start", "tts_end"], "ended"),
+    (["llm_status", "tts_start", "tts_stop"], "ended"),
+    (["llm_status", "error"], "failed"),
+    (["llm_status", "tts_start", "tts_stop", "llm_status"], "waiting"),          # barge-in: a new turn
+    (["llm_status", "tts_start", "tts_end", "llm_status", "tts_start"], "speaking"),
+])
+def test_cascade_reply_state_follows_the_latest_turn(types, state) -> None:
+    assert cascade_reply_state([Event(t, {"type": t}, 0.0) for t in types]) == state
+
+
+def test_reply_timeout_flag() -> None:
+    assert parse("--input", "a.wav").reply_timeout == 30.0
+    assert parse("--input", "a.wav", "--reply-timeout", "5").reply_timeout == 5.0

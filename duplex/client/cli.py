@@ -17,7 +17,8 @@ import typing as tp
 import aiohttp
 import numpy as np
 
-from ..audio import FRAME_SAMPLES, SAMPLE_RATE, read_wav_mono24k, write_wav
+from ..audio import FRAME_S, FRAME_SAMPLES, SAMPLE_RATE, read_wav_mono24k, write_wav
+from ..config import CONFIG_SCHEMA
 from ..protocol import CODECS, MODES
 from .connection import DuplexClient, Event, ServerClosed
 from .mic import open_mic_or_explain
@@ -27,6 +28,9 @@ from .timing import FramePacer, align_assistant_audio, split_frames
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 STOP_ACK_TIMEOUT_S = 10.0
 TEXT_TURN_TIMEOUT_S = 60.0
+# cascade, after the input: with no user turn detected this long after the server heard the whole
+# input (tail included), no reply is coming.
+NO_TURN_S = 3.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -58,16 +62,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true",
                    help="send the input as fast as possible instead of at real-time pace")
     p.add_argument("--tail-seconds", type=float, default=2.0,
-                   help="seconds of silence sent after the input so the reply can finish (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=None, help="audio sampling temperature (0 = greedy)")
-    p.add_argument("--text-temperature", type=float, default=None, help="text sampling temperature (0 = greedy)")
-    p.add_argument("--top-k", type=int, default=None, help="audio top-k sampling")
-    p.add_argument("--text-top-k", type=int, default=None, help="text top-k sampling")
-    p.add_argument("--seed", type=int, default=None, help="random seed, for reproducible sampling")
-    p.add_argument("--system-prompt", default=None, help="system prompt for the assistant (cascade LLM)")
-    p.add_argument("--voice", default=None, help="assistant voice name (engine-dependent)")
-    p.add_argument("--transcribe-user", action="store_true",
-                   help="duplex: also run the speech recogniser on your audio to get user transcripts")
+                   help="seconds of silence sent after the input, so the server hears the user's turn end "
+                        "(duplex: and the reply can finish) (default: %(default)s)")
+    p.add_argument("--reply-timeout", metavar="SECONDS", type=float, default=30.0,
+                   help="cascade: after the input, wait until the assistant's reply has ended (tts_end or tts_stop), "
+                        "at most this long; no wait when no user turn was detected (default: %(default)s)")
+    _add_config_flags(p)
     p.add_argument("--text", default=None,
                    help="send this text as a user turn (cascade); alone, waits for the spoken reply")
     p.add_argument("--json", action="store_true",
@@ -77,12 +77,21 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per config key (`--top-k` for `top_k`), with the schema's type, doc and range."""
+    group = p.add_argument_group("conversation config (sent in `start`; default: the server's)")
+    for key in CONFIG_SCHEMA.values():
+        flag = "--" + key.name.replace("_", "-")
+        help_text = key.doc + (f"; range {key.range_text}" if key.range_text else "")
+        if key.kind is bool:
+            group.add_argument(flag, action="store_true", default=None, help=help_text)
+        else:
+            group.add_argument(flag, type=key.kind, default=None, help=help_text)
+
+
 def build_config(args: argparse.Namespace) -> dict[str, tp.Any] | None:
     """The `config` object of `start`, from the flags that were given (None when none were)."""
-    names = ("temperature", "text_temperature", "top_k", "text_top_k", "seed", "system_prompt", "voice")
-    config = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    if args.transcribe_user:
-        config["transcribe_user"] = True
+    config = {name: getattr(args, name) for name in CONFIG_SCHEMA if getattr(args, name) is not None}
     return config or None
 
 
@@ -93,6 +102,9 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.tail_seconds < 0:
         print("duplex client: --tail-seconds must be >= 0", file=sys.stderr)
+        return EXIT_USAGE
+    if args.reply_timeout < 0:
+        print("duplex client: --reply-timeout must be >= 0", file=sys.stderr)
         return EXIT_USAGE
     user_pcm = None
     if args.input:
@@ -145,8 +157,11 @@ async def _converse(args: argparse.Namespace, user_pcm: np.ndarray | None, mic: 
             await _send_mic(client, mic, transfer, stop_requested)
         else:
             await _wait_text_turn(client, stop_requested)
-        if _effective_mode(client, args.mode) == "duplex":
+        mode = _effective_mode(client, args.mode)
+        if mode == "duplex":
             await _quietly(client.wait_audio_frames(len(transfer.sent_at), timeout=5.0))
+        elif mode == "cascade" and user_pcm is not None and not stop_requested.is_set():
+            await _wait_cascade_reply(client, transfer, stop_requested, args.reply_timeout)
         exit_code = await _stop(client)
     except ServerClosed as exc:
         print(f"duplex client: {exc}", file=sys.stderr)
@@ -212,6 +227,65 @@ async def _wait_text_turn(client: DuplexClient, stop_requested: asyncio.Event) -
     await asyncio.wait({watcher, stopper}, timeout=TEXT_TURN_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
     watcher.cancel()
     stopper.cancel()
+
+
+def cascade_reply_state(events: tp.Iterable[Event]) -> str:
+    """Where the cascade's latest reply stands, from the events so far.
+
+    `none`: no user turn yet; `waiting`: the LLM works on a turn, no audio yet; `speaking`;
+    `ended`: the latest reply ended (`tts_end`) or was cut (`tts_stop`); `failed`: an error came
+    instead of a reply. A new user turn (`llm_status`) starts over at `waiting`.
+    """
+    state = "none"
+    for event in events:
+        if event.type == "llm_status":
+            state = "waiting"
+        elif event.type == "tts_start":
+            state = "speaking"
+        elif event.type in ("tts_end", "tts_stop") and state == "speaking":
+            state = "ended"
+        elif event.type == "error" and state == "waiting":
+            state = "failed"
+    return state
+
+
+async def _wait_cascade_reply(client: DuplexClient, transfer: Transfer, stop_requested: asyncio.Event,
+                              reply_timeout: float) -> None:
+    """After the input: wait until the reply to it is over, so a reply longer than the tail is not cut off.
+
+    Waits at least until the server has heard the whole input (on its real-time clock, even with
+    --fast), then until the latest reply ended, or NO_TURN_S more when no user turn was detected;
+    at most `reply_timeout` seconds after the input's end.
+    """
+    now = time.monotonic()
+    heard_all = (transfer.stream_start or now) + len(transfer.sent_at) * FRAME_S
+    deadline = max(now, heard_all) + reply_timeout
+    stopper = asyncio.create_task(stop_requested.wait())
+    try:
+        while not stopper.done() and not client.closed:
+            now = time.monotonic()
+            state = cascade_reply_state(client.events)
+            if now >= deadline:
+                if state in ("waiting", "speaking"):
+                    print(f"duplex client: the reply had not ended {reply_timeout:g} s after the input "
+                          "(--reply-timeout)", file=sys.stderr)
+                return
+            if now >= heard_all and (state in ("ended", "failed") or (state == "none" and now >= heard_all + NO_TURN_S)):
+                return
+            # sleep until the next event, or until a verdict may change without one
+            wake = heard_all if now < heard_all else heard_all + NO_TURN_S if state == "none" else deadline
+            await _next_event_unless(client, stopper, timeout=min(wake, deadline) - now)
+    finally:
+        await _cancel(stopper)
+
+
+async def _next_event_unless(client: DuplexClient, stopper: asyncio.Task, timeout: float) -> None:
+    """Returns on the client's next event, when `stopper` is done, or after `timeout` seconds."""
+    count = len(client.events)
+    waiter = asyncio.create_task(client.wait_until(lambda: True if len(client.events) > count else None,
+                                                   timeout=max(0.0, timeout), what="a server event"))
+    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    await _cancel(waiter)
 
 
 async def _stop(client: DuplexClient) -> int:
@@ -289,6 +363,14 @@ async def _get_unless(stop_requested: asyncio.Event, queue: asyncio.Queue) -> tp
         return getter.result()
     getter.cancel()
     return None
+
+
+async def _cancel(task: asyncio.Task) -> None:
+    """Cancels a task and waits until it has finished; its outcome (a timeout, say) is dropped."""
+    task.cancel()
+    await asyncio.wait({task})
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as never retrieved
 
 
 async def _quietly(awaitable: tp.Awaitable[tp.Any]) -> None:

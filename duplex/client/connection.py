@@ -356,6 +356,10 @@ class DuplexClient:
 
         return await self._wait_until(find, timeout, lambda: f"{type_!r} event")
 
+    async def wait_until(self, check: tp.Callable[[], tp.Any], timeout: float, what: str = "condition") -> tp.Any:
+        """check()'s first non-None result, checked as each message arrives; TimeoutError, or ServerClosed."""
+        return await self._wait_until(check, timeout, lambda: what)
+
     async def wait_audio_frames(self, n: int, timeout: float = 10.0) -> None:
         """Waits until at least `n` binary audio messages have arrived in total."""
         await self._wait_until(lambda: True if self.binary_messages >= n else None, timeout,

@@ -16,8 +16,8 @@ import concurrent.futures
 import logging
 import time
 
-
 from ..audio import FRAME_MS, FRAME_S
+from ..config import CASCADE_CONFIG_KEYS, DEFAULT_SYSTEM_PROMPT
 from ..models.llm import ChatMessage, LLMBackend, LLMError
 from ..models.stt import SttBatch
 from ..models.tts import TtsCapacity, TtsEngineModel, TtsFrame, TtsTurn, UnknownVoice
@@ -27,10 +27,6 @@ from .scheduler import BatchScheduler
 from .transcriber import SttRunner, UserTranscriber
 
 log = logging.getLogger(__name__)
-
-CASCADE_CONFIG_KEYS = {"system_prompt", "voice", "temperature", "text_temperature", "top_k", "text_top_k",
-                       "seed", "transcribe_user"}
-DEFAULT_SYSTEM_PROMPT = "You are a helpful voice assistant. Answer briefly, in plain spoken sentences."
 
 
 class CascadeEngine(Engine):

@@ -15,6 +15,7 @@ import typing as tp
 import numpy as np
 
 from ..audio import FRAME_MS, FRAME_SAMPLES, rms_dbfs
+from ..config import DUPLEX_CONFIG_KEYS
 from ..models.moshi_batch import MoshiBatch, StepInput, StepOutput
 from .base import (AssistantAudio, AssistantText, AssistantTurnEnded, AssistantTurnStarted,
                    CapacityError, Engine, EngineStream, Sink, Unsupported, UserFrame)
@@ -23,8 +24,6 @@ from .transcriber import TranscriberSource, UserTranscriber
 from .turns import ActivityDetector
 
 log = logging.getLogger(__name__)
-
-DUPLEX_CONFIG_KEYS = {"temperature", "text_temperature", "top_k", "text_top_k", "seed", "transcribe_user"}
 
 
 class DuplexSlotOwner(tp.Protocol):

@@ -11,24 +11,26 @@ graph, so a slot's samples depend only on its seed and its own history, never on
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from moshi.models.lm import LMGen, LMModel
 
-from ..config import MAX_TOP_K
+from ..config import MAX_TOP_K, default_of
 
 
 @dataclass
 class SamplingSettings:
-    temperature: float = 0.8       # audio tokens; 0 = greedy
-    text_temperature: float = 0.7  # text tokens; 0 = greedy
-    top_k: int = 250
-    text_top_k: int = 25
-    seed: int | None = None
+    """One slot's sampling; the field names are config keys, and the defaults are the config schema's."""
+
+    temperature: float = default_of("temperature")            # audio tokens; 0 = greedy
+    text_temperature: float = default_of("text_temperature")  # text tokens; 0 = greedy
+    top_k: int = default_of("top_k")
+    text_top_k: int = default_of("text_top_k")
+    seed: int | None = default_of("seed")                     # None: fresh entropy
 
     def updated(self, config: dict) -> "SamplingSettings":
-        known = {k: config[k] for k in ("temperature", "text_temperature", "top_k", "text_top_k", "seed") if k in config}
+        known = {f.name: config[f.name] for f in fields(self) if f.name in config}
         return SamplingSettings(**{**self.__dict__, **known})
 
 

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from .. import protocol
 from ..audio import BadAudio, FrameAssembler, OpusDecoder, OpusEncoder
-from ..config import MAX_TEMPERATURE, MAX_TOP_K
+from ..config import CONFIG_SCHEMA
 from ..engines.base import AssistantAudio, AssistantText, CapacityError, EngineFrame, EngineStream, UserFrame
 from .connection import Refusal, SocketCodec, serve_socket
 from .metrics import ServerMetrics
@@ -31,14 +31,14 @@ QUERY_INTS = {"audio_topk": "top_k", "text_topk": "text_top_k", "audio_seed": "s
 
 
 def config_from_query(query) -> dict:
+    """The config from moshi's query parameters, each brought into the schema's range (never refused)."""
     config: dict = {}
     for name, key in QUERY_FLOATS.items():
         if name in query:
-            config[key] = min(max(float(query[name]), 0.0), MAX_TEMPERATURE)
+            config[key] = CONFIG_SCHEMA[key].fit(float(query[name]))
     for name, key in QUERY_INTS.items():
         if name in query and key not in config:
-            value = int(float(query[name]))
-            config[key] = min(max(value, 1), MAX_TOP_K) if key != "seed" else abs(value) % 2**63
+            config[key] = CONFIG_SCHEMA[key].fit(int(float(query[name])))
     return config
 
 
