@@ -6,23 +6,27 @@ the LLM, whose text streams word by word into a TTS turn; TTS frames are played 
 `ahead_frames` ahead of real time, so an interruption takes effect within a few frames. User speech
 while the assistant is busy (barge-in) or `interrupt` cancels LLM and TTS work, and the history keeps
 the assistant's reply only up to the words actually played.
+
+An assistant turn, with its tasks and all its state, is one `cascade_turn.AssistantTurn`; the stream
+holds its current one, the engine keeps every turn until its task is over, and one TTS pump here
+produces frames for all of them on the TTS model thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
+import contextlib
 import logging
 import time
 
-from ..audio import FRAME_MS, FRAME_S
-from ..config import CASCADE_CONFIG_KEYS, DEFAULT_SYSTEM_PROMPT
-from ..models.llm import ChatMessage, LLMBackend, LLMError
+from ..audio import FRAME_MS
+from ..config import CASCADE_CONFIG_KEYS, DEFAULT_SYSTEM_PROMPT, default_of
+from ..models.llm import ChatMessage, LLMBackend
 from ..models.stt import SttBatch
-from ..models.tts import TtsCapacity, TtsEngineModel, TtsFrame, TtsTurn, UnknownVoice
-from .base import (AssistantAudio, AssistantText, AssistantTurnEnded, AssistantTurnStarted, Engine,
-                   EngineFailure, EngineStream, LLMProcessing, Sink, Unsupported, UserFrame, UserTranscript)
+from ..models.tts import TtsEngineModel, TtsFrame, TtsTurn, UnknownVoice
+from .base import Engine, EngineFailure, EngineStream, Sink, Unsupported, UserFrame, UserTranscript
+from .cascade_turn import AssistantTurn
 from .scheduler import BatchScheduler
 from .transcriber import SttRunner, UserTranscriber
 
@@ -46,8 +50,8 @@ class CascadeEngine(Engine):
         silence_frames = round(end_of_turn_silence_ms / FRAME_MS)
         self.stt_lag_frames = max(0, stt.flush_frames - silence_frames)
         self.tts_worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tts-model")
-        self.speaking: set[CascadeStream] = set()
-        self._wakeup = asyncio.Event()
+        self.turns: set[AssistantTurn] = set()   # every turn whose task is not over yet (ended ones unwinding)
+        self._wakeup = asyncio.Event()           # a turn may want frames: new words, a frame played, a new turn
         self._pump_task: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -57,6 +61,12 @@ class CascadeEngine(Engine):
     async def stop(self) -> None:
         if self._pump_task is not None:
             self._pump_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump_task
+        tasks = [turn.task for turn in self.turns]
+        for task in tasks:
+            task.cancel()               # each turn's playout task cancels and awaits its LLM task
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.scheduler.stop()
         self.tts_worker.shutdown(wait=True, cancel_futures=True)
 
@@ -64,7 +74,8 @@ class CascadeEngine(Engine):
         return self.scheduler.has_free_slot()
 
     def health(self) -> dict:
-        return {"slots": self.stt.slots, "active": self.scheduler.active, "speaking": len(self.speaking),
+        speaking = sum(1 for turn in self.turns if turn.tts is not None and not turn.ended)
+        return {"slots": self.stt.slots, "active": self.scheduler.active, "speaking": speaking,
                 "llm": getattr(self.llm, "name", type(self.llm).__name__)}
 
     def open(self, config: dict, sink: Sink) -> "CascadeStream":
@@ -81,35 +92,46 @@ class CascadeEngine(Engine):
     def wake(self) -> None:
         self._wakeup.set()
 
+    def keep(self, turn: AssistantTurn) -> None:
+        """Holds `turn` until its task is over (the pump serves it meanwhile); a turn whose task failed
+        is cut, so that its conversation goes on."""
+        self.turns.add(turn)
+        turn.task.add_done_callback(lambda task: self._turn_over(turn, task))
+        self.wake()
+
+    def _turn_over(self, turn: AssistantTurn, task: asyncio.Task) -> None:
+        self.turns.discard(turn)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("assistant turn failed", exc_info=task.exception())
+            turn.cancel()
+
     # --- TTS: one pump for every speaking conversation, on the TTS model thread --------------
     async def _pump(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            wanted = [(s, s.tts_turn) for s in list(self.speaking) if s.tts_turn is not None and s.wants_frames()]
+            self._wakeup.clear()
+            # wants_frames() is only true once the turn holds its TTS slot
+            wanted = [(turn, turn.tts, turn.text_version) for turn in list(self.turns)
+                      if turn.wants_frames() and turn.tts is not None]
             if not wanted:
-                self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), timeout=FRAME_S / 2)
-                except asyncio.TimeoutError:
-                    pass
+                await self._wakeup.wait()
                 continue
             try:
-                produced = await loop.run_in_executor(self.tts_worker, _produce_frames, wanted)
+                produced = await loop.run_in_executor(self.tts_worker, _produce_frames, [tts for _, tts, _ in wanted])
             except Exception:
                 log.exception("TTS step failed")
-                for stream, _ in wanted:
-                    stream.fail("internal", "speech synthesis failed for this turn")
+                for turn, _, version in wanted:
+                    turn.fail("internal", "speech synthesis failed for this turn")
+                    turn.on_tts_frames([], version)   # not again before more text
                 continue
-            for (stream, turn), frames in zip(wanted, produced):
-                stream.on_tts_frames(turn, frames)
-            if not any(frames for frames in produced):
-                await asyncio.sleep(FRAME_S / 4)  # waiting for words from the LLM
+            for (turn, _, version), frames in zip(wanted, produced, strict=True):
+                turn.on_tts_frames(frames, version)
 
 
-def _produce_frames(wanted: list[tuple["CascadeStream", TtsTurn]]) -> list[list[TtsFrame]]:
+def _produce_frames(turns: list[TtsTurn]) -> list[list[TtsFrame]]:
     """Model thread: up to two frames per turn (enough to stay ahead of a real-time playout)."""
     out = []
-    for _, turn in wanted:
+    for turn in turns:
         frames = []
         for _ in range(2):
             frame = turn.step()
@@ -127,18 +149,10 @@ class CascadeStream(EngineStream):
         self.user: UserTranscriber | None = None   # set by CascadeEngine.open
         self.system_prompt = DEFAULT_SYSTEM_PROMPT
         self.voice: str | None = None
-        self.temperature = 0.7
+        self.temperature: float = default_of("text_temperature")
         self.seed: int | None = None
         self.history: list[ChatMessage] = []
-        self._response: asyncio.Task | None = None
-        self._cancel = asyncio.Event()
-        self.tts_turn: TtsTurn | None = None
-        self._pending: collections.deque[TtsFrame] = collections.deque()
-        self._playout: asyncio.Task | None = None
-        self._played = 0
-        self._speaking = False
-        self._stages: dict[str, float] = {}
-        self._reply = ""
+        self.turn: AssistantTurn | None = None   # the current (or last) assistant turn
 
     @property
     def mode(self) -> str:
@@ -174,155 +188,50 @@ class CascadeStream(EngineStream):
 
     def on_user_speech(self) -> None:
         if self.busy:
-            self._cut(barge_in=True)
-        self._stages = {}
+            self._cancel_turn(barge_in=True)
 
     def on_user_turn(self, text: str) -> None:
         assert self.user is not None
-        self._stages = {"user_end": self.user.turn_detected_at, "stt_final": time.monotonic()}
-        self._start_response(text)
+        self._start_turn(text, {"user_end": self.user.turn_detected_at, "stt_final": time.monotonic()})
 
     def text_input(self, text: str) -> None:
         if self.busy:
-            self._cut(barge_in=True)
+            self._cancel_turn(barge_in=True)
         now_ms = (self.user.frames_pushed if self.user else 0) * FRAME_MS
         self.sink(UserTranscript(text, now_ms, now_ms))
-        self._stages = {"user_end": time.monotonic(), "stt_final": time.monotonic()}
-        self._start_response(text)
+        self._start_turn(text, {"user_end": time.monotonic(), "stt_final": time.monotonic()})
 
-    # --- the assistant's turn ----------------------------------------------------------------
+    # --- the assistant's turn (cascade_turn.AssistantTurn) -----------------------------------
     @property
     def busy(self) -> bool:
-        return self._response is not None or self._speaking or self.tts_turn is not None
+        return self.turn is not None and not self.turn.ended
 
-    def _start_response(self, user_text: str) -> None:
+    def _start_turn(self, user_text: str, stages: dict[str, float]) -> None:
+        if self.busy:                   # a typed turn still answering when a spoken one ends
+            self._cancel_turn(barge_in=True)
         self.history.append(ChatMessage("user", user_text))
-        self._cancel = asyncio.Event()
-        self._response = asyncio.create_task(self._respond())
+        self.turn = AssistantTurn(self.engine, self.sink, self.history, stages, system_prompt=self.system_prompt,
+                                  voice=self.voice, temperature=self.temperature, seed=self.seed)
+        self.engine.keep(self.turn)
 
-    async def _respond(self) -> None:
-        try:
-            turn = self.engine.tts.start_turn(self.voice, self.seed)
-        except (TtsCapacity, UnknownVoice) as exc:
-            self.fail("capacity" if isinstance(exc, TtsCapacity) else "bad_message", str(exc))
-            self._response = None
-            return
-        self.tts_turn, self._pending, self._played = turn, collections.deque(), 0
-        self.engine.speaking.add(self)
-        self.sink(LLMProcessing())
-        reply = ""
-        messages = [ChatMessage("system", self.system_prompt), *self.history]
-        try:
-            async for delta in self.engine.llm.stream(messages, temperature=self.temperature,
-                                                      max_tokens=self.engine.max_tokens, cancel=self._cancel,
-                                                      seed=self.seed):
-                if self._cancel.is_set():
-                    break
-                self._stages.setdefault("llm_first_token", time.monotonic())
-                reply += delta
-                self.sink(AssistantText(delta))
-                turn.push_text(delta)
-                self.engine.wake()
-        except LLMError as exc:
-            self.fail("internal", f"the language model failed: {exc}")
-        finally:
-            if turn is self.tts_turn:
-                turn.end_text()
-                self.engine.wake()
-            self._reply = reply
-            self._response = None
-
-    def wants_frames(self) -> bool:
-        return len(self._pending) < self.engine.ahead_frames + 2
-
-    def on_tts_frames(self, turn: TtsTurn, frames: list[TtsFrame]) -> None:
-        if turn is not self.tts_turn:
-            return  # a cut turn's last frames
-        self._pending.extend(frames)
-        if self._playout is None and (self._pending or turn.done):
-            self._playout = asyncio.create_task(self._play(turn))
-
-    async def _play(self, turn: TtsTurn) -> None:
-        """Sends frames no further than `ahead_frames` ahead of real time, then ends the turn."""
-        started = time.monotonic()
-        try:
-            while turn is self.tts_turn:
-                if self._pending:
-                    due = started + (self._played - self.engine.ahead_frames) * FRAME_S
-                    delay = due - time.monotonic()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                        continue
-                    frame = self._pending.popleft()
-                    if not self._speaking:
-                        self._speaking = True
-                        self._stages["tts_first_audio"] = time.monotonic()
-                        self.sink(AssistantTurnStarted())
-                    self.sink(AssistantAudio(frame.pcm))
-                    self._played += 1
-                elif turn.done and self._response is None:
-                    self._finish_turn(turn)
-                    return
-                else:
-                    await asyncio.sleep(FRAME_S / 4)
-        finally:
-            if self._playout is asyncio.current_task():
-                self._playout = None
-
-    def _finish_turn(self, turn: TtsTurn) -> None:
-        self.history.append(ChatMessage("assistant", self._reply.strip()))
-        self._release_turn()
-        if self._speaking:
-            self._speaking = False
-            self.sink(AssistantTurnEnded(stages=self._stage_ms()))
-
-    def _stage_ms(self) -> dict[str, float]:
-        start = self._stages.get("user_end")
-        if start is None:
-            return {}
-        return {f"{name}_ms": round((t - start) * 1000.0, 1) for name, t in self._stages.items() if name != "user_end"}
-
-    def _release_turn(self) -> None:
-        if self.tts_turn is not None:
-            self.tts_turn.cancel()
-        self.tts_turn = None
-        self._pending.clear()
-        self.engine.speaking.discard(self)
-
-    def _cut(self, barge_in: bool) -> None:
-        """Cancels LLM and TTS work now; keeps in history only the words the user heard."""
-        self._cancel.set()
-        if self._response is not None:
-            self._response.cancel()
-            self._response = None
-        turn = self.tts_turn
-        if turn is not None:
-            heard = turn.text_until(self._played * FRAME_S).strip()
-            if heard:
-                self.history.append(ChatMessage("assistant", heard))
-        self._release_turn()
-        if self._playout is not None:
-            self._playout.cancel()
-            self._playout = None
-        if self._speaking:
-            self._speaking = False
-            self.sink(AssistantTurnEnded(interrupted=True, barge_in=barge_in, stages=self._stage_ms()))
+    def _cancel_turn(self, barge_in: bool) -> None:
+        if self.turn is not None:
+            self.turn.cancel(barge_in=barge_in)
 
     def fail(self, code: str, message: str) -> None:
         self.sink(EngineFailure(code, message))
 
     # --- controls ----------------------------------------------------------------------------
     def interrupt(self) -> None:
-        self._cut(barge_in=False)
+        self._cancel_turn(barge_in=False)
 
     def reset(self) -> None:
-        self._cut(barge_in=False)
+        self._cancel_turn(barge_in=False)
         self.history.clear()
         if self.user is not None:
             self.user.reset()
 
     def close(self) -> None:
-        self._cut(barge_in=False)
+        self._cancel_turn(barge_in=False)
         if self.user is not None:
             self.user.close()
-

@@ -13,26 +13,36 @@ Batching mirrors `moshi_batch.MoshiBatch`: one `LMGen` in streaming mode for `sl
 into its row of the cross-attention source. Everything here runs on the model thread, except
 `TtsEngineModel.start_turn` and `TtsTurn.push_text`/`end_text`/`cancel`, which only queue work.
 
+The seam with a turn (`tts_turn.TtsTurn`, whose needs are the `TtsTurnEngine` protocol): the turn
+owns its text queue and its buffered frames; the engine owns each turn's generation state
+(`TurnGenState`: state machine, step count, frames produced), which it alone writes. They meet
+through public calls only: `word_entries` (a word as state-machine entries), `ready(turn)` (model
+thread: takes the turn's words with `turn.take_text()`, says whether it may step), `step()` (model
+thread: one batched step, returning each running turn's new frame or None) and `release(turn)`.
+
 Shapes: B = slots, Q = n_q audio codebooks (all generated: no user stream), F = 1920 samples.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import threading
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from moshi.models import loaders
-from moshi.models.tts import DEFAULT_DSM_TTS_VOICE_REPO, TTSModel, script_to_entries
+from moshi.conditioners import ConditionType
+from moshi.models.tts import DEFAULT_DSM_TTS_VOICE_REPO, Entry, TTSModel, script_to_entries
 from moshi.modules.transformer import StreamingMultiheadAttention
 
-from ..audio import FRAME_S, FRAME_SAMPLES
+from ..audio import FRAME_SAMPLES
 from .inference import inference
 from .sampling import BatchedLMGen, SlotRandomness
+from .tts_turn import TtsFrame, TtsTurn, TurnGenState
+
+__all__ = ["TtsCapacity", "TtsEngineModel", "TtsFrame", "TtsTurn", "TurnGenState", "UnknownVoice"]
 
 DEFAULT_VOICE = "expresso/ex03-ex01_happy_001_channel1_334s.wav"  # Kyutai's own default in their scripts
 CFG_COEF = 2.0          # the real model is CFG-distilled: this is a condition value, not a second batch
@@ -45,13 +55,6 @@ class UnknownVoice(ValueError):
 
 class TtsCapacity(RuntimeError):
     """Every slot is speaking."""
-
-
-@dataclass
-class TtsFrame:
-    pcm: np.ndarray   # [F] float32 in [-1, 1]
-    index: int        # position on the turn's audio clock, in frames (0 = the turn's first frame)
-
 
 
 class TtsEngineModel:
@@ -86,15 +89,14 @@ class TtsEngineModel:
         self.gen.slot_top_k_text.fill_(25)
         self.randomness = SlotRandomness(slots, 1 + lm.dep_q)
         self._voice_rows: dict[str, torch.Tensor] = {}
-        self.gen.condition_tensors = lm.condition_provider.prepare_and_provide(
-            [self._attributes(self.default_voice)] * slots)
+        self.gen.condition_tensors = self._conditions([self._attributes(self.default_voice)] * slots)
         self.gen.streaming_forever(slots)
         mimi.streaming_forever(slots)
         self._slot_voice = [self.default_voice] * slots
         self._turns: list[weakref.ref | None] = [None] * slots
         self._lock = threading.Lock()        # guards the slot table: start_turn runs off the model thread
         self._released: collections.deque[int] = collections.deque()
-        self._running: dict[int, TtsTurn] = {}
+        self._running: dict[int, TurnGenState] = {}   # slot -> the state of the turn stepping there (hooks)
         audio_delays = torch.tensor(lm.delays[1: 1 + lm.dep_q], device=self.device)
         self._audio_start = audio_delays + self.delay_steps          # [Q]: first step with real codes
         self._steps = torch.zeros(slots, dtype=torch.long, device=self.device)
@@ -149,9 +151,16 @@ class TtsEngineModel:
         """The cross-attention source for one voice: [T, dim], in the LM's dtype."""
         if voice not in self._voice_rows:
             lm = self.tts.lm
-            conditions = lm.condition_provider.prepare_and_provide([self._attributes(voice)])
-            self._voice_rows[voice] = lm.fuser.get_cross(conditions)[0].to(lm.dtype)
+            assert lm.fuser is not None  # _check_supported: a CFG-distilled, speaker-conditioned TTS has one
+            cross = lm.fuser.get_cross(self._conditions([self._attributes(voice)]))
+            assert cross is not None
+            self._voice_rows[voice] = cross[0].to(lm.dtype)
         return self._voice_rows[voice]
+
+    def _conditions(self, attributes: list) -> dict[str, ConditionType]:
+        provider = self.tts.lm.condition_provider
+        assert provider is not None  # _check_supported: the model is conditioned
+        return provider.prepare_and_provide(attributes)
 
     # ---- turns --------------------------------------------------------------------------------
 
@@ -164,12 +173,22 @@ class TtsEngineModel:
             free = [slot for slot, ref in enumerate(self._turns) if ref is None]
             if not free:
                 raise TtsCapacity(f"all {self.slots} TTS slots are speaking")
-            turn = TtsTurn(self, free[0], voice, seed)
+            turn = TtsTurn(self, TurnGenState(free[0], voice, seed, self.machine.new_state([])))
             # A dropped turn frees its slot: the callback only queues it (it may run on any thread).
-            self._turns[turn.slot] = weakref.ref(turn, lambda _, slot=turn.slot: self._released.append(slot))
+            self._turns[turn.slot] = weakref.ref(turn, functools.partial(self._on_turn_dropped, turn.slot))
         return turn
 
-    def _release(self, turn: "TtsTurn") -> None:
+    def _on_turn_dropped(self, slot: int, _ref: weakref.ref) -> None:
+        self._released.append(slot)
+
+    def word_entries(self, word: str, first: bool) -> list[Entry]:
+        """A word as state-machine entries. script_to_entries does Kyutai's text clean-up and, on a turn's
+        first word, prepends the main-speaker token the multi-speaker model expects. Any thread."""
+        return script_to_entries(self.tts.tokenizer, self.machine.token_ids, self.tts.mimi.frame_rate, [word],
+                                 multi_speaker=first and self.tts.multi_speaker, padding_between=PADDING_BETWEEN)
+
+    def release(self, turn: "TtsTurn") -> None:
+        """Frees the turn's slot (if it still holds it). Any thread."""
         with self._lock:
             ref = self._turns[turn.slot]
             if ref is not None and ref() is turn:
@@ -190,53 +209,75 @@ class TtsEngineModel:
 
     # ---- the batched step (model thread) ------------------------------------------------------
 
-    def step(self) -> list["TtsTurn"]:
-        """One batched step for every turn that has work; returns the turns that got a new frame."""
+    def ready(self, turn: "TtsTurn") -> bool:
+        """Whether `turn` may step now: more than `second_stream_ahead` words queued, or its text is
+        complete. Moves the turn's queued words into its state machine; ends a turn with no words."""
+        gen = turn.gen
+        if turn.cancelled or gen.finished:
+            return False
+        entries, ended = turn.take_text()
+        gen.machine.entries.extend(entries)
+        if ended and gen.steps == 0 and not gen.machine.entries:
+            self._finish(turn)              # nothing to say at all
+            return False
+        return ended or len(gen.machine.entries) > self.machine.second_stream_ahead
+
+    def step(self) -> dict["TtsTurn", TtsFrame | None]:
+        """One batched step for every turn that may step; returns, per turn that ran, its new 80 ms
+        frame, or None while its audio has not started yet. The caller hands frames to their turns."""
         with inference(self.device):
             return self._step()
 
-    def _step(self) -> list["TtsTurn"]:
-        running = [t for t in self._live_turns() if t._ready()]
+    def _step(self) -> dict["TtsTurn", TtsFrame | None]:
+        running = [t for t in self._live_turns() if self.ready(t)]
         if not running:
-            return []
+            return {}
         for turn in running:
-            if turn._needs_reset:
-                self._prepare_slot(turn)
-        self._running = {t.slot: t for t in running}
+            if turn.gen.fresh:
+                self._prepare_slot(turn.gen)
+        self._running = {t.slot: t.gen for t in running}
         execute = torch.zeros(self.slots, dtype=torch.bool)
         execute[[t.slot for t in running]] = True
         execute = execute.to(self.device)
         for t in running:
-            self._steps[t.slot] = t._steps
+            self._steps[t.slot] = t.gen.steps
         self.gen.noise.copy_(self.randomness.draw([t.slot for t in running]), non_blocking=True)
         lm = self.tts.lm
         inputs = torch.full((self.slots, lm.n_q - lm.dep_q, 1), self.machine.token_ids.zero,
                             dtype=torch.long, device=self.device)                     # [B, 0, 1] unless n_q was cut
         # While every running turn is still inside the text-to-audio delay, its audio is all "zero":
         # skip the depformer then, as TTSModel.generate does.
-        skip_depformer = all(t._steps < self.delay_steps for t in running)
+        skip_depformer = all(t.gen.steps < self.delay_steps for t in running)
         self.gen.set_exec_mask(execute)
         tokens = self.gen.step(inputs, depformer_replace_tokens=self._no_depformer if skip_depformer else None)
         assert tokens is not None  # support_out_of_sync: never None                  # [B, 1 + Q, 1]
         for t in running:
-            t._steps += 1
-        return self._decode(running, tokens)
+            t.gen.steps += 1
+        frames = self._decode(running, tokens)
+        return {t: frames.get(t) for t in running}
 
-    def _prepare_slot(self, turn: "TtsTurn") -> None:
+    def _prepare_slot(self, gen: TurnGenState) -> None:
         """A reused slot starts clean: model and codec state wiped, its seed and voice applied."""
         mask = torch.zeros(self.slots, dtype=torch.bool)
-        mask[turn.slot] = True
+        mask[gen.slot] = True
         mask = mask.to(self.device)
         self.gen.reset_streaming(mask)
         self.tts.mimi.reset_streaming(mask)
-        self.randomness.reseed(turn.slot, turn.seed)
-        if self._slot_voice[turn.slot] != turn.voice:
-            self._set_voice(turn.slot, turn.voice)
-        turn._needs_reset = False
+        self.randomness.reseed(gen.slot, gen.seed)
+        if self._slot_voice[gen.slot] != gen.voice:
+            self._set_voice(gen.slot, gen.voice)
+        gen.fresh = False
 
     def _set_voice(self, slot: int, voice: str) -> None:
         """Writes the voice into the slot's row of the cross-attention source and refreshes the keys and
-        values the cross-attention layers cached from it (moshi computes them once, for the whole batch)."""
+        values the cross-attention layers cached from it (moshi computes them once, for the whole batch).
+
+        The one place that reaches into moshi's internals: moshi has no API to change one row's
+        conditioning of a streaming LMGen. `gen._streaming_state.condition_cross` is the [B, T, dim]
+        cross-attention source LMGen keeps for the whole stream; each StreamingMultiheadAttention with
+        `cross_attention` cached its keys/values from it when streaming began (`_streaming_state.k_cross`),
+        and `update_streaming_cross_attention_src` recomputes them from the new source.
+        """
         state = self.gen._streaming_state
         assert state is not None and state.condition_cross is not None
         row = self._voice_row(voice)
@@ -255,8 +296,8 @@ class TtsEngineModel:
         word" choice into the token actually fed back (the next word's pieces, muxed with lookahead)."""
         sampled = text_tokens.tolist()
         fed = [self.machine.token_ids.pad] * len(sampled)
-        for slot, turn in self._running.items():
-            fed[slot], _ = self.machine.process(turn._steps, turn.state, sampled[slot])
+        for slot, gen in self._running.items():
+            fed[slot], _ = self.machine.process(gen.steps, gen.machine, sampled[slot])
         text_tokens[:] = torch.tensor(fed, dtype=torch.long, device=text_tokens.device)
 
     def _on_audio(self, audio_tokens: torch.Tensor) -> None:
@@ -265,126 +306,32 @@ class TtsEngineModel:
         before = self._steps[:, None] < self._audio_start[None, :]
         audio_tokens.masked_fill_(before, self.machine.token_ids.zero)
 
-    def _decode(self, running: list["TtsTurn"], tokens: torch.Tensor) -> list["TtsTurn"]:
-        """Mimi-decodes the slots whose output frame is real audio; hands each its frame."""
+    def _decode(self, running: list["TtsTurn"], tokens: torch.Tensor) -> dict["TtsTurn", TtsFrame]:
+        """Mimi-decodes the slots whose output frame is real audio: each such turn's new frame. A turn
+        whose audio is all produced (its last word, then `final_padding`) is finished and released."""
         lag = self.first_audio_steps   # after n steps, the output frame holds audio of text step n - lag
-        speaking = [t for t in running if t._steps >= lag and not t._finished]
+        speaking = [t for t in running if t.gen.steps >= lag and not t.gen.finished]
         if not speaking:
-            return []
+            return {}
         has_audio = torch.zeros(self.slots, dtype=torch.bool)
         has_audio[[t.slot for t in speaking]] = True
         has_audio = has_audio.to(self.device)
         codes = tokens[:, 1:, :].clamp(min=0)                                        # [B, Q, 1]
         self.tts.mimi.set_exec_mask(has_audio)
         pcm = self.tts.mimi.decode(codes)[:, 0, :].clamp(-1, 1).float().cpu().numpy()  # [B, F]
+        frames = {}
         for turn in speaking:
-            turn._emit(pcm[turn.slot].copy(), turn._steps - lag)
-        return speaking
+            gen = turn.gen
+            frames[turn] = TtsFrame(pcm[gen.slot].copy(), gen.steps - lag)
+            gen.emitted = gen.steps - lag + 1
+            end = gen.machine.end_step
+            if end is not None and gen.emitted >= end + self.tts.final_padding:
+                self._finish(turn)
+        return frames
 
-
-class TtsTurn:
-    """One assistant turn: text in as it streams, 80 ms frames out, word start times as they play.
-
-    Cancel by `cancel()` or by simply dropping every reference: the slot is freed either way.
-    """
-
-    def __init__(self, engine: TtsEngineModel, slot: int, voice: str, seed: int | None):
-        self.engine = engine
-        self.slot = slot
-        self.voice = voice
-        self.seed = seed
-        self.state = engine.machine.new_state([])
-        self._incoming: collections.deque = collections.deque()   # entries from push_text, any thread
-        self._partial = ""                 # text after the last whitespace: maybe half a word
-        self._first_word = True
-        self._text_ended = False           # set by end_text (any thread)
-        self._needs_reset = True
-        self._steps = 0                    # model steps this turn has run
-        self._frames: collections.deque[TtsFrame] = collections.deque()
-        self._emitted = 0                  # audio frames produced so far
-        self._finished = False             # all audio produced (frames may still be buffered)
-        self._cancelled = False
-
-    # ---- text in (any thread) -----------------------------------------------------------------
-
-    def push_text(self, text_delta: str) -> None:
-        """Adds LLM output as it streams; a word is queued once the whitespace after it arrives."""
-        if self._text_ended:
-            raise RuntimeError("push_text after end_text")
-        text = self._partial + text_delta
-        words = text.split()
-        self._partial = words.pop() if words and not text[-1].isspace() else ""
-        for word in words:
-            self._queue_word(word)
-
-    def end_text(self) -> None:
-        """No more text: the last word is queued and the turn runs to its end."""
-        if self._partial:
-            self._queue_word(self._partial)
-            self._partial = ""
-        self._text_ended = True
-
-    def cancel(self) -> None:
-        self._cancelled = True
-        self._frames.clear()
-        self.engine._release(self)
-
-    def _queue_word(self, word: str) -> None:
-        engine = self.engine
-        # script_to_entries does Kyutai's text clean-up and, on the turn's first word, prepends the
-        # main-speaker token that the multi-speaker model expects at the start of a turn.
-        entries = script_to_entries(
-            engine.tts.tokenizer, engine.machine.token_ids, engine.tts.mimi.frame_rate, [word],
-            multi_speaker=self._first_word and engine.tts.multi_speaker, padding_between=PADDING_BETWEEN)
-        if entries:
-            self._first_word = False
-        self._incoming.extend(entries)
-
-    # ---- frames out (model thread) ------------------------------------------------------------
-
-    def step(self) -> TtsFrame | None:
-        """The next 80 ms frame, running batched engine steps until this turn has one (the first
-        takes `first_audio_steps` steps); None when the turn waits for more words, or is over."""
-        while not self._frames and self._ready():
-            self.engine.step()
-        return self._frames.popleft() if self._frames else None
-
-    @property
-    def done(self) -> bool:
-        """All text spoken, flushed, and every frame handed out (or the turn was cancelled)."""
-        return self._cancelled or (self._finished and not self._frames)
-
-    @property
-    def word_times(self) -> list[tuple[str, float]]:
-        """(word, start_s on the turn's audio clock) for the words whose first frame exists."""
-        return [(word, step * FRAME_S) for word, step in list(self.state.transcript) if step < self._emitted]
-
-    def text_until(self, seconds: float) -> str:
-        """The words that had started by `seconds` of played audio: the history to keep after barge-in."""
-        return " ".join(word for word, start in self.word_times if start < seconds)
-
-    def _ready(self) -> bool:
-        """Whether this turn may step now; moves queued text into the state machine."""
-        if self._cancelled or self._finished:
-            return False
-        ended = self._text_ended            # read before draining: end_text queues, then sets the flag
-        while self._incoming:
-            self.state.entries.append(self._incoming.popleft())
-        if ended and self._steps == 0 and not self.state.entries:
-            self._finish()                  # nothing to say at all
-            return False
-        return ended or len(self.state.entries) > self.engine.machine.second_stream_ahead
-
-    def _emit(self, pcm: np.ndarray, index: int) -> None:
-        self._frames.append(TtsFrame(pcm, index))
-        self._emitted = index + 1
-        end = self.state.end_step
-        if end is not None and self._emitted >= end + self.engine.tts.final_padding:
-            self._finish()
-
-    def _finish(self) -> None:
-        self._finished = True
-        self.engine._release(self)
+    def _finish(self, turn: "TtsTurn") -> None:
+        turn.gen.finished = True
+        self.release(turn)
 
 
 def _voice_repo(checkpoint: loaders.CheckpointInfo) -> str:

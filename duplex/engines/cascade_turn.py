@@ -1,0 +1,211 @@
+"""One assistant turn of the cascade: the LLM's reply streamed into a TTS turn and played out paced.
+
+An `AssistantTurn` holds all of a turn's mutable state in one object (as moshi keeps a stream's in
+one `_LMGenState`): its tasks (the playout task `task`, which starts, owns and awaits the LLM task),
+its TTS turn, the frames produced and not yet played, how many were played, the reply text and the
+stage timestamps. A turn ends in one of two ways, each in one method:
+
+- by itself (`_finish`): the LLM is done, the TTS has said everything and the last frame is played;
+  the whole reply joins the history and `AssistantTurnEnded(stages=...)` is emitted if audio started;
+- cut (`cancel`, the one path for interrupt, barge-in, reset and close): the LLM request and the
+  tasks are cancelled, the TTS slot freed, unplayed frames dropped; the history keeps only the words
+  played (`TtsTurn.text_until`), and `AssistantTurnEnded(interrupted=True, barge_in=...)` is
+  emitted if audio had started.
+
+The engine's TTS pump (`cascade.CascadeEngine`) steps the TTS turn of every turn that
+`wants_frames()` on the TTS model thread and hands the frames back with `on_tts_frames`; the turn
+wakes the pump (`TurnEngine.wake`) when it has new words or room for more frames. Everything here
+runs on the event loop; only `tts` is stepped on the model thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+import typing as tp
+
+from ..audio import FRAME_S
+from ..models.llm import ChatMessage, LLMBackend, LLMError
+from ..models.tts import TtsCapacity, TtsEngineModel, TtsFrame, TtsTurn, UnknownVoice
+from .base import (AssistantAudio, AssistantText, AssistantTurnEnded, AssistantTurnStarted, EngineFailure,
+                   LLMProcessing, Sink)
+
+
+class TurnEngine(tp.Protocol):
+    """What a turn needs from its engine (`cascade.CascadeEngine`)."""
+
+    llm: LLMBackend
+    tts: TtsEngineModel
+    max_tokens: int
+    ahead_frames: int          # playout runs at most this many 80 ms frames ahead of real time
+
+    def wake(self) -> None:
+        """Tells the TTS pump that a turn may want frames again."""
+        ...
+
+
+class AssistantTurn:
+    """The assistant's answer to one user turn, from the LLM request to the last frame played.
+
+    Created on the event loop (it starts its task at once); `history` is the conversation's list, to
+    which the turn appends its reply when it ends; `stages` holds `time.monotonic()` of the stages so
+    far (`user_end`, `stt_final`), to which it adds `llm_first_token` and `tts_first_audio`.
+    """
+
+    def __init__(self, engine: TurnEngine, sink: Sink, history: list[ChatMessage], stages: dict[str, float], *,
+                 system_prompt: str, voice: str | None, temperature: float, seed: int | None):
+        self.engine = engine
+        self.sink = sink
+        self.history = history
+        self.stages = stages
+        self.system_prompt, self.voice, self.temperature, self.seed = system_prompt, voice, temperature, seed
+        self.tts: TtsTurn | None = None    # set once the TTS slot is taken
+        self.reply = ""                    # the LLM's text so far
+        self.pending: collections.deque[TtsFrame] = collections.deque()   # produced, not yet played
+        self.played = 0                    # frames sent to the sink (80 ms each)
+        self.speaking = False              # AssistantTurnStarted was sent
+        self.ended = False                 # finished or cancelled: nothing more reaches the sink
+        self.text_version = 0              # bumped at each LLM delta and at the end of the text
+        self._starved_at = -1              # text_version when the TTS last had no frame to give
+        self._reply_done = False           # the LLM task is over: all its text is in the TTS turn
+        self._llm_cancel = asyncio.Event() # tells the LLM backend to stop (closes an endpoint's stream)
+        self._wake = asyncio.Event()       # playout: new frames, the TTS turn done, or the reply done
+        self._llm: asyncio.Task | None = None
+        self.task = asyncio.create_task(self._run(), name="assistant-turn")
+
+    # --- the turn's tasks ------------------------------------------------------------------------
+    async def _run(self) -> None:
+        """The playout task: takes a TTS slot, starts the LLM task, plays out, and awaits the LLM task
+        (or cancels and awaits it when the turn is cut)."""
+        try:
+            tts = self.engine.tts.start_turn(self.voice, self.seed)
+        except (TtsCapacity, UnknownVoice) as exc:
+            self.ended = True
+            self.fail("capacity" if isinstance(exc, TtsCapacity) else "bad_message", str(exc))
+            return
+        self.tts = tts
+        self.sink(LLMProcessing())
+        self._llm = asyncio.create_task(self._read_llm(tts), name="assistant-llm")
+        try:
+            await self._play(tts)
+        finally:
+            self._llm.cancel()            # a no-op when it is over
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._llm
+
+    async def _read_llm(self, tts: TtsTurn) -> None:
+        """The LLM task: streams the reply to the sink and, word by word, into the TTS turn."""
+        messages = [ChatMessage("system", self.system_prompt), *self.history]
+        try:
+            async for delta in self.engine.llm.stream(messages, temperature=self.temperature,
+                                                      max_tokens=self.engine.max_tokens, cancel=self._llm_cancel,
+                                                      seed=self.seed):
+                if self.ended:
+                    break
+                self.stages.setdefault("llm_first_token", time.monotonic())
+                self.reply += delta
+                self.sink(AssistantText(delta))
+                tts.push_text(delta)
+                self._text_changed()
+        except LLMError as exc:
+            if not self.ended:
+                self.fail("internal", f"the language model failed: {exc}")
+        finally:
+            if not self.ended:
+                tts.end_text()
+                self._text_changed()
+            self._reply_done = True
+            self._wake.set()
+
+    async def _play(self, tts: TtsTurn) -> None:
+        """Sends frames no further than `ahead_frames` ahead of real time, then ends the turn."""
+        ahead = self.engine.ahead_frames
+        started: float | None = None       # time.monotonic() when the first frame was there to play
+        while not self.ended:
+            if self.pending:
+                if started is None:
+                    started = time.monotonic()
+                delay = started + (self.played - ahead) * FRAME_S - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)   # pacing to real time
+                    continue
+                frame = self.pending.popleft()
+                self.engine.wake()               # room for one more frame
+                if not self.speaking:
+                    self.speaking = True
+                    self.stages["tts_first_audio"] = time.monotonic()
+                    self.sink(AssistantTurnStarted())
+                self.sink(AssistantAudio(frame.pcm))
+                self.played += 1
+            elif tts.done and self._reply_done:
+                self._finish()
+                return
+            else:
+                self._wake.clear()
+                await self._wake.wait()
+
+    # --- the TTS pump's side (event loop) -------------------------------------------------------
+    def wants_frames(self) -> bool:
+        """Whether the pump should step this turn's TTS: it is live, playout has room, and it has had
+        new text since the TTS last had nothing to give (it waits for words from the LLM)."""
+        return (not self.ended and self.tts is not None and len(self.pending) < self.engine.ahead_frames + 2
+                and self.text_version != self._starved_at)
+
+    def on_tts_frames(self, frames: list[TtsFrame], text_version: int) -> None:
+        """Frames the pump produced, stepping the TTS with the text as of `text_version`."""
+        if self.ended or self.tts is None:
+            return                               # a cut turn's last frames
+        if not frames:
+            self._starved_at = text_version      # nothing until the LLM sends more text
+        self.pending.extend(frames)
+        if frames or self.tts.done:
+            self._wake.set()
+
+    def _text_changed(self) -> None:
+        self.text_version += 1
+        self.engine.wake()
+
+    # --- the end of the turn ----------------------------------------------------------------------
+    def _finish(self) -> None:
+        """The turn ended by itself: the whole reply joins the history."""
+        self.ended = True
+        self.history.append(ChatMessage("assistant", self.reply.strip()))
+        self._release()
+        if self.speaking:
+            self.sink(AssistantTurnEnded(stages=self.stage_ms()))
+
+    def cancel(self, barge_in: bool = False) -> None:
+        """Cuts the turn now (interrupt, barge-in, reset, close): cancels the LLM request and the tasks
+        (the playout task cancels and awaits the LLM task), frees the TTS slot, drops unplayed frames
+        and keeps in history only the words the user heard. Safe to call on an ended turn."""
+        self._llm_cancel.set()
+        self.task.cancel()
+        if self._llm is not None:
+            self._llm.cancel()
+        if self.ended:
+            return
+        self.ended = True
+        if self.tts is not None:
+            heard = self.tts.text_until(self.played * FRAME_S).strip()
+            if heard:
+                self.history.append(ChatMessage("assistant", heard))
+        self._release()
+        if self.speaking:
+            self.sink(AssistantTurnEnded(interrupted=True, barge_in=barge_in, stages=self.stage_ms()))
+
+    def _release(self) -> None:
+        if self.tts is not None:
+            self.tts.cancel()                    # frees the TTS slot (already free after the last frame)
+        self.pending.clear()
+
+    def stage_ms(self) -> dict[str, float]:
+        """Each stage's time from the detected end of the user's turn, as `<stage>_ms`."""
+        start = self.stages.get("user_end")
+        if start is None:
+            return {}
+        return {f"{name}_ms": round((t - start) * 1000.0, 1) for name, t in self.stages.items() if name != "user_end"}
+
+    def fail(self, code: str, message: str) -> None:
+        self.sink(EngineFailure(code, message))

@@ -1,0 +1,158 @@
+"""One TTS turn (text in, frames out) and the seam it has with the engine model (`tts.TtsEngineModel`).
+
+A `TtsTurn` is what the cascade holds while the assistant speaks: it queues the LLM's words (any
+thread) and hands out 80 ms frames (model thread). The engine model keeps the turn's generation
+state in a `TurnGenState` that it alone writes; the turn reads it for `done` and its word times.
+What the turn needs from the engine is the `TtsTurnEngine` protocol below: a turn never touches the
+engine's internals, nor the engine the turn's (it takes the queued words with `take_text()`).
+"""
+
+from __future__ import annotations
+
+import collections
+import typing as tp
+from dataclasses import dataclass
+
+import numpy as np
+from moshi.models.tts import Entry, State
+
+from ..audio import FRAME_S
+
+
+@dataclass
+class TtsFrame:
+    pcm: np.ndarray   # [F] float32 in [-1, 1], F = 1920 samples
+    index: int        # position on the turn's audio clock, in frames (0 = the turn's first frame)
+
+
+@dataclass(eq=False)
+class TurnGenState:
+    """The engine model's state of one turn in its slot (moshi's `_LMGenState`, per turn). Written by
+    the engine model on the model thread only; the turn reads it for `done` and its word times."""
+    slot: int
+    voice: str
+    seed: int | None
+    machine: State             # moshi's state machine: queued entries, transcript [(word, step)], end_step
+    steps: int = 0             # model steps this turn has run
+    emitted: int = 0           # audio frames produced so far
+    fresh: bool = True         # the slot must be reset (model, codec, seed, voice) before the first step
+    finished: bool = False     # all audio produced (frames may still be buffered in the turn)
+
+
+class TtsTurnEngine(tp.Protocol):
+    """What a turn asks of the engine model that created it (`tts.TtsEngineModel`)."""
+
+    def word_entries(self, word: str, first: bool) -> list[Entry]:
+        """A word as state-machine entries (`first`: the turn's first word). Any thread."""
+        ...
+
+    def ready(self, turn: "TtsTurn") -> bool:
+        """Model thread: takes the turn's queued words; whether it may step now."""
+        ...
+
+    def step(self) -> dict["TtsTurn", TtsFrame | None]:
+        """Model thread: one batched step; each running turn's new frame, or None before its audio."""
+        ...
+
+    def release(self, turn: "TtsTurn") -> None:
+        """Frees the turn's slot. Any thread."""
+        ...
+
+
+class TtsTurn:
+    """One assistant turn: text in as it streams, 80 ms frames out, word start times as they play.
+
+    Cancel by `cancel()` or by simply dropping every reference: the slot is freed either way.
+    """
+
+    def __init__(self, engine: TtsTurnEngine, gen: TurnGenState):
+        self.engine = engine
+        self.gen = gen                     # the engine model's state of this turn (read-only here)
+        self._incoming: collections.deque[Entry] = collections.deque()   # from push_text, any thread
+        self._partial = ""                 # text after the last whitespace: maybe half a word
+        self._first_word = True
+        self._text_ended = False           # set by end_text (any thread)
+        self._frames: collections.deque[TtsFrame] = collections.deque()  # produced, not yet handed out
+        self._cancelled = False
+
+    @property
+    def slot(self) -> int:
+        return self.gen.slot
+
+    @property
+    def voice(self) -> str:
+        return self.gen.voice
+
+    @property
+    def seed(self) -> int | None:
+        return self.gen.seed
+
+    # ---- text in (any thread) -----------------------------------------------------------------
+
+    def push_text(self, text_delta: str) -> None:
+        """Adds LLM output as it streams; a word is queued once the whitespace after it arrives."""
+        if self._text_ended:
+            raise RuntimeError("push_text after end_text")
+        text = self._partial + text_delta
+        words = text.split()
+        self._partial = words.pop() if words and not text[-1].isspace() else ""
+        for word in words:
+            self._queue_word(word)
+
+    def end_text(self) -> None:
+        """No more text: the last word is queued and the turn runs to its end."""
+        if self._partial:
+            self._queue_word(self._partial)
+            self._partial = ""
+        self._text_ended = True
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._frames.clear()
+        self.engine.release(self)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def _queue_word(self, word: str) -> None:
+        entries = self.engine.word_entries(word, first=self._first_word)
+        if entries:
+            self._first_word = False
+        self._incoming.extend(entries)
+
+    def take_text(self) -> tuple[list[Entry], bool]:
+        """Model thread (`engine.ready`): the word entries queued since the last call, and whether the
+        text is complete, read before draining (end_text queues its last word, then sets the flag)."""
+        ended = self._text_ended
+        entries = []
+        while self._incoming:
+            entries.append(self._incoming.popleft())
+        return entries, ended
+
+    # ---- frames out (model thread) ------------------------------------------------------------
+
+    def step(self) -> TtsFrame | None:
+        """The next 80 ms frame, running batched engine steps until this turn has one (the first
+        takes `first_audio_steps` steps); None when the turn waits for more words, or is over.
+        Frames an engine step makes for other turns are buffered in those turns."""
+        while not self._frames and self.engine.ready(self):
+            for turn, frame in self.engine.step().items():
+                if frame is not None and not turn.cancelled:
+                    turn._frames.append(frame)
+        return self._frames.popleft() if self._frames else None
+
+    @property
+    def done(self) -> bool:
+        """All text spoken, flushed, and every frame handed out (or the turn was cancelled)."""
+        return self._cancelled or (self.gen.finished and not self._frames)
+
+    @property
+    def word_times(self) -> list[tuple[str, float]]:
+        """(word, start_s on the turn's audio clock) for the words whose first frame exists."""
+        emitted = self.gen.emitted
+        return [(word, step * FRAME_S) for word, step in list(self.gen.machine.transcript) if step < emitted]
+
+    def text_until(self, seconds: float) -> str:
+        """The words that had started by `seconds` of played audio: the history to keep after barge-in."""
+        return " ".join(word for word, start in self.word_times if start < seconds)

@@ -1,0 +1,121 @@
+"""AssistantTurn in-process with fakes (no models, no server): how a turn ends, by itself or cut."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from duplex.engines.base import (AssistantAudio, AssistantText, AssistantTurnEnded, AssistantTurnStarted,
+                                 LLMProcessing)
+from duplex.engines.cascade_turn import AssistantTurn
+from duplex.models.llm import ChatMessage
+from duplex.models.tts import TtsFrame
+
+
+class FakeLLM:
+    name = "fake"
+
+    def __init__(self, deltas: list[str], hold: bool = False):
+        self.deltas, self.hold = deltas, hold
+
+    async def stream(self, messages, *, temperature, max_tokens, cancel, seed=None):
+        for delta in self.deltas:
+            yield delta
+        if self.hold:                    # a long answer still being written
+            await asyncio.Event().wait()
+
+
+class FakeTtsTurn:
+    def __init__(self):
+        self.text, self.ended, self.cancelled, self.finished = "", False, False, False
+
+    def push_text(self, delta: str) -> None:
+        self.text += delta
+
+    def end_text(self) -> None:
+        self.ended = True
+
+    @property
+    def done(self) -> bool:
+        return self.cancelled or self.finished
+
+    def text_until(self, seconds: float) -> str:
+        return " ".join(self.text.split()[: int(seconds / 0.08)])   # one word per frame
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeEngine:
+    max_tokens, ahead_frames = 50, 3
+
+    def __init__(self, llm: FakeLLM):
+        self.llm, self.tts, self.wakes = llm, self, 0
+        self.turn = FakeTtsTurn()
+
+    def start_turn(self, voice, seed):
+        return self.turn
+
+    def wake(self) -> None:
+        self.wakes += 1
+
+
+def frames(n: int) -> list[TtsFrame]:
+    return [TtsFrame(np.zeros(1920, dtype=np.float32), i) for i in range(n)]
+
+
+def start(llm: FakeLLM) -> tuple[AssistantTurn, FakeEngine, list, list[ChatMessage]]:
+    engine, out, history = FakeEngine(llm), [], [ChatMessage("user", "hi")]
+    turn = AssistantTurn(engine, out.append, history, {"user_end": 0.0}, system_prompt="s", voice=None,
+                         temperature=0.7, seed=None)
+    return turn, engine, out, history
+
+
+async def test_a_turn_that_ends_by_itself_keeps_the_whole_reply():
+    turn, engine, out, history = start(FakeLLM(["hello ", "there ", "friend"]))
+    await asyncio.sleep(0.01)                        # the LLM task has run
+    assert engine.turn.ended and turn.wants_frames()
+    turn.on_tts_frames(frames(3), turn.text_version)
+    await asyncio.sleep(0.01)
+    engine.turn.finished = True
+    turn.on_tts_frames([], turn.text_version)
+    await asyncio.wait_for(turn.task, 1)
+    assert [type(f) for f in out] == [LLMProcessing, AssistantText, AssistantText, AssistantText,
+                                      AssistantTurnStarted, AssistantAudio, AssistantAudio, AssistantAudio,
+                                      AssistantTurnEnded]
+    assert not out[-1].interrupted and set(out[-1].stages) == {"llm_first_token_ms", "tts_first_audio_ms"}
+    assert history[-1] == ChatMessage("assistant", "hello there friend")
+    assert turn.ended and not turn.wants_frames()
+
+
+async def test_cancel_keeps_the_heard_words_and_awaits_both_tasks():
+    turn, engine, out, history = start(FakeLLM(["one ", "two ", "three ", "four "], hold=True))
+    await asyncio.sleep(0.01)
+    turn.on_tts_frames(frames(2), turn.text_version)
+    await asyncio.sleep(0.01)
+    llm_task = turn._llm
+    turn.cancel(barge_in=True)
+    assert out[-1] == AssistantTurnEnded(interrupted=True, barge_in=True, stages=out[-1].stages)
+    assert history[-1] == ChatMessage("assistant", "one two")     # two frames played
+    assert engine.turn.cancelled and not turn.pending
+    await asyncio.gather(turn.task, return_exceptions=True)
+    assert llm_task is not None and llm_task.done()
+    sent = len(out)
+    turn.on_tts_frames(frames(2), turn.text_version)                # a cut turn's last frames
+    turn.cancel()                                                    # twice is harmless
+    await asyncio.sleep(0.01)
+    assert len(out) == sent
+
+
+async def test_a_starved_turn_waits_for_new_text():
+    turn, engine, out, history = start(FakeLLM(["one "], hold=True))
+    await asyncio.sleep(0.01)
+    turn.on_tts_frames([], turn.text_version)      # the TTS had nothing: not asked again...
+    assert not turn.wants_frames()
+    engine.turn.push_text("two ")
+    turn._text_changed()                           # ...until more text arrives
+    assert turn.wants_frames()
+    turn.cancel()
+    await asyncio.gather(turn.task, return_exceptions=True)
+    assert history[-1].role == "user"              # nothing played, nothing kept
