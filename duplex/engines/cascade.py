@@ -69,6 +69,7 @@ class CascadeEngine(Engine):
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.scheduler.stop()
         self.tts_worker.shutdown(wait=True, cancel_futures=True)
+        await self.llm.close()
 
     def has_free_slot(self) -> bool:
         return self.scheduler.has_free_slot()

@@ -29,3 +29,7 @@ class LLMBackend(Protocol):
                cancel: asyncio.Event, seed: int | None = None) -> AsyncIterator[str]:
         """Yields text deltas of the assistant's answer; returns early once `cancel` is set."""
         ...
+
+    async def close(self) -> None:
+        """Frees what the backend holds (an HTTP session, a model thread); called once, at shutdown."""
+        ...

@@ -223,11 +223,14 @@ async def _unless_cancelled(awaitable: Any, cancel: asyncio.Event, deadline: _De
     try:
         done, _ = await asyncio.wait({work, cancelled}, timeout=deadline.left(),
                                      return_when=asyncio.FIRST_COMPLETED)
+        if work in done:
+            return work.result()
     finally:
-        cancelled.cancel()
-    if work in done:
-        return work.result()
-    work.cancel()
+        # Both are reaped whatever happened, the caller's own cancellation included: a read left
+        # running would fail later as "Task exception was never retrieved".
+        for task in (work, cancelled):
+            task.cancel()
+        await asyncio.gather(work, cancelled, return_exceptions=True)
     if cancel.is_set():
         return None
     raise LLMError(stall_message)

@@ -48,6 +48,7 @@ class TransformersLLM:
         self.max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         self.tokens_generated = 0  # all turns; tests and metrics read it
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"llm-{name}")
+        self._generations: set[asyncio.Future] = set()   # kept until done; `close` waits for them
 
     @classmethod
     def from_spec(cls, spec: str, device: str = "cpu", seed: int | None = None) -> "TransformersLLM":
@@ -67,6 +68,11 @@ class TransformersLLM:
             raise WeightsUnavailable(f"LLM {spec!r} has no chat template: use an instruct/chat model")
         log.info("LLM %s loaded on %s (%s)", spec, device, dtype)
         return cls(model, tokenizer, name=spec, seed=seed)
+
+    async def close(self) -> None:
+        """Waits for the generations still running (each stops within a token of its `cancel`)."""
+        await asyncio.gather(*self._generations, return_exceptions=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     def render_prompt(self, messages: list[ChatMessage]) -> str:
         """The exact text the model sees: history and system prompt through the chat template."""
@@ -114,8 +120,10 @@ class TransformersLLM:
             max_tokens = min(max_tokens, self.max_positions // 2)
         ids = self.prompt_ids(messages, max_tokens)
         generator = _make_generator(seed if seed is not None else self.seed, self.device)
-        loop.run_in_executor(self._executor, self._generate_safely, ids, temperature, max_tokens,
-                             generator, should_stop, emit)
+        generation = loop.run_in_executor(self._executor, self._generate_safely, ids, temperature, max_tokens,
+                                          generator, should_stop, emit)
+        self._generations.add(generation)   # its outcome reaches the consumer as an item (see emit)
+        generation.add_done_callback(self._generations.discard)
         try:
             while True:
                 item = await _next_unless_cancelled(queue, cancel)
