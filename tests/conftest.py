@@ -23,7 +23,7 @@ def start_server(tmp_dir: Path, *args: str) -> ServerProcess:
 @pytest.fixture(scope="session")
 def tiny_server(tmp_path_factory):
     """The main test server: tiny preset, 16 slots."""
-    server = start_server(tmp_path_factory.mktemp("server"), "--slots", "16")
+    server = start_server(tmp_path_factory.mktemp("server"), "--slots", "32")  # > 16: steps compute the active rows only
     yield server
     server.stop()
 

@@ -15,6 +15,7 @@ from moshi.models import loaders
 from moshi.utils.compile import no_compile
 
 from ..audio import FRAME_SAMPLES
+from .active_rows import ActiveRows
 from .inference import inference
 from .sampling import BatchedLMGen, SamplingSettings, SlotRandomness
 
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 
 # Text pieces with these ids are control tokens (unk, bos, eos, pad) and are never shown.
 SPECIAL_TEXT_IDS = frozenset({0, 1, 2, 3})
+# Steps compute a multiple of this many leading slots (CPU): on this project's CPUs batches of 8 rows or
+# fewer round differently from larger ones, which would break a row's bit-identity as the prefix changes.
+ROW_BUCKET = 16
 
 
 @dataclass
@@ -43,7 +47,9 @@ class StepOutput:
 class MoshiBatch:
     """Loads Mimi + the LM once and serves `slots` independent streams through one batched step."""
 
-    def __init__(self, checkpoint: loaders.CheckpointInfo, slots: int, device: str, dtype: torch.dtype):
+    def __init__(self, checkpoint: loaders.CheckpointInfo, slots: int, device: str, dtype: torch.dtype,
+                 active_rows: bool | None = None):
+        """`active_rows`: step only the prefix of slots in use (None: on CPU, where it pays; see active_rows.py)."""
         self.slots = slots
         self.device = torch.device(device)
         self.mimi = checkpoint.get_mimi(device=self.device)
@@ -61,6 +67,20 @@ class MoshiBatch:
         for slot in range(slots):
             self.configure_slot(slot, self.defaults)
         self._pieces = [self._piece(i) for i in range(self.tokenizer.vocab_size())]
+        use_rows = self.device.type == "cpu" if active_rows is None else active_rows
+        gen = self.gen
+        self.active_rows = ActiveRows(
+            [self.mimi, gen], slots, extra=[(gen, "slot_temp_audio"), (gen, "slot_temp_text"), (gen, "noise"),
+                                           (gen, "slot_top_k_audio"), (gen, "slot_top_k_text"), (gen, "force_silence")],
+        ) if use_rows and slots > ROW_BUCKET else None
+
+    def rows_for(self, in_use: np.ndarray) -> int:
+        """How many leading slots a step computes: past the last slot in use, rounded up to a bucket of
+        ROW_BUCKET (a few sizes only, and never the small batches whose CPU kernels round differently)."""
+        if self.active_rows is None or not in_use.any():
+            return self.slots
+        last = int(np.flatnonzero(in_use)[-1]) + 1
+        return min(self.slots, -(-last // ROW_BUCKET) * ROW_BUCKET)
 
     def _silence_codes(self) -> torch.Tensor:
         """Mimi's codes for digital silence, once the encoder has settled: [dep_q]."""
@@ -98,32 +118,45 @@ class MoshiBatch:
             return self._step(batch)
 
     def _step(self, batch: StepInput) -> StepOutput:
-        execute = torch.from_numpy(batch.execute).to(self.device)
         if batch.reset.any():
             reset = torch.from_numpy(batch.reset).to(self.device)
             self.mimi.reset_streaming(reset)
             self.gen.reset_streaming(reset)
-        sampling = [s for s in np.flatnonzero(batch.execute) if self._samples(int(s))]
-        self.gen.noise.copy_(self.randomness.draw([int(s) for s in sampling]), non_blocking=True)
-        self.gen.force_silence.copy_(torch.from_numpy(batch.force_silence))
+        rows = self.rows_for(batch.execute)
+        if self.active_rows is None or rows == self.slots:
+            return self._step_rows(batch, self.slots)
+        with self.active_rows.narrowed(rows):
+            out = self._step_rows(batch, rows)
+        pcm = np.zeros((self.slots, self.frame_samples), dtype=np.float32)
+        pcm[:rows] = out.pcm
+        has_output = np.zeros(self.slots, dtype=bool)
+        has_output[:rows] = out.has_output
+        return StepOutput(pcm, out.text + [None] * (self.slots - rows), has_output)
 
-        pcm = torch.from_numpy(batch.pcm).to(self.device)[:, None, :]        # [B, 1, F]
+    def _step_rows(self, batch: StepInput, rows: int) -> StepOutput:
+        """The step over slots [0, rows): R = rows below (B when every slot is computed)."""
+        execute = torch.from_numpy(batch.execute[:rows]).to(self.device)
+        sampling = [s for s in np.flatnonzero(batch.execute) if self._samples(int(s))]
+        self.gen.noise.copy_(self.randomness.draw([int(s) for s in sampling])[:rows], non_blocking=True)
+        self.gen.force_silence.copy_(torch.from_numpy(batch.force_silence[:rows]))
+
+        pcm = torch.from_numpy(batch.pcm[:rows]).to(self.device)[:, None, :]  # [R, 1, F]
         self.mimi.set_exec_mask(execute)
-        codes = self.mimi.encode(pcm)                                        # [B, K, 1]
+        codes = self.mimi.encode(pcm)                                        # [R, K, 1]
         if batch.first.any():
             # As moshi.server does: the first frame is in the model's past; re-apply the
             # encoder's left padding on the next frame by resetting that slot's Mimi state.
-            self.mimi.reset_streaming(torch.from_numpy(batch.first).to(self.device))
+            self.mimi.reset_streaming(torch.from_numpy(batch.first[:rows]).to(self.device))
 
         self.gen.set_exec_mask(execute)
-        tokens = self.gen.step(codes)                                        # [B, 1 + K, 1]
+        tokens = self.gen.step(codes)                                        # [R, 1 + K, 1]
         assert tokens is not None  # support_out_of_sync: never None, "ungenerated" marks instead
         audio = tokens[:, 1:, :]
-        has_output = (audio >= 0).all(dim=1)[:, 0] & execute                 # [B]
+        has_output = (audio >= 0).all(dim=1)[:, 0] & execute                 # [R]
         audio = torch.where(has_output[:, None, None], audio, self.silence_codes[None, :, None])
 
         self.mimi.set_exec_mask(execute)
-        out = self.mimi.decode(audio)[:, 0, :]                               # [B, F]
+        out = self.mimi.decode(audio)[:, 0, :]                               # [R, F]
         has_output_np = has_output.cpu().numpy()
         out_np = out.float().cpu().numpy()
         out_np[~has_output_np] = 0.0

@@ -1,0 +1,115 @@
+"""Run a batched streaming step on the first `rows` rows of its batch only (CPU).
+
+moshi's streaming modules keep their state for a fixed batch of B slots, and a step computes all B rows
+even when `set_exec_mask` masks most of them out: on a CPU a step of 48 slots costs ~5x a step of 1,
+whether 1 or 48 conversations are active. Slots are taken lowest index first, so the active ones sit in
+a prefix of the batch; `ActiveRows.narrowed(rows)` swaps every per-slot tensor of every streaming state
+for a view of its first `rows` rows for the duration of one step, then writes back the tensors a module
+replaced instead of updating in place. The step then costs what its active rows cost.
+
+Which dimension of a state tensor is the batch is not hard-coded (the KV cache keeps it second): it is
+found once, by comparing each live state with a fresh one built for B + 1 slots (LMGen's own state,
+whose constructor has side effects, is read by its known layout: batch first). Rows are numbered as
+before, so a slot's state never moves; a row's numbers do not depend on the other rows (the scheduler's
+bit-identity test checks it, with the prefix changing under a running conversation).
+
+Not used on CUDA: moshi's CUDA graphs are captured for the full batch, and a GPU step costs about the
+same for 1 row as for 64.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import typing as tp
+
+import torch
+from moshi.models.lm import LMGen
+
+# (holder, attribute, batch dimension): a per-slot tensor to narrow
+_Field = tuple[object, str, int]
+
+
+class ActiveRows:
+    def __init__(self, roots: tp.Sequence[torch.nn.Module], batch_size: int,
+                 extra: tp.Sequence[tuple[object, str]] = ()):
+        """`roots`: modules in streaming mode for `batch_size`; `extra`: (object, attribute) pairs of
+        per-slot tensors outside the streaming states (batch first), e.g. per-slot sampling buffers."""
+        self.batch_size = batch_size
+        self.states: list[object] = []
+        seen: set[int] = set()   # by identity: states are dataclasses whose == compares tensors
+        self.fields: list[_Field] = [(holder, name, 0) for holder, name in extra]
+        for root in roots:
+            for module in root.modules():
+                state = getattr(module, "_streaming_state", None)
+                if state is None or id(state) in seen:
+                    continue
+                seen.add(id(state))
+                self.states.append(state)
+                if isinstance(module, LMGen):
+                    # its state's constructor enters the LM's streaming mode: read its layout instead
+                    # (cache [B, K, T], offsets [B], exec_mask [B], conditions [B, ...] when present)
+                    self.fields += [(state, name, 0) for name in _attribute_names(state)
+                                    if isinstance(getattr(state, name), torch.Tensor)
+                                    and getattr(state, name).dim() > 0 and getattr(state, name).shape[0] == batch_size]
+                else:
+                    fresh = module._init_streaming_state(batch_size + 1)  # type: ignore[operator]
+                    self.fields += _batch_fields(state, fresh, batch_size)
+
+    @contextlib.contextmanager
+    def narrowed(self, rows: int) -> tp.Iterator[None]:
+        """Within: every per-slot tensor is a view of its first `rows` rows (in-place updates land in
+        the full tensor); after: tensors the step replaced are copied back into those rows."""
+        if rows >= self.batch_size:
+            yield
+            return
+        full = [getattr(holder, name) for holder, name, _ in self.fields]
+        views = [tensor.narrow(dim, 0, rows) for tensor, (_, _, dim) in zip(full, self.fields, strict=True)]
+        for (holder, name, _), view in zip(self.fields, views, strict=True):
+            setattr(holder, name, view)
+        for state in self.states:
+            state.batch_size = rows  # type: ignore[attr-defined]
+        try:
+            yield
+        finally:
+            for (holder, name, dim), tensor, view in zip(self.fields, full, views, strict=True):
+                now = getattr(holder, name)
+                if now is not view:  # the module assigned a new tensor (e.g. `state.offsets = where(...)`)
+                    tensor.narrow(dim, 0, rows).copy_(now)
+                setattr(holder, name, tensor)
+            for state in self.states:
+                state.batch_size = self.batch_size  # type: ignore[attr-defined]
+
+
+def _batch_fields(state: object, fresh: object, batch_size: int) -> list[_Field]:
+    """The per-slot tensors of one state: those whose shape differs from the B + 1 state's in exactly
+    the dimension that holds B. Looks one level into non-tensor fields (the KV cache object)."""
+    found: list[_Field] = []
+    for name in _attribute_names(state):
+        live, other = getattr(state, name), getattr(fresh, name, None)
+        if isinstance(live, torch.Tensor) and isinstance(other, torch.Tensor):
+            dim = _batch_dim(live, other, batch_size)
+            if dim is not None:
+                found.append((state, name, dim))
+        elif live is not None and type(live) is type(other) and hasattr(live, "__dict__") and not callable(live):
+            for inner in vars(live):
+                a, b = getattr(live, inner), getattr(other, inner)
+                if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+                    dim = _batch_dim(a, b, batch_size)
+                    if dim is not None:
+                        found.append((live, inner, dim))
+    return found
+
+
+def _attribute_names(state: object) -> list[str]:
+    names = [f.name for f in dataclasses.fields(state)] if dataclasses.is_dataclass(state) else []
+    return names + [name for name in vars(state) if name not in names]   # exec_mask is set in __post_init__
+
+
+def _batch_dim(live: torch.Tensor, fresh: torch.Tensor, batch_size: int) -> int | None:
+    if live.dim() != fresh.dim():
+        return None
+    differing = [d for d in range(live.dim()) if live.shape[d] != fresh.shape[d]]
+    if len(differing) == 1 and live.shape[differing[0]] == batch_size and fresh.shape[differing[0]] == batch_size + 1:
+        return differing[0]
+    return None
