@@ -102,7 +102,8 @@ def test_serve_help_explains_every_flag():
     result = run_cli("serve", "--help")
     assert result.returncode == 0
     for flag in ("--preset", "--moshi-spec", "--host", "--port", "--device", "--dtype", "--slots", "--token",
-                 "--ssl", "--static", "--log-level", "--max-wait-ms", "--max-queue-frames"):
+                 "--ssl", "--static", "--log-level", "--max-wait-ms", "--max-queue-frames", "--max-connections",
+                 "--start-timeout-s"):
         assert flag in result.stdout, flag
 
 

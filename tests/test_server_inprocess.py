@@ -11,12 +11,13 @@ import collections
 import contextlib
 import json
 import re
+import time
 
 import aiohttp
 import numpy as np
 import pytest
 import sphn
-from aiohttp import WSMsgType
+from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from duplex.audio import FRAME_SAMPLES, float_to_pcm16
@@ -96,9 +97,9 @@ class FakeEngine(Engine):
 
 
 @contextlib.asynccontextmanager
-async def serving(*engines: FakeEngine, token: str | None = None):
+async def serving(*engines: FakeEngine, token: str | None = None, **settings):
     engines = engines or (FakeEngine(),)
-    app = create_app({e.name: e for e in engines}, ServerSettings(token=token, static_dir=None))
+    app = create_app({e.name: e for e in engines}, ServerSettings(token=token, static_dir=None, **settings))
     async with TestClient(TestServer(app)) as client:
         yield client
 
@@ -385,3 +386,126 @@ async def test_engines_start_with_the_app_stop_in_reverse_and_sockets_close_1001
         assert log == ["start duplex", "start cascade", "stop cascade", "stop duplex"]
     finally:
         await client.close()
+
+
+# --- front-end limits: --max-connections, --start-timeout-s ---------------------------------------
+
+async def sockets_settle(client: TestClient, n: int) -> None:
+    """The server's handler finishes its teardown a few loop turns after the client's close returns.
+
+    A short poll, bounded: the app has no event for "a handler returned", and adding one for tests only
+    would be state that production code must keep right."""
+    async with asyncio.timeout(TIMEOUT):
+        while len(client.app[SOCKETS]) != n:  # noqa: ASYNC110 (no event to wait on; see above)
+            await asyncio.sleep(0.005)
+
+
+async def test_connections_past_the_cap_are_refused_1013_counted_and_admitted_again_after_a_close():
+    engine = FakeEngine()
+    async with serving(engine, max_connections=2) as client:
+        first = await open_started(client)
+        chat = await client.ws_connect("/api/chat")
+        assert (await chat.receive(timeout=TIMEOUT)).data == b"\x00"
+        reason = "server full: 2 connections open, try again later"
+        refused = await client.ws_connect("/ws")
+        error = await receive_json(refused)   # the error first: browsers cannot read a failed upgrade
+        assert (error["type"], error["code"], error["message"], error["session_id"]) == (
+            "error", "capacity", reason, "")
+        msg = await refused.receive(timeout=TIMEOUT)
+        assert (msg.type, msg.data, msg.extra) == (WSMsgType.CLOSE, 1013, reason)
+        refused_chat = await client.ws_connect("/api/chat")
+        msg = await refused_chat.receive(timeout=TIMEOUT)   # no handshake: the close alone
+        assert (msg.type, msg.data, msg.extra) == (WSMsgType.CLOSE, 1013, reason)
+        assert engine.calls["open"] == 2   # a refused socket never reaches an engine
+        assert await metric(client, "duplex_connections_refused_total", '{endpoint="ws",reason="max_connections"}') == 1
+        assert await metric(client, "duplex_connections_refused_total",
+                            '{endpoint="api_chat",reason="max_connections"}') == 1
+        assert await metric(client, "duplex_errors_total", '{code="capacity"}') == 1
+        assert await metric(client, "duplex_connections_open", '{endpoint="ws"}') == 1
+        assert await metric(client, "duplex_connections_open", '{endpoint="api_chat"}') == 1
+        await first.close()
+        await asyncio.wait_for(engine.streams[0].closed.wait(), TIMEOUT)
+        await sockets_settle(client, 1)
+        assert await metric(client, "duplex_connections_open", '{endpoint="ws"}') == 0
+        again = await open_started(client)   # room again
+        assert await metric(client, "duplex_connections_open", '{endpoint="ws"}') == 1
+        assert len(client.app[SOCKETS]) == 2
+        await again.close()
+        await chat.close()
+
+
+async def test_a_burst_of_upgrades_never_overshoots_the_cap(monkeypatch):
+    prepare = web.WebSocketResponse.prepare
+
+    async def slow_prepare(self, request):   # an upgrade that yields, so the burst's handlers interleave
+        await asyncio.sleep(0.01)
+        return await prepare(self, request)
+    monkeypatch.setattr(web.WebSocketResponse, "prepare", slow_prepare)
+    async with serving(max_connections=3) as client:
+        async def first_message(_):
+            ws = await client.ws_connect("/ws")
+            return ws, await receive_json(ws)
+        opened = await asyncio.gather(*map(first_message, range(8)))
+        kinds = sorted(msg["type"] for _, msg in opened)
+        assert kinds == ["error"] * 5 + ["ready"] * 3
+        assert await metric(client, "duplex_connections_refused_total", '{endpoint="ws",reason="max_connections"}') == 5
+        assert await metric(client, "duplex_connections_open", '{endpoint="ws"}') == 3
+        for ws, _ in opened:
+            await ws.close()
+        await sockets_settle(client, 0)
+        assert await metric(client, "duplex_connections_open", '{endpoint="ws"}') == 0
+
+
+async def expect_start_timeout(ws, since: float, reason: str) -> None:
+    error = await receive_json(ws)
+    assert (error["type"], error["code"], error["message"]) == (
+        "error", "not_started", "no `start` within 0.2 s of opening the socket (or of `stop`); the socket is closed")
+    msg = await ws.receive(timeout=TIMEOUT)
+    assert (msg.type, msg.data, msg.extra) == (WSMsgType.CLOSE, 1008, reason)
+    assert time.monotonic() - since >= 0.2
+
+
+async def test_a_socket_that_never_starts_is_told_then_closed_1008():
+    async with serving(start_timeout_s=0.2) as client:
+        opened = time.monotonic()
+        ws = await client.ws_connect("/ws")
+        assert (await receive_json(ws))["type"] == "ready"
+        await ws.send_str("{")   # messages that start nothing do not move the deadline
+        assert (await receive_json(ws))["code"] == "bad_message"
+        await expect_start_timeout(ws, opened, "start timeout: no start within 0.2 s")
+        await sockets_settle(client, 0)
+        assert await metric(client, "duplex_start_timeouts_total", '{endpoint="ws"}') == 1
+        assert await metric(client, "duplex_errors_total", '{code="not_started"}') == 1
+        assert await metric(client, "duplex_connections_open", '{endpoint="ws"}') == 0
+
+
+async def test_a_started_socket_is_not_closed_and_the_timer_runs_again_after_stop():
+    engine = FakeEngine()
+    async with serving(engine, start_timeout_s=0.2) as client:
+        ws = await open_started(client)
+        with pytest.raises(asyncio.TimeoutError):   # twice the timeout: nothing comes, the socket stays open
+            await ws.receive(timeout=0.4)
+        await ws.send_json({"type": "stop"})
+        stopped = time.monotonic()
+        assert [(await receive_json(ws))["type"] for _ in range(3)] == ["stop_acknowledged", "metrics", "status"]
+        await expect_start_timeout(ws, stopped, "start timeout: no start within 0.2 s")
+        assert engine.calls["open"] == 1 and engine.active == 0
+        await sockets_settle(client, 0)
+        assert await metric(client, "duplex_start_timeouts_total", '{endpoint="ws"}') == 1
+
+
+async def test_api_chat_without_audio_is_closed_1008_and_with_audio_is_not():
+    engine = FakeEngine()
+    async with serving(engine, start_timeout_s=0.2) as client:
+        silent = await client.ws_connect("/api/chat")
+        talking = await client.ws_connect("/api/chat")
+        for ws in (silent, talking):
+            assert (await ws.receive(timeout=TIMEOUT)).data == b"\x00"
+        await talking.send_bytes(b"\x01" + ogg_pages(1)[0])
+        msg = await silent.receive(timeout=TIMEOUT)   # no message before: this protocol has no error kind
+        assert (msg.type, msg.data, msg.extra) == (WSMsgType.CLOSE, 1008, "start timeout: no audio within 0.2 s")
+        await asyncio.wait_for(engine.streams[0].closed.wait(), TIMEOUT)   # its slot is free
+        assert not engine.streams[1].closed.is_set()
+        assert await metric(client, "duplex_start_timeouts_total", '{endpoint="api_chat"}') == 1
+        assert await metric(client, "duplex_connections_open", '{endpoint="api_chat"}') == 1
+        await talking.close()

@@ -1,11 +1,15 @@
 """One connection lifecycle for every conversation socket (`/ws`, `/api/chat`, and the next ones).
 
-`serve_socket` owns the socket from the upgrade to the last byte: it prepares the WebSocketResponse
-(message limit from the settings), registers it in the app's socket set and the
-`duplex_connections_open{endpoint}` gauge, runs a send loop that drains the codec's `Outbox` (audio is
-encoded at send time, so queued audio can still be silenced), hands every received message to the
-codec, applies the slow-reader policy (close 1008), flushes the last queued messages before a policy
-close, and tears down in one place (codec closed, gauge decremented, socket removed).
+`serve_socket` owns the socket from the upgrade to the last byte: it admits it against
+`--max-connections` (counted in the app's socket set before the first await, so a burst cannot
+overshoot; past the cap the codec's `full` refusal, close 1013), prepares the WebSocketResponse (message
+limit from the settings), counts it in the `duplex_connections_open{endpoint}` gauge, runs a send loop
+that drains the codec's `Outbox` (audio is encoded at send time, so queued audio can still be silenced),
+hands every received message to the codec, runs the start timeout while the codec `awaits_start` (one
+`call_later` timer, armed and cancelled as the codec's state changes, never polled; on expiry the codec
+explains, then close 1008), applies the slow-reader policy (close 1008), flushes the last queued
+messages before a policy close, and tears down in one place (codec closed, gauge decremented, socket
+removed). Every refusal is counted in `duplex_connections_refused_total{endpoint, reason}`.
 
 A protocol plugs in with a `SocketCodec`: how its messages are read and written, nothing about the
 socket's life. Adding a protocol means adding a codec, not a handler.
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 
 from aiohttp import WSMsgType, web
 
+from .metrics import ServerMetrics
 from .outbox import Outbox, SlowReader
 from .state import METRICS, SETTINGS, SOCKETS
 
@@ -32,10 +37,14 @@ FLUSH_TIMEOUT_S = 1.0   # how long a policy close waits for the message that exp
 
 @dataclass(frozen=True)
 class Refusal:
-    """`on_open` said no: send `last_message` (if any), then close with `close_code` and `reason`."""
+    """`on_open` said no: send `last_message` (if any), then close with `close_code` and `reason`.
+
+    `label` is the `reason` label of duplex_connections_refused_total (a short fixed word).
+    """
     close_code: int
     reason: bytes
     last_message: str | bytes | None = None
+    label: str = "refused"
 
 
 class CloseConnection(Exception):
@@ -63,6 +72,19 @@ class SocketCodec(abc.ABC):
     @abc.abstractmethod
     def on_open(self, request: web.Request) -> Refusal | None:
         """The socket is upgraded: set up the conversation (and `outbox`), or refuse it."""
+
+    def full(self, request: web.Request, reason: str) -> Refusal:
+        """`--max-connections` sockets are open: this protocol's refusal (by default the close alone)."""
+        return Refusal(1013, reason.encode(), label="max_connections")
+
+    @property
+    def awaits_start(self) -> bool:
+        """True while the socket has no conversation going: the start timeout runs (False: never)."""
+        return False
+
+    def on_start_timeout(self, timeout_s: float) -> bytes:
+        """No conversation within the start timeout: queue what explains it; returns the 1008 close reason."""
+        return f"start timeout: no conversation within {timeout_s:g} s".encode()
 
     def greeting(self) -> str | bytes | None:
         """A first message sent before anything queued (Moshi's 0x00 handshake); None for none."""
@@ -92,16 +114,34 @@ class SocketCodec(abc.ABC):
 async def serve_socket(request: web.Request, codec: SocketCodec) -> web.WebSocketResponse:
     """The whole life of one conversation socket; the aiohttp handler of every socket endpoint."""
     app = request.app
-    ws = web.WebSocketResponse(max_msg_size=app[SETTINGS].max_message_bytes, heartbeat=codec.heartbeat)
-    await ws.prepare(request)
-    refusal = codec.on_open(request)
-    if refusal is not None:
-        if refusal.last_message is not None:
-            await _send(ws, refusal.last_message)
-        await ws.close(code=refusal.close_code, message=refusal.reason)
+    settings = app[SETTINGS]
+    sockets = app[SOCKETS]
+    ws = web.WebSocketResponse(max_msg_size=settings.max_message_bytes, heartbeat=codec.heartbeat)
+    # The cap is checked and the socket counted with no await in between: the event loop runs one
+    # handler at a time up to here, so a burst of upgrades cannot all see room for one more.
+    if settings.max_connections and len(sockets) >= settings.max_connections:
+        full = codec.full(request, f"server full: {len(sockets)} connections open, try again later")
+        await ws.prepare(request)
+        await _refuse(app, ws, codec, full)
         return ws
-    await _Connection(ws, codec).run(app)
+    sockets.add(ws)
+    try:
+        await ws.prepare(request)
+        refusal = codec.on_open(request)
+        if refusal is not None:
+            await _refuse(app, ws, codec, refusal)
+            return ws
+        await _Connection(ws, codec, settings.start_timeout_s).run(app)
+    finally:
+        sockets.discard(ws)
     return ws
+
+
+async def _refuse(app: web.Application, ws: web.WebSocketResponse, codec: SocketCodec, refusal: Refusal) -> None:
+    app[METRICS].refused.labels(codec.endpoint, refusal.label).inc()
+    if refusal.last_message is not None:
+        await _send(ws, refusal.last_message)
+    await ws.close(code=refusal.close_code, message=refusal.reason)
 
 
 async def _send(ws: web.WebSocketResponse, data: str | bytes) -> None:
@@ -112,24 +152,28 @@ async def _send(ws: web.WebSocketResponse, data: str | bytes) -> None:
 
 
 class _Connection:
-    def __init__(self, ws: web.WebSocketResponse, codec: SocketCodec):
+    def __init__(self, ws: web.WebSocketResponse, codec: SocketCodec, start_timeout_s: float):
         self.ws = ws
         self.codec = codec
         self.drained = asyncio.Event()   # set by the sender whenever it has sent everything queued
+        self.start_timeout_s = start_timeout_s
+        self.start_timer: asyncio.TimerHandle | None = None   # armed while the codec awaits a start
+        self.expiry: asyncio.Task | None = None               # the timer fired: explain, flush, close 1008
+        self.sender: asyncio.Task | None = None
 
     async def run(self, app: web.Application) -> None:
         ws, codec = self.ws, self.codec
-        gauge = app[METRICS].connections.labels(codec.endpoint)
-        app[SOCKETS].add(ws)
+        metrics = app[METRICS]
+        gauge = metrics.connections.labels(codec.endpoint)
         gauge.inc()
-        sender: asyncio.Task | None = None
         close: tuple[int, bytes] | None = None
         try:
             greeting = codec.greeting()
             if greeting is not None:
                 await _send(ws, greeting)   # before the sender starts, so nothing queued overtakes it
-            sender = asyncio.create_task(self._send_loop())
-            await self._receive_loop(sender)
+            sender = self.sender = asyncio.create_task(self._send_loop())
+            self._update_start_timer(metrics)
+            await self._receive_loop(sender, metrics)
         except CloseConnection as exc:
             close = (exc.code, exc.reason)
         except Exception:
@@ -137,24 +181,38 @@ class _Connection:
             codec.on_error()
             close = (1011, b"internal error")
         finally:
+            self._cancel_start_timer()
             try:
                 codec.on_close()
-            finally:   # the socket leaves the books even if the codec's teardown fails
-                app[SOCKETS].discard(ws)
+            finally:   # the connection leaves the gauge even if the codec's teardown fails
                 gauge.dec()
+        try:
+            await self._close(close)
+        finally:
+            if self.expiry is not None and not self.expiry.done():   # only if we were cancelled
+                self.expiry.cancel()
+            if self.sender is not None:
+                self.sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self.sender   # its exception (a slow reader, a reset connection) was read or does not matter
+
+    async def _close(self, close: tuple[int, bytes] | None) -> None:
+        sender = self.sender
         if sender is None:
             return
+        if self.expiry is not None:
+            await self.expiry   # it flushes the explanation and closes the socket 1008
+            return
         if sender.done() and not sender.cancelled() and isinstance(sender.exception(), SlowReader):
-            close = (1008, codec.slow_reader_reason)
-        if close is not None and not ws.closed:
+            close = (1008, self.codec.slow_reader_reason)
+        if close is not None and not self.ws.closed:
             await self._flush(sender)
-            await ws.close(code=close[0], message=close[1])
-        sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await sender   # its exception (a slow reader, a reset connection) was read above or does not matter
+            await self.ws.close(code=close[0], message=close[1])
 
-    async def _receive_loop(self, sender: asyncio.Task) -> None:
+    async def _receive_loop(self, sender: asyncio.Task, metrics: ServerMetrics) -> None:
         async for msg in self.ws:
+            if self.expiry is not None:   # timed out: what the client sends now is too late
+                break
             if msg.type == WSMsgType.TEXT:
                 self.codec.on_text(msg.data)
             elif msg.type == WSMsgType.BINARY:
@@ -164,6 +222,36 @@ class _Connection:
                 break
             if sender.done():   # the sender gave up (slow reader, socket gone): so does the connection
                 break
+            self._update_start_timer(metrics)
+
+    # --- the start timeout -------------------------------------------------------------------
+    def _update_start_timer(self, metrics: ServerMetrics) -> None:
+        """Arms the timer when the codec starts waiting for a conversation (open, after `stop`), cancels it
+        when one starts; a message that changes nothing leaves the deadline where it was."""
+        waiting = self.codec.awaits_start and self.start_timeout_s > 0 and self.expiry is None
+        if waiting and self.start_timer is None:
+            loop = asyncio.get_running_loop()
+            self.start_timer = loop.call_later(self.start_timeout_s, self._start_timed_out, metrics)
+        elif not waiting:
+            self._cancel_start_timer()
+
+    def _cancel_start_timer(self) -> None:
+        if self.start_timer is not None:
+            self.start_timer.cancel()
+            self.start_timer = None
+
+    def _start_timed_out(self, metrics: ServerMetrics) -> None:
+        self.start_timer = None
+        metrics.start_timeouts.labels(self.codec.endpoint).inc()
+        reason = self.codec.on_start_timeout(self.start_timeout_s)
+        log.info("%s: closed, %s", self.codec.endpoint, reason.decode(errors="replace"))
+        self.expiry = asyncio.create_task(self._close_expired(reason))
+
+    async def _close_expired(self, reason: bytes) -> None:
+        """Runs beside the receive loop: aiohttp's `close` wakes a pending `receive` (it sees CLOSING)."""
+        if self.sender is not None:
+            await self._flush(self.sender)
+        await self.ws.close(code=1008, message=reason)
 
     async def _send_loop(self) -> None:
         outbox = self.codec.outbox

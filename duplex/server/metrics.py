@@ -29,6 +29,10 @@ class ServerMetrics:
         self.sessions = Gauge("duplex_sessions_active", "Conversations running now", ["mode"], registry=r)
         self.sessions_total = Counter("duplex_sessions", "Conversations started", ["mode"], registry=r)
         self.connections = Gauge("duplex_connections_open", "WebSocket connections open", ["endpoint"], registry=r)
+        self.refused = Counter("duplex_connections_refused", "Conversation sockets refused at open",
+                               ["endpoint", "reason"], registry=r)
+        self.start_timeouts = Counter("duplex_start_timeouts", "Sockets closed for starting no conversation in time",
+                                      ["endpoint"], registry=r)
         self.frames_in = Counter("duplex_frames_in", "80 ms user audio frames consumed", registry=r)
         self.frames_out = Counter("duplex_frames_out", "80 ms assistant audio frames produced", registry=r)
         # not `self.frames_dropped`: that name is the SessionObserver method below, which this would shadow

@@ -5,6 +5,9 @@ ways; the server sends 0x02 + UTF-8 pieces of the model's text stream. Kyutai's 
 `python -m moshi.client` work unchanged, and many at once (each takes a batch slot, where
 moshi.server serves one conversation at a time behind a global lock). `MoshiCodec` is this
 protocol's side of the connection lifecycle (`connection.py`); there is no Session here.
+The conversation (and its batch slot) begins at the upgrade, so the start timeout runs until the first
+audio message: a client that holds a slot and sends nothing is closed 1008 (no message: this protocol
+has no error kind).
 """
 
 from __future__ import annotations
@@ -59,20 +62,21 @@ class MoshiCodec(SocketCodec):
         self.decoder = OpusDecoder()
         self.frames = FrameAssembler()
         self.stream: EngineStream | None = None
+        self.heard_audio = False   # a first 0x01 message came: the start timeout is over
 
     def on_open(self, request: web.Request) -> Refusal | None:
         engine = request.app[ENGINES].get("duplex")
         self.metrics = request.app[METRICS]
         if engine is None:
-            return Refusal(1011, b"no duplex model loaded")
+            return Refusal(1011, b"no duplex model loaded", label="no_model")
         try:
             config = config_from_query(request.query)
         except ValueError as exc:
-            return Refusal(1008, f"bad query parameter: {exc}".encode()[:120])
+            return Refusal(1008, f"bad query parameter: {exc}".encode()[:120], label="bad_query")
         try:
             self.stream = engine.open(config, self._sink)
         except CapacityError:
-            return Refusal(1013, b"server full: every duplex slot is busy, try again later")
+            return Refusal(1013, b"server full: every duplex slot is busy, try again later", label="no_slot")
         self.metrics.session_started("duplex")
         log.info("moshi-compatible conversation started (%s)", config or "default sampling")
         return None
@@ -87,12 +91,20 @@ class MoshiCodec(SocketCodec):
     def greeting(self) -> bytes:
         return bytes([protocol.KIND_HANDSHAKE])
 
+    @property
+    def awaits_start(self) -> bool:
+        return not self.heard_audio
+
+    def on_start_timeout(self, timeout_s: float) -> bytes:
+        return f"start timeout: no audio within {timeout_s:g} s".encode()
+
     def on_text(self, data: str) -> None:
         pass  # moshi.server ignores these too
 
     def on_binary(self, data: bytes) -> None:
         if not data or data[0] != protocol.KIND_AUDIO:
             return  # as moshi.server does
+        self.heard_audio = True
         assert self.stream is not None
         try:
             pcm = self.decoder.decode(data[1:])

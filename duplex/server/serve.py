@@ -38,7 +38,9 @@ async def serve(args: argparse.Namespace) -> None:
     engines = build_engines(args)
     static = None if args.static == "none" else Path(args.static)
     app = create_app(engines, ServerSettings(token=args.token, static_dir=static,
-                                             speech_threshold_dbfs=args.speech_threshold_dbfs))
+                                             speech_threshold_dbfs=args.speech_threshold_dbfs,
+                                             max_connections=args.max_connections,
+                                             start_timeout_s=args.start_timeout_s))
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, ssl_context=context)
@@ -114,6 +116,13 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--speech-threshold-dbfs", type=float, default=-45.0,
                    help="energy above which a frame counts as speech (turn detection, latency metrics)")
     p.add_argument("--token", help="access token required from clients (?token= or Authorization: Bearer)")
+    p.add_argument("--max-connections", type=int, default=1000,
+                   help="conversation sockets (/ws and /api/chat together) open at once; past it a new one is "
+                        "closed 1013 'server full' (/ws: after an `error` capacity). 0 = no limit")
+    p.add_argument("--start-timeout-s", type=float, default=30.0,
+                   help="a /ws socket with no conversation this long after opening or after `stop` gets `error` "
+                        "not_started and is closed 1008; an /api/chat socket, when no audio came this long "
+                        "after the handshake. 0 = never")
     p.add_argument("--ssl", metavar="DIR", help="serve https/wss with DIR/key.pem and DIR/cert.pem "
                                                 "(browsers need a secure context for the microphone off localhost)")
     p.add_argument("--static", default=str(DEFAULT_STATIC),

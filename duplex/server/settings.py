@@ -14,3 +14,5 @@ class ServerSettings:
     static_dir: Path | None = DEFAULT_STATIC
     max_message_bytes: int = 1024 * 1024   # aiohttp closes the socket (1009) past this
     speech_threshold_dbfs: float = -45.0
+    max_connections: int = 1000            # conversation sockets open at once (/ws + /api/chat); 0 = no limit
+    start_timeout_s: float = 30.0          # a socket with no conversation this long is closed 1008; 0 = never

@@ -15,4 +15,6 @@ from .settings import ServerSettings
 ENGINES = web.AppKey("engines", dict[str, Engine])           # loaded engines by mode: "duplex", "cascade"
 SETTINGS = web.AppKey("settings", ServerSettings)
 METRICS = web.AppKey("metrics", ServerMetrics)
-SOCKETS = web.AppKey("sockets", set[web.WebSocketResponse])  # open conversation sockets, closed 1001 on shutdown
+# conversation sockets admitted (from before the upgrade to after the close): what --max-connections counts;
+# closed 1001 on shutdown
+SOCKETS = web.AppKey("sockets", set[web.WebSocketResponse])

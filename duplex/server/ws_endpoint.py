@@ -3,7 +3,8 @@
 `DuplexCodec` is this protocol's side of the connection lifecycle (`connection.py`): text and binary
 messages go to the connection's `Session`, whose `Outbox` the lifecycle drains (Opus or pcm16 encoded at
 send time). Refusals are sent as an `error` then a close, so browsers (which cannot read an HTTP status
-on a failed upgrade) can show the reason.
+on a failed upgrade) can show the reason: a full server (`capacity`, 1013) as much as a bad token.
+The start timeout runs while the session has no conversation (from `ready`, and again after `stop`).
 """
 
 from __future__ import annotations
@@ -36,19 +37,33 @@ class DuplexCodec(SocketCodec):
         codec = request.query.get("codec", "opus")
         refusal = None
         if not token_ok(request):
-            refusal = ("unauthorized", "a valid token is required (?token= or Authorization: Bearer)")
+            refusal = ("unauthorized", "a valid token is required (?token= or Authorization: Bearer)", "unauthorized")
         elif mode not in protocol.MODES:
-            refusal = ("bad_message", f"mode must be one of {', '.join(protocol.MODES)}")
+            refusal = ("bad_message", f"mode must be one of {', '.join(protocol.MODES)}", "bad_query")
         elif codec not in protocol.CODECS:
-            refusal = ("bad_message", f"codec must be one of {', '.join(protocol.CODECS)}")
+            refusal = ("bad_message", f"codec must be one of {', '.join(protocol.CODECS)}", "bad_query")
         if refusal is not None:
-            app[METRICS].error(refusal[0])
-            return Refusal(1008, refusal[0].encode(), protocol.error("", *refusal))
+            code, text, label = refusal
+            app[METRICS].error(code)
+            return Refusal(1008, code.encode(), protocol.error("", code, text), label=label)
         self.session = Session(app[ENGINES], codec, app[METRICS], default_mode=mode,
                                speech_threshold_dbfs=app[SETTINGS].speech_threshold_dbfs)
         self.outbox = self.session.outbox
         self.session.send_ready()
         return None
+
+    def full(self, request: web.Request, reason: str) -> Refusal:
+        request.app[METRICS].error("capacity")
+        return Refusal(1013, reason.encode(), protocol.error("", "capacity", reason), label="max_connections")
+
+    @property
+    def awaits_start(self) -> bool:
+        return self.session.conversation is None
+
+    def on_start_timeout(self, timeout_s: float) -> bytes:
+        self.session.send_error("not_started", f"no `start` within {timeout_s:g} s of opening the socket "
+                                               "(or of `stop`); the socket is closed")
+        return f"start timeout: no start within {timeout_s:g} s".encode()
 
     def on_text(self, data: str) -> None:
         try:
