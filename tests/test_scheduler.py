@@ -14,8 +14,9 @@ import typing as tp
 from dataclasses import dataclass, field
 
 import numpy as np
+import pytest
 
-from duplex.engines.scheduler import BatchScheduler, Delivery, TickEntry
+from duplex.engines.scheduler import BatchScheduler, Delivery, TickEntry, TickPolicy
 
 
 @dataclass
@@ -187,3 +188,33 @@ async def test_capacity() -> None:
         assert sched.active == 3 and not sched.has_free_slot() and sched.acquire(Owner("late")) is None
         sched.release(slots[1])
         assert sched.active == 2 and sched.has_free_slot()
+
+
+def test_the_hold_is_what_an_answer_within_one_frame_can_afford() -> None:
+    policy = TickPolicy()
+    assert policy.hold_s() == pytest.approx(0.020)                  # nothing timed yet
+    policy.observe_step(0.010)
+    assert policy.hold_s() == pytest.approx(0.080 - 0.010 - 0.005)  # answer within 80 ms: wait 65 ms at most
+    for _ in range(60):
+        policy.observe_step(0.060)                                   # steps past half a frame
+    assert policy.step_s == pytest.approx(0.060, abs=1e-4)
+    assert policy.hold_s() == pytest.approx(0.075)                  # one tick per frame period
+    assert TickPolicy(max_wait_ms=30.0).hold_s() == pytest.approx(0.030)
+
+
+async def test_frames_of_unaligned_clients_share_a_tick_while_their_answer_can_wait() -> None:
+    runner = FakeRunner()
+    sched: BatchScheduler[Owner] = BatchScheduler(runner, 3, name="test")     # the automatic hold
+    sched.policy.observe_step(0.010)                                          # a 10 ms step: hold 65 ms
+    await sched.start()
+    try:
+        a, b = Owner("a"), Owner("b")
+        slot_a, slot_b = sched.acquire(a), sched.acquire(b)
+        sched.push(slot_a, frame(1.0))
+        await asyncio.sleep(0.03)              # b's frame comes 30 ms later: a's can still wait for it
+        assert runner.ticks == []
+        sched.push(slot_b, frame(2.0))
+        await until(lambda: a.got and b.got)
+        assert [[entry[:2] for entry in tick if entry[1] is not None] for tick in runner.ticks] == [[(0, 1.0), (1, 2.0)]]
+    finally:
+        await sched.stop()

@@ -38,7 +38,7 @@ class CascadeEngine(Engine):
 
     def __init__(self, stt: SttBatch, llm: LLMBackend, tts: TtsEngineModel, *, max_tokens: int = 120,
                  ahead_frames: int = 3, speech_threshold_dbfs: float = -45.0, end_of_turn_silence_ms: float = 640.0,
-                 max_wait_ms: float = 20.0, max_queue_frames: int = 125):
+                 max_wait_ms: float | None = None, max_queue_frames: int = 125):
         self.stt, self.llm, self.tts = stt, llm, tts
         self.scheduler = BatchScheduler(SttRunner(stt), stt.slots, max_wait_ms=max_wait_ms,
                                         max_queue_frames=max_queue_frames, name="stt")

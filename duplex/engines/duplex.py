@@ -71,7 +71,7 @@ class DuplexRunner:
 class DuplexEngine(Engine):
     name = "duplex"
 
-    def __init__(self, model: MoshiBatch, *, max_wait_ms: float = 20.0, max_queue_frames: int = 125,
+    def __init__(self, model: MoshiBatch, *, max_wait_ms: float | None = None, max_queue_frames: int = 125,
                  interrupt_hold_ms: float = 2000.0, speech_threshold_dbfs: float = -45.0,
                  transcribers: TranscriberSource | None = None):
         self.model = model
@@ -93,7 +93,8 @@ class DuplexEngine(Engine):
 
     def health(self) -> dict:
         return {"slots": self.model.slots, "active": self.scheduler.active,
-                "ticks": self.scheduler.ticks, "last_step_ms": round(self.scheduler.last_step_ms, 2)}
+                "ticks": self.scheduler.ticks, "last_step_ms": round(self.scheduler.last_step_ms, 2),
+                "hold_ms": round(self.scheduler.policy.hold_s() * 1000.0, 1)}
 
     def open(self, config: dict, sink: Sink) -> "DuplexStream":
         self.check_config(config)

@@ -1,9 +1,11 @@
 """The batch scheduler: fixed slots, one batched model step per tick, model work on one worker thread.
 
-A tick runs as soon as every active slot has a frame, or when the oldest waiting frame has
-waited `max_wait_ms` (so a slow or silent client never holds the others back). Slots without a
-frame this tick are masked out (their state does not move). Queues are bounded: overflow drops
-the oldest frame and is counted, never blocking. Results are handed back on the event loop.
+When a tick runs is `TickPolicy`'s decision: at once when every active slot has a frame (clients in
+step), else when the oldest waiting frame has been held as long as its answer can afford: real clients
+send at unrelated phases of the 80 ms frame, and a tick costs about the same whether it serves one frame
+or all of them, so each tick should take every frame that can still make its deadline. Slots without a
+frame this tick are masked out (their state does not move). Queues are bounded: overflow drops the
+oldest frame and is counted, never blocking. Results are handed back on the event loop.
 
 The seam: a `TickRunner` adapts one model to the scheduler (prepare a masked batch on the loop,
 execute it on the model thread, deliver results on the loop); each slot is held by an owner of the
@@ -22,6 +24,8 @@ import typing as tp
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from ..audio import FRAME_S
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +84,45 @@ class TickRunner(tp.Protocol[OwnerT, JobT, ResultT]):
         ...
 
 
+class TickPolicy:
+    """How long a waiting frame may be held for more frames to join its tick.
+
+    The budget: a frame's answer should be out within one frame period P (80 ms) of its arrival, so a
+    frame may wait P - S - margin, S being the recent step time. While S <= P/2 that is the fewest ticks
+    that answer every frame within P (each tick runs as late as its oldest frame allows and takes
+    everything that has come). Past P/2 no schedule can keep that promise, so the policy spends the least
+    model time instead: one tick per period (the hold is P - margin), every frame answered within P + S.
+    `max_wait_ms` fixes the hold instead (the former rule: a fixed 20 ms).
+    """
+
+    def __init__(self, period_s: float = FRAME_S, margin_s: float = 0.005, max_wait_ms: float | None = None,
+                 first_hold_s: float = 0.02, smoothing: float = 0.2):
+        self.period_s = period_s
+        self.margin_s = margin_s
+        self.fixed_hold_s = None if max_wait_ms is None else max_wait_ms / 1000.0
+        self.first_hold_s = first_hold_s      # until a step has been timed
+        self.smoothing = smoothing
+        self.step_s: float | None = None      # moving average of the step's wall time
+
+    def observe_step(self, seconds: float) -> None:
+        self.step_s = seconds if self.step_s is None else self.step_s + self.smoothing * (seconds - self.step_s)
+
+    def hold_s(self) -> float:
+        if self.fixed_hold_s is not None:
+            return self.fixed_hold_s
+        if self.step_s is None:
+            return self.first_hold_s
+        if self.step_s <= self.period_s / 2:
+            return max(0.0, self.period_s - self.step_s - self.margin_s)
+        return self.period_s - self.margin_s
+
+
 class BatchScheduler(tp.Generic[OwnerT]):
-    def __init__(self, runner: TickRunner[OwnerT, tp.Any, tp.Any], slots: int, *, max_wait_ms: float = 20.0,
+    def __init__(self, runner: TickRunner[OwnerT, tp.Any, tp.Any], slots: int, *, max_wait_ms: float | None = None,
                  max_queue_frames: int = 125, name: str = "duplex"):
         self.runner = runner
         self.slots: list[Slot[OwnerT]] = [Slot(i) for i in range(slots)]
-        self.max_wait = max_wait_ms / 1000.0
+        self.policy = TickPolicy(max_wait_ms=max_wait_ms)
         self.max_queue_frames = max_queue_frames
         self.name = name
         self.worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"{name}-model")
@@ -179,7 +216,7 @@ class BatchScheduler(tp.Generic[OwnerT]):
         if len(waiting) == len(owned):
             return 0.0
         oldest = min(slot.queue[0].arrived for slot in waiting)
-        return max(0.0, oldest + self.max_wait - time.monotonic())
+        return max(0.0, oldest + self.policy.hold_s() - time.monotonic())
 
     async def _run(self) -> None:
         while True:
@@ -214,6 +251,7 @@ class BatchScheduler(tp.Generic[OwnerT]):
         started = time.perf_counter()
         result = await self.run_in_worker(self.runner.execute, job)
         self.last_step_ms = (time.perf_counter() - started) * 1000.0
+        self.policy.observe_step(self.last_step_ms / 1000.0)
         self.ticks += 1
         live = [Delivery(e.slot.owner, e.slot.index, e.frame) for e in entries
                 if e.frame is not None and e.slot.owner is not None and e.slot.generation == e.generation]

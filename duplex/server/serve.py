@@ -105,9 +105,11 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="torch intra-op threads; 0 = auto (on CPU every core but one, left to the event loop)")
     p.add_argument("--slots", type=int, default=8,
                    help="batch size: conversations served at once by one model step (fixed for the run)")
-    p.add_argument("--max-wait-ms", type=float, default=20.0,
-                   help="a tick runs when every active slot has a frame, or when the oldest waiting frame "
-                        "has waited this long")
+    p.add_argument("--max-wait-ms", type=float, default=None,
+                   help="a tick runs when every active slot has a frame, or when the oldest waiting frame has "
+                        "waited this long; default (auto): as long as its answer can still come within one 80 ms "
+                        "frame (80 - step time - 5 ms), or one tick per frame period once steps take over 40 ms "
+                        "(docs/architecture.md, 'The tick')")
     p.add_argument("--max-queue-frames", type=int, default=125,
                    help="per-conversation input queue bound in 80 ms frames; past it the oldest frame is "
                         "dropped (and counted) so a client sending faster than real time cannot grow memory")
