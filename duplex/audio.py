@@ -64,12 +64,17 @@ def float_to_pcm16(pcm: np.ndarray) -> bytes:
     return (np.clip(pcm, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
 
 
-def make_codec(codec: str) -> tuple[OpusDecoder | Pcm16Decoder, OpusEncoder | Pcm16Encoder]:
+def make_decoder(codec: str) -> OpusDecoder | Pcm16Decoder:
     if codec == "opus":
-        return OpusDecoder(), OpusEncoder()
+        return OpusDecoder()
     if codec == "pcm16":
-        return Pcm16Decoder(), Pcm16Encoder()
+        return Pcm16Decoder()
     raise ValueError(f"unknown codec {codec!r}")
+
+
+def make_codec(codec: str) -> tuple[OpusDecoder | Pcm16Decoder, OpusEncoder | Pcm16Encoder]:
+    decoder = make_decoder(codec)
+    return decoder, OpusEncoder() if codec == "opus" else Pcm16Encoder()
 
 
 class FrameAssembler:

@@ -18,8 +18,9 @@ from ..engines.base import Engine
 from .auth import require_token
 from .metrics import ServerMetrics
 from .moshi_compat import handle_chat
+from .opus_pool import OpusPool
 from .settings import ServerSettings
-from .state import ENGINES, METRICS, SETTINGS, SOCKETS
+from .state import ENGINES, METRICS, OPUS_POOL, SETTINGS, SOCKETS
 from .ws_endpoint import handle_ws
 
 
@@ -30,6 +31,9 @@ def create_app(engines: dict[str, Engine], settings: ServerSettings | None = Non
     app[SETTINGS] = settings or ServerSettings()
     app[METRICS] = ServerMetrics()
     app[SOCKETS] = set()
+    if app[SETTINGS].opus_workers > 0:
+        app[OPUS_POOL] = OpusPool(app[SETTINGS].opus_workers)
+        app.cleanup_ctx.append(_pool_running(app[OPUS_POOL]))
     for name, engine in engines.items():
         scheduler = getattr(engine, "scheduler", None)
         if scheduler is not None:
@@ -48,6 +52,14 @@ def create_app(engines: dict[str, Engine], settings: ServerSettings | None = Non
         app.router.add_get("/", _index(static_dir))
         app.router.add_static("/", static_dir, show_index=False)
     return app
+
+
+def _pool_running(pool: OpusPool) -> tp.Callable[[web.Application], tp.AsyncIterator[None]]:
+    async def running(app: web.Application) -> tp.AsyncIterator[None]:
+        await pool.start()
+        yield
+        await pool.stop()
+    return running
 
 
 def _engine_running(engine: Engine) -> tp.Callable[[web.Application], tp.AsyncIterator[None]]:

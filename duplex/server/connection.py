@@ -99,7 +99,7 @@ class SocketCodec(abc.ABC):
         """A binary message from the client; may raise CloseConnection."""
 
     @abc.abstractmethod
-    def encode_outgoing(self, kind: str, payload: tp.Any) -> str | bytes | None:
+    async def encode_outgoing(self, kind: str, payload: tp.Any) -> str | bytes | None:
         """One outbox item as the frame to send (str: text frame, bytes: binary), or None to send nothing."""
 
     def on_error(self) -> None:
@@ -259,7 +259,7 @@ class _Connection:
             kind, payload = await outbox.get()
             if self.ws.closed:
                 return
-            data = self.codec.encode_outgoing(kind, payload)
+            data = await self.codec.encode_outgoing(kind, payload)
             if data is not None:
                 await _send(self.ws, data)
             if not len(outbox):

@@ -18,13 +18,14 @@ import typing as tp
 from aiohttp import web
 
 from .. import protocol
-from ..audio import BadAudio, FrameAssembler, OpusDecoder, OpusEncoder
+from ..audio import BadAudio, FrameAssembler, OpusDecoder
 from ..config import CONFIG_SCHEMA
 from ..engines.base import AssistantAudio, AssistantText, CapacityError, EngineFrame, EngineStream, UserFrame
 from .connection import Refusal, SocketCodec, serve_socket
 from .metrics import ServerMetrics
+from .opus_pool import AudioEncoder, audio_encoder
 from .outbox import Outbox
-from .state import ENGINES, METRICS
+from .state import ENGINES, METRICS, OPUS_POOL
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +59,16 @@ class MoshiCodec(SocketCodec):
 
     def __init__(self) -> None:
         self.outbox = Outbox()
-        self.encoder = OpusEncoder()
         self.decoder = OpusDecoder()
         self.frames = FrameAssembler()
         self.stream: EngineStream | None = None
+        self.encoder: AudioEncoder | None = None
         self.heard_audio = False   # a first 0x01 message came: the start timeout is over
 
     def on_open(self, request: web.Request) -> Refusal | None:
         engine = request.app[ENGINES].get("duplex")
         self.metrics = request.app[METRICS]
+        self.encoder = audio_encoder(request.app.get(OPUS_POOL), "opus")
         if engine is None:
             return Refusal(1011, b"no duplex model loaded", label="no_model")
         try:
@@ -115,13 +117,16 @@ class MoshiCodec(SocketCodec):
             self.metrics.frame_in()
             self.stream.push_audio(UserFrame.of(samples))
 
-    def encode_outgoing(self, kind: str, payload: tp.Any) -> bytes | None:
+    async def encode_outgoing(self, kind: str, payload: tp.Any) -> bytes | None:
         if kind == "audio":
-            page = self.encoder.encode(payload)
+            assert self.encoder is not None
+            page = await self.encoder.encode(payload)
             return bytes([protocol.KIND_AUDIO]) + page if page else None
         return bytes([protocol.KIND_TEXT]) + payload.encode()
 
     def on_close(self) -> None:
+        if self.encoder is not None:
+            self.encoder.close()
         assert self.stream is not None
         dropped = self.stream.frames_dropped + self.outbox.dropped_audio
         self.stream.close()

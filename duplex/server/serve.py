@@ -40,7 +40,8 @@ async def serve(args: argparse.Namespace) -> None:
     app = create_app(engines, ServerSettings(token=args.token, static_dir=static,
                                              speech_threshold_dbfs=args.speech_threshold_dbfs,
                                              max_connections=args.max_connections,
-                                             start_timeout_s=args.start_timeout_s))
+                                             start_timeout_s=args.start_timeout_s,
+                                             opus_workers=args.opus_workers))
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, ssl_context=context)
@@ -121,6 +122,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-connections", type=int, default=1000,
                    help="conversation sockets (/ws and /api/chat together) open at once; past it a new one is "
                         "closed 1013 'server full' (/ws: after an `error` capacity). 0 = no limit")
+    p.add_argument("--opus-workers", type=int, default=1,
+                   help="processes that encode the assistant's Ogg Opus (sphn holds the GIL: encoding on the event "
+                        "loop takes time from the sockets and the model thread); 0 = encode on the event loop")
     p.add_argument("--start-timeout-s", type=float, default=30.0,
                    help="a /ws socket with no conversation this long after opening or after `stop` gets `error` "
                         "not_started and is closed 1008; an /api/chat socket, when no audio came this long "

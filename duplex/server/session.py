@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from .. import protocol
-from ..audio import FRAME_MS, SAMPLE_RATE, BadAudio, FrameAssembler, make_codec
+from ..audio import FRAME_MS, SAMPLE_RATE, BadAudio, FrameAssembler, make_decoder
 from ..engines.base import (AssistantAudio, AssistantText, AssistantTurnEnded, AssistantTurnStarted,
                             CapacityError, Engine, EngineFailure, EngineFrame, EngineStream, LLMProcessing,
                             Unsupported, UserFrame, UserTranscript)
@@ -86,7 +86,7 @@ class Session:
         self.observer = observer
         self.limits = limits or SessionLimits()
         self.outbox = Outbox()
-        self.decoder, self.encoder = make_codec(codec)
+        self.decoder = make_decoder(codec)   # outgoing audio is encoded by the connection, at send time
         self.frames = FrameAssembler()
         self.user_voice = ActivityDetector(speech_threshold_dbfs, hangover_frames=5)
         self.conversation: Conversation | None = None

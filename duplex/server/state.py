@@ -10,6 +10,7 @@ from aiohttp import web
 
 from ..engines.base import Engine
 from .metrics import ServerMetrics
+from .opus_pool import OpusPool
 from .settings import ServerSettings
 
 ENGINES = web.AppKey("engines", dict[str, Engine])           # loaded engines by mode: "duplex", "cascade"
@@ -18,3 +19,4 @@ METRICS = web.AppKey("metrics", ServerMetrics)
 # conversation sockets admitted (from before the upgrade to after the close): what --max-connections counts;
 # closed 1001 on shutdown
 SOCKETS = web.AppKey("sockets", set[web.WebSocketResponse])
+OPUS_POOL = web.AppKey("opus_pool", OpusPool)   # present when --opus-workers > 0

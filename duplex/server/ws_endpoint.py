@@ -16,8 +16,9 @@ from aiohttp import web
 from .. import protocol
 from .auth import token_ok
 from .connection import CloseConnection, Refusal, SocketCodec, serve_socket
+from .opus_pool import AudioEncoder, audio_encoder
 from .session import Session, TooManyBadMessages
-from .state import ENGINES, METRICS, SETTINGS
+from .state import ENGINES, METRICS, OPUS_POOL, SETTINGS
 
 
 async def handle_ws(request: web.Request) -> web.StreamResponse:
@@ -30,6 +31,7 @@ class DuplexCodec(SocketCodec):
     heartbeat = 30.0
     slow_reader_reason = b"client too slow: stopped reading"
     session: Session
+    encoder: AudioEncoder
 
     def on_open(self, request: web.Request) -> Refusal | None:
         app = request.app
@@ -49,6 +51,7 @@ class DuplexCodec(SocketCodec):
         self.session = Session(app[ENGINES], codec, app[METRICS], default_mode=mode,
                                speech_threshold_dbfs=app[SETTINGS].speech_threshold_dbfs)
         self.outbox = self.session.outbox
+        self.encoder = audio_encoder(app.get(OPUS_POOL), codec)
         self.session.send_ready()
         return None
 
@@ -77,9 +80,9 @@ class DuplexCodec(SocketCodec):
         except TooManyBadMessages as exc:
             raise CloseConnection(1008, str(exc).encode()) from None
 
-    def encode_outgoing(self, kind: str, payload: tp.Any) -> str | bytes | None:
+    async def encode_outgoing(self, kind: str, payload: tp.Any) -> str | bytes | None:
         if kind == "audio":
-            data = self.session.encoder.encode(payload)
+            data = await self.encoder.encode(payload)
             return bytes([protocol.KIND_AUDIO]) + data if data else None   # Opus may hold a frame back
         return payload
 
@@ -88,3 +91,4 @@ class DuplexCodec(SocketCodec):
 
     def on_close(self) -> None:
         self.session.close()
+        self.encoder.close()
