@@ -16,7 +16,7 @@
    event-loop CPU per session-frame (from /health `loop_cpu_s` and `frames_in` before and after).
 
     python scripts/bench_capacity.py --quick --out /tmp/cap/results.json     # a few minutes
-    python scripts/bench_capacity.py --out /tmp/cap/results.json             # ~15 minutes on 2 cores
+    python scripts/bench_capacity.py --out /tmp/cap/results.json             # ~5-10 minutes on 2 cores
 """
 
 from __future__ import annotations
