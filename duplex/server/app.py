@@ -92,6 +92,7 @@ async def handle_health(request: web.Request) -> web.Response:
         "frames_in": metrics.frames_in_total,
         "frames_out": metrics.frames_out_total,
         "connections": len(app[SOCKETS]),
+        **metrics.cpu_s(),  # loop_cpu_s, process_cpu_s, model_threads_cpu_s (CPU seconds so far)
         "uptime_s": round(metrics.uptime_s(), 1),
     })
 

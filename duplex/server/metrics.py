@@ -5,6 +5,7 @@ One registry per app (not the global one), so several servers in one process (te
 
 from __future__ import annotations
 
+import threading
 import time
 
 import prometheus_client
@@ -46,6 +47,13 @@ class ServerMetrics:
                                        buckets=MS_BUCKETS, registry=r)
         self.response_latency_ms = Histogram("duplex_response_latency_ms", "End of user speech -> assistant audio (ms)",
                                              ["mode"], buckets=MS_BUCKETS, registry=r)
+        # CPU time of the thread that scrapes: /metrics and /health are served on the event loop thread,
+        # so this is the loop's own CPU (sockets, codecs, sessions, scheduling), read at no cost per frame.
+        self.loop_cpu = Gauge("duplex_event_loop_cpu_seconds", "CPU time of the event loop thread (s)", registry=r)
+        self.loop_cpu.set_function(time.thread_time)
+        self.process_cpu = Gauge("duplex_process_cpu_seconds", "CPU time of the whole server process (s)",
+                                 registry=r)
+        self.process_cpu.set_function(time.process_time)
 
     # --- SessionObserver ---------------------------------------------------------------------
     def session_started(self, mode: str) -> None:
@@ -84,5 +92,23 @@ class ServerMetrics:
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
+    def cpu_s(self) -> dict:
+        """CPU seconds for /health; call on the event loop thread (its `loop_cpu_s` is the caller's thread)."""
+        return {"loop_cpu_s": round(time.thread_time(), 4), "process_cpu_s": round(time.process_time(), 4),
+                "model_threads_cpu_s": model_threads_cpu_s()}
+
     def uptime_s(self) -> float:
         return time.monotonic() - self.started
+
+
+def model_threads_cpu_s() -> dict[str, float]:
+    """CPU seconds of each engine's model thread (the schedulers' `<engine>-model_*` workers), by name."""
+    out: dict[str, float] = {}
+    for thread in threading.enumerate():
+        if "-model" not in thread.name or thread.ident is None:
+            continue
+        try:
+            out[thread.name] = round(time.clock_gettime(time.pthread_getcpuclockid(thread.ident)), 4)
+        except (OSError, AttributeError):  # not POSIX, or the thread just ended
+            continue
+    return out
