@@ -198,7 +198,10 @@ def test_the_hold_is_what_an_answer_within_one_frame_can_afford() -> None:
     for _ in range(60):
         policy.observe_step(0.060)                                   # steps past half a frame
     assert policy.step_s == pytest.approx(0.060, abs=1e-4)
-    assert policy.hold_s() == pytest.approx(0.075)                  # one tick per frame period
+    assert policy.hold_s() == pytest.approx(0.015, abs=1e-4)        # the answer's budget shrinks with the step
+    for _ in range(60):
+        policy.observe_step(0.090)
+    assert policy.hold_s() == 0.0                                    # past the budget: as soon as the model is free
     assert TickPolicy(max_wait_ms=30.0).hold_s() == pytest.approx(0.030)
 
 

@@ -89,9 +89,10 @@ class TickPolicy:
 
     The budget: a frame's answer should be out within one frame period P (80 ms) of its arrival, so a
     frame may wait P - S - margin, S being the recent step time. While S <= P/2 that is the fewest ticks
-    that answer every frame within P (each tick runs as late as its oldest frame allows and takes
-    everything that has come). Past P/2 no schedule can keep that promise, so the policy spends the least
-    model time instead: one tick per period (the hold is P - margin), every frame answered within P + S.
+    that answer every frame within P: each tick runs as late as its oldest frame allows and takes
+    everything that has come. Past P/2 (a large active batch) the hold is gone and ticks run back to
+    back: every frame is answered within 2S, sooner than one tick per period would (P + S), at the price
+    of a busy model thread; a batch still runs once per frame at most, so capacity is what S(N) <= P allows.
     `max_wait_ms` fixes the hold instead (the former rule: a fixed 20 ms).
     """
 
@@ -112,9 +113,7 @@ class TickPolicy:
             return self.fixed_hold_s
         if self.step_s is None:
             return self.first_hold_s
-        if self.step_s <= self.period_s / 2:
-            return max(0.0, self.period_s - self.step_s - self.margin_s)
-        return self.period_s - self.margin_s
+        return max(0.0, self.period_s - self.step_s - self.margin_s)
 
 
 class BatchScheduler(tp.Generic[OwnerT]):
