@@ -101,8 +101,9 @@ def rms_dbfs(pcm: np.ndarray) -> float:
     """Root-mean-square level in dB relative to full scale (-120 for digital silence)."""
     if pcm.size == 0:
         return -120.0
-    rms = float(np.sqrt(np.mean(np.square(pcm, dtype=np.float64))))
-    return 20.0 * np.log10(max(rms, 1e-6))
+    samples = np.asarray(pcm, dtype=np.float32).reshape(-1)
+    rms = float(np.sqrt(float(np.dot(samples, samples)) / samples.size))   # one pass, no temporary array
+    return 20.0 * float(np.log10(max(rms, 1e-6)))
 
 
 def read_wav_mono24k(path: str) -> np.ndarray:

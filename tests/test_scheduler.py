@@ -56,6 +56,12 @@ def frame(value: float) -> np.ndarray:
     return np.full(4, value, dtype=np.float32)
 
 
+def books_balance(sched: BatchScheduler[Owner]) -> bool:
+    """The scheduler's counters (which decide when its loop wakes) agree with its slots."""
+    owned = [slot for slot in sched.slots if slot.owner is not None]
+    return sched.active == len(owned) and sched._waiting == sum(1 for slot in owned if slot.queue)
+
+
 async def until(predicate, timeout: float = 2.0) -> None:
     """Waits for the scheduler's loop to catch up (it runs on this loop and a worker thread)."""
     deadline = asyncio.get_running_loop().time() + timeout
@@ -72,6 +78,7 @@ async def running_scheduler() -> tp.AsyncIterator[tuple[BatchScheduler[Owner], F
     await sched.start()
     try:
         yield sched, runner
+        assert books_balance(sched)
     finally:
         runner.gate.set()
         await sched.stop()

@@ -131,14 +131,16 @@ class BatchScheduler(tp.Generic[OwnerT]):
         self.last_step_ms = 0.0
         self.on_tick: tp.Callable[[float, int], None] | None = None  # (step_ms, frames) for metrics
         self._calls: set[concurrent.futures.Future] = set()          # fire-and-forget model-thread calls
+        self._active = 0     # slots with an owner
+        self._waiting = 0    # owned slots with a frame queued
 
     # --- slots -------------------------------------------------------------------------------
     @property
     def active(self) -> int:
-        return sum(slot.owner is not None for slot in self.slots)
+        return self._active
 
     def has_free_slot(self) -> bool:
-        return any(slot.owner is None for slot in self.slots)
+        return self._active < len(self.slots)
 
     def acquire(self, owner: OwnerT) -> Slot[OwnerT] | None:
         for slot in self.slots:
@@ -148,20 +150,23 @@ class BatchScheduler(tp.Generic[OwnerT]):
                 slot.needs_reset = True
                 slot.first_frame = True
                 slot.dropped = 0
+                self._active += 1
                 self._wakeup.set()
                 return slot
         return None
 
     def release(self, slot: Slot[OwnerT]) -> None:
+        if slot.owner is not None:
+            self._active -= 1
+        self._clear_queue(slot)
         slot.owner = None
         slot.generation += 1
-        slot.queue.clear()
         slot.needs_reset = True
         self._wakeup.set()
 
     def reset(self, slot: Slot[OwnerT]) -> None:
         """Wipe the slot's model state at the next tick; frames not yet consumed are discarded."""
-        slot.queue.clear()
+        self._clear_queue(slot)
         slot.needs_reset = True
         slot.first_frame = True
         self._wakeup.set()
@@ -173,8 +178,18 @@ class BatchScheduler(tp.Generic[OwnerT]):
             slot.queue.popleft()
             slot.dropped += 1
         slot.queue.append(QueuedFrame(pcm, time.monotonic()))
-        self._wakeup.set()
+        if len(slot.queue) == 1:
+            self._waiting += 1
+            # Only a first waiting frame (it starts the hold) or the last slot's (a tick is due now) changes
+            # when the next tick runs; waking the tick loop for every frame cost the event loop dearly.
+            if self._waiting == 1 or self._waiting >= self._active:
+                self._wakeup.set()
         return not dropped
+
+    def _clear_queue(self, slot: Slot[OwnerT]) -> None:
+        if slot.queue:
+            self._waiting -= 1
+            slot.queue.clear()
 
     # --- worker-thread calls ---------------------------------------------------------------
     async def run_in_worker(self, fn: tp.Callable[..., ResultT], *args: tp.Any) -> ResultT:
@@ -208,13 +223,11 @@ class BatchScheduler(tp.Generic[OwnerT]):
 
     def _due(self) -> float | None:
         """Seconds until the next tick is due: 0 = now, None = nothing to do."""
-        owned = [slot for slot in self.slots if slot.owner is not None]
-        waiting = [slot for slot in owned if slot.queue]
-        if not waiting:
+        if self._waiting == 0:
             return None
-        if len(waiting) == len(owned):
+        if self._waiting >= self._active:
             return 0.0
-        oldest = min(slot.queue[0].arrived for slot in waiting)
+        oldest = min(slot.queue[0].arrived for slot in self.slots if slot.queue)
         return max(0.0, oldest + self.policy.hold_s() - time.monotonic())
 
     async def _run(self) -> None:
@@ -239,6 +252,8 @@ class BatchScheduler(tp.Generic[OwnerT]):
         entries: list[TickEntry[OwnerT]] = []
         for slot in self.slots:
             frame = slot.queue.popleft() if (slot.owner is not None and slot.queue) else None
+            if frame is not None and not slot.queue:
+                self._waiting -= 1
             if frame is None and not slot.needs_reset:
                 continue
             entries.append(TickEntry(slot, frame, slot.needs_reset, frame is not None and slot.first_frame,
