@@ -33,12 +33,12 @@ def create_app(engines: dict[str, Engine], settings: ServerSettings | None = Non
     app[SOCKETS] = set()
     if app[SETTINGS].opus_workers > 0:
         app[OPUS_POOL] = OpusPool(app[SETTINGS].opus_workers)
-        app.cleanup_ctx.append(_pool_running(app[OPUS_POOL]))
+        app.cleanup_ctx.append(_running(app[OPUS_POOL]))
     for name, engine in engines.items():
         scheduler = getattr(engine, "scheduler", None)
         if scheduler is not None:
             scheduler.on_tick = app[METRICS].tick_observer(name)
-        app.cleanup_ctx.append(_engine_running(engine))
+        app.cleanup_ctx.append(_running(engine))
     # shutdown runs before cleanup: sockets go before engines stop. The ignore answers a typing mismatch
     # between aiohttp 3.x (Signal[Callable]) and aiosignal 1.4 (variadic Signal); warn_unused_ignores
     # flags it once a release agrees with itself.
@@ -54,19 +54,17 @@ def create_app(engines: dict[str, Engine], settings: ServerSettings | None = Non
     return app
 
 
-def _pool_running(pool: OpusPool) -> tp.Callable[[web.Application], tp.AsyncIterator[None]]:
-    async def running(app: web.Application) -> tp.AsyncIterator[None]:
-        await pool.start()
-        yield
-        await pool.stop()
-    return running
+class _Startable(tp.Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
 
 
-def _engine_running(engine: Engine) -> tp.Callable[[web.Application], tp.AsyncIterator[None]]:
+def _running(resource: _Startable) -> tp.Callable[[web.Application], tp.AsyncIterator[None]]:
+    """A cleanup_ctx entry: started with the app, stopped at cleanup (in reverse order of registration)."""
     async def running(app: web.Application) -> tp.AsyncIterator[None]:
-        await engine.start()
+        await resource.start()
         yield
-        await engine.stop()
+        await resource.stop()
     return running
 
 
