@@ -461,12 +461,10 @@ def fractions(args: argparse.Namespace, payloads: Payloads, capacity: int) -> li
 
 # --- main ----------------------------------------------------------------------------------------------
 def main() -> int:
+    from bench_duplex import add_model_arguments
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="tiny", help="model preset (see duplex serve --help)")
-    parser.add_argument("--moshi-spec", help="HF repo id or local directory instead of the preset")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = the server's auto choice)")
+    add_model_arguments(parser)
     parser.add_argument("--quick", action="store_true", help="short loads, coarse steps (development)")
     parser.add_argument("--seconds", type=float, help="seconds of audio per load (default 6, quick 3)")
     parser.add_argument("--step", type=int, help="capacity search step (default 8, quick 16)")

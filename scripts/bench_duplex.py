@@ -235,13 +235,18 @@ def capacity(args) -> dict:
         "moshi_server": 1}}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model and device flags every benchmark of the duplex model takes (also bench_capacity.py)."""
     parser.add_argument("--preset", default="tiny", help="model preset (see duplex serve --help)")
     parser.add_argument("--moshi-spec", help="HF repo id or local directory instead of the preset")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = the server's auto choice)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(parser)
     parser.add_argument("--frames", type=int, default=60, help="frames per measurement (80 ms each)")
     parser.add_argument("--overhead-slots", type=int, default=8, help="batch size for the overhead figure")
     parser.add_argument("--sweep", default="1,8,16,24,32,40,44,48",
