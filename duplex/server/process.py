@@ -11,6 +11,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
+class ServerStopError(RuntimeError):
+    """`duplex serve` did not shut down cleanly: it hung past the timeout or exited non-zero."""
+
+
 class ServerProcess:
     """`duplex serve --port 0 <args>`; ready once it prints its `DUPLEX_READY <url>` line.
 
@@ -46,15 +50,37 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path is not None else ""
 
+    def log_tail(self, lines: int = 40) -> str:
+        if self.log_path is None:
+            return "(no log kept: pass log_path to see the server's output)"
+        return "\n".join(self.log().splitlines()[-lines:])
+
     def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM, then wait: a clean shutdown exits 0 within `timeout` seconds.
+
+        Anything else fails loudly (ServerStopError with the log's tail): a shutdown that hangs is
+        killed and reported, and so is a non-zero exit code. Stopping twice is a no-op."""
+        if self.process.returncode is not None:
+            return
         self.process.terminate()
         try:
-            self.process.wait(timeout=timeout)
+            code = self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
+            self.process.wait()
+            raise ServerStopError(f"the server did not exit within {timeout:g} s of SIGTERM (killed); "
+                                  f"log tail:\n{self.log_tail()}") from None
+        if code != 0:
+            raise ServerStopError(f"the server exited with code {code} after SIGTERM; log tail:\n{self.log_tail()}")
 
     def __enter__(self) -> "ServerProcess":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.stop()
+        else:   # an error is already on its way: stop, and let a failed stop not hide it
+            try:
+                self.stop()
+            except ServerStopError:
+                pass
