@@ -275,7 +275,8 @@ async def test_auto_falls_back_to_the_cascade_then_answers_capacity_when_every_e
 # --- 9. engine-queue drops in the reports ----------------------------------------------------------
 
 async def test_frames_the_engine_dropped_are_in_metrics_and_in_the_counter(monkeypatch):
-    monkeypatch.setattr(FakeStream, "frames_dropped", property(lambda self: 7))
+    # like the real stream: its count goes with its slot when it closes
+    monkeypatch.setattr(FakeStream, "frames_dropped", property(lambda self: 0 if self.closed.is_set() else 7))
     async with serving() as client:
         ws = await open_started(client)
         await ws.send_json({"type": "stop"})
@@ -283,4 +284,23 @@ async def test_frames_the_engine_dropped_are_in_metrics_and_in_the_counter(monke
         metrics = await receive_json(ws)
         assert (metrics["type"], metrics["frames_dropped"]) == ("metrics", 7)
         assert await metric(client, "duplex_frames_dropped_total") == 7
+        await ws.close()
+
+
+async def test_the_metrics_event_counts_the_outbox_drops_of_its_own_conversation_only():
+    from .test_server_inprocess import flood
+
+    async with serving() as client:
+        ws = await open_started(client)
+        for conversation in range(2):
+            if conversation:
+                await ws.send_json({"type": "start"})
+                assert (await receive_json(ws))["status"] == "listening"
+            await flood(ws)
+            await ws.send_json({"type": "stop"})
+            assert (await receive_json(ws))["type"] == "stop_acknowledged"
+            metrics = await receive_json(ws)
+            assert (metrics["type"], metrics["frames_dropped"]) == ("metrics", 10)
+            assert (await receive_json(ws))["status"] == "stopped"
+        assert await metric(client, "duplex_frames_dropped_total") == 20
         await ws.close()

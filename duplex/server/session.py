@@ -197,9 +197,10 @@ class Session:
     def _on_stop(self, body: dict) -> None:
         conv = self.conversation
         if conv is not None:
+            dropped = self._frames_dropped(conv)   # before the stream lets go of its slot (and its count)
             self._end_conversation()
             self.send("stop_acknowledged", queues_cleared=True)
-            self._send_metrics(conv, None)
+            self._send_metrics(conv, None, dropped=dropped)
         else:
             self.send("stop_acknowledged", queues_cleared=True)
         self.send("status", status="stopped", mode=conv.mode if conv else None)
@@ -208,8 +209,7 @@ class Session:
         """The one way a conversation ends (`stop` or the socket's close): slot freed, drops reported."""
         conv = self.conversation
         assert conv is not None
-        # counted once per conversation: the outbox's count runs on over every conversation of the socket
-        dropped = conv.stream.frames_dropped + self.outbox.dropped_audio - conv.outbox_dropped_before
+        dropped = self._frames_dropped(conv)
         if dropped:
             self.observer.frames_dropped(dropped)
         conv.stream.close()
@@ -339,8 +339,15 @@ class Session:
         conv.turn = TurnState()
         self.send("status", status="listening", mode=conv.mode)
 
-    def _send_metrics(self, conv: Conversation, response_latency_ms: float | None, stages: dict | None = None) -> None:
-        dropped = conv.stream.frames_dropped + self.outbox.dropped_audio
+    def _frames_dropped(self, conv: Conversation) -> int:
+        """This conversation's drops: its engine queue's, and the outbox's since it began (the outbox's
+        count runs on over every conversation of the socket)."""
+        return conv.stream.frames_dropped + self.outbox.dropped_audio - conv.outbox_dropped_before
+
+    def _send_metrics(self, conv: Conversation, response_latency_ms: float | None, stages: dict | None = None,
+                      dropped: int | None = None) -> None:
+        if dropped is None:
+            dropped = self._frames_dropped(conv)
         self.send("metrics", response_latency_ms=None if response_latency_ms is None else round(response_latency_ms, 1),
                   frames_in=conv.frames_in, frames_out=conv.frames_out, frames_dropped=dropped, **(stages or {}))
 
