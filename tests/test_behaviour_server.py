@@ -185,7 +185,7 @@ async def test_a_message_over_1_mib_closes_1009_and_the_server_goes_on():
 @pytest.mark.parametrize("kind, payload", [
     ("bytes", b"\x01" + b"\x00" * (256 * 1024)),
     ("str", json.dumps({"type": "text_input", "text": "x" * (64 * 1024)})),
-])
+], ids=["audio", "text"])
 async def test_a_message_over_the_session_limit_is_too_large_and_dropped(kind, payload):
     engine = FakeEngine()
     async with serving(engine) as client:
@@ -204,7 +204,7 @@ async def test_a_message_over_the_session_limit_is_too_large_and_dropped(kind, p
 @pytest.mark.parametrize("query, message", [
     ("mode=telepathy", "mode must be one of duplex, cascade, auto"),
     ("codec=mp3", "codec must be one of opus, pcm16"),
-])
+], ids=["mode", "codec"])
 async def test_a_bad_query_gets_an_error_then_1008(query, message):
     engine = FakeEngine()
     async with serving(engine) as client:
