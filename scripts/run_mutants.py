@@ -80,8 +80,9 @@ def load_tables(paths: list[Path], root: Path = REPO) -> list[Mutant]:
                 raise TableError(f"{path}: mutant #{i + 1}: the replacement changes nothing")
             name = entry.get("name") or ""
             mutant = Mutant(name, entry["file"], entry["original"], entry["replacement"], entry["test"], str(path))
+            number = mutant.line_number(root)   # the line is there, once
             if not name:
-                mutant = dataclasses.replace(mutant, name=f"{mutant.file}:{mutant.line_number(root)}")
+                mutant = dataclasses.replace(mutant, name=f"{mutant.file}:{number}")
             mutants.append(mutant)
     names = [m.name for m in mutants]
     doubles = sorted({n for n in names if names.count(n) > 1})
