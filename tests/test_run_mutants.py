@@ -67,7 +67,7 @@ def test_a_table_parses_and_a_mutant_is_applied_then_restored_byte_for_byte(tmp_
 def test_a_wrong_table_is_refused(tmp_path, body, message):
     path = table(tmp_path, body)
     if message is None:   # a line that occurs once, elsewhere in the file twice: found
-        (tmp_path / "pkg" / "mod.py").write_text("a\n        return 1\n        return 1\n")
+        (tmp_path / "pkg" / "mod.py").write_text("    if x > 0:\n        return 1\n        return 1\n")
         message = "occurs 2 times"
     with pytest.raises(run_mutants.TableError, match=message):
         run_mutants.load_tables([path], root=tmp_path)
