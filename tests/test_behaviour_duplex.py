@@ -5,6 +5,7 @@ slots come back after abrupt disconnects, input-queue overflow is counted, SIGTE
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 import subprocess
@@ -227,16 +228,18 @@ async def test_frames_dropped_by_a_full_input_queue_are_reported(hold_server):
 async def test_sigterm_closes_clients_1001_and_exits_0(tmp_path):
     server = ServerProcess("--slots", "1", "--no-cascade", log_path=tmp_path / "server.log", log_level="info")
     try:
-        client = await DuplexClient.connect(server.http_url, codec="pcm16")
-        await client.start(mode="duplex")
-        await client.wait_for("status")
-        server.process.send_signal(signal.SIGTERM)
-        started = time.monotonic()
-        try:
-            await client.wait_until(lambda: client.close_code is not None, timeout=20, what="the close")
-        finally:
-            await client.close()
-        assert (client.close_code, client.close_reason) == (1001, "server shutting down")
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(server.ws_url + "?codec=pcm16", autoclose=False)
+            assert json.loads((await ws.receive(timeout=10)).data)["type"] == "ready"
+            await ws.send_json({"type": "start", "mode": "duplex"})
+            assert json.loads((await ws.receive(timeout=10)).data)["status"] == "listening"
+            server.process.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            msg = await ws.receive(timeout=20)
+            while msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):   # (a metrics event, say)
+                msg = await ws.receive(timeout=20)
+            assert (msg.type, msg.data, msg.extra) == (aiohttp.WSMsgType.CLOSE, 1001, "server shutting down")
+            await ws.close()
         code = await asyncio.to_thread(server.process.wait, 20)
         assert code == 0 and time.monotonic() - started < 20
     finally:
