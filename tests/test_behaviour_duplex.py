@@ -124,6 +124,7 @@ async def abrupt_close(client: DuplexClient) -> None:
     """The TCP connection goes without a WebSocket close frame."""
     transport = client._ws._response.connection.transport
     transport.abort()
+    client._reader.cancel()   # (its receive may not notice a local abort: close() would wait 5 s for it)
     await client.close()
 
 
