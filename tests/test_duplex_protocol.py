@@ -85,17 +85,17 @@ async def test_start_stream_interrupt_reset_stop_flow(tiny_server, speech):
 
 def check_assistant_segments(events) -> int:
     """Every assistant partial/final transcript is the whole segment so far: exactly the text deltas
-    (`llm_response`) since the last final transcript. Returns how many non-empty partials were seen."""
-    segment, partials = "", 0
+    (`llm_response`) since the last final transcript. Returns how many deltas the open segment has."""
+    segment, deltas = "", 0
     for event in events:
         if event.type == "llm_response" and not event.data["is_complete"]:
             segment += event.data["content"]
+            deltas += 1
         elif event.type in ("partial_transcript", "final_transcript") and event.data["role"] == "assistant":
             assert event.data["content"] == segment.strip(), (event.data, segment)
-            partials += event.type == "partial_transcript" and bool(event.data["content"])
             if event.type == "final_transcript":
-                segment = ""
-    return partials
+                segment, deltas = "", 0
+    return deltas
 
 
 async def test_model_text_stream_becomes_llm_response_and_transcripts(tiny_server, speech):
@@ -109,11 +109,12 @@ async def test_model_text_stream_becomes_llm_response_and_transcripts(tiny_serve
             await client.send_audio(frame)
             sent += 1
             await client.wait_audio_frames(sent, timeout=20)
-            statuses = client.events_of("status")
-            if statuses[-1].data["status"] == "speaking" and client.events_of("llm_response"):
+            # mid-turn, with a segment of several deltas (a partial that is more than its last delta)
+            if client.events_of("status")[-1].data["status"] == "speaking" and check_assistant_segments(
+                    client.events) >= 2:
                 break
         assert client.events_of("status")[-1].data["status"] == "speaking", "the assistant never spoke"
-        assert check_assistant_segments(client.events) > 0
+        assert check_assistant_segments(client.events) >= 2, "no segment of several text deltas"
         await client.interrupt()  # ends the turn: its final transcript and metrics follow, before any stop
         ack = await client.wait_for("interrupt_acknowledged")
         await client.wait_for("tts_stop")
