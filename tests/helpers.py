@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import aiohttp
 import numpy as np
 
@@ -11,7 +14,7 @@ GREEDY = {"temperature": 0, "text_temperature": 0}
 
 
 async def send_frames(client: DuplexClient, frames: list[np.ndarray], realtime: bool = False) -> None:
-    pacer = FramePacer(start=__import__("time").monotonic())
+    pacer = FramePacer(start=time.monotonic())
     for k, frame in enumerate(frames):
         if realtime:
             await pacer.wait(k)
@@ -30,14 +33,22 @@ def frames_of(pcm: np.ndarray, n: int | None = None) -> list[np.ndarray]:
     return frames if n is None else frames[:n]
 
 
-async def wait_until_idle(http_url: str, engine: str = "duplex", timeout: float = 10.0) -> dict:
-    """Polls /health until no slot of `engine` is active."""
-    import asyncio
-    import time
+async def wait_until_health(http_url: str, check, what: str, timeout: float = 10.0) -> dict:
+    """Polls /health until `check(state)` holds; fails the test (AssertionError) past `timeout`.
 
+    The timeout is a bound on a server-side release that normally takes one event-loop turn or one
+    tick; 10 s is generous for a loaded shared machine."""
     deadline = time.monotonic() + timeout
     while True:
         state = await health(http_url)
-        if state["engines"][engine]["active"] == 0 or time.monotonic() > deadline:
+        if check(state):
             return state
-        await asyncio.sleep(0.1)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"/health never showed {what} within {timeout} s; last: {state}")
+        await asyncio.sleep(0.05)
+
+
+async def wait_until_idle(http_url: str, engine: str = "duplex", timeout: float = 10.0) -> dict:
+    """Polls /health until no slot of `engine` is active; fails the test if that takes over `timeout`."""
+    return await wait_until_health(http_url, lambda state: state["engines"][engine]["active"] == 0,
+                                   f"{engine} idle (active == 0)", timeout)

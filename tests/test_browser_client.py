@@ -11,9 +11,11 @@ failure.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
@@ -50,6 +52,16 @@ def _health(http_url: str) -> dict:
         return json.load(response)
 
 
+def _idle_health(http_url: str, timeout: float = 10.0) -> dict:
+    """/health once no duplex slot is active (earlier tests' conversations gone): the frame counters
+    then move for this test's conversation only. Fails past `timeout` (a release takes one loop turn)."""
+    deadline = time.monotonic() + timeout
+    while (state := _health(http_url))["engines"]["duplex"]["active"] != 0:
+        assert time.monotonic() < deadline, f"duplex slots still active after {timeout} s: {state}"
+        time.sleep(0.05)
+    return state
+
+
 @pytest.fixture(scope="module")
 def speech_wav(tmp_path_factory) -> Path:
     """Speech as Chromium's fake capture device wants it: a 24 kHz mono 16-bit WAV."""
@@ -82,7 +94,7 @@ def drive_page(http_url: str, wav: Path, screenshot: Path, *args: str) -> tuple[
 
 @needs_browser
 def test_browser_client_talks_to_the_server(browser_required, tiny_server, speech_wav, tmp_path):
-    before = _health(tiny_server.http_url)
+    before = _idle_health(tiny_server.http_url)
     screenshot = tmp_path / "browser-client.png"
     summary, context = drive_page(tiny_server.http_url, speech_wav, screenshot, "--mode", "duplex")
     assert summary["ok"], f"the page failed at step {summary['step']!r}: {summary.get('error')}\n{context}"
@@ -97,8 +109,10 @@ def test_browser_client_talks_to_the_server(browser_required, tiny_server, speec
     assert flowing["lastStatus"] in ("listening", "speaking"), context
     assert flowing["errors"] == [], context
 
-    # Transcript and assistant-text panes exist (a tiny model's babble may or may not fill them).
+    # Transcript and assistant-text panes exist, and the model's text the page received is shown (a
+    # tiny model's babble may or may not produce text; when it does, the pane must not stay empty).
     assert summary["dom"]["transcriptPresent"] and summary["dom"]["assistantTextPresent"], context
+    assert flowing["llmChars"] == 0 or summary["dom"]["assistantTextChars"] > 0, context
     assert summary["dom"]["banner"] is None, context
 
     # Interrupt: acknowledged by the server, and the playback buffer emptied at once.
@@ -106,19 +120,30 @@ def test_browser_client_talks_to_the_server(browser_required, tiny_server, speec
     assert interrupt["flushed"], context
     assert interrupt["flushesAfter"] > interrupt["flushesBefore"], context
     assert interrupt["ackFlush"]["bufferedAfter"] == 0, context
-    assert interrupt["rttMs"] is not None and interrupt["rttMs"] >= 0, context
+    # The acknowledgement's round trip, measured by the page: a real, positive time. On loopback it
+    # takes milliseconds; 5 s is far above that (room for a loaded machine) and below the page's own
+    # 8 s acknowledgement timeout, so a stale or bogus timer value fails.
+    for rtt in (interrupt["rttMs"], summary["stopped"]["rttMs"]):
+        assert isinstance(rtt, (int, float)) and math.isfinite(rtt) and 0 < rtt < 5000, context
 
     # Stop: acknowledged, the page knows the conversation ended.
     stopped = summary["stopped"]
     assert stopped["lastStatus"] == "stopped" and not stopped["started"], context
     assert stopped["framesSent"] >= flowing["framesSent"], context
+    stop_metrics = stopped["metrics"]                     # the server's `metrics` on stop, as the page got it
+    assert stop_metrics is not None and stop_metrics["type"] == "metrics", context
 
     assert screenshot.exists() and screenshot.stat().st_size > 0
 
-    # The server side: it received the browser's audio and answered it.
+    # The server side: it received the browser's audio and answered it, and the counts agree. The
+    # page sends one Ogg page per 80 ms frame after the two header pages (OpusHead, OpusTags); the
+    # decoder may keep back one partial frame. The server sends one page per frame; the last few
+    # frames queued when `stop` came are dropped, not sent (3: a tick delivers one frame at a time).
     after = _health(tiny_server.http_url)
-    assert after["frames_in"] > before["frames_in"], (before, after)
-    assert after["frames_out"] > before["frames_out"], (before, after)
+    frames_in, frames_out = after["frames_in"] - before["frames_in"], after["frames_out"] - before["frames_out"]
+    assert stop_metrics["frames_in"] == frames_in and stop_metrics["frames_out"] == frames_out, (context, after)
+    assert frames_in > 0 and 0 <= (stopped["framesSent"] - 2) - frames_in <= 1, (context, frames_in)
+    assert 0 <= frames_out - stopped["pagesReceived"] <= 3, (context, frames_out)
 
 
 @needs_browser

@@ -13,24 +13,32 @@ from duplex.client import DuplexClient, FramePacer
 from .helpers import GREEDY, frames_of, health, send_frames
 
 
-async def run_reference(url: str, frames: list[np.ndarray], config: dict) -> tuple[np.ndarray, str]:
-    """One conversation, pcm16 (lossless on the way back): its output audio and text."""
+async def run_reference(url: str, frames: list[np.ndarray], config: dict,
+                        window: list[float] | None = None) -> tuple[np.ndarray, str]:
+    """One conversation, pcm16 (lossless on the way back): its output audio and text. `window`, if
+    given, receives the monotonic times of its first frame sent and its last frame received."""
     async with await DuplexClient.connect(url, codec="pcm16") as client:
         await client.start(mode="duplex", config=config)
         await client.wait_for("status")
+        if window is not None:
+            window.append(time.monotonic())
         pacer = FramePacer(start=time.monotonic(), frame_seconds=0.02)  # 4x real time: many ticks
         for k, frame in enumerate(frames):
             await pacer.wait(k)
             await client.send_audio(frame)
         await client.wait_audio_frames(len(frames), timeout=60)
+        if window is not None:
+            window.append(client.audio[len(frames) - 1].received_at)
         await client.stop()
         await client.wait_for("stop_acknowledged")
         text = "".join(e.data["content"] for e in client.events_of("llm_response"))
         return client.assistant_pcm(), text
 
 
-async def churning_neighbour(url: str, frames: list[np.ndarray], stop: asyncio.Event, seed: int) -> int:
-    """Joins, streams noise or speech, resets, leaves and rejoins at random moments until told to stop."""
+async def churning_neighbour(url: str, frames: list[np.ndarray], stop: asyncio.Event, seed: int,
+                             heard: list[float], answered: asyncio.Event) -> int:
+    """Joins, streams noise or speech, resets, leaves and rejoins at random moments until told to stop.
+    Appends to `heard` the arrival time of every assistant frame it gets; sets `answered` at the first."""
     rng = random.Random(seed)
     cycles = 0
     while not stop.is_set():
@@ -42,12 +50,15 @@ async def churning_neighbour(url: str, frames: list[np.ndarray], stop: asyncio.E
                 noise = np.random.default_rng(seed * 1000 + k).standard_normal(1920).astype(np.float32) * 0.2
                 await client.send_audio(frames[k % len(frames)] if k % 2 else noise)
                 await asyncio.sleep(rng.uniform(0.0, 0.06))
+                if client.binary_messages:
+                    answered.set()
                 if rng.random() < 0.1:
                     await client.reset()
                 if rng.random() < 0.05:
                     await client.interrupt()
             if rng.random() < 0.5:
                 await client.stop()
+        heard.extend(chunk.received_at for chunk in client.audio)
         cycles += 1
         await asyncio.sleep(rng.uniform(0, 0.1))
     return cycles
@@ -59,13 +70,21 @@ async def test_greedy_output_is_bit_identical_whatever_the_neighbours_do(tiny_se
     assert alone_pcm.size == 50 * 1920 and np.abs(alone_pcm).max() > 0
 
     stop = asyncio.Event()
-    neighbours = [asyncio.create_task(churning_neighbour(tiny_server.http_url, frames, stop, seed))
+    heard: list[list[float]] = [[] for _ in range(6)]
+    answered = [asyncio.Event() for _ in range(6)]
+    neighbours = [asyncio.create_task(churning_neighbour(tiny_server.http_url, frames, stop, seed,
+                                                         heard[seed], answered[seed]))
                   for seed in range(6)]
-    await asyncio.sleep(0.3)  # neighbours are mid-conversation when we start
-    busy_pcm, busy_text = await run_reference(tiny_server.http_url, frames, GREEDY)
+    # neighbours are mid-conversation (each has had an answer) when we start
+    await asyncio.wait_for(asyncio.gather(*(event.wait() for event in answered)), timeout=30)
+    window: list[float] = []
+    busy_pcm, busy_text = await run_reference(tiny_server.http_url, frames, GREEDY, window)
     stop.set()
-    cycles = await asyncio.gather(*neighbours)
-    assert sum(cycles) >= 6, "the neighbours did not actually churn"
+    await asyncio.gather(*neighbours)
+    # The neighbours really ran beside the reference: each got answers while the reference was
+    # streaming (it lasts ~1 s; a neighbour sends a frame every ~30 ms, minus joins and leaves).
+    during = [sum(window[0] <= t <= window[1] for t in times) for times in heard]
+    assert all(n >= 3 for n in during), f"neighbour frames answered during the reference run: {during}"
     assert busy_text == alone_text
     assert np.array_equal(busy_pcm, alone_pcm), "a neighbour changed this conversation's output"
 

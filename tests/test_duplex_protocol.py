@@ -8,7 +8,7 @@ import pytest
 from duplex.audio import FRAME_SAMPLES
 from duplex.client import DuplexClient
 
-from .helpers import GREEDY, frames_of, health, send_frames
+from .helpers import GREEDY, frames_of, health, send_frames, wait_until_health, wait_until_idle
 
 
 @pytest.mark.parametrize("codec", ["pcm16", "opus"])
@@ -53,6 +53,8 @@ async def test_start_stream_interrupt_reset_stop_flow(tiny_server, speech):
         after_ack = client.binary_messages
         await send_frames(client, frames[20:30])
         await client.wait_audio_frames(30, timeout=20)
+        heard = [c.pcm for c in client.audio if c.received_at < ack.received_at]
+        assert any(np.any(pcm != 0) for pcm in heard), "the assistant was never audible before the interrupt"
         silenced = [c.pcm for c in client.audio if c.received_at > ack.received_at]
         assert len(silenced) >= 30 - after_ack
         assert all(np.all(pcm == 0) for pcm in silenced), "assistant audio after interrupt must be silent"
@@ -81,24 +83,52 @@ async def test_start_stream_interrupt_reset_stop_flow(tiny_server, speech):
         await client.wait_audio_frames(45, timeout=20)
 
 
+def check_assistant_segments(events) -> int:
+    """Every assistant partial/final transcript is the whole segment so far: exactly the text deltas
+    (`llm_response`) since the last final transcript. Returns how many deltas the open segment has."""
+    segment, deltas = "", 0
+    for event in events:
+        if event.type == "llm_response" and not event.data["is_complete"]:
+            segment += event.data["content"]
+            deltas += 1
+        elif event.type in ("partial_transcript", "final_transcript") and event.data["role"] == "assistant":
+            assert event.data["content"] == segment.strip(), (event.data, segment)
+            if event.type == "final_transcript":
+                segment, deltas = "", 0
+    return deltas
+
+
 async def test_model_text_stream_becomes_llm_response_and_transcripts(tiny_server, speech):
     """Random tiny weights still emit text tokens: they must come out as deltas and segments."""
     frames = frames_of(speech)
     async with await DuplexClient.connect(tiny_server.http_url, codec="pcm16") as client:
         await client.start(mode="duplex", config=GREEDY)
-        await send_frames(client, frames)
-        await client.wait_audio_frames(len(frames), timeout=30)
-        deltas = client.events_of("llm_response")
-        partials = [e for e in client.events_of("partial_transcript") if e.data["role"] == "assistant"]
-        assert deltas and partials
-        # a partial transcript is the whole segment so far: it grows by the deltas
-        joined = "".join(e.data["content"] for e in deltas[: len(partials)]).strip()
-        assert partials[len(partials) - 1].data["content"].startswith(joined[:10])
-        await client.interrupt()  # ends the turn: final transcript and metrics follow
+        # stream until the assistant is mid-turn (greedy: the same frame every run)
+        sent = 0
+        for frame in frames:
+            await client.send_audio(frame)
+            sent += 1
+            await client.wait_audio_frames(sent, timeout=20)
+            # mid-turn, with a segment of several deltas (a partial that is more than its last delta)
+            if client.events_of("status")[-1].data["status"] == "speaking" and check_assistant_segments(
+                    client.events) >= 2:
+                break
+        assert client.events_of("status")[-1].data["status"] == "speaking", "the assistant never spoke"
+        assert check_assistant_segments(client.events) >= 2, "no segment of several text deltas"
+        await client.interrupt()  # ends the turn: its final transcript and metrics follow, before any stop
+        ack = await client.wait_for("interrupt_acknowledged")
         await client.wait_for("tts_stop")
+        metrics = await client.wait_for("metrics", timeout=10)
+        final = await client.wait_for("final_transcript", predicate=lambda e: e.data["role"] == "assistant")
+        assert ack.received_at <= final.received_at <= metrics.received_at
+        assert final.data["content"] and final.data["end_ms"] >= final.data["start_ms"]
+        assert metrics.data["frames_in"] == sent and metrics.data["frames_out"] == sent
+        assert not client.events_of("tts_end"), "an interrupted turn ends with tts_stop, not tts_end"
+        assert (await client.wait_for("status", predicate=lambda e: e.received_at >= ack.received_at)
+                ).data["status"] == "listening"
+        check_assistant_segments(client.events)
         await client.stop()
         await client.wait_for("stop_acknowledged")
-        assert client.events_of("metrics")
 
 
 async def test_configure_mid_conversation(tiny_server, speech):
@@ -121,6 +151,7 @@ async def test_configure_mid_conversation(tiny_server, speech):
 async def test_transcribe_user_gives_duplex_conversations_user_transcripts(tiny_server, speech):
     """The cascade's speech recogniser also serves duplex sessions that ask for it."""
     frames = frames_of(speech) + [np.zeros(FRAME_SAMPLES, dtype=np.float32)] * 12
+    await wait_until_idle(tiny_server.http_url, engine="cascade")   # no STT slot taken but ours
     async with await DuplexClient.connect(tiny_server.http_url, codec="pcm16") as client:
         await client.start(mode="duplex", config={"transcribe_user": True})
         await client.wait_for("status")
@@ -129,8 +160,12 @@ async def test_transcribe_user_gives_duplex_conversations_user_transcripts(tiny_
         assert final.data["content"] and final.data["end_ms"] > final.data["start_ms"]
         partials = [e for e in client.events_of("partial_transcript") if e.data["role"] == "user"]
         assert partials and partials[0].received_at < final.received_at
-        assert client.binary_messages == len(frames) or await client.wait_audio_frames(len(frames)) is None
+        await client.wait_audio_frames(len(frames), timeout=20)
+        assert client.binary_messages == len(frames)
+        await wait_until_health(tiny_server.http_url, lambda s: s["engines"]["cascade"]["active"] == 1,
+                                "the conversation's STT slot")
         await client.configure({"transcribe_user": False})   # and off again: the STT slot is freed
+        await wait_until_idle(tiny_server.http_url, engine="cascade")
         await client.stop()
         await client.wait_for("stop_acknowledged")
 

@@ -12,7 +12,7 @@ import sphn
 
 from duplex.server.moshi_compat import config_from_query
 
-from .helpers import frames_of, health
+from .helpers import frames_of, health, wait_until_idle
 
 # The query string moshi's web client sends (sampling knobs plus ones we ignore).
 WEB_CLIENT_QUERY = ("text_temperature=0.7&text_topk=25&audio_temperature=0.8&audio_topk=250"
@@ -62,6 +62,7 @@ async def moshi_peer(url: str, frames: list[np.ndarray]) -> dict:
 
 async def test_several_moshi_clients_at_once(tiny_server, speech):
     frames = frames_of(speech, 30)
+    await wait_until_idle(tiny_server.http_url)   # earlier tests' slots are gone: the end state is ours
     before = await health(tiny_server.http_url)
     results = await asyncio.gather(*(moshi_peer(tiny_server.http_url, frames) for _ in range(3)))
     for result in results:
@@ -71,7 +72,8 @@ async def test_several_moshi_clients_at_once(tiny_server, speech):
         assert result["text"], "the model's text stream comes as 0x02 messages"
     after = await health(tiny_server.http_url)
     assert after["frames_out"] - before["frames_out"] >= 3 * len(frames)
-    assert after["engines"]["duplex"]["active"] == 0 or after["engines"]["duplex"]["active"] < 3
+    # every /api/chat slot is freed when its socket closes (within one loop turn; the bound is generous)
+    await wait_until_idle(tiny_server.http_url)
 
 
 def test_web_client_query_maps_to_sampling_config():
