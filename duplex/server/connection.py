@@ -155,7 +155,8 @@ class _Connection:
     def __init__(self, ws: web.WebSocketResponse, codec: SocketCodec, start_timeout_s: float):
         self.ws = ws
         self.codec = codec
-        self.drained = asyncio.Event()   # set by the sender whenever it has sent everything queued
+        self.drained = asyncio.Event()   # clear while the sender holds a message; set once all queued are sent
+        self.drained.set()
         self.start_timeout_s = start_timeout_s
         self.start_timer: asyncio.TimerHandle | None = None   # armed while the codec awaits a start
         self.expiry: asyncio.Task | None = None               # the timer fired: explain, flush, close 1008
@@ -257,6 +258,7 @@ class _Connection:
         outbox = self.codec.outbox
         while True:
             kind, payload = await outbox.get()
+            self.drained.clear()     # taken from the outbox but not yet on the wire
             if self.ws.closed:
                 return
             data = await self.codec.encode_outgoing(kind, payload)
@@ -266,10 +268,12 @@ class _Connection:
                 self.drained.set()
 
     async def _flush(self, sender: asyncio.Task) -> None:
-        """Gives the sender a moment to deliver the last messages (the error that explains a close)."""
-        if not len(self.codec.outbox) or sender.done():
+        """Gives the sender a moment to deliver the last messages (the error that explains a close),
+        including one it has taken from the outbox and is still encoding or sending."""
+        if sender.done() or (self.drained.is_set() and not len(self.codec.outbox)):
             return
-        self.drained.clear()
+        if len(self.codec.outbox):
+            self.drained.clear()   # the sender sets it once the outbox is empty after a send
         drained = asyncio.create_task(self.drained.wait())
         try:
             await asyncio.wait({drained, sender}, timeout=FLUSH_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
