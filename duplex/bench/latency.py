@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+import typing as tp
 
 import numpy as np
 
 from ..audio import FRAME_S, FRAME_SAMPLES, SAMPLE_RATE, rms_dbfs
-from ..client import AudioChunk, DuplexClient
+from ..client import AudioChunk, DuplexClient, ServerClosed
 from ..stats import percentiles
 
 SILENT_DBFS = -50.0   # a received frame below this is silence
@@ -68,13 +69,14 @@ def loud(chunk) -> bool:
     return chunk.pcm.size > 0 and rms_dbfs(chunk.pcm) > SILENT_DBFS
 
 
-async def wait_until(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.01)
-    return False
+async def arrived(client: DuplexClient, predicate: tp.Callable[[], bool], timeout: float) -> bool:
+    """Whether `predicate` (over what the client has received) became true within `timeout`: checked as
+    each message arrives (the client's own wait), not by polling."""
+    try:
+        await client.wait_until(lambda: True if predicate() else None, timeout)
+        return True
+    except (TimeoutError, ServerClosed):
+        return False
 
 
 async def conversation(url: str, mode: str, script: list[np.ndarray], token: str | None) -> dict[str, list[float]]:
@@ -95,7 +97,7 @@ async def conversation(url: str, mode: str, script: list[np.ndarray], token: str
                 def after(chunk: AudioChunk, end: float = speech_end) -> bool:
                     return chunk.received_at > end and loud(chunk)
 
-                if await wait_until(lambda: any(after(c) for c in client.audio), 30):  # noqa: B023 - awaited here
+                if await arrived(client, lambda: any(after(c) for c in client.audio), 30):  # noqa: B023 - awaited here
                     first = next(c for c in client.audio if after(c))
                     samples["response_latency_ms"].append((first.received_at - speech_end) * 1000)
                 transcripts = [e for e in client.events if e.type.endswith("_transcript") and e.received_at > speech_end]
@@ -106,7 +108,7 @@ async def conversation(url: str, mode: str, script: list[np.ndarray], token: str
                     samples["interrupt_latency_ms"] += await cut_off(client, mic, script[0], barge_in=False)
                 elif mode == "cascade":
                     turns_over = turn + 1
-                    await wait_until(lambda: len(client.events_of("tts_end")) + len(client.events_of("tts_stop"))
+                    await arrived(client, lambda: len(client.events_of("tts_end")) + len(client.events_of("tts_stop"))
                                      >= turns_over, 60)  # noqa: B023 - awaited here, in this iteration
                 else:
                     await asyncio.sleep(1.5)
