@@ -101,7 +101,7 @@ async def test_seeded_sampling_is_reproducible_across_runs(tiny_server, speech):
 
 async def test_twelve_conversations_at_real_time_pace(tiny_server, speech):
     """12 clients stream 4 s each at real-time pace: every frame is answered, none dropped, and
-    the answers keep up (no growing backlog: the last answer lands soon after the last frame)."""
+    the model steps them together (several conversations per tick)."""
     frames = frames_of(speech, 50)
     before = await health(tiny_server.http_url)
 
@@ -123,8 +123,11 @@ async def test_twelve_conversations_at_real_time_pace(tiny_server, speech):
     after = await health(tiny_server.http_url)
     assert all(count == len(frames) for count, _, _ in results), results
     assert all(dropped == 0 for _, _, dropped in results), results
-    # Behaviour, not speed: stepping these 12 conversations one at a time (13 ms a step here) would
-    # need ~160 ms per 80 ms of audio and end ~4 s late; batched, the answers end close behind the
-    # input. 2.5 s separates the two with room for a noisy shared machine.
-    assert max(lag for _, lag, _ in results) < 2.5, results
-    assert after["frames_out"] - before["frames_out"] >= 12 * len(frames)
+    frames_out = after["frames_out"] - before["frames_out"]
+    assert frames_out >= 12 * len(frames)
+    # Batching, asserted by structure rather than by a clock (a loaded machine only makes batches
+    # larger): one conversation per step would take as many ticks as frames; clients spread over
+    # 77 ms of phase share a tick, so the mean batch holds several conversations. The lag is in the
+    # message for the reader; it is not asserted (timed assertions flake on shared machines).
+    ticks = after["engines"]["duplex"]["ticks"] - before["engines"]["duplex"]["ticks"]
+    assert 0 < ticks and frames_out / ticks >= 3, (frames_out, ticks, [lag for _, lag, _ in results])
