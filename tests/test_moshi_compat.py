@@ -15,7 +15,7 @@ from aiohttp import WSMsgType
 from duplex.server.moshi_compat import config_from_query
 
 from .helpers import frames_of, health, wait_until_idle
-from .test_server_inprocess import TIMEOUT, FakeEngine, metric, ogg_pages, serving
+from .test_server_inprocess import TIMEOUT, FakeEngine, metric, serving
 
 # The query string moshi's web client sends (sampling knobs plus ones we ignore).
 WEB_CLIENT_QUERY = ("text_temperature=0.7&text_topk=25&audio_temperature=0.8&audio_topk=250"
