@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -60,9 +61,10 @@ def speech_for_mic(tmp_path_factory) -> Path:
     return wav
 
 
-async def test_moshi_python_client_talks_to_api_chat(tiny_server, private_pulse, speech_for_mic, tmp_path):
+def test_moshi_python_client_talks_to_api_chat(tiny_server, private_pulse, speech_for_mic, tmp_path):
+    """A plain (blocking) test: the client and the server are child processes; asyncio only for /health."""
     url = tiny_server.http_url
-    before = await wait_until_idle(url)
+    before = asyncio.run(wait_until_idle(url))
     speaker = tmp_path / "speaker.raw"
     recorder = private_pulse.record_speaker(speaker)
     player = private_pulse.play_into_mic(speech_for_mic)
@@ -76,7 +78,7 @@ async def test_moshi_python_client_talks_to_api_chat(tiny_server, private_pulse,
         def talked(state: dict) -> bool:   # or the client died: the assertions below say how
             return client.poll() is not None or (state["frames_in"] - before["frames_in"] >= FRAMES
                                                  and state["frames_out"] - before["frames_out"] >= FRAMES)
-        during = await wait_until_health(url, talked, f"{FRAMES} frames each way from moshi.client", timeout=90)
+        during = asyncio.run(wait_until_health(url, talked, f"{FRAMES} frames each way from moshi.client", timeout=90))
         alive = client.poll() is None
         err_before_ctrl_c = stderr.read_text()
         client.send_signal(signal.SIGINT)   # what a user does: Ctrl-C
@@ -95,8 +97,8 @@ async def test_moshi_python_client_talks_to_api_chat(tiny_server, private_pulse,
     assert "connected!" in err_before_ctrl_c and "Lost connection" not in err_before_ctrl_c, context
     assert "Traceback" not in err, context
     assert out.strip(), "moshi.client prints the model's text (our 0x02 messages) on stdout: " + context
-    await wait_until_idle(url)   # Ctrl-C closed the socket: the slot is free again
-    after = await health(url)
+    asyncio.run(wait_until_idle(url))   # Ctrl-C closed the socket: the slot is free again
+    after = asyncio.run(health(url))
     assert during["frames_in"] - before["frames_in"] >= FRAMES, context   # its Opus pages decoded into frames
     assert after["frames_out"] - before["frames_out"] >= FRAMES, context
 
