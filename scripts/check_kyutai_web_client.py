@@ -109,7 +109,8 @@ def checks(summary: dict, before: dict, after: dict) -> list[tuple[bool, str]]:
     result = [
         (urlparse(sock["url"]).path == "/api/chat" and "text_temperature=" in sock["url"],
          f"the page opened {sock['url']}"),
-        (sock["firstReceived"] == [0], f"the first message it got is the handshake [0x00]: {sock['firstReceived']}"),
+        (sock["firstReceived"] == [0], f"the first message it got is the handshake [0x00]: {sock['firstReceived']}, "
+                                       f"{sock['handshakeAfterMs']} ms after the socket was created"),
         (set(sent) == {"1"}, f"it sent audio (0x01) only: kinds {sorted(sent)}"),
         (set(received) <= {"0", "1", "2"} and received.get("0", {}).get("n") == 1,
          f"it got one handshake, then audio and text (0x00-0x02) only: kinds {sorted(received)}"),

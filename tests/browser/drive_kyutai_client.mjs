@@ -52,7 +52,8 @@ function watchSockets() {
   class TappedWebSocket extends Native {
     constructor(url, protocols) {
       super(url, protocols);
-      const rec = { url: String(url), opened: false, sent: {}, received: {}, firstReceived: null, close: null, text: '' };
+      const rec = { url: String(url), opened: false, sent: {}, received: {}, firstReceived: null, close: null, text: '',
+        createdAt: performance.now(), handshakeAfterMs: null };
       tap.sockets.push(rec);
       this.addEventListener('open', () => { rec.opened = true; });
       this.addEventListener('message', (event) => {
@@ -62,6 +63,7 @@ function watchSockets() {
           rec.firstReceived = typeof event.data === 'string' ? event.data : Array.from(new Uint8Array(event.data).slice(0, 16));
         }
         count(rec.received, kind, size);
+        if (kind === 0 && rec.handshakeAfterMs === null) rec.handshakeAfterMs = Math.round(performance.now() - rec.createdAt);
         if (kind === 2) rec.text += new TextDecoder().decode(new Uint8Array(event.data).slice(1));
       });
       this.addEventListener('close', (event) => { rec.close = { code: event.code, reason: event.reason }; });
