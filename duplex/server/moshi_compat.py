@@ -106,7 +106,8 @@ class MoshiCodec(SocketCodec):
     def _refusal(self, close_code: int, code: str, text: str, label: str) -> Refusal:
         """Close with `text` as the reason, after a 0x05 error that says the same with its code."""
         self.metrics.error(code)
-        return Refusal(close_code, text.encode()[:120], moshi_error(code, text), label=label)
+        reason = text.encode()[:120].decode(errors="ignore").encode()   # a close reason is short, whole UTF-8
+        return Refusal(close_code, reason, moshi_error(code, text), label=label)
 
     def full(self, request: web.Request, reason: str) -> Refusal:
         self.metrics = request.app[METRICS]
