@@ -19,6 +19,15 @@ PROTOCOL_VERSION = 1
 KIND_HANDSHAKE = 0x00
 KIND_AUDIO = 0x01
 KIND_TEXT = 0x02
+# The rest of Kyutai's kinds, spoken on /api/chat only (docs/moshi-compat.md: who sends what, what we do).
+KIND_CONTROL = 0x03       # + one action byte (MOSHI_CONTROL_ACTIONS)
+KIND_METADATA = 0x04      # + UTF-8 JSON
+KIND_ERROR = 0x05         # + UTF-8 text; ours is "<code>: <message>", code from ERROR_CODES
+KIND_PING = 0x06
+KIND_COLORED_TEXT = 0x07  # + colour byte + UTF-8 text (server to client)
+KIND_IMAGE = 0x08         # Kyutai's Rust server (vision models)
+KIND_CODES = 0x09         # Kyutai's Rust server (raw audio codes)
+MOSHI_CONTROL_ACTIONS = {0x00: "start", 0x01: "endTurn", 0x02: "pause", 0x03: "restart"}
 
 MODES = ("duplex", "cascade", "auto")
 CODECS = ("opus", "pcm16")

@@ -216,13 +216,15 @@ async def test_a_bad_query_gets_an_error_then_1008(query, message):
         assert await metric(client, "duplex_connections_refused_total", '{endpoint="ws",reason="bad_query"}') == 1
 
 
-async def test_api_chat_ignores_opus_garbage_and_goes_on():
+async def test_api_chat_refuses_opus_garbage_and_goes_on():
     engine = FakeEngine()
     async with serving(engine) as client:
         ws = await client.ws_connect("/api/chat")
         assert (await ws.receive(timeout=TIMEOUT)).data == b"\x00"
         await ws.send_bytes(b"\x01this is not an ogg page at all")
-        await ws.send_str("text is ignored too")
+        await ws.send_str("text frames are refused too")
+        for prefix in (b"\x05bad_audio: ", b"\x05bad_message: "):   # coded 0x05 errors, the socket stays open
+            assert (await ws.receive(timeout=TIMEOUT)).data.startswith(prefix)
         for page in ogg_pages(4):
             await ws.send_bytes(b"\x01" + page)
         for _ in range(4):   # the reader resynced on the next page: all four frames come back
@@ -237,7 +239,9 @@ async def test_api_chat_bad_query_value_closes_1008(query):
     engine = FakeEngine()
     async with serving(engine) as client:
         ws = await client.ws_connect(f"/api/chat?{query}")
-        msg_type, code, reason = await receive_close(ws)   # no handshake byte first
+        error = await ws.receive(timeout=TIMEOUT)   # no handshake byte first: a 0x05 error, then the close
+        assert error.data.startswith(b"\x05bad_message: bad query parameter: ")
+        msg_type, code, reason = await receive_close(ws)
         assert (msg_type, code) == (WSMsgType.CLOSE, 1008)
         assert reason.startswith("bad query parameter: ")
         assert engine.calls["open"] == 0

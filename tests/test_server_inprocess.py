@@ -340,7 +340,7 @@ async def test_api_chat_handshake_then_echoed_ogg_pages():
         assert await metric(client, "duplex_connections_open", '{endpoint="api_chat"}') == 1.0
         for page in ogg_pages(10):
             await ws.send_bytes(b"\x01" + page)
-        await ws.send_bytes(b"\x05ignored")   # moshi.server ignores other kinds too: no answer
+        await ws.send_bytes(b"\x05ignored")   # a client's error report is logged, not answered
         pages = []
         for _ in range(10):   # the decoder gives back all ten frames: ten echoed, one page each
             msg = await ws.receive(timeout=TIMEOUT)
@@ -357,15 +357,18 @@ async def test_api_chat_handshake_then_echoed_ogg_pages():
 
 
 async def test_api_chat_refuses_when_full_or_without_a_duplex_engine():
+    full = "server full: every duplex slot is busy, try again later"
     async with serving(FakeEngine(slots=0)) as client:
         ws = await client.ws_connect("/api/chat")
+        assert (await ws.receive(timeout=TIMEOUT)).data == b"\x05capacity: " + full.encode()   # no handshake
         msg = await ws.receive(timeout=TIMEOUT)
-        assert (msg.type, msg.data, msg.extra) == (
-            WSMsgType.CLOSE, 1013, "server full: every duplex slot is busy, try again later")
+        assert (msg.type, msg.data, msg.extra) == (WSMsgType.CLOSE, 1013, full)
+    no_model = "no duplex model loaded: this server serves the cascade only (use /ws)"
     async with serving(FakeEngine(name="cascade")) as client:
         ws = await client.ws_connect("/api/chat")
+        assert (await ws.receive(timeout=TIMEOUT)).data == b"\x05unsupported: " + no_model.encode()
         msg = await ws.receive(timeout=TIMEOUT)
-        assert (msg.type, msg.data, msg.extra) == (WSMsgType.CLOSE, 1011, "no duplex model loaded")
+        assert (msg.type, msg.data, msg.extra) == (WSMsgType.CLOSE, 1011, no_model)
 
 
 async def test_engines_start_with_the_app_stop_in_reverse_and_sockets_close_1001():
@@ -414,13 +417,15 @@ async def test_connections_past_the_cap_are_refused_1013_counted_and_admitted_ag
         msg = await refused.receive(timeout=TIMEOUT)
         assert (msg.type, msg.data, msg.extra) == (WSMsgType.CLOSE, 1013, reason)
         refused_chat = await client.ws_connect("/api/chat")
-        msg = await refused_chat.receive(timeout=TIMEOUT)   # no handshake: the close alone
+        # no handshake: a 0x05 error (Kyutai's clients ignore it), then the close
+        assert (await refused_chat.receive(timeout=TIMEOUT)).data == b"\x05capacity: " + reason.encode()
+        msg = await refused_chat.receive(timeout=TIMEOUT)
         assert (msg.type, msg.data, msg.extra) == (WSMsgType.CLOSE, 1013, reason)
         assert engine.calls["open"] == 2   # a refused socket never reaches an engine
         assert await metric(client, "duplex_connections_refused_total", '{endpoint="ws",reason="max_connections"}') == 1
         assert await metric(client, "duplex_connections_refused_total",
                             '{endpoint="api_chat",reason="max_connections"}') == 1
-        assert await metric(client, "duplex_errors_total", '{code="capacity"}') == 1
+        assert await metric(client, "duplex_errors_total", '{code="capacity"}') == 2
         assert await metric(client, "duplex_connections_open", '{endpoint="ws"}') == 1
         assert await metric(client, "duplex_connections_open", '{endpoint="api_chat"}') == 1
         await first.close()
@@ -502,7 +507,9 @@ async def test_api_chat_without_audio_is_closed_1008_and_with_audio_is_not():
         for ws in (silent, talking):
             assert (await ws.receive(timeout=TIMEOUT)).data == b"\x00"
         await talking.send_bytes(b"\x01" + ogg_pages(1)[0])
-        msg = await silent.receive(timeout=TIMEOUT)   # no message before: this protocol has no error kind
+        explained = await silent.receive(timeout=TIMEOUT)   # a 0x05 error first, then the close
+        assert explained.data == b"\x05not_started: start timeout: no audio within 0.2 s; the socket is closed"
+        msg = await silent.receive(timeout=TIMEOUT)
         assert (msg.type, msg.data, msg.extra) == (WSMsgType.CLOSE, 1008, "start timeout: no audio within 0.2 s")
         await asyncio.wait_for(engine.streams[0].closed.wait(), TIMEOUT)   # its slot is free
         assert not engine.streams[1].closed.is_set()

@@ -35,6 +35,11 @@ class Outbox:
         """A text payload: a JSON message on /ws, a piece of the model's text on /api/chat."""
         self._put(("text", text))
 
+    def put_message(self, kind: str, payload: tp.Any) -> None:
+        """Any other item its codec defines (e.g. /api/chat's error and ping frames); never dropped as audio."""
+        assert kind != "audio", "audio goes through put_audio (bounded, silenceable)"
+        self._put((kind, payload))
+
     def put_audio(self, pcm: np.ndarray) -> None:
         if self._audio >= self.max_audio:
             self._drop_oldest_audio()
