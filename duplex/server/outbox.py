@@ -35,6 +35,12 @@ class Outbox:
         """A text payload: a JSON message on /ws, a piece of the model's text on /api/chat."""
         self._put(("text", text))
 
+    def put_marker(self, kind: str, payload: tp.Any) -> None:
+        """An item of a codec's own kind (the realtime codec's response boundaries), handed to its
+        `encode_outgoing` in order with the rest; never dropped."""
+        assert kind not in ("text", "audio"), kind
+        self._put((kind, payload))
+
     def put_audio(self, pcm: np.ndarray) -> None:
         if self._audio >= self.max_audio:
             self._drop_oldest_audio()
