@@ -124,3 +124,71 @@ async def test_a_typed_turn_in_cascade_is_answered_with_audio_and_its_transcript
         first, last = types.index("response.created"), types.index("response.done")
         assert all(first < i < last for i, e in enumerate(events.events) if getattr(e, "response_id", None))
         assert not events.of("error"), events.of("error")
+
+
+async def send_audio(connection, pcm: np.ndarray, chunk_frames: int = 3) -> None:
+    """pcm16 in appends of `chunk_frames` 80 ms frames, as fast as the socket takes them."""
+    step = chunk_frames * FRAME_SAMPLES
+    for start in range(0, len(pcm), step):
+        await connection.input_audio_buffer.append(audio=b64(pcm[start:start + step]))
+
+
+async def test_a_spoken_turn_in_cascade_is_detected_transcribed_and_answered(cascade_server, hello):
+    async with realtime(cascade_server, "cascade") as (connection, events):
+        await events.wait_for("session.created")
+        await connection.session.update(session={"type": "realtime", "audio": {"input": {
+            "transcription": {"model": "gpt-4o-transcribe"},
+            "turn_detection": {"type": "server_vad", "create_response": True}}}})
+        updated = await events.wait_for("session.updated")
+        assert updated.session.audio.input.transcription is not None
+        silence = np.zeros(FRAME_SAMPLES * 15, dtype=np.float32)
+        await send_audio(connection, np.concatenate([silence[:4000], hello, silence]))
+        speech = await events.wait_for("input_audio_buffer.speech_started")
+        stopped = await events.wait_for("input_audio_buffer.speech_stopped")
+        committed = await events.wait_for("input_audio_buffer.committed")
+        assert speech.item_id == stopped.item_id == committed.item_id
+        assert stopped.audio_end_ms > speech.audio_start_ms >= 0
+        user = await events.wait_for("conversation.item.input_audio_transcription.completed")
+        assert user.item_id == committed.item_id and user.transcript   # the tiny STT babbles, but it transcribes
+        deltas = [e.delta for e in events.of("conversation.item.input_audio_transcription.delta")]
+        assert "".join(deltas).strip() == user.transcript
+        created = await events.wait_for("response.created")
+        done = await events.wait_for("response.done", timeout=60)
+        assert done.response.status == "completed"
+        assert response_audio(events, created.response.id)
+        assert done.response.output[0].content[0].transcript == reply_for(2, long=False)
+        assert not events.of("error"), events.of("error")
+
+
+async def test_duplex_streams_audio_both_ways_in_responses_and_needs_the_token(small_server, speech):
+    async with realtime(small_server, "duplex", api_key="wrong") as (connection, events):
+        error = await events.wait_for("error")
+        assert error.error.code == "unauthorized"
+    async with realtime(small_server, "duplex", api_key="s3cret") as (connection, events):
+        created = await events.wait_for("session.created")
+        assert created.session.model == "duplex"
+        # `instructions` needs a persona model, a transcript needs a recogniser: errors, the session lives on
+        await connection.session.update(session={"type": "realtime", "instructions": "be brief",
+                                                  "audio": {"input": {"transcription": {"model": "whisper-1"}}}})
+        updated = await events.wait_for("session.updated")
+        params = {e.error.param for e in events.of("error")}
+        assert params == {"session.instructions", "session.audio.input.transcription"}, events.of("error")
+        assert updated.session.audio.input.transcription is None and updated.session.instructions == ""
+        frames = len(speech) // FRAME_SAMPLES
+        await send_audio(connection, speech[: frames * FRAME_SAMPLES], chunk_frames=1)
+        await events.wait_for("input_audio_buffer.speech_started")
+        created_response = await events.wait_for("response.created", timeout=30)
+        response_id = created_response.response.id
+        await events.wait_for("response.output_audio.delta", lambda e: e.response_id == response_id, timeout=30)
+        # the model speaks while it listens; response.cancel forces it silent and ends the response
+        await connection.response.cancel()
+        done = await events.wait_for("response.done", lambda e: e.response.id == response_id)
+        assert done.response.status == "cancelled"
+        assert done.response.status_details.reason == "client_cancelled"
+        opened = {e.response.id for e in events.of("response.created")}
+        audio = events.of("response.output_audio.delta")
+        assert all(e.response_id in opened for e in audio)
+        assert len(audio) <= frames   # one frame out per frame in at most, sent only inside responses
+        await connection.response.create()
+        error = await events.wait_for("error", lambda e: e.error.param is None and e.error.code == "unsupported")
+        assert "duplex" in error.error.message

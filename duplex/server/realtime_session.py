@@ -259,11 +259,11 @@ class RealtimeSession(Session):
             return self.send_error("unsupported", "response.create takes no per-response options here "
                                    f"({', '.join(extra) or 'conversation / output_modalities'}); use session.update",
                                    "response")
-        if self.response is not None:
-            return self.send_error("bad_message", "a response is in progress; cancel it first (response.cancel)")
         stream = self._stream()
         if stream.mode == "duplex":
             raise Unsupported("the duplex model speaks when it decides to: its responses come from its own turns")
+        if self.response is not None:
+            return self.send_error("bad_message", "a response is in progress; cancel it first (response.cancel)")
         stream.respond()        # first: a turn it cuts (answering before LLMProcessing) closes no response of ours
         self._open_response()
 
