@@ -24,7 +24,7 @@ from .test_cascade import most_words_heard, next_request
 
 @pytest.fixture(scope="module")
 def hello(tmp_path_factory) -> np.ndarray:
-    return espeak("Hello there, what is the weather like today?", tmp_path_factory.mktemp("rt") / "h.wav")
+    return espeak("Hello there, how are you?", tmp_path_factory.mktemp("rt") / "h.wav")
 
 
 def b64(pcm: np.ndarray) -> str:
@@ -192,3 +192,109 @@ async def test_duplex_streams_audio_both_ways_in_responses_and_needs_the_token(s
         await connection.response.create()
         error = await events.wait_for("error", lambda e: e.error.param is None and e.error.code == "unsupported")
         assert "duplex" in error.error.message
+
+
+def assistant_messages(request: list[dict]) -> list[str]:
+    return [m["content"] for m in request if m["role"] == "assistant"]
+
+
+async def test_cancel_and_truncate_during_speech_keep_only_what_was_heard(cascade_server, llm_standin):
+    async with realtime(cascade_server, "cascade") as (connection, events):
+        await events.wait_for("session.created")
+        # 1. response.cancel while the assistant speaks: the response ends `cancelled`
+        first = (await text_turn(connection, events, "tell me a long story")).response.id
+        await events.wait_for("response.output_audio.delta", lambda e: e.response_id == first)
+        await connection.response.cancel()
+        done = await events.wait_for("response.done", lambda e: e.response.id == first)
+        assert (done.response.status, done.response.status_details.reason) == ("cancelled", "client_cancelled")
+        assert done.response.output[0].status == "incomplete"
+        # 2. truncate at 400 ms while ~3 s have been sent: the history keeps the words started by 400 ms
+        second = await text_turn(connection, events, "tell me a long story again")
+        added = await events.wait_for("response.output_item.added", lambda e: e.response_id == second.response.id)
+        item_id = added.item.id
+        sent = 36   # frames, ~3 s: about 10 words played
+        await events.wait_for("response.output_audio.delta",
+                              lambda e: len(response_audio(events, second.response.id)) >= sent)
+        await connection.conversation.item.truncate(item_id=item_id, content_index=0, audio_end_ms=400)
+        truncated = await events.wait_for("conversation.item.truncated")
+        assert (truncated.item_id, truncated.audio_end_ms) == (item_id, 400)
+        done = await events.wait_for("response.done", lambda e: e.response.id == second.response.id)
+        assert done.response.status == "cancelled"
+        # 3. a finished reply truncated at 0 ms leaves nothing of itself in the context
+        n = len(llm_standin.requests)
+        third = (await text_turn(connection, events, "and a short one")).response.id
+        done = await events.wait_for("response.done", lambda e: e.response.id == third, timeout=60)
+        assert done.response.status == "completed"
+        request = await next_request(llm_standin, n)
+        after = request.index({"role": "user", "content": "tell me a long story again"}) + 1
+        heard_in_second = [m["content"] for m in request[after:] if m["role"] == "assistant"]
+        third_reply = done.response.output[0].content[0].transcript
+        await connection.conversation.item.truncate(item_id=done.response.output[0].id, content_index=0, audio_end_ms=0)
+        await events.wait_for("conversation.item.truncated", lambda e: e.item_id == done.response.output[0].id)
+        await text_turn(connection, events, "last one")
+        last = await next_request(llm_standin, n + 1)
+        full_long = reply_for(2, long=True).split()
+        for message in heard_in_second:   # absent when no word had started by 400 ms
+            words = message.split()
+            assert words == full_long[: len(words)] and len(words) <= most_words_heard(400 // FRAME_MS), message
+        assert third_reply and third_reply not in assistant_messages(last)   # the truncated third reply is gone
+        assert [m["content"] for m in last if m["role"] == "user"][-2:] == ["and a short one", "last one"]
+        assert not events.of("error"), events.of("error")
+
+
+async def test_bad_events_each_get_an_error_naming_them_and_the_connection_lives(cascade_server):
+    async with realtime(cascade_server, "cascade") as (connection, events):
+        await events.wait_for("session.created")
+        raw = connection._connection   # the SDK's websocket: a malformed frame cannot go through its typed send
+        bad: list[tuple[str | bytes, str, str | None]] = [
+            ("{not json", "bad_message", None),
+            (json.dumps({"event_id": "e1", "type": "no.such.event"}), "unknown_type", "e1"),
+            (json.dumps({"event_id": "e2", "type": "conversation.item.delete", "item_id": "x"}), "unsupported", "e2"),
+            (json.dumps({"event_id": "e3", "type": "input_audio_buffer.append", "audio": "%%%"}), "bad_audio", "e3"),
+            (json.dumps({"event_id": "e4", "type": "input_audio_buffer.append",
+                         "audio": base64.b64encode(b"abc").decode()}), "bad_audio", "e4"),   # odd byte count
+            (json.dumps({"event_id": "e5", "type": "session.update", "session": {
+                "type": "realtime", "audio": {"input": {"format": {"type": "audio/pcmu"}}}}}), "bad_audio", "e5"),
+            (json.dumps({"event_id": "e6", "type": "input_audio_buffer.append", "audio": "A" * 600_000}),
+             "too_large", None),   # refused before it is parsed
+            (json.dumps({"event_id": "e7", "type": "response.cancel"}), "bad_message", "e7"),   # nothing to cancel
+            (json.dumps({"event_id": "e8", "type": "conversation.item.truncate", "item_id": "nope",
+                         "content_index": 0, "audio_end_ms": 10}), "bad_message", "e8"),
+            (json.dumps({"event_id": "e9", "type": "input_audio_buffer.commit"}), "bad_message", "e9"),   # empty
+            (b"\x01binary", "bad_message", None),
+        ]
+        for message, _, _ in bad:
+            await raw.send(message)
+        await connection.session.update(session={"type": "realtime", "instructions": "still here"}, event_id="ok")
+        await events.wait_for("session.updated", lambda e: e.session.instructions == "still here")
+        errors = [(e.error.code, e.error.event_id) for e in events.of("error")]
+        assert errors == [(code, event_id) for _, code, event_id in bad], errors
+        assert all(e.error.type == "invalid_request_error" and e.error.message for e in events.of("error"))
+        params = [e.error.param for e in events.of("error")]
+        assert params[5] == "session.audio.input.format" and params[7] == "response_id", params
+
+
+async def test_without_turn_detection_the_client_commits_and_asks_for_the_response(cascade_server, hello,
+                                                                                    llm_standin):
+    async with realtime(cascade_server, "cascade") as (connection, events):
+        await events.wait_for("session.created")
+        await connection.session.update(session={"type": "realtime", "audio": {"input": {
+            "transcription": {"model": "whisper-1"}, "turn_detection": None}}})
+        assert (await events.wait_for("session.updated")).session.audio.input.turn_detection is None
+        silence = np.zeros(FRAME_SAMPLES * 15, dtype=np.float32)
+        await send_audio(connection, np.concatenate([silence[:4000], hello, silence]))
+        user = await events.wait_for("conversation.item.input_audio_transcription.completed")
+        n = len(llm_standin.requests)
+        await connection.input_audio_buffer.commit()
+        committed = await events.wait_for("input_audio_buffer.committed")
+        assert committed.item_id == user.item_id
+        assert not events.of("input_audio_buffer.speech_started") and not events.of("response.created")
+        await connection.response.create()
+        created = await events.wait_for("response.created")
+        request = await next_request(llm_standin, n)
+        assert request[-1] == {"role": "user", "content": user.transcript}
+        await events.wait_for("response.output_audio.delta", lambda e: e.response_id == created.response.id)
+        await connection.response.cancel()
+        done = await events.wait_for("response.done")
+        assert done.response.status == "cancelled"
+        assert not events.of("error"), events.of("error")
