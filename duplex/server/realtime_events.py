@@ -144,6 +144,7 @@ _DEFAULT_ONLY: dict[str, tuple[tp.Any, ...]] = {
     "max_output_tokens": ("inf",), "tracing": (), "prompt": (), "include": ([],), "reasoning": (),
     "truncation": ("auto",), "parallel_tool_calls": (True, False),
 }
+_READ_ONLY = ("object", "id", "expires_at")
 _VAD_FIELDS = ("threshold", "prefix_padding_ms", "silence_duration_ms", "idle_timeout_ms", "eagerness")
 
 
@@ -166,6 +167,8 @@ def parse_session_update(session: tp.Any, modes: tp.Iterable[str]) -> SessionUpd
                 update.changes["instructions"] = value
         elif name == "audio":
             _audio(value, update)
+        elif name in _READ_ONLY:
+            pass   # echoed from session.created by some clients; the server's own values stand
         elif name in _DEFAULT_ONLY:
             if value is not None and value not in _DEFAULT_ONLY[name]:
                 update.refuse(f"session.{name}", "unsupported", f"session.{name} = {json.dumps(value)[:80]} is not "
