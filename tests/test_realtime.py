@@ -11,6 +11,7 @@ import contextlib
 import json
 import typing as tp
 
+import aiohttp
 import numpy as np
 import pytest
 from openai import AsyncOpenAI
@@ -298,3 +299,16 @@ async def test_without_turn_detection_the_client_commits_and_asks_for_the_respon
         done = await events.wait_for("response.done")
         assert done.response.status == "cancelled"
         assert not events.of("error"), events.of("error")
+
+
+async def test_a_browser_gives_the_key_as_a_subprotocol(small_server):
+    """What OpenAI's browser clients do (a browser cannot set headers): the server must echo `realtime`."""
+    url = small_server.http_url + "/v1/realtime?model=duplex"
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(url, protocols=("realtime", "openai-insecure-api-key.s3cret")) as ws:
+            assert ws.protocol == "realtime"
+            assert json.loads(await ws.receive_str(timeout=10))["type"] == "session.created"
+        async with http.ws_connect(url, protocols=("realtime", "openai-insecure-api-key.wrong")) as ws:
+            error = json.loads(await ws.receive_str(timeout=10))
+            assert (error["type"], error["error"]["code"]) == ("error", "unauthorized")
+            assert (await ws.receive(timeout=10)).type == aiohttp.WSMsgType.CLOSE and ws.close_code == 1008

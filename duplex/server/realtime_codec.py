@@ -4,7 +4,9 @@
 events both ways, read and written by a `RealtimeSession`. The `openai` SDK connects to
 `{websocket_base_url}/realtime?model=...` with `Authorization: Bearer <api key>`, so a client pointed
 at `ws://HOST:PORT/v1` with the server's token as its key lands here. `model` picks the engine
-(`duplex`, `cascade`, `auto`; default `auto`). The conversation starts when the socket opens
+(`duplex`, `cascade`, `auto`; default `auto`). Browsers, which cannot set headers, give the key as
+OpenAI's browser clients do: subprotocols `realtime` and `openai-insecure-api-key.<key>` (the server
+selects `realtime`). The conversation starts when the socket opens
 (`session.created`); the start timeout runs until the client's first event. Assistant audio is queued as
 PCM and encoded as `response.output_audio.delta` (base64 pcm16) when sent, under the response that the
 marker before it names.
@@ -12,6 +14,7 @@ marker before it names.
 
 from __future__ import annotations
 
+import hmac
 import typing as tp
 
 from aiohttp import web
@@ -34,6 +37,7 @@ class RealtimeCodec(SocketCodec):
     endpoint = "realtime"
     heartbeat = 30.0
     slow_reader_reason = b"client too slow: stopped reading"
+    protocols = ("realtime",)
     session: RealtimeSession
 
     def __init__(self) -> None:
@@ -43,7 +47,7 @@ class RealtimeCodec(SocketCodec):
         app = request.app
         model = request.query.get("model", "auto")
         refusal = None
-        if not token_ok(request):
+        if not (token_ok(request) or _subprotocol_key_ok(request)):
             refusal = ("unauthorized", "a valid token is required: Authorization: Bearer <the server's token> "
                                        "(the openai SDK's api_key)", "unauthorized", 1008)
         elif model not in protocol.MODES:
@@ -100,3 +104,14 @@ class RealtimeCodec(SocketCodec):
 
     def on_close(self) -> None:
         self.session.close()
+
+
+KEY_SUBPROTOCOL = "openai-insecure-api-key."
+
+
+def _subprotocol_key_ok(request: web.Request) -> bool:
+    """The key as a browser sends it: one of the offered subprotocols is `openai-insecure-api-key.<key>`."""
+    expected = request.app[SETTINGS].token or ""
+    offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+    return any(p.startswith(KEY_SUBPROTOCOL)
+               and hmac.compare_digest(p.removeprefix(KEY_SUBPROTOCOL).encode(), expected.encode()) for p in offered)
