@@ -17,6 +17,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from duplex.audio import FRAME_MS, FRAME_SAMPLES, float_to_pcm16
+from duplex.server.realtime_events import parse_session_update
 
 from .conftest import espeak
 from .llm_standin import reply_for
@@ -312,3 +313,26 @@ async def test_a_browser_gives_the_key_as_a_subprotocol(small_server):
             error = json.loads(await ws.receive_str(timeout=10))
             assert (error["type"], error["error"]["code"]) == ("error", "unauthorized")
             assert (await ws.receive(timeout=10)).type == aiohttp.WSMsgType.CLOSE and ws.close_code == 1008
+
+
+def test_the_session_update_livekit_sends_by_default_is_taken_whole():
+    """LiveKit Agents' default `session.update` (its plugin's defaults, GA shape): nothing refused."""
+    pcm = {"type": "audio/pcm", "rate": 24000}
+    update = parse_session_update({
+        "type": "realtime", "model": "cascade", "output_modalities": ["audio"], "instructions": "Be brief.",
+        "audio": {"input": {"format": pcm, "noise_reduction": None, "transcription": {"model": "gpt-4o-mini-transcribe"},
+                            "turn_detection": {"type": "semantic_vad", "create_response": True, "eagerness": "medium",
+                                               "interrupt_response": True}},
+                  "output": {"format": pcm, "speed": None, "voice": "marin"}},
+        "max_output_tokens": "inf", "tool_choice": "auto", "tracing": None}, ("duplex", "cascade", "auto"))
+    assert update.refused == []
+    assert update.changes == {"model": "cascade", "instructions": "Be brief.", "voice": "marin",
+                              "transcription": {"model": "gpt-4o-mini-transcribe"},
+                              "turn_detection": {"type": "semantic_vad", "create_response": True,
+                                                 "interrupt_response": True}}
+    refused = parse_session_update({"type": "realtime", "tools": [{"type": "function", "name": "f"}], "temperature": 1,
+                                    "audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 0.9}}}},
+                                   ("cascade", "auto")).refused
+    assert [(param, code) for param, code, _ in refused] == [
+        ("session.tools", "unsupported"), ("session.temperature", "bad_message"),
+        ("session.audio.input.turn_detection.threshold", "unsupported")]

@@ -231,7 +231,8 @@ def _turn_detection(detection: tp.Any, update: SessionUpdate) -> None:
         return
     if not isinstance(detection, dict) or detection.get("type") not in ("server_vad", "semantic_vad"):
         return update.refuse(param, "bad_message", "turn_detection must be null or of type server_vad / semantic_vad")
-    tuned = [name for name in _VAD_FIELDS if detection.get(name) not in (None, "auto")]
+    # eagerness "medium" is OpenAI's "auto": the detector's one setting, as is the server's
+    tuned = [name for name in _VAD_FIELDS if detection.get(name) not in (None, "auto", "medium")]
     if tuned:
         update.refuse(f"{param}.{tuned[0]}", "unsupported", f"{', '.join(tuned)}: the server's end-of-turn "
                       "detector is set for the whole server (`duplex serve --speech-threshold-dbfs`, "
