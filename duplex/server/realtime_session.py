@@ -24,9 +24,10 @@ import typing as tp
 from dataclasses import dataclass
 
 from ..audio import FRAME_MS
+from ..config import default_of
 from ..engines.base import (AssistantAudio, AssistantText, AssistantTurnDone, AssistantTurnEnded,
-                            AssistantTurnStarted, Engine, EngineFrame, LLMProcessing, Unsupported, UserFrame,
-                            UserTranscript)
+                            AssistantTurnStarted, Engine, EngineFrame, EngineStream, LLMProcessing, Unsupported,
+                            UserFrame, UserTranscript)
 from . import realtime_events as rt
 from .session import Session, SessionLimits, SessionObserver
 
@@ -82,7 +83,7 @@ class RealtimeSession(Session):
         self._on_start({"mode": self.default_mode, "config": {}})
         if self.conversation is None:
             return False
-        self.config.model = self.conversation.mode
+        self.config = _fresh_config(self.conversation.mode)
         self.emit("session.created", session=self.config.wire(self.session_id))
         return True
 
@@ -113,7 +114,7 @@ class RealtimeSession(Session):
         self._bad("bad_message", "binary frames are not part of the Realtime API: send audio as base64 pcm16 "
                                  "in input_audio_buffer.append events")
 
-    def _stream(self):
+    def _stream(self) -> EngineStream:
         assert self.conversation is not None   # a Realtime conversation lives as long as its socket
         return self.conversation.stream
 
@@ -126,7 +127,8 @@ class RealtimeSession(Session):
         if "model" in changes and changes["model"] not in ("auto", self.config.model):
             self._switch_engine(changes["model"])
         if "instructions" in changes and changes["instructions"] != self.config.instructions:
-            if self._configure("session.instructions", system_prompt=changes["instructions"] or None):
+            prompt = changes["instructions"] or default_of("system_prompt")   # "": the server's default prompt
+            if self._configure("session.instructions", system_prompt=prompt):
                 self.config.instructions = changes["instructions"]
         if "voice" in changes and changes["voice"] != self.config.voice:
             if self._configure("session.audio.output.voice", voice=changes["voice"]):
@@ -164,7 +166,7 @@ class RealtimeSession(Session):
         if self.conversation is None:   # refused (capacity): back to the previous engine
             self._on_start({"mode": previous, "config": {}})
         assert self.conversation is not None
-        self.config = rt.RealtimeConfig(self.conversation.mode)
+        self.config = _fresh_config(self.conversation.mode)
         self.buffer_item, self.buffer_ms, self.transcript_item, self.partial = None, 0, None, ""
 
     # --- the input audio buffer ------------------------------------------------------------------
@@ -394,3 +396,7 @@ class RealtimeSession(Session):
         return rt.event("response.output_audio.delta", response_id=response.id, item_id=response.item_id,
                         output_index=0, content_index=0, delta=base64.b64encode(pcm16).decode())
 
+
+def _fresh_config(mode: str) -> rt.RealtimeConfig:
+    """A new conversation's session as the client sees it (the cascade's default system prompt shown)."""
+    return rt.RealtimeConfig(mode, instructions=default_of("system_prompt") if mode == "cascade" else "")
