@@ -6,8 +6,8 @@ import asyncio
 
 import numpy as np
 
-from duplex.engines.base import (AssistantAudio, AssistantText, AssistantTurnEnded, AssistantTurnStarted,
-                                 LLMProcessing)
+from duplex.engines.base import (AssistantAudio, AssistantText, AssistantTurnDone, AssistantTurnEnded,
+                                 AssistantTurnStarted, LLMProcessing)
 from duplex.engines.cascade_turn import AssistantTurn
 from duplex.models.llm import ChatMessage
 from duplex.models.tts import TtsFrame
@@ -83,8 +83,9 @@ async def test_a_turn_that_ends_by_itself_keeps_the_whole_reply():
     await asyncio.wait_for(turn.task, 1)
     assert [type(f) for f in out] == [LLMProcessing, AssistantText, AssistantText, AssistantText,
                                       AssistantTurnStarted, AssistantAudio, AssistantAudio, AssistantAudio,
-                                      AssistantTurnEnded]
-    assert not out[-1].interrupted and set(out[-1].stages) == {"llm_first_token_ms", "tts_first_audio_ms"}
+                                      AssistantTurnEnded, AssistantTurnDone]
+    assert out[-1] == AssistantTurnDone(interrupted=False)
+    assert not out[-2].interrupted and set(out[-2].stages) == {"llm_first_token_ms", "tts_first_audio_ms"}
     assert history[-1] == ChatMessage("assistant", "hello there friend")
     assert turn.ended and not turn.wants_frames()
 
@@ -96,7 +97,8 @@ async def test_cancel_keeps_the_heard_words_and_awaits_both_tasks():
     await asyncio.sleep(0.01)
     llm_task = turn._llm
     turn.cancel(barge_in=True)
-    assert out[-1] == AssistantTurnEnded(interrupted=True, barge_in=True, stages=out[-1].stages)
+    assert out[-2] == AssistantTurnEnded(interrupted=True, barge_in=True, stages=out[-2].stages)
+    assert out[-1] == AssistantTurnDone(interrupted=True)
     assert history[-1] == ChatMessage("assistant", "one two")     # two frames played
     assert engine.turn.cancelled and not turn.pending
     await asyncio.gather(turn.task, return_exceptions=True)
@@ -119,3 +121,35 @@ async def test_a_starved_turn_waits_for_new_text():
     turn.cancel()
     await asyncio.gather(turn.task, return_exceptions=True)
     assert history[-1].role == "user"              # nothing played, nothing kept
+    assert out[-1] == AssistantTurnDone(interrupted=True)   # never spoke: no AssistantTurnEnded, still over
+    assert AssistantTurnEnded not in [type(f) for f in out]
+
+
+async def test_truncate_cuts_a_playing_turn_at_the_time_heard():
+    turn, engine, out, history = start(FakeLLM(["one ", "two ", "three ", "four "], hold=True))
+    await asyncio.sleep(0.01)
+    turn.on_tts_frames(frames(3), turn.text_version)
+    await asyncio.sleep(0.01)                        # three frames played: "one two three"
+    turn.truncate(0.08)                              # but the client played only the first 80 ms
+    assert history[-1] == ChatMessage("assistant", "one")
+    assert out[-2] == AssistantTurnEnded(interrupted=True, barge_in=False, stages=out[-2].stages)
+    assert out[-1] == AssistantTurnDone(interrupted=True)
+    await asyncio.gather(turn.task, return_exceptions=True)
+
+
+async def test_truncate_shortens_or_removes_a_finished_reply():
+    turn, engine, out, history = start(FakeLLM(["hello ", "there ", "friend"]))
+    await asyncio.sleep(0.01)
+    turn.on_tts_frames(frames(3), turn.text_version)
+    await asyncio.sleep(0.01)
+    engine.turn.finished = True
+    turn.on_tts_frames([], turn.text_version)
+    await asyncio.wait_for(turn.task, 1)
+    history.append(ChatMessage("user", "and?"))      # the conversation went on
+    turn.truncate(0.16)
+    assert history[1:] == [ChatMessage("assistant", "hello there"), ChatMessage("user", "and?")]
+    turn.truncate(0.0)                               # nothing heard: the reply leaves the history
+    assert history == [ChatMessage("user", "hi"), ChatMessage("user", "and?")]
+    sent = len(out)
+    turn.truncate(0.0)                               # again: nothing left to cut, nothing emitted
+    assert len(out) == sent and len(history) == 2

@@ -51,6 +51,14 @@ class AssistantTurnEnded:
 
 
 @dataclass
+class AssistantTurnDone:
+    """An answer the engine started (`LLMProcessing`) is over, spoken or not: the cascade sends one per
+    assistant turn, after `AssistantTurnEnded` when it spoke. Lets a protocol close a response that never
+    produced audio (an empty reply, a turn cut before its first frame, a failure)."""
+    interrupted: bool = False
+
+
+@dataclass
 class UserTranscript:
     content: str               # whole segment so far
     start_ms: int
@@ -69,7 +77,7 @@ class EngineFailure:
 
 
 EngineFrame = tp.Union[
-    AssistantAudio, AssistantText, AssistantTurnStarted, AssistantTurnEnded,
+    AssistantAudio, AssistantText, AssistantTurnStarted, AssistantTurnEnded, AssistantTurnDone,
     UserTranscript, LLMProcessing, EngineFailure,
 ]
 Sink = tp.Callable[[EngineFrame], None]
@@ -114,6 +122,26 @@ class EngineStream(abc.ABC):
 
     def text_input(self, text: str) -> None:
         raise Unsupported(f"{self.mode} mode takes no text input")
+
+    # Turn-taking under the client's control (the OpenAI Realtime endpoint); engines that decide their
+    # own turns (duplex) keep these defaults.
+    def add_user_text(self, text: str) -> None:
+        """A user message joins the conversation without being answered (`respond` answers it)."""
+        raise Unsupported(f"{self.mode} mode takes no text input")
+
+    def respond(self) -> None:
+        """Answer the conversation as it stands now."""
+        raise Unsupported(f"{self.mode} mode answers by itself; it takes no request for an answer")
+
+    def set_auto_respond(self, on: bool) -> None:
+        """Whether the end of a spoken user turn starts an answer by itself (on by default)."""
+        if not on:
+            raise Unsupported(f"{self.mode} mode always answers by itself")
+
+    def truncate(self, heard_ms: float) -> None:
+        """The user heard only the first `heard_ms` of the latest assistant turn: cut it there if it still
+        plays, and keep in the conversation's context only what was heard."""
+        raise Unsupported(f"{self.mode} mode cannot take back what the assistant said")
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -154,6 +154,7 @@ class CascadeStream(EngineStream):
         self.seed: int | None = None
         self.history: list[ChatMessage] = []
         self.turn: AssistantTurn | None = None   # the current (or last) assistant turn
+        self.auto_respond = True                 # a spoken user turn is answered when it ends
 
     @property
     def mode(self) -> str:
@@ -193,6 +194,9 @@ class CascadeStream(EngineStream):
 
     def on_user_turn(self, text: str) -> None:
         assert self.user is not None
+        if not self.auto_respond:       # the client asks for answers (`respond`)
+            self.history.append(ChatMessage("user", text))
+            return
         self._start_turn(text, {"user_end": self.user.turn_detected_at, "stt_final": time.monotonic()})
 
     def text_input(self, text: str) -> None:
@@ -201,6 +205,24 @@ class CascadeStream(EngineStream):
         now_ms = (self.user.frames_pushed if self.user else 0) * FRAME_MS
         self.sink(UserTranscript(text, now_ms, now_ms))
         self._start_turn(text, {"user_end": time.monotonic(), "stt_final": time.monotonic()})
+
+    # --- turn-taking under the client's control (the OpenAI Realtime endpoint) -------------------
+    def add_user_text(self, text: str) -> None:
+        self.history.append(ChatMessage("user", text))
+
+    def respond(self) -> None:
+        if self.busy:
+            self._cancel_turn(barge_in=False)
+        now = time.monotonic()
+        self._begin_turn({"user_end": now, "stt_final": now})
+
+    def set_auto_respond(self, on: bool) -> None:
+        self.auto_respond = on
+
+    def truncate(self, heard_ms: float) -> None:
+        if self.turn is None:
+            raise Unsupported("there is no assistant turn to truncate")
+        self.turn.truncate(heard_ms / 1000.0)
 
     # --- the assistant's turn (cascade_turn.AssistantTurn) -----------------------------------
     @property
@@ -211,6 +233,10 @@ class CascadeStream(EngineStream):
         if self.busy:                   # a typed turn still answering when a spoken one ends
             self._cancel_turn(barge_in=True)
         self.history.append(ChatMessage("user", user_text))
+        self._begin_turn(stages)
+
+    def _begin_turn(self, stages: dict[str, float]) -> None:
+        """An assistant turn answering the history as it stands."""
         self.turn = AssistantTurn(self.engine, self.sink, self.history, stages, system_prompt=self.system_prompt,
                                   voice=self.voice, temperature=self.temperature, seed=self.seed)
         self.engine.keep(self.turn)

@@ -12,6 +12,10 @@ stage timestamps. A turn ends in one of two ways, each in one method:
   played (`TtsTurn.text_until`), and `AssistantTurnEnded(interrupted=True, barge_in=...)` is
   emitted if audio had started.
 
+Either way `AssistantTurnDone` follows, spoken or not. `truncate` (the OpenAI Realtime endpoint's
+`conversation.item.truncate`) cuts the turn at the time the client says it played to, or, once the turn
+is over, shortens the reply it left in the history to the words heard by then.
+
 The engine's TTS pump (`cascade.CascadeEngine`) steps the TTS turn of every turn that
 `wants_frames()` on the TTS model thread and hands the frames back with `on_tts_frames`; the turn
 wakes the pump (`TurnEngine.wake`) when it has new words or room for more frames. Everything here
@@ -29,8 +33,8 @@ import typing as tp
 from ..audio import FRAME_S
 from ..models.llm import ChatMessage, LLMBackend, LLMError
 from ..models.tts import TtsCapacity, TtsEngineModel, TtsFrame, TtsTurn, UnknownVoice
-from .base import (AssistantAudio, AssistantText, AssistantTurnEnded, AssistantTurnStarted, EngineFailure,
-                   LLMProcessing, Sink)
+from .base import (AssistantAudio, AssistantText, AssistantTurnDone, AssistantTurnEnded, AssistantTurnStarted,
+                   EngineFailure, LLMProcessing, Sink)
 
 
 class TurnEngine(tp.Protocol):
@@ -66,6 +70,7 @@ class AssistantTurn:
         self.pending: collections.deque[TtsFrame] = collections.deque()   # produced, not yet played
         self.played = 0                    # frames sent to the sink (80 ms each)
         self.speaking = False              # AssistantTurnStarted was sent
+        self.reply_entry: ChatMessage | None = None   # what this turn added to the history, if anything
         self.ended = False                 # finished or cancelled: nothing more reaches the sink
         self.text_version = 0              # bumped at each LLM delta and at the end of the text
         self._starved_at = -1              # text_version when the TTS last had no frame to give
@@ -84,6 +89,7 @@ class AssistantTurn:
         except (TtsCapacity, UnknownVoice) as exc:
             self.ended = True
             self.fail("capacity" if isinstance(exc, TtsCapacity) else "bad_message", str(exc))
+            self.sink(AssistantTurnDone(interrupted=True))
             return
         self.tts = tts
         self.sink(LLMProcessing())
@@ -171,15 +177,18 @@ class AssistantTurn:
     def _finish(self) -> None:
         """The turn ended by itself: the whole reply joins the history."""
         self.ended = True
-        self.history.append(ChatMessage("assistant", self.reply.strip()))
+        self.reply_entry = ChatMessage("assistant", self.reply.strip())
+        self.history.append(self.reply_entry)
         self._release()
         if self.speaking:
             self.sink(AssistantTurnEnded(stages=self.stage_ms()))
+        self.sink(AssistantTurnDone())
 
-    def cancel(self, barge_in: bool = False) -> None:
-        """Cuts the turn now (interrupt, barge-in, reset, close): cancels the LLM request and the tasks
-        (the playout task cancels and awaits the LLM task), frees the TTS slot, drops unplayed frames
-        and keeps in history only the words the user heard. Safe to call on an ended turn."""
+    def cancel(self, barge_in: bool = False, heard_s: float | None = None) -> None:
+        """Cuts the turn now (interrupt, barge-in, reset, close, truncate): cancels the LLM request and the
+        tasks (the playout task cancels and awaits the LLM task), frees the TTS slot, drops unplayed frames
+        and keeps in history only the words the user heard (played, or up to `heard_s` when the client says
+        it played less). Safe to call on an ended turn."""
         self._llm_cancel.set()
         self.task.cancel()
         if self._llm is not None:
@@ -188,12 +197,35 @@ class AssistantTurn:
             return
         self.ended = True
         if self.tts is not None:
-            heard = self.tts.text_until(self.played * FRAME_S).strip()
-            if heard:
-                self.history.append(ChatMessage("assistant", heard))
+            heard_until = self.played * FRAME_S if heard_s is None else min(heard_s, self.played * FRAME_S)
+            self._keep_reply(self.tts.text_until(heard_until).strip())
         self._release()
         if self.speaking:
             self.sink(AssistantTurnEnded(interrupted=True, barge_in=barge_in, stages=self.stage_ms()))
+        self.sink(AssistantTurnDone(interrupted=True))
+
+    def truncate(self, heard_s: float) -> None:
+        """The user heard the first `heard_s` of this turn's audio: a running turn is cut there; an ended
+        one's reply in the history is shortened to the words that had started by then (or removed)."""
+        if not self.ended:
+            self.cancel(heard_s=heard_s)
+            return
+        if self.tts is None or self.reply_entry is None:
+            return
+        heard = self.tts.text_until(heard_s).strip()
+        index = next((i for i, message in enumerate(self.history) if message is self.reply_entry), None)
+        if index is None:     # the history was reset since
+            return
+        if heard:
+            self.reply_entry = self.history[index] = ChatMessage("assistant", heard)
+        else:
+            del self.history[index]
+            self.reply_entry = None
+
+    def _keep_reply(self, text: str) -> None:
+        if text:
+            self.reply_entry = ChatMessage("assistant", text)
+            self.history.append(self.reply_entry)
 
     def _release(self) -> None:
         if self.tts is not None:

@@ -19,6 +19,7 @@ from .auth import require_token
 from .metrics import ServerMetrics
 from .moshi_compat import handle_chat
 from .opus_pool import OpusPool
+from .realtime_codec import handle_realtime
 from .settings import ServerSettings
 from .state import ENGINES, METRICS, OPUS_POOL, SETTINGS, SOCKETS
 from .ws_endpoint import handle_ws
@@ -45,6 +46,7 @@ def create_app(engines: dict[str, Engine], settings: ServerSettings | None = Non
     app.on_shutdown.append(_close_sockets)  # type: ignore[arg-type]
     app.router.add_get("/ws", handle_ws)
     app.router.add_get("/api/chat", require_token(handle_chat))
+    app.router.add_get("/v1/realtime", handle_realtime)   # OpenAI Realtime API (docs/realtime.md)
     app.router.add_get("/health", handle_health)
     app.router.add_get("/metrics", handle_metrics)
     static_dir = app[SETTINGS].static_dir

@@ -66,6 +66,7 @@ class SocketCodec(abc.ABC):
 
     endpoint: str                      # the `endpoint` label of duplex_connections_open
     heartbeat: float | None = None     # seconds between WebSocket pings, None for none
+    protocols: tuple[str, ...] = ()    # WebSocket subprotocols this endpoint may select (browsers need one echoed)
     slow_reader_reason: bytes = b"client too slow"
     outbox: Outbox
 
@@ -116,7 +117,8 @@ async def serve_socket(request: web.Request, codec: SocketCodec) -> web.WebSocke
     app = request.app
     settings = app[SETTINGS]
     sockets = app[SOCKETS]
-    ws = web.WebSocketResponse(max_msg_size=settings.max_message_bytes, heartbeat=codec.heartbeat)
+    ws = web.WebSocketResponse(max_msg_size=settings.max_message_bytes, heartbeat=codec.heartbeat,
+                               protocols=codec.protocols)
     # The cap is checked and the socket counted with no await in between: the event loop runs one
     # handler at a time up to here, so a burst of upgrades cannot all see room for one more.
     if settings.max_connections and len(sockets) >= settings.max_connections:

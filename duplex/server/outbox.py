@@ -36,8 +36,9 @@ class Outbox:
         self._put(("text", text))
 
     def put_message(self, kind: str, payload: tp.Any) -> None:
-        """Any other item its codec defines (e.g. /api/chat's error and ping frames); never dropped as audio."""
-        assert kind != "audio", "audio goes through put_audio (bounded, silenceable)"
+        """An item of a codec's own kind (/api/chat's error and ping frames, the realtime codec's response
+        boundaries), handed to its `encode_outgoing` in order with the rest; never dropped as audio."""
+        assert kind not in ("text", "audio"), "text and audio go through put_text / put_audio (bounded, silenceable)"
         self._put((kind, payload))
 
     def put_audio(self, pcm: np.ndarray) -> None:

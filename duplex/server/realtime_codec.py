@@ -1,0 +1,117 @@
+"""`/v1/realtime`: the OpenAI Realtime API (GA) over both engines (docs/realtime.md).
+
+`RealtimeCodec` is this protocol's side of the connection lifecycle (`connection.py`): JSON text
+events both ways, read and written by a `RealtimeSession`. The `openai` SDK connects to
+`{websocket_base_url}/realtime?model=...` with `Authorization: Bearer <api key>`, so a client pointed
+at `ws://HOST:PORT/v1` with the server's token as its key lands here. `model` picks the engine
+(`duplex`, `cascade`, `auto`; default `auto`). Browsers, which cannot set headers, give the key as
+OpenAI's browser clients do: subprotocols `realtime` and `openai-insecure-api-key.<key>` (the server
+selects `realtime`). The conversation starts when the socket opens
+(`session.created`); the start timeout runs until the client's first event. Assistant audio is queued as
+PCM and encoded as `response.output_audio.delta` (base64 pcm16) when sent, under the response that the
+marker before it names.
+"""
+
+from __future__ import annotations
+
+import hmac
+import typing as tp
+
+from aiohttp import web
+
+from .. import protocol
+from ..audio import float_to_pcm16
+from . import realtime_events as rt
+from .auth import token_ok
+from .connection import CloseConnection, Refusal, SocketCodec, serve_socket
+from .realtime_session import RealtimeSession, Response
+from .session import TooManyBadMessages
+from .state import ENGINES, METRICS, SETTINGS
+
+
+async def handle_realtime(request: web.Request) -> web.StreamResponse:
+    return await serve_socket(request, RealtimeCodec())
+
+
+class RealtimeCodec(SocketCodec):
+    endpoint = "realtime"
+    heartbeat = 30.0
+    slow_reader_reason = b"client too slow: stopped reading"
+    protocols = ("realtime",)
+    session: RealtimeSession
+
+    def __init__(self) -> None:
+        self.target: Response | None = None   # the response the next audio frames belong to (send order)
+
+    def on_open(self, request: web.Request) -> Refusal | None:
+        app = request.app
+        model = request.query.get("model", "auto")
+        refusal = None
+        if not (token_ok(request) or _subprotocol_key_ok(request)):
+            refusal = ("unauthorized", "a valid token is required: Authorization: Bearer <the server's token> "
+                                       "(the openai SDK's api_key)", "unauthorized", 1008)
+        elif model not in protocol.MODES:
+            refusal = ("bad_message", f"model must be one of {', '.join(protocol.MODES)} (the engine), got {model!r}",
+                       "bad_query", 1008)
+        if refusal is not None:
+            code, text, label, close = refusal
+            app[METRICS].error(code)
+            return Refusal(close, code.encode(), rt.error_event(code, text, None), label=label)
+        self.session = RealtimeSession(app[ENGINES], app[METRICS], model,
+                                       speech_threshold_dbfs=app[SETTINGS].speech_threshold_dbfs)
+        self.outbox = self.session.outbox
+        if not self.session.begin():
+            return Refusal(1013, b"no engine slot free", self.session.last_error, label="no_slot")
+        return None
+
+    def full(self, request: web.Request, reason: str) -> Refusal:
+        request.app[METRICS].error("capacity")
+        return Refusal(1013, reason.encode(), rt.error_event("capacity", reason, None), label="max_connections")
+
+    @property
+    def awaits_start(self) -> bool:
+        return not self.session.heard_client
+
+    def on_start_timeout(self, timeout_s: float) -> bytes:
+        self.session.send_error("not_started", f"no client event within {timeout_s:g} s of connecting; "
+                                               "the socket is closed")
+        return f"start timeout: no event within {timeout_s:g} s".encode()
+
+    def on_text(self, data: str) -> None:
+        try:
+            self.session.handle_text(data)
+        except TooManyBadMessages as exc:
+            raise CloseConnection(1008, str(exc).encode()) from None
+
+    def on_binary(self, data: bytes) -> None:
+        try:
+            self.session.handle_binary(data)
+        except TooManyBadMessages as exc:
+            raise CloseConnection(1008, str(exc).encode()) from None
+
+    async def encode_outgoing(self, kind: str, payload: tp.Any) -> str | None:
+        if kind == "response":
+            self.target = payload
+            return None
+        if kind == "audio":
+            if self.target is None:
+                return None   # not queued outside a response; this is a frame cut loose by a restart
+            return self.session.audio_delta(self.target, float_to_pcm16(payload))
+        return payload
+
+    def on_error(self) -> None:
+        self.session.send_error("internal", "internal server error; the connection is closed")
+
+    def on_close(self) -> None:
+        self.session.close()
+
+
+KEY_SUBPROTOCOL = "openai-insecure-api-key."
+
+
+def _subprotocol_key_ok(request: web.Request) -> bool:
+    """The key as a browser sends it: one of the offered subprotocols is `openai-insecure-api-key.<key>`."""
+    expected = request.app[SETTINGS].token or ""
+    offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+    return any(p.startswith(KEY_SUBPROTOCOL)
+               and hmac.compare_digest(p.removeprefix(KEY_SUBPROTOCOL).encode(), expected.encode()) for p in offered)
