@@ -8,7 +8,8 @@ Kubernetes the worker's side of the story:
   drain (HAProxy's health check then stops routing new conversations here; running ones go on);
 - `/ready` answers 200 while a new conversation would be served (some engine has a free slot, the
   connection cap is not reached, no drain), else 503 with the reason: Kubernetes readiness;
-- `/metrics` gains `duplex_engine_slots{engine}`, `duplex_engine_slots_free{engine}`, `duplex_ready`;
+- `/metrics` gains `duplex_engine_slots{engine}`, `duplex_engine_slots_free{engine}`,
+  `duplex_engine_utilization{engine}` (busy share, for an autoscaler) and `duplex_ready`;
 - `Drain`: on SIGTERM with `--drain-s`, new conversation sockets are refused (`capacity`) and the
   server waits, up to the limit, for the open ones to end before it closes the rest (1001).
 """
@@ -134,14 +135,19 @@ class CapacityCollector(Collector):
         slots = GaugeMetricFamily("duplex_engine_slots", "Conversation slots of each engine", labels=["engine"])
         free = GaugeMetricFamily("duplex_engine_slots_free", "Slots free for a new conversation",
                                  labels=["engine"])
+        used = GaugeMetricFamily("duplex_engine_utilization", "Share of the engine's slots in use (0-1): "
+                                 "what an autoscaler targets", labels=["engine"])
         for name, engine in self.app[ENGINES].items():
             health = engine_capacity(engine)
             slots.add_metric([name], float(health.get("slots", 0)))
             free.add_metric([name], float(health.get("free", 0)))
+            if health.get("slots"):
+                used.add_metric([name], 1.0 - float(health.get("free", 0)) / float(health["slots"]))
         ready = GaugeMetricFamily("duplex_ready", "1 while a new conversation would be served here (see /ready)")
         ready.add_metric([], 1.0 if readiness(self.app)[0] else 0.0)
         yield slots
         yield free
+        yield used
         yield ready
 
 
