@@ -201,3 +201,65 @@ async def test_two_workers_behind_haproxy(tmp_path: Path, speech: np.ndarray):
                 process.kill()
                 await process.wait()
         front.close()
+
+
+def test_one_worker_per_gpu_sees_only_its_gpu_and_gets_the_other_flags():
+    from duplex.cli import build_parser
+    from duplex.server.supervisor import Fleet, FleetError, parse_gpus
+
+    args = build_parser().parse_args(["serve", "--gpus", "2,3", "--slots", "16", "--no-cascade", "--port", "9100",
+                                      "--drain-s", "60", "--threads", "4"])
+    fleet = Fleet(args)
+    assert [w.env["CUDA_VISIBLE_DEVICES"] for w in fleet.workers] == ["2", "3"]
+    for i, worker in enumerate(fleet.workers):
+        argv = worker.argv()
+        assert argv[1:4] == ["-m", "duplex", "serve"]
+        assert "--gpus" not in argv and "--workers" not in argv and "--haproxy" not in argv
+        assert argv[argv.index("--slots") + 1] == "16" and "--no-cascade" in argv
+        assert argv[argv.index("--drain-s") + 1] == "60.0" and argv[argv.index("--threads") + 1] == "4"
+        assert argv[argv.index("--port") + 1] == str(9100 + i)   # without --haproxy: --port, --port+1, ...
+        assert argv[argv.index("--max-connections") + 1] == "16"   # the worker refuses past its slots too
+    with pytest.raises(FleetError, match="distinct device numbers"):
+        parse_gpus("0,0")
+    with pytest.raises(FleetError, match="distinct device numbers"):
+        parse_gpus("gpu0")
+
+
+async def test_the_supervisor_starts_haproxy_itself_and_restarts_it_on_the_same_socket(speech: np.ndarray):
+    haproxy_binary()
+    frames = frames_of(speech, FRAMES)
+    log: list[str] = []
+    fleet = await spawn(sys.executable, "-m", "duplex", "serve", "--workers", "1", "--slots", "1", "--haproxy",
+                        "--lb-queue-timeout-s", "0.3", "--no-cascade", "--port", "0", "--opus-workers", "0",
+                        "--quiet-progress", "--static", "none")
+    assert fleet.stdout is not None and fleet.stderr is not None
+    out, err = Lines("fleet", fleet.stdout, log), Lines("fleet!", fleet.stderr, log)
+    everyone: list[DuplexClient] = []
+    try:
+        url = (await out.expect(lambda t: t.startswith("DUPLEX_READY "), "fleet ready")).split()[1]
+        started = await err.expect(lambda t: "haproxy: started (pid" in t, "HAProxy started")
+        haproxy_pid = int(started.split("pid ")[1].rstrip(")"))
+        everyone.append(await conversation(url, frames))
+        with pytest.raises(HandshakeRefused) as refused:   # one slot in the fleet: the second is refused
+            await DuplexClient.connect(url, mode="duplex")
+        assert refused.value.code == 503
+
+        # HAProxy dies: its connections go; the supervisor restarts it on the socket it made, so a client that
+        # connects meanwhile waits in the socket's backlog and is served once the new HAProxy accepts
+        mark = len(err.seen)
+        os.kill(haproxy_pid, signal.SIGKILL)
+        await closed(everyone[0], 10)
+        assert everyone[0].close_code == 1006
+        everyone.append(await conversation(url, frames))
+        await err.expect(lambda t: "haproxy (pid" in t and "restarting" in t, "the restart logged", after=mark)
+
+        fleet.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(fleet.wait(), 30) == 0
+        await closed(everyone[1], 10)
+        assert (everyone[1].close_code, everyone[1].close_reason) == (1001, "server shutting down")
+    finally:
+        for c in everyone:
+            await c.close()
+        if fleet.returncode is None:
+            fleet.kill()
+            await fleet.wait()

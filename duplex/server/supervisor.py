@@ -186,9 +186,9 @@ class Fleet:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         threads = self.args.threads
         if self.gpus:
-            env["CUDA_VISIBLE_DEVICES"] = self.gpus[i]
-        elif threads == 0:   # N workers share the cores: each gets its share (one core is left to the loops)
-            threads = max(1, ((os.cpu_count() or 2) - 1) // max(1, self.args.workers))
+            env["CUDA_VISIBLE_DEVICES"] = self.gpus[i]   # the worker's `cuda` is this GPU
+        if threads == 0:   # the workers share the cores: each its share of torch's threads (one core left to the loops)
+            threads = max(1, ((os.cpu_count() or 2) - 1) // len(self.ports))
         capacity = (0 if self.args.no_duplex else self.args.slots) + (0 if self.args.no_cascade
                                                                       else self.args.cascade_slots)
         max_connections = self.args.max_connections
