@@ -5,6 +5,8 @@ Starts `duplex serve --workers W --haproxy` (the supervisor, W tiny workers behi
 then with bench_capacity.py's load generator (clients sending espeak-ng speech at real-time pace, phases
 spread over the 80 ms frame, Opus over /ws):
 
+0. a control message's round trip (`stop` on an idle socket: no model work), through HAProxy and directly,
+   one socket, one message at a time: the hop's own cost;
 1. frame turnaround, the same N clients through HAProxy and directly to the workers (client i to worker
    i mod W, so each worker carries the same load either way), alternated `--rounds` times in the same run:
    p50/p99 each way and their difference; HAProxy's own CPU per forwarded message (from /proc);
@@ -22,20 +24,25 @@ the totals say what the glue costs, not what a GPU fleet serves (docs/deploy.md 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
 import subprocess
 import sys
+import signal
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from bench_capacity import FRAME_S, REALTIME_MS, Payloads, capacity_search, run_load, speech  # noqa: E402
+from bench_capacity import (FRAME_S, REALTIME_MS, Payloads, capacity_search, percentiles,  # noqa: E402
+                            run_load, speech)
 
+import aiohttp  # noqa: E402
 import numpy as np  # noqa: E402
 
 
@@ -74,6 +81,22 @@ class Fleet:
         self.process.wait(timeout=60)
 
 
+async def control_rtt_ms(url: str, messages: int) -> list[float]:
+    """Round trips of a control message (`stop` with no conversation: answered on the worker's event loop, no model
+    work), one at a time on one socket: the transport's own cost, apart from any batching."""
+    out: list[float] = []
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(url.replace("http", "ws", 1) + "/ws?codec=pcm16") as ws:
+            await ws.receive_str()   # ready
+            for _ in range(messages):
+                t0 = time.perf_counter()
+                await ws.send_str('{"type": "stop"}')
+                while '"status"' not in await ws.receive_str():   # stop_acknowledged, then status
+                    pass
+                out.append((time.perf_counter() - t0) * 1000.0)
+    return out
+
+
 def median(values: list[float]) -> float:
     return round(float(np.median(values)), 2)
 
@@ -98,7 +121,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2, help="worker processes behind HAProxy")
     parser.add_argument("--slots", type=int, default=16, help="slots of each worker (HAProxy's maxconn for it)")
-    parser.add_argument("--clients", type=int, default=4, help="clients of the HAProxy-vs-direct comparison")
+    parser.add_argument("--clients", type=int, default=2, help="clients of the HAProxy-vs-direct comparison")
     parser.add_argument("--rounds", type=int, default=3, help="alternations of direct and HAProxy loads")
     parser.add_argument("--seconds", type=float, help="seconds of audio per load (default 10, quick 5)")
     parser.add_argument("--step", type=int, default=2, help="capacity search step")
@@ -118,8 +141,18 @@ def main() -> int:
     fleet = Fleet(args.workers, args.slots, workdir / "fleet.log")
     results: dict = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                      "uptime_before": uptime()}
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))   # so that `finally` stops the fleet
     try:
         direct_urls = [fleet.workers[i] for i in sorted(fleet.workers)]
+        print(f"0. control-message round trip, one socket, {args.rounds} x 200 each way", flush=True)
+        rtt_direct: list[float] = []
+        rtt_haproxy: list[float] = []
+        for _ in range(args.rounds):
+            rtt_direct += asyncio.run(control_rtt_ms(direct_urls[0], 200))
+            rtt_haproxy += asyncio.run(control_rtt_ms(fleet.front, 200))
+        results["control_rtt_ms"] = {"direct": percentiles(rtt_direct), "haproxy": percentiles(rtt_haproxy)}
+        print(f"  direct  {results['control_rtt_ms']['direct']}\n  haproxy {results['control_rtt_ms']['haproxy']}",
+              flush=True)
         print(f"1. turnaround, {args.clients} clients, through HAProxy vs directly, {args.rounds} round(s)", flush=True)
         direct_ms: list[dict] = []
         balanced_ms: list[dict] = []
@@ -164,7 +197,10 @@ def main() -> int:
         fleet.stop()
     results["uptime_after"] = uptime()
     t = results["turnaround"]
+    c = results["control_rtt_ms"]
     print(f"\n| figure | value |\n|---|---|\n"
+          f"| control round trip direct p50 / p99 | {c['direct']['p50']} / {c['direct']['p99']} ms |\n"
+          f"| control round trip through HAProxy p50 / p99 | {c['haproxy']['p50']} / {c['haproxy']['p99']} ms |\n"
           f"| turnaround direct p50 / p99 (median of {args.rounds}) | "
           f"{t['direct_median_p50_ms']} / {t['direct_median_p99_ms']} ms |\n"
           f"| turnaround through HAProxy p50 / p99 | {t['haproxy_median_p50_ms']} / {t['haproxy_median_p99_ms']} ms |\n"
