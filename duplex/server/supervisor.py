@@ -168,6 +168,9 @@ class Fleet:
         count = len(self.gpus) if self.gpus else args.workers
         if count < 1:
             raise FleetError("--workers must be at least 1")
+        if args.haproxy and args.ssl:
+            raise FleetError("--ssl with --haproxy: the workers would speak TLS to HAProxy; terminate TLS in HAProxy "
+                             "instead (`duplex lb-config`, then add `ssl crt FILE` to its bind line, docs/deploy.md)")
         self.stopping = asyncio.Event()
         self.all_ready = asyncio.Event()
         self.failed: FleetError | None = None
@@ -299,7 +302,7 @@ class Fleet:
         limit = self.args.drain_s + STOP_GRACE_S
         exits = [asyncio.create_task(w.process.wait()) for w in self.workers if w.process is not None]
         if exits:
-            _, late = await asyncio.wait(exits, timeout=limit)
+            await asyncio.wait(exits, timeout=limit)
             for worker in self.workers:
                 if worker.process is not None and worker.process.returncode is None:
                     log.error("%s did not exit within %g s of SIGTERM: killed", worker.name, limit)
