@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
 import yaml
 
+from duplex import cli
 from duplex.server.app import create_app
 from duplex.server.lb_config import BalancerSettings, DnsWorkers, WorkerAddress, render
 from duplex.server.process import REPO
@@ -90,14 +90,20 @@ def test_kubernetes_haproxy_config_is_accepted_by_haproxy(tmp_path: Path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_lb_config_for_workers_on_several_hosts_is_accepted_by_haproxy(tmp_path: Path):
-    result = subprocess.run([sys.executable, "-m", "duplex", "lb-config", "--worker", "10.0.0.1:8998:32",
-                             "--worker", "10.0.0.2:8998:32", "--worker", "[::1]:9001:4", "--stats", "127.0.0.1:8404"],
-                            capture_output=True, text=True, cwd=REPO)
-    assert result.returncode == 0, result.stderr
-    assert "server w1 10.0.0.2:8998 maxconn 32" in result.stdout and "balance leastconn" in result.stdout
-    check = haproxy_check(result.stdout, tmp_path)
+def test_lb_config_for_workers_on_several_hosts_is_accepted_by_haproxy(tmp_path: Path, capsys):
+    assert cli.main(["lb-config", "--worker", "10.0.0.1:8998:32", "--worker", "10.0.0.2:8998:32",
+                     "--worker", "[::1]:9001:4", "--stats", "127.0.0.1:8404"]) == 0
+    config = capsys.readouterr().out
+    assert "server w1 10.0.0.2:8998 maxconn 32" in config and "balance leastconn" in config
+    check = haproxy_check(config, tmp_path)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_lb_config_says_what_is_wrong(capsys):
+    assert cli.main(["lb-config", "--worker", "10.0.0.1:8998"]) == 2
+    assert "expected host:port:slots" in capsys.readouterr().err
+    assert cli.main(["lb-config"]) == 2
+    assert "no workers" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("text", ["10.0.0.1:8998", "host:port:8", "10.0.0.1:8998:0", ":8998:4"])

@@ -25,6 +25,7 @@ import aiohttp
 import numpy as np
 import pytest
 
+from duplex import cli
 from duplex.client import DuplexClient
 from duplex.client.connection import HandshakeRefused
 from duplex.server.process import REPO
@@ -124,10 +125,9 @@ async def test_two_workers_behind_haproxy(tmp_path: Path, speech: np.ndarray):
         pids = {int(w[1]): int(w[4]) for w in announced}
         assert sorted(workers) == [0, 1]
         config = tmp_path / "haproxy.cfg"
-        lb = await spawn(sys.executable, "-m", "duplex", "lb-config", "--bind", f"fd@{front.fileno()}",
-                         "--queue-timeout-s", "0.5", "--check-interval-ms", "200", "-o", str(config),
-                         *[a for i in (0, 1) for a in ("--worker", f"{workers[i].split('//')[1]}:{SLOTS}")])
-        assert await lb.wait() == 0, (await lb.stderr.read()).decode() if lb.stderr else ""
+        assert cli.main(["lb-config", "--bind", f"fd@{front.fileno()}", "--queue-timeout-s", "0.5",
+                         "--check-interval-ms", "200", "-o", str(config),
+                         *[a for i in (0, 1) for a in ("--worker", f"{workers[i].split('//')[1]}:{SLOTS}")]]) == 0
         balancer = await spawn(haproxy, "-db", "-f", str(config), pass_fds=(front.fileno(),))
         assert balancer.stderr is not None
         lb_err = Lines("haproxy", balancer.stderr, log)
