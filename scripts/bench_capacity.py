@@ -270,13 +270,15 @@ def run_load(base_url: str | list[str], transport: str, clients: int, payloads: 
 
     results, before, after, client_cpu = asyncio.run(run())
     turnarounds, first, last, errors = [], [], [], []
-    for r in results:
+    by_url: dict[str, list[float]] = {}   # several URLs: each one's turnarounds (scripts/bench_fleet.py)
+    for i, r in enumerate(results):
         if r.error:
             errors.append(r.error)
         sent = r.sent[output_offset:]
         n = min(len(sent), len(r.arrivals))
         times = [(r.arrivals[k] - sent[k]) * 1000.0 for k in range(n)]
         turnarounds += times[SKIP_FRAMES:]
+        by_url.setdefault(urls[i % len(urls)], []).extend(times[SKIP_FRAMES:])
         first += times[SKIP_FRAMES:SKIP_FRAMES + FRAMES_PER_SECOND]
         if n == len(sent) and n >= SKIP_FRAMES + 2 * FRAMES_PER_SECOND:
             last += times[-FRAMES_PER_SECOND:]
@@ -286,6 +288,8 @@ def run_load(base_url: str | list[str], transport: str, clients: int, payloads: 
                  "last_second_median_ms": round(float(np.median(last)), 2) if last else None,
                  "growing_lag": growing_lag(first, last), "clients_served_frames": sum(not r.error for r in results),
                  "errors": sorted(set(errors))[:3], "load_generator_cpu_s": round(client_cpu, 3)}
+    if len(urls) > 1:
+        out["turnarounds_by_url_ms"] = by_url
     frames = after.get("frames_in", 0) - before.get("frames_in", 0)
     if frames > 0:
         out["session_frames"] = frames

@@ -7,9 +7,9 @@ spread over the 80 ms frame, Opus over /ws):
 
 0. a control message's round trip (`stop` on an idle socket: no model work), through HAProxy and directly,
    one socket, one message at a time: the hop's own cost;
-1. frame turnaround, the same N clients through HAProxy and directly to the workers (client i to worker
-   i mod W, so each worker carries the same load either way), alternated `--rounds` times in the same run:
-   p50/p99 each way and their difference; HAProxy's own CPU per forwarded message (from /proc);
+1. frame turnaround in the same loads: N clients straight to the workers and N through HAProxy at once (so
+   both paths share the workers' batches, ticks and the machine's load), `--rounds` loads, p50/p99 of each
+   path pooled over the rounds and their difference; HAProxy's own CPU per forwarded message (from /proc);
 2. conversations served at real time by one worker (addressed directly, the others idle) and by the whole
    fleet through HAProxy: the largest N whose load is served (no frame missing, p99 <= 80 ms + `--budget-ms`,
    no growing lag), found by stepping N up then bisecting once (bench_capacity.capacity_search).
@@ -43,7 +43,6 @@ from bench_capacity import (FRAME_S, REALTIME_MS, Payloads, capacity_search, per
                             run_load, speech)
 
 import aiohttp  # noqa: E402
-import numpy as np  # noqa: E402
 
 
 class Fleet:
@@ -97,10 +96,6 @@ async def control_rtt_ms(url: str, messages: int) -> list[float]:
     return out
 
 
-def median(values: list[float]) -> float:
-    return round(float(np.median(values)), 2)
-
-
 def served(load: dict, budget_ms: float) -> bool:
     p99 = load["turnaround_ms"].get("p99")
     return not load["errors"] and p99 is not None and p99 <= REALTIME_MS + budget_ms and not load["growing_lag"]
@@ -121,8 +116,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2, help="worker processes behind HAProxy")
     parser.add_argument("--slots", type=int, default=16, help="slots of each worker (HAProxy's maxconn for it)")
-    parser.add_argument("--clients", type=int, default=2, help="clients of the HAProxy-vs-direct comparison")
-    parser.add_argument("--rounds", type=int, default=3, help="alternations of direct and HAProxy loads")
+    parser.add_argument("--clients", type=int, default=2, help="clients on each path in each load")
+    parser.add_argument("--rounds", type=int, default=3, help="loads of the direct-and-HAProxy comparison")
     parser.add_argument("--seconds", type=float, help="seconds of audio per load (default 10, quick 5)")
     parser.add_argument("--step", type=int, default=2, help="capacity search step")
     parser.add_argument("--budget-ms", type=float, default=80.0,
@@ -153,26 +148,33 @@ def main() -> int:
         results["control_rtt_ms"] = {"direct": percentiles(rtt_direct), "haproxy": percentiles(rtt_haproxy)}
         print(f"  direct  {results['control_rtt_ms']['direct']}\n  haproxy {results['control_rtt_ms']['haproxy']}",
               flush=True)
-        print(f"1. turnaround, {args.clients} clients, through HAProxy vs directly, {args.rounds} round(s)", flush=True)
-        direct_ms: list[dict] = []
-        balanced_ms: list[dict] = []
+        print(f"1. frame turnaround, {args.clients} clients directly and {args.clients} through HAProxy in the same "
+              f"loads, {args.rounds} round(s)", flush=True)
+        # client i of a load goes to urls[i]: half straight to the workers, half through HAProxy (which spreads
+        # them over the same workers), so both paths share the same batches, ticks and machine load,
+        # and the paths alternate over the clients' phases (spread over the 80 ms frame), swapped every other
+        # round: where in the frame a client sends changes its wait for the tick, and must not favour one path
+        pairs = [(direct_urls[i % len(direct_urls)], fleet.front) for i in range(args.clients)]
+        pooled: dict[str, list[float]] = {"direct": [], "haproxy": []}
         haproxy_cpu_s = 0.0
-        for _ in range(args.rounds):
-            direct = run_load(direct_urls, "ws_opus", args.clients, payloads, aligned=False)
-            print(line("direct", direct), flush=True)
+        for round_ in range(args.rounds):
+            urls = [url for pair in pairs for url in (pair if round_ % 2 == 0 else pair[::-1])]
             cpu0 = fleet.haproxy_cpu_s()
-            balanced = run_load(fleet.front, "ws_opus", args.clients, payloads, aligned=False, health=False)
+            load = run_load(urls, "ws_opus", 2 * args.clients, payloads, aligned=False)
             haproxy_cpu_s += fleet.haproxy_cpu_s() - cpu0
-            print(line("haproxy", balanced), flush=True)
-            direct_ms.append(direct)
-            balanced_ms.append(balanced)
-        messages = 2 * args.clients * frames * args.rounds   # audio messages forwarded, both directions
+            by_url = load["turnarounds_by_url_ms"]
+            direct = [t for url in direct_urls for t in by_url.get(url, [])]
+            balanced = by_url.get(fleet.front, [])
+            pooled["direct"] += direct
+            pooled["haproxy"] += balanced
+            print(f"  direct  {percentiles(direct)}\n  haproxy {percentiles(balanced)}"
+                  + (f"  ({load['errors'][0]})" if load["errors"] else ""), flush=True)
+        messages = 2 * args.clients * frames * args.rounds   # audio messages through HAProxy, both directions
+        d, h = percentiles(pooled["direct"]), percentiles(pooled["haproxy"])
         results["turnaround"] = {
-            "direct": [d["turnaround_ms"] for d in direct_ms], "haproxy": [b["turnaround_ms"] for b in balanced_ms],
-            "direct_median_p50_ms": median([d["turnaround_ms"]["p50"] for d in direct_ms]),
-            "direct_median_p99_ms": median([d["turnaround_ms"]["p99"] for d in direct_ms]),
-            "haproxy_median_p50_ms": median([b["turnaround_ms"]["p50"] for b in balanced_ms]),
-            "haproxy_median_p99_ms": median([b["turnaround_ms"]["p99"] for b in balanced_ms]),
+            "direct": d, "haproxy": h,
+            "direct_median_p50_ms": d["p50"], "direct_median_p99_ms": d["p99"],
+            "haproxy_median_p50_ms": h["p50"], "haproxy_median_p99_ms": h["p99"],
             "haproxy_cpu_us_per_message": round(haproxy_cpu_s * 1e6 / messages, 2),
             "opus_bytes_per_message": round(sum(len(m) for m in payloads.get("opus", 0)) / frames, 1)}
 
@@ -201,9 +203,10 @@ def main() -> int:
     print(f"\n| figure | value |\n|---|---|\n"
           f"| control round trip direct p50 / p99 | {c['direct']['p50']} / {c['direct']['p99']} ms |\n"
           f"| control round trip through HAProxy p50 / p99 | {c['haproxy']['p50']} / {c['haproxy']['p99']} ms |\n"
-          f"| turnaround direct p50 / p99 (median of {args.rounds}) | "
+          f"| frame turnaround direct p50 / p99 (all rounds pooled) | "
           f"{t['direct_median_p50_ms']} / {t['direct_median_p99_ms']} ms |\n"
-          f"| turnaround through HAProxy p50 / p99 | {t['haproxy_median_p50_ms']} / {t['haproxy_median_p99_ms']} ms |\n"
+          f"| frame turnaround through HAProxy p50 / p99 (same loads) | {t['haproxy_median_p50_ms']} / "
+          f"{t['haproxy_median_p99_ms']} ms |\n"
           f"| added by HAProxy p50 / p99 | {t['haproxy_median_p50_ms'] - t['direct_median_p50_ms']:+.2f} / "
           f"{t['haproxy_median_p99_ms'] - t['direct_median_p99_ms']:+.2f} ms |\n"
           f"| HAProxy CPU per forwarded audio message | {t['haproxy_cpu_us_per_message']} us |\n"
