@@ -148,7 +148,10 @@ class Child:
             if self.ready_line is not None and self.ready_line(text):
                 self.ready_text = text
                 self.ever_ready = True
-                await on_ready(self)
+                try:
+                    await on_ready(self)
+                except Exception:   # the relay must go on: a pipe nobody reads would block the child
+                    log.exception("%s: handling its ready line failed", self.name)
             elif not text.startswith("DUPLEX_READY"):
                 sys.stderr.write(f"[{self.name}] {text}\n")
 
@@ -181,6 +184,8 @@ class Fleet:
         first = (args.port + 1 if args.haproxy else args.port) if args.port else 0
         self.ports = [first + i if first else 0 for i in range(count)]
         self.slots: list[int] = [0] * count
+        # conversations one worker serves at once, by its flags (its /health says the same once it serves)
+        self.capacity = ((0 if args.no_duplex else args.slots) + (0 if args.no_cascade else args.cascade_slots))
         self.workers = [self._worker(i) for i in range(count)]
         self.haproxy: Child | None = None
         self.config_dir = Path(tempfile.mkdtemp(prefix="duplex-fleet-"))
@@ -192,11 +197,9 @@ class Fleet:
             env["CUDA_VISIBLE_DEVICES"] = self.gpus[i]   # the worker's `cuda` is this GPU
         if threads == 0:   # the workers share the cores: each its share of torch's threads (one core left to the loops)
             threads = max(1, ((os.cpu_count() or 2) - 1) // len(self.ports))
-        capacity = (0 if self.args.no_duplex else self.args.slots) + (0 if self.args.no_cascade
-                                                                      else self.args.cascade_slots)
         max_connections = self.args.max_connections
         if max_connections == self.parser.get_default("max_connections"):
-            max_connections = capacity   # the worker itself refuses (capacity, 1013) what HAProxy should not send
+            max_connections = self.capacity   # the worker itself refuses (capacity, 1013) what HAProxy should not send
 
         extra = ["--host", "127.0.0.1"] if self.args.haproxy else []   # only HAProxy faces the clients
 
@@ -243,7 +246,11 @@ class Fleet:
         i = self.workers.index(child)
         url = _url(child.ready_text)
         self.ports[i] = int(url.rsplit(":", 1)[1])
-        self.slots[i] = await _capacity_of(url)
+        try:
+            self.slots[i] = await _capacity_of(url)
+        except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, ValueError) as exc:
+            self.slots[i] = self.capacity   # what the flags say
+            log.warning("%s: could not read its slots from /health (%s); assuming %d", child.name, exc, self.capacity)
         pid = child.process.pid if child.process else -1
         print(f"DUPLEX_WORKER {i} {url} {self.slots[i]} {pid}", flush=True)
         log.info("%s serving on %s (%d slots)%s", child.name, url, self.slots[i],
@@ -256,7 +263,11 @@ class Fleet:
         backoff = BACKOFF_FIRST_S
         while not self.stopping.is_set():
             started = time.monotonic()
-            code = await child.run_once(on_ready or self._on_worker_ready)
+            try:
+                code = await child.run_once(on_ready or self._on_worker_ready)
+            except OSError as exc:   # could not even start it (the binary went away, no memory to fork)
+                log.error("%s: cannot start: %s", child.name, exc)
+                code = -1
             if self.stopping.is_set():
                 return
             if not child.ever_ready:
