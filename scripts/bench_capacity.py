@@ -234,12 +234,18 @@ async def _health(session: aiohttp.ClientSession, base_url: str) -> dict:
         return {}
 
 
-def run_load(base_url: str, transport: str, clients: int, payloads: Payloads, aligned: bool,
+def run_load(base_url: str | list[str], transport: str, clients: int, payloads: Payloads, aligned: bool,
              ready_timeout: float = 20.0, health: bool = True, output_offset: int = 0) -> dict:
     """`clients` conversations at real-time pace; turnarounds, lag check, server and client CPU.
 
+    Several base URLs (scripts/bench_fleet.py: workers addressed directly): client i uses URL i mod their
+    number, and the server CPU figures are left out (`health` is for one server).
+
     Output frame k answers input frame k + `output_offset` (0 for duplex; 1 for moshi.server, which
     drops the first input frame: its recv_loop's `skip_frames`)."""
+    urls = [base_url] if isinstance(base_url, str) else base_url
+    health = health and len(urls) == 1
+
     async def run() -> tuple[list[ClientResult], dict, dict, float]:
         codec = "pcm16" if transport == "ws_pcm16" else "opus"
         results = [ClientResult() for _ in range(clients)]
@@ -249,28 +255,30 @@ def run_load(base_url: str, transport: str, clients: int, payloads: Payloads, al
         phases = [0.0 if aligned else i * FRAME_S / clients for i in range(clients)]
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
-            tasks = [asyncio.create_task(run_client(session, base_url, transport, payloads.get(codec, i), start,
+            tasks = [asyncio.create_task(run_client(session, urls[i % len(urls)], transport, payloads.get(codec, i), start,
                                                     phases[i], ready_timeout, readies[i], results[i],
                                                     output_offset))
                      for i in range(clients)]
             await asyncio.gather(*(r.wait() for r in readies))
-            before = await _health(session, base_url) if health else {}
+            before = await _health(session, urls[0]) if health else {}
             cpu0 = time.process_time()
             start.set_result(time.monotonic() + 0.2)
             await asyncio.gather(*tasks)
             client_cpu = time.process_time() - cpu0
-            after = await _health(session, base_url) if health else {}
+            after = await _health(session, urls[0]) if health else {}
         return results, before, after, client_cpu
 
     results, before, after, client_cpu = asyncio.run(run())
     turnarounds, first, last, errors = [], [], [], []
-    for r in results:
+    by_url: dict[str, list[float]] = {}   # several URLs: each one's turnarounds (scripts/bench_fleet.py)
+    for i, r in enumerate(results):
         if r.error:
             errors.append(r.error)
         sent = r.sent[output_offset:]
         n = min(len(sent), len(r.arrivals))
         times = [(r.arrivals[k] - sent[k]) * 1000.0 for k in range(n)]
         turnarounds += times[SKIP_FRAMES:]
+        by_url.setdefault(urls[i % len(urls)], []).extend(times[SKIP_FRAMES:])
         first += times[SKIP_FRAMES:SKIP_FRAMES + FRAMES_PER_SECOND]
         if n == len(sent) and n >= SKIP_FRAMES + 2 * FRAMES_PER_SECOND:
             last += times[-FRAMES_PER_SECOND:]
@@ -280,6 +288,8 @@ def run_load(base_url: str, transport: str, clients: int, payloads: Payloads, al
                  "last_second_median_ms": round(float(np.median(last)), 2) if last else None,
                  "growing_lag": growing_lag(first, last), "clients_served_frames": sum(not r.error for r in results),
                  "errors": sorted(set(errors))[:3], "load_generator_cpu_s": round(client_cpu, 3)}
+    if len(urls) > 1:
+        out["turnarounds_by_url_ms"] = by_url
     frames = after.get("frames_in", 0) - before.get("frames_in", 0)
     if frames > 0:
         out["session_frames"] = frames

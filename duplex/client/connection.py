@@ -64,7 +64,8 @@ class HandshakeRefused(ServerClosed):
     """The server answered the WebSocket upgrade with an HTTP error (e.g. 401: bad or no token)."""
 
     HINTS = {401: "the server needs a valid access token (token=... / --token)",
-             403: "the access token was refused (token=... / --token)"}
+             403: "the access token was refused (token=... / --token)",
+             503: "no free slot: every worker behind the load balancer is full (capacity); try again later"}
 
     def __init__(self, status: int, message: str):
         self.code = status
@@ -74,6 +75,8 @@ class HandshakeRefused(ServerClosed):
 
 
 _CLOSED = object()  # end-of-stream marker put in stream() queues
+# the close reason of a connection that ended with no close frame (1006): a crashed server or worker, a cut network
+CONNECTION_LOST = "connection lost: the server (or the balancer in front of it) went away without closing"
 
 
 def build_ws_url(url: str, *, mode: str | None = None, codec: str = "opus",
@@ -265,6 +268,8 @@ class DuplexClient:
         finally:
             if self.close_code is None:
                 self.close_code = self._ws.close_code
+            if self.close_code == aiohttp.WSCloseCode.ABNORMAL_CLOSURE and not self.close_reason:
+                self.close_reason = CONNECTION_LOST   # no close frame came: say what that means
             await self._mark_closed()
 
     def _on_text(self, text: str) -> None:

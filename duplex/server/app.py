@@ -15,6 +15,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ..engines.base import Engine
+from . import capacity
 from .auth import require_token
 from .metrics import ServerMetrics
 from .moshi_compat import handle_chat
@@ -49,6 +50,7 @@ def create_app(engines: dict[str, Engine], settings: ServerSettings | None = Non
     app.router.add_get("/v1/realtime", handle_realtime)   # OpenAI Realtime API (docs/realtime.md)
     app.router.add_get("/health", handle_health)
     app.router.add_get("/metrics", handle_metrics)
+    capacity.install(app)   # /ready, free slots in /metrics, the SIGTERM drain (docs/deploy.md)
     static_dir = app[SETTINGS].static_dir
     if static_dir is not None and (static_dir / "index.html").exists():
         app.router.add_get("/", _index(static_dir))
@@ -86,9 +88,10 @@ def _index(static_dir: Path):
 async def handle_health(request: web.Request) -> web.Response:
     app = request.app
     metrics = app[METRICS]
-    return web.json_response({
-        "status": "ok",
-        "engines": {name: engine.health() for name, engine in app[ENGINES].items()},
+    draining = capacity.draining(app)
+    return web.json_response(status=503 if draining else 200, data={
+        "status": "draining" if draining else "ok",
+        "engines": {name: capacity.engine_capacity(engine) for name, engine in app[ENGINES].items()},
         "frames_in": metrics.frames_in_total,
         "frames_out": metrics.frames_out_total,
         "connections": len(app[SOCKETS]),

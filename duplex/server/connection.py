@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from aiohttp import WSMsgType, web
 
+from . import capacity
 from .metrics import ServerMetrics
 from .outbox import Outbox, SlowReader
 from .state import METRICS, SETTINGS, SOCKETS
@@ -121,8 +122,10 @@ async def serve_socket(request: web.Request, codec: SocketCodec) -> web.WebSocke
                                protocols=codec.protocols)
     # The cap is checked and the socket counted with no await in between: the event loop runs one
     # handler at a time up to here, so a burst of upgrades cannot all see room for one more.
-    if settings.max_connections and len(sockets) >= settings.max_connections:
-        full = codec.full(request, f"server full: {len(sockets)} connections open, try again later")
+    if (settings.max_connections and len(sockets) >= settings.max_connections) or capacity.draining(app):
+        full = codec.full(request, "server shutting down: try again (another worker will take it)"
+                          if capacity.draining(app) else
+                          f"server full: {len(sockets)} connections open, try again later")
         await ws.prepare(request)
         await _refuse(app, ws, codec, full)
         return ws
@@ -136,6 +139,7 @@ async def serve_socket(request: web.Request, codec: SocketCodec) -> web.WebSocke
         await _Connection(ws, codec, settings.start_timeout_s).run(app)
     finally:
         sockets.discard(ws)
+        capacity.socket_closed(app)   # a drain waits for the last one
     return ws
 
 

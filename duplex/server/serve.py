@@ -12,9 +12,11 @@ from pathlib import Path
 
 from aiohttp import web
 
+from . import capacity
 from .app import create_app
 from .loading import StartupError, build_engines
 from .settings import DEFAULT_STATIC, ServerSettings
+from .supervisor import add_fleet_arguments, run_fleet
 
 log = logging.getLogger("duplex")
 
@@ -66,6 +68,8 @@ async def serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    if args.drain_s > 0:
+        await capacity.drain_then_stop(app, args.drain_s, stop)
     log.info("shutting down")
     await runner.cleanup()
 
@@ -133,6 +137,10 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                                                 "(browsers need a secure context for the microphone off localhost)")
     p.add_argument("--static", default=str(DEFAULT_STATIC),
                    help="directory served at / (the browser client); 'none' to serve no page")
+    p.add_argument("--drain-s", type=float, default=0.0,
+                   help="on SIGTERM, refuse new conversations (/health and /ready turn 503) and wait up to this "
+                        "long for the open ones to end before closing them (1001); a second SIGTERM stops at once")
+    add_fleet_arguments(p)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log verbosity")
     p.add_argument("--quiet-progress", action="store_true", help="no progress bars (for logs and CI)")
     p.set_defaults(func=run_serve)
@@ -141,6 +149,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     from ..models.spec import WeightsUnavailable
 
+    if args.workers or args.gpus:
+        return run_fleet(args)   # a supervisor of `duplex serve` workers (supervisor.py)
     try:
         asyncio.run(serve(args))
     except (StartupError, WeightsUnavailable) as exc:

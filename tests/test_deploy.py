@@ -1,0 +1,112 @@
+"""The deployment files (deploy/kubernetes/, `duplex lb-config`) are valid and agree with each other.
+
+No cluster here: each manifest is checked against the Kubernetes OpenAPI schemas (the `kubernetes-validate`
+package bundles them, strict: unknown fields fail), the HAProxy configurations by `haproxy -c` (Debian's
+HAProxy, the series the manifest's image runs), and the numbers that must match across files are compared.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from duplex import cli
+from duplex.server.app import create_app
+from duplex.server.lb_config import BalancerSettings, DnsWorkers, WorkerAddress, render
+from duplex.server.process import REPO
+
+MANIFESTS = sorted((REPO / "deploy" / "kubernetes").glob("*.yaml"))
+
+
+def documents() -> list[dict]:
+    return [doc for path in MANIFESTS for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def find(kind: str, name: str) -> dict:
+    return next(d for d in documents() if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
+def flag(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+def haproxy_check(config: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    binary = shutil.which("haproxy")
+    if binary is None:
+        if os.environ.get("DUPLEX_REQUIRE_HAPROXY"):
+            pytest.fail("haproxy is required here (DUPLEX_REQUIRE_HAPROXY): apt-get install haproxy")
+        pytest.skip("haproxy is not installed (apt-get install haproxy; .ci/run installs it)")
+    path = tmp_path / "haproxy.cfg"
+    path.write_text(config)
+    return subprocess.run([binary, "-c", "-f", str(path)], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_manifest_is_valid_kubernetes(path: Path):
+    version = kubernetes_validate.latest_version()
+    for doc in yaml.safe_load_all(path.read_text()):
+        if doc:
+            kubernetes_validate.validate(doc, version, strict=True)   # raises ValidationError with the path
+
+
+def test_a_broken_manifest_is_caught():
+    worker = find("Deployment", "duplex-worker")
+    worker["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["pathh"] = "/ready"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(worker, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_workers_balancer_and_probes_agree():
+    worker = find("Deployment", "duplex-worker")["spec"]["template"]["spec"]
+    container = worker["containers"][0]
+    args = container["args"]
+    slots = int(flag(args, "--slots"))
+    assert "--no-cascade" in args and int(flag(args, "--max-connections")) == slots
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert worker["terminationGracePeriodSeconds"] > float(flag(args, "--drain-s"))   # the drain fits
+    routes = {r.resource.canonical for r in create_app({}).router.routes() if r.resource is not None}
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready" and "/ready" in routes
+    assert container["startupProbe"]["httpGet"]["path"] == "/health" and "/health" in routes
+    assert "/metrics" in routes
+    headless = find("Service", "duplex-workers")["spec"]
+    assert headless["clusterIP"] == "None" and headless["publishNotReadyAddresses"] is True
+    port = headless["ports"][0]["port"]
+    # the ConfigMap is exactly `duplex lb-config --dns duplex-workers.duplex.svc.cluster.local:8998 --dns-slots 32 ...`
+    expected = render(DnsWorkers("duplex-workers.duplex.svc.cluster.local", port, slots, 64),
+                      BalancerSettings(bind=":8998", stats_bind=":8404"))
+    assert find("ConfigMap", "haproxy")["data"]["haproxy.cfg"] == expected, \
+        "deploy/kubernetes/haproxy.yaml is out of date: regenerate it with the command in its header"
+    assert f"maxconn {slots} " in expected
+
+
+def test_kubernetes_haproxy_config_is_accepted_by_haproxy(tmp_path: Path):
+    result = haproxy_check(find("ConfigMap", "haproxy")["data"]["haproxy.cfg"], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_lb_config_for_workers_on_several_hosts_is_accepted_by_haproxy(tmp_path: Path, capsys):
+    assert cli.main(["lb-config", "--worker", "10.0.0.1:8998:32", "--worker", "10.0.0.2:8998:32",
+                     "--worker", "[::1]:9001:4", "--stats", "127.0.0.1:8404"]) == 0
+    config = capsys.readouterr().out
+    assert "server w1 10.0.0.2:8998 maxconn 32" in config and "balance leastconn" in config
+    check = haproxy_check(config, tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_lb_config_says_what_is_wrong(capsys):
+    assert cli.main(["lb-config", "--worker", "10.0.0.1:8998"]) == 2
+    assert "expected host:port:slots" in capsys.readouterr().err
+    assert cli.main(["lb-config"]) == 2
+    assert "no workers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["10.0.0.1:8998", "host:port:8", "10.0.0.1:8998:0", ":8998:4"])
+def test_a_bad_worker_is_refused_with_the_expected_form(text: str):
+    with pytest.raises(ValueError, match="host:port:slots|at least one slot"):
+        WorkerAddress.parse(text)
