@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import typing as tp
+import uuid
 
 from aiohttp import web
 
@@ -75,10 +76,14 @@ class MoshiCodec(SocketCodec):
             config = config_from_query(request.query)
         except ValueError as exc:
             return Refusal(1008, f"bad query parameter: {exc}".encode()[:120], label="bad_query")
+        keep = request.query.get("record", "1").lower() not in ("0", "false", "no")
+        config = self.recorder.prepare_config(config if keep else {**config, "record": False})
         try:
             self.stream = engine.open(config, self._sink)
         except CapacityError:
             return Refusal(1013, b"server full: every duplex slot is busy, try again later", label="no_slot")
+        query = {k: v for k, v in request.query.items() if k != "token"}   # the token is never kept
+        self.recorder.begin(uuid.uuid4().hex[:12], "duplex", config, {"codec": "opus", "query": query})
         self.metrics.session_started("duplex")
         log.info("moshi-compatible conversation started (%s)", config or "default sampling")
         return None
@@ -86,8 +91,9 @@ class MoshiCodec(SocketCodec):
     def _sink(self, frame: EngineFrame) -> None:
         if isinstance(frame, AssistantAudio):
             self.metrics.frame_out(frame.turnaround_ms)
-            self.outbox.put_audio(frame.pcm)
+            self.outbox.put_audio(frame.pcm, self.recorder.assistant_audio(len(frame.pcm), frame_locked=True))
         elif isinstance(frame, AssistantText):
+            self.recorder.message_out(frame.text)
             self.outbox.put_text(frame.text)  # sent as 0x02 + utf-8
 
     def greeting(self) -> bytes:
@@ -115,6 +121,7 @@ class MoshiCodec(SocketCodec):
             return
         for samples in self.frames.push(pcm):
             self.metrics.frame_in()
+            self.recorder.user_audio(samples)
             self.stream.push_audio(UserFrame.of(samples))
 
     async def encode_outgoing(self, kind: str, payload: tp.Any) -> bytes | None:
@@ -133,3 +140,4 @@ class MoshiCodec(SocketCodec):
         if dropped:
             self.metrics.frames_dropped(dropped)
         self.metrics.session_ended("duplex")
+        self.recorder.end("disconnect")

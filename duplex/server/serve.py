@@ -14,6 +14,7 @@ from aiohttp import web
 
 from .app import create_app
 from .loading import StartupError, build_engines
+from .recording import RecordingStore
 from .settings import DEFAULT_STATIC, ServerSettings
 
 log = logging.getLogger("duplex")
@@ -41,7 +42,8 @@ async def serve(args: argparse.Namespace) -> None:
                                              speech_threshold_dbfs=args.speech_threshold_dbfs,
                                              max_connections=args.max_connections,
                                              start_timeout_s=args.start_timeout_s,
-                                             opus_workers=args.opus_workers))
+                                             opus_workers=args.opus_workers),
+                     recordings=recording_store(args))
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, ssl_context=context)
@@ -68,6 +70,16 @@ async def serve(args: argparse.Namespace) -> None:
     await stop.wait()
     log.info("shutting down")
     await runner.cleanup()
+
+
+def recording_store(args: argparse.Namespace) -> RecordingStore | None:
+    """`--record DIR`: the store of kept conversations (None: nothing is recorded)."""
+    if args.record is None:
+        return None
+    from .recording_meta import server_meta, weights_job
+
+    max_bytes = None if args.record_max_gb is None else int(args.record_max_gb * 1e9)
+    return RecordingStore(Path(args.record), max_bytes, server_meta(args), weights_job(args))
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -133,6 +145,13 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                                                 "(browsers need a secure context for the microphone off localhost)")
     p.add_argument("--static", default=str(DEFAULT_STATIC),
                    help="directory served at / (the browser client); 'none' to serve no page")
+    p.add_argument("--record", metavar="DIR",
+                   help="keep every conversation in DIR (one folder each: stereo audio.wav, events.jsonl, meta.json; "
+                        "see docs/recordings.md), listed at GET /recordings; a client opts out with config.record "
+                        "false. Off by default")
+    p.add_argument("--record-max-gb", type=float, default=None,
+                   help="with --record: the most disk DIR may use; past it the oldest recordings are deleted "
+                        "(logged). Default: no limit")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log verbosity")
     p.add_argument("--quiet-progress", action="store_true", help="no progress bars (for logs and CI)")
     p.set_defaults(func=run_serve)

@@ -1,0 +1,269 @@
+"""Recordings (`--record DIR`) in-process: the app around a fake echo engine and a real RecordingStore.
+
+Files are read back with the stdlib `wave` module and sphn (and `sox` in the end-to-end tests): the stereo WAV holds the
+user's audio on the left exactly as sent (pcm16), the assistant's delivered audio on the right at the
+sample offset of the user frame it answers; cut audio is absent; every protocol message is in
+events.jsonl. Each test waits for the writer with `store.synced()` (an event, not a sleep).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import wave
+from pathlib import Path
+
+import numpy as np
+import sphn
+from aiohttp import WSMsgType
+from aiohttp.test_utils import TestClient, TestServer
+
+from duplex.audio import FRAME_SAMPLES, Pcm16Decoder, float_to_pcm16
+from duplex.engines.base import AssistantAudio, AssistantTurnEnded, Sink, UserFrame
+from duplex.server.app import create_app
+from duplex.server.recording import RecordingStore
+from duplex.server.settings import ServerSettings
+
+from .test_server_inprocess import FakeEngine, FakeStream, metric, pcm16_message, receive_json
+
+
+@contextlib.asynccontextmanager
+async def recording(tmp_path: Path, *engines: FakeEngine, token: str | None = None, **store_args):
+    store = RecordingStore(tmp_path / "rec", **store_args)
+    engines = engines or (FakeEngine(),)
+    app = create_app({e.name: e for e in engines}, ServerSettings(token=token, static_dir=None), recordings=store)
+    async with TestClient(TestServer(app)) as client:
+        yield client, store
+
+
+def folders(store: RecordingStore) -> list[Path]:
+    return sorted(p for p in store.directory.iterdir() if p.is_dir())
+
+
+def read_recording(folder: Path) -> tuple[np.ndarray, list[dict], dict]:
+    """(int16 [samples, 2], events, meta), the WAV read by the stdlib reader."""
+    with wave.open(str(folder / "audio.wav")) as w:
+        assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (2, 2, 24000)
+        audio = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2)
+    events = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
+    return audio, events, json.loads((folder / "meta.json").read_text())
+
+
+def wire_types(events: list[dict], direction: str) -> list[str]:
+    return [e["msg"]["type"] for e in events if e.get("dir") == direction and "msg" in e]
+
+
+async def converse(client: TestClient, frames: int, config: dict | None = None, seed: int = 1):
+    ws = await client.ws_connect("/ws?codec=pcm16")
+    await receive_json(ws)
+    await ws.send_json({"type": "start", "mode": "duplex", **({"config": config} if config else {})})
+    assert (await receive_json(ws))["status"] == "listening"
+    message, pcm = pcm16_message(frames * FRAME_SAMPLES, seed=seed)
+    await ws.send_bytes(message)
+    for _ in range(frames):
+        assert (await ws.receive(timeout=2.0)).data[0] == 1
+    return ws, np.frombuffer(message[1:], dtype="<i2")   # the int16 samples on the wire
+
+
+async def test_a_conversation_is_kept_stereo_and_aligned_with_every_message(tmp_path):
+    async with recording(tmp_path) as (client, store):
+        ws, sent = await converse(client, 5, config={"temperature": 0})
+        await ws.send_json({"type": "stop"})
+        while (await receive_json(ws)).get("status") != "stopped":
+            pass
+        await store.synced()
+        [folder] = folders(store)
+        audio, events, meta = read_recording(folder)
+        # left: the user's samples exactly as sent (pcm16 round trip); right: the echo, frame by frame
+        assert len(audio) == 5 * FRAME_SAMPLES
+        assert np.array_equal(audio[:, 0], sent)
+        assert np.abs(audio[:, 1].astype(int) - sent.astype(int)).max() <= 1   # the echo, as a pcm16 client got it
+        data, rate = sphn.read(str(folder / "audio.wav"))   # [channels, samples] float32
+        assert rate == 24000 and np.array_equal(np.round(np.asarray(data) * 32768).astype(np.int16), audio.T)
+        assert wire_types(events, "in") == ["start", "stop"]
+        assert wire_types(events, "out") == ["status", "stop_acknowledged", "metrics", "status"]
+        audio_out = [e for e in events if e.get("dir") == "out" and e["kind"] == "audio"]
+        assert [e["at_ms"] for e in audio_out] == [0, 80, 160, 240, 320]
+        assert all(e["samples"] == FRAME_SAMPLES and e["bytes"] == 1 + 2 * FRAME_SAMPLES for e in audio_out)
+        assert events[-1]["kind"] == "summary" and events[-1]["reason"] == "stop"
+        assert meta["complete"] and meta["mode"] == "duplex" and meta["config"]["temperature"] == 0
+        assert isinstance(meta["seed"], int) and meta["seed_drawn_by_server"]   # drawn, so a replay can reuse it
+        assert meta["summary"]["dropped"] == {} and meta["summary"]["samples"] == 5 * FRAME_SAMPLES
+        await ws.close()
+
+
+class BargeInStream(FakeStream):
+    """Echoes frames; at the 4th frame of a burst the engine cuts its own turn (a barge-in)."""
+
+    def push_audio(self, frame: UserFrame) -> None:
+        self.pushed += 1
+        self.sink(AssistantAudio(frame.pcm.copy()))
+        if self.pushed == 4:
+            self.sink(AssistantTurnEnded(interrupted=True, barge_in=True))
+
+    @property
+    def frame_locked(self) -> bool:
+        return self.engine.frame_locked
+
+
+class BargeInEngine(FakeEngine):
+    def __init__(self, frame_locked: bool):
+        super().__init__()
+        self.frame_locked = frame_locked
+
+    def open(self, config: dict, sink: Sink) -> BargeInStream:
+        self.active += 1
+        return BargeInStream(self, sink)
+
+
+async def test_cut_audio_is_not_in_the_recording(tmp_path):
+    """Frames still queued when the turn is cut: silence where frames are locked (duplex), absent otherwise."""
+    for frame_locked in (True, False):
+        async with recording(tmp_path / str(frame_locked), BargeInEngine(frame_locked)) as (client, store):
+            ws = await client.ws_connect("/ws?codec=pcm16")
+            await receive_json(ws)
+            await ws.send_json({"type": "start"})
+            await receive_json(ws)
+            message, _ = pcm16_message(6 * FRAME_SAMPLES, seed=3)
+            await ws.send_bytes(message)   # one message: all six frames are queued before the sender runs
+            binary = 0
+            while binary < (6 if frame_locked else 2):
+                binary += (await ws.receive(timeout=2.0)).type == WSMsgType.BINARY
+            await ws.send_json({"type": "stop"})
+            while (await receive_json(ws)).get("status") != "stopped":
+                pass
+            await ws.close()
+            await store.synced()
+            [folder] = folders(store)
+            audio, events, _ = read_recording(folder)
+            cut = [e for e in events if e.get("kind") == "cut" and e["what"] == "barge_in"]
+            assert cut and cut[0]["frames"] == 4
+            assistant = audio[:, 1]
+            decoded = Pcm16Decoder().decode(message[1:])   # what the engine got, and echoed
+            echo = np.frombuffer(float_to_pcm16(decoded), dtype="<i2")   # as a pcm16 client received it
+            assert np.array_equal(audio[:6 * FRAME_SAMPLES, 0], np.frombuffer(message[1:], dtype="<i2"))
+            if frame_locked:   # frames 0-3 were sent as silence, 4-5 as they were made, beside their user frames
+                assert len(audio) == 6 * FRAME_SAMPLES
+                assert not assistant[:4 * FRAME_SAMPLES].any()
+                assert np.array_equal(assistant[4 * FRAME_SAMPLES:], echo[4 * FRAME_SAMPLES:])
+            else:   # frames 0-3 never left; 4 and 5 were queued after user frames 0-4 (resp. 0-5): placed after them
+                sent = [e for e in events if e.get("dir") == "out" and e["kind"] == "audio"]
+                assert [e["at_ms"] for e in sent] == [400, 480]
+                assert len(audio) == 7 * FRAME_SAMPLES
+                assert not assistant[:5 * FRAME_SAMPLES].any()
+                assert np.array_equal(assistant[5 * FRAME_SAMPLES:], echo[4 * FRAME_SAMPLES:])
+
+
+async def test_opting_out_keeps_nothing(tmp_path):
+    async with recording(tmp_path) as (client, store):
+        ws, _ = await converse(client, 2, config={"record": False})
+        await ws.send_json({"type": "stop"})
+        await ws.close()
+        ws, _ = await converse(client, 2)                           # kept at first ...
+        await ws.send_json({"type": "configure", "config": {"record": False}})   # ... then opted out
+        await ws.send_json({"type": "stop"})
+        await ws.close()
+        await store.synced()
+        assert folders(store) == []
+
+
+async def test_reset_starts_a_new_segment_and_a_disconnect_completes_it(tmp_path):
+    async with recording(tmp_path) as (client, store):
+        ws, _ = await converse(client, 3)
+        await ws.send_json({"type": "reset"})
+        assert (await receive_json(ws))["type"] == "reset_acknowledged"
+        message, _ = pcm16_message(2 * FRAME_SAMPLES, seed=9)
+        await ws.send_bytes(message)
+        for _ in range(2):
+            assert (await ws.receive(timeout=2.0)).data[0] == 1
+        await ws.close()                                            # no stop: the socket just goes
+        await store.synced()
+        first, second = folders(store)
+        audio1, events1, meta1 = read_recording(first)
+        audio2, events2, meta2 = read_recording(second)
+        assert (len(audio1), len(audio2)) == (3 * FRAME_SAMPLES, 2 * FRAME_SAMPLES)
+        assert meta1["summary"]["reason"] == "reset" and meta2["summary"]["reason"] == "disconnect"
+        assert meta2["previous"] == meta1["id"] and meta2["segment"] == 2 and meta1["complete"] and meta2["complete"]
+        assert wire_types(events1, "in")[-1] == "reset" and "reset_acknowledged" in wire_types(events1, "out")
+        assert meta1["seed"] != meta2["seed"]    # a fresh drawn seed: each segment replays on its own
+
+
+async def test_api_chat_is_recorded_through_the_same_seam(tmp_path):
+    async with recording(tmp_path) as (client, store):
+        ws = await client.ws_connect("/api/chat")
+        assert (await ws.receive(timeout=2.0)).data == b"\x00"
+        writer = sphn.OpusStreamWriter(24000)
+        pcm = np.random.default_rng(0).uniform(-0.3, 0.3, 4 * FRAME_SAMPLES).astype(np.float32)
+        for k in range(4):
+            page = writer.append_pcm(pcm[k * FRAME_SAMPLES:(k + 1) * FRAME_SAMPLES])
+            if page:
+                await ws.send_bytes(b"\x01" + page)
+        await ws.receive(timeout=2.0)   # some assistant audio came back
+        await ws.close()
+        await store.synced()
+        [folder] = folders(store)
+        audio, events, meta = read_recording(folder)
+        assert meta["endpoint"] == "api_chat" and meta["complete"] and meta["summary"]["reason"] == "disconnect"
+        assert meta["summary"]["user_samples"] > 0 and len(audio) == meta["summary"]["user_samples"]
+        assert any(e.get("dir") == "in" and e["kind"] == "audio" for e in events)
+
+
+async def test_a_stalled_disk_drops_recording_data_counted_never_the_conversation(tmp_path):
+    disk = threading.Event()   # the writer waits on it before every data item: a disk that does not answer
+    async with recording(tmp_path, max_items=8, before_write=lambda: disk.wait(10)) as (client, store):
+        ws, _ = await converse(client, 40)    # all 40 frames came back while the writer was stuck
+        await ws.send_json({"type": "stop"})
+        while (await receive_json(ws)).get("status") != "stopped":
+            pass
+        dropped = sum([await metric(client, "duplex_recording_dropped_total", f'{{kind="{kind}"}}')
+                       for kind in ("events", "user_audio", "assistant_audio")])
+        assert dropped > 0
+        disk.set()
+        await store.synced()
+        [folder] = folders(store)
+        audio, events, meta = read_recording(folder)
+        assert meta["complete"] and sum(meta["summary"]["dropped"].values()) == dropped
+        assert events[-1]["kind"] == "summary" and events[-1]["dropped"] == meta["summary"]["dropped"]
+        await ws.close()
+
+
+async def test_the_disk_cap_deletes_the_oldest(tmp_path):
+    one = 2 * 4 * FRAME_SAMPLES * 2   # bytes of audio in a 4-frame stereo recording
+    async with recording(tmp_path, max_bytes=int(2.5 * one) + 3 * 4096) as (client, store):
+        ids = []
+        for k in range(4):
+            ws, _ = await converse(client, 4, seed=k)
+            await ws.send_json({"type": "stop"})
+            await ws.close()
+            await store.synced()
+            ids.append(folders(store)[-1].name)
+        kept = [p.name for p in folders(store)]
+        assert kept == ids[-len(kept):] and 1 <= len(kept) < 4   # the newest stay, the oldest went
+        assert await metric(client, "duplex_recordings_deleted_total") == 4 - len(kept)
+
+
+async def test_recordings_are_listed_and_served_behind_the_token_and_never_outside_dir(tmp_path):
+    async with recording(tmp_path, token="s3cret") as (client, store):
+        (store.directory.parent / "secret.txt").write_text("outside")
+        ws = await client.ws_connect("/ws?codec=pcm16&token=s3cret")
+        await receive_json(ws)
+        await ws.send_json({"type": "start"})
+        await receive_json(ws)
+        await ws.send_json({"type": "stop"})
+        await ws.close()
+        await store.synced()
+        assert (await client.get("/recordings")).status == 401
+        listing = await (await client.get("/recordings?token=s3cret")).json()
+        [entry] = listing["recordings"]
+        assert entry["meta"]["complete"] and set(entry["files"]) == {"audio.wav", "events.jsonl", "meta.json"}
+        rid = entry["id"]
+        assert (await client.get(f"/recordings/{rid}/meta.json")).status == 401
+        response = await client.get(f"/recordings/{rid}/meta.json", headers={"Authorization": "Bearer s3cret"})
+        assert response.status == 200 and (await response.json())["id"] == rid
+        for path in ("/recordings/../secret.txt", f"/recordings/{rid}/..%2F..%2Fsecret.txt", "/recordings/..%2F/meta.json",
+                     "/recordings/%2Fetc/meta.json", "/recordings/..%2Frec%2F" + rid + "/meta.json",
+                     f"/recordings/{rid}/config.json", "/recordings/%2E%2E/secret.txt"):
+            response = await client.get(path + "?token=s3cret")
+            assert response.status == 404, path
+            assert "outside" not in await response.text()
