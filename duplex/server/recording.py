@@ -116,7 +116,10 @@ class RecordingStore:
 
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        self.writer.control(lambda: loop.call_soon_threadsafe(done.set_result, None))
+
+        def reached() -> None:
+            loop.call_soon_threadsafe(done.set_result, None)
+        self.writer.control(reached)
         await done
 
     def for_socket(self, endpoint: str) -> "SocketRecorder":
