@@ -8,6 +8,7 @@ events.jsonl. Each test waits for the writer with `store.synced()` (an event, no
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import threading
@@ -20,6 +21,7 @@ from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 
 from duplex.audio import FRAME_SAMPLES, Pcm16Decoder, float_to_pcm16
+from duplex.client.replay import Recording
 from duplex.engines.base import AssistantAudio, AssistantTurnEnded, Sink, UserFrame
 from duplex.server.app import create_app
 from duplex.server.recording import RecordingStore
@@ -267,3 +269,33 @@ async def test_recordings_are_listed_and_served_behind_the_token_and_never_outsi
             response = await client.get(path + "?token=s3cret")
             assert response.status == 404, path
             assert "outside" not in await response.text()
+
+
+async def test_a_pause_in_the_users_audio_is_kept_as_silence_on_both_tracks(tmp_path):
+    """The user sends nothing for a while (wall time past the gap threshold): the silence is put in, the
+    echo stays beside the frame it answers, and a replay's frame schedule skips the gap."""
+    async with recording(tmp_path, gap_s=0.2) as (client, store):
+        ws, first = await converse(client, 2)
+        await asyncio.sleep(0.6)   # a pause, three times the gap threshold
+        message, _ = pcm16_message(2 * FRAME_SAMPLES, seed=5)
+        await ws.send_bytes(message)
+        for _ in range(2):
+            assert (await ws.receive(timeout=2.0)).data[0] == 1
+        await ws.send_json({"type": "stop"})
+        await ws.close()
+        await store.synced()
+        [folder] = folders(store)
+        audio, events, meta = read_recording(folder)
+        [gap] = [e for e in events if e.get("kind") == "gap"]
+        assert gap["at"] == 2 * FRAME_SAMPLES and gap["samples"] % FRAME_SAMPLES == 0
+        assert gap["samples"] >= int(0.4 * 24000)   # at least the pause less the threshold
+        resume = 2 * FRAME_SAMPLES + gap["samples"]
+        second = np.frombuffer(message[1:], dtype="<i2")
+        assert len(audio) == resume + 2 * FRAME_SAMPLES
+        assert np.array_equal(audio[:2 * FRAME_SAMPLES, 0], first)
+        assert not audio[2 * FRAME_SAMPLES:resume].any()            # silence on both tracks during the pause
+        assert np.array_equal(audio[resume:, 0], second)
+        assert np.abs(audio[resume:, 1].astype(int) - second.astype(int)).max() <= 1   # the echo beside it
+        rec = Recording.parse((folder / "meta.json").read_bytes(), (folder / "events.jsonl").read_bytes(),
+                              (folder / "audio.wav").read_bytes())
+        assert rec.frame_starts == [0, FRAME_SAMPLES, resume, resume + FRAME_SAMPLES]

@@ -10,9 +10,10 @@ the user's audio as consumed: user frame k starts where frame k-1 ended. When th
 stops for longer than `GAP_S` of wall time (a client that paused, or sends only while the user
 speaks), the silence is put in: the clock jumps to wall time, and the jump is logged as a `gap`
 event. An assistant frame is placed when it is queued: frame-locked (duplex) beside the user frame it
-answers; otherwise (cascade) right after the previous assistant frame, and never before the user
-audio consumed so far. It is written only if the send loop sent it (its receipt), as sent: audio
-silenced by `interrupt` is written as the silence that was sent, audio dropped is absent.
+answers; otherwise (cascade) right after the previous assistant frame, and never before the clock's
+now (the user audio consumed so far, or wall time while the user's audio has stopped). It is written
+only if the send loop sent it (its receipt), as sent: audio silenced by `interrupt` is written as the
+silence that was sent, audio dropped is absent.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Segment:
     """The event-loop side of one recording (one conversation, or one segment of it after `reset`)."""
     id: str
     t0: float                                  # time.monotonic() at begin
+    gap: int = int(GAP_S * SAMPLE_RATE)        # samples of wall time without user audio that count as a gap
     files: RecordingFiles | None = None        # set by the writer thread (None: could not be opened)
     user_pos: int = 0                          # samples: where the next user frame goes
     user_starts: list[int] = field(default_factory=list)   # start of each user frame (frame-locked answers)
@@ -60,8 +62,13 @@ class Segment:
     closed: bool = False
     warned: bool = False
 
+    def now_pos(self) -> int:
+        """The conversation clock now, in samples: the user's audio so far, or wall time while it has stopped."""
+        wall = int((time.monotonic() - self.t0) * SAMPLE_RATE)
+        return wall if wall - self.user_pos > self.gap else self.user_pos
+
     def clock_ms(self) -> int:
-        return max(self.user_pos, self.assistant_end) * 1000 // SAMPLE_RATE
+        return max(self.now_pos(), self.assistant_end) * 1000 // SAMPLE_RATE
 
 
 class RecordingStore:
@@ -69,8 +76,9 @@ class RecordingStore:
 
     def __init__(self, directory: Path, max_bytes: int | None = None, server_meta: dict | None = None,
                  weights_job: tp.Callable[[], dict] | None = None, max_items: int = 8192,
-                 before_write: tp.Callable[[], None] | None = None):
+                 before_write: tp.Callable[[], None] | None = None, gap_s: float = GAP_S):
         self.directory = Path(directory)
+        self.gap = int(gap_s * SAMPLE_RATE)
         self.server_meta = server_meta or {}
         self.weights: dict | str = "pending"   # weight file hashes: `weights_job` runs in a thread at start
         self.weights_job = weights_job
@@ -188,7 +196,7 @@ class SocketRecorder(ConversationRecorder):
         if config.get("record") is False:
             return
         self.segments += 1
-        segment = Segment(new_id(session_id, self.segments), time.monotonic())
+        segment = Segment(new_id(session_id, self.segments), time.monotonic(), self.store.gap)
         now = time.time()
         meta = {
             "id": segment.id, "complete": False, "server_version": __version__, "endpoint": self.endpoint,
@@ -320,7 +328,7 @@ class SocketRecorder(ConversationRecorder):
         if segment is None:
             return
         behind = int((time.monotonic() - segment.t0) * SAMPLE_RATE) - segment.user_pos
-        if behind > GAP_S * SAMPLE_RATE:   # whole frames, so that user frames stay on the 80 ms grid
+        if behind > segment.gap:   # whole frames, so that user frames stay on the 80 ms grid
             gap = behind // len(pcm) * len(pcm) if len(pcm) else behind
             self._log(segment, {"kind": "gap", "at": segment.user_pos, "samples": gap}, time.time())
             segment.user_pos += gap
@@ -345,7 +353,7 @@ class SocketRecorder(ConversationRecorder):
             starts = segment.user_starts
             at = starts[k] if k < len(starts) else (starts[-1] + samples * (k - len(starts) + 1) if starts else k * samples)
         else:
-            at = max(segment.assistant_next, segment.user_pos)
+            at = max(segment.assistant_next, segment.now_pos())
             segment.assistant_next = at + samples
         return _Receipt(self, segment, at)
 
