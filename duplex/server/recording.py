@@ -126,6 +126,7 @@ class RecordingStore:
         done = loop.create_future()
 
         def reached() -> None:
+            self.writer.flush()   # what is on disk says everything written so far
             loop.call_soon_threadsafe(done.set_result, None)
         self.writer.control(reached)
         await done
@@ -245,6 +246,7 @@ class SocketRecorder(ConversationRecorder):
             if files is None:
                 return
             files.meta["weights"] = summary.pop("weights")
+            writer.dirty.discard(files)
             done = files.close(summary)
             if done["dropped"]:
                 log.warning("recording %s: lost %s to a slow disk", segment.id, done["dropped"])
@@ -264,6 +266,7 @@ class SocketRecorder(ConversationRecorder):
         def delete() -> None:
             writer.open_ids.discard(segment.id)
             if segment.files is not None:
+                writer.dirty.discard(segment.files)
                 segment.files.abandon()
                 shutil.rmtree(segment.files.folder, ignore_errors=True)
         writer.control(delete)
@@ -306,10 +309,12 @@ class SocketRecorder(ConversationRecorder):
     def _log(self, segment: Segment, entry: dict, wall: float) -> None:
         entry = {"t_ms": segment.clock_ms(), "wall": round(wall, 4), **entry}
 
+        writer = self.writer
+
         def write() -> None:
             if segment.files is not None:
                 segment.files.event(entry)
-                segment.files.flush()
+                writer.dirty.add(segment.files)
         self._offer(segment, "events", write)
 
     def _offer(self, segment: Segment, kind: str, job: tp.Callable[[], None]) -> None:
@@ -335,12 +340,13 @@ class SocketRecorder(ConversationRecorder):
         at = segment.user_pos
         segment.user_starts.append(at)
         segment.user_pos += len(pcm)
-        samples = user_to_int16(pcm)
+        writer = self.writer
 
-        def write() -> None:
+        def write() -> None:   # the int16 conversion too runs on the writer thread
             if segment.files is not None:
-                segment.files.wav.put(USER, at, samples)
-                self.writer.wrote(samples.nbytes * 2)
+                segment.files.wav.put(USER, at, user_to_int16(pcm))
+                writer.dirty.add(segment.files)
+                writer.wrote(len(pcm) * 4)
         self._offer(segment, "user_audio", write)
 
     def assistant_audio(self, samples: int, frame_locked: bool) -> AudioReceipt | None:
@@ -364,12 +370,13 @@ class SocketRecorder(ConversationRecorder):
         entry = {"dir": "out", "kind": "audio", "bytes": len(wire) if wire is not None else 0,
                  "samples": len(pcm), "at_ms": at * 1000 // SAMPLE_RATE}
         self._log(segment, entry, time.time())
-        samples = assistant_to_int16(pcm)
+        writer = self.writer
 
         def write() -> None:
             if segment.files is not None:
-                segment.files.wav.put(ASSISTANT, at, samples)
-                self.writer.wrote(samples.nbytes * 2)
+                segment.files.wav.put(ASSISTANT, at, assistant_to_int16(pcm))
+                writer.dirty.add(segment.files)
+                writer.wrote(len(pcm) * 4)
         self._offer(segment, "assistant_audio", write)
 
 

@@ -4,7 +4,8 @@
   clock. Written incrementally: the two tracks arrive separately (the assistant's after the user's, as
   it is delivered), so samples are held in a window until both tracks have reached them (or the window
   is `WINDOW_S` long), then interleaved and appended. The RIFF and data sizes in the header are patched
-  after every append, so a file cut by a SIGKILL still reads (up to its last patched append).
+  whenever the writer is idle, and at least every `FLUSH_S` under load, so a file cut by a SIGKILL still
+  reads (up to its last patch).
   User samples are stored as round(x * 32768) (the exact inverse of the pcm16 codec's decoder: a pcm16
   user's audio round-trips bit for bit); assistant samples as the pcm16 encoder writes them for a client,
   round(x * 32767), so a replay over pcm16 can be compared bit for bit.
@@ -91,9 +92,9 @@ class StereoWav:
         self.file.write(self.pending[:n].tobytes())
         self.pending = self.pending[n:]
         self.written = upto
-        self._patch_header()
 
-    def _patch_header(self) -> None:
+    def patch_header(self) -> None:
+        """Makes the header's sizes say what is on disk (the writer does it when idle, and every FLUSH_S)."""
         data_bytes = self.written * CHANNELS * BYTES_PER_SAMPLE
         self.file.seek(4)
         self.file.write(struct.pack("<I", 36 + data_bytes))
@@ -105,7 +106,7 @@ class StereoWav:
     def close(self) -> int:
         """Writes everything received (the shorter track padded with silence); returns samples per channel."""
         self._write_up_to(max(self.ends))
-        self._patch_header()
+        self.patch_header()
         self.file.close()
         return self.written
 
@@ -138,7 +139,9 @@ class RecordingFiles:
         self.event_count += 1
 
     def flush(self) -> None:
+        """events.jsonl's buffer to the file, the WAV header up to date (the writer calls it when idle)."""
         self.events.flush()
+        self.wav.patch_header()
 
     def close(self, summary: dict[str, tp.Any]) -> dict[str, tp.Any]:
         samples = self.wav.close()

@@ -14,6 +14,7 @@ import logging
 import re
 import shutil
 import threading
+import time
 import typing as tp
 from pathlib import Path
 
@@ -21,6 +22,11 @@ log = logging.getLogger(__name__)
 
 ID_PATTERN = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,120}$")   # a recording id: one safe path component
 CAP_CHECK_BYTES = 16 * 1024 * 1024                              # check the disk cap every this many bytes written
+FLUSH_S = 0.5   # under a steady load (never idle), files are flushed (events, WAV header) at least this often
+
+
+class Flushable(tp.Protocol):
+    def flush(self) -> None: ...
 
 Job = tp.Callable[[], None]
 
@@ -51,6 +57,7 @@ class RecordingWriter:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.open_ids: set[str] = set()   # writer thread only: recordings not yet completed (never deleted by the cap)
+        self.dirty: set[Flushable] = set()   # writer thread only: files written since the last flush
         self._since_cap_check = 0
 
     # --- any thread --------------------------------------------------------------------------
@@ -83,8 +90,16 @@ class RecordingWriter:
 
     # --- the writer thread -------------------------------------------------------------------
     def _run(self) -> None:
+        flushed = time.monotonic()
         while True:
             with self._cond:
+                if not self._jobs or time.monotonic() - flushed > FLUSH_S:
+                    self._cond.release()   # flushing is disk work: not under the lock the producers take
+                    try:
+                        self.flush()
+                    finally:
+                        self._cond.acquire()
+                    flushed = time.monotonic()
                 while not self._jobs and not self._stopping:
                     self._cond.wait()
                 if not self._jobs:
@@ -98,6 +113,15 @@ class RecordingWriter:
                 job()
             except Exception:
                 log.exception("recording writer: a write failed (the conversation goes on)")
+
+    def flush(self) -> None:
+        """Writer thread: flushes every file written since the last flush."""
+        for files in self.dirty:
+            try:
+                files.flush()
+            except (OSError, ValueError):   # closed meanwhile, or the disk said no
+                log.exception("recording writer: a flush failed")
+        self.dirty.clear()
 
     def wrote(self, n_bytes: int) -> None:
         """Writer thread: count bytes written; past CAP_CHECK_BYTES, check the disk cap."""
