@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 ID_PATTERN = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,120}$")   # a recording id: one safe path component
 CAP_CHECK_BYTES = 16 * 1024 * 1024                              # check the disk cap every this many bytes written
+BATCH_S = 0.1   # a round of the writer gathers data this long (a control job or a filling queue ends it sooner)
 FLUSH_S = 0.5   # under a steady load (never idle), files are flushed (events, WAV header) at least this often
 
 
@@ -55,6 +56,8 @@ class RecordingWriter:
         self._data_items = 0
         self._cond = threading.Condition()
         self._stopping = False
+        self._idle = False     # the writer waits for a first item (an offer wakes it)
+        self._urgent = False   # a control job or a filling queue: the round starts now
         self._thread: threading.Thread | None = None
         self.open_ids: set[str] = set()   # writer thread only: recordings not yet completed (never deleted by the cap)
         self.dirty: set[Flushable] = set()   # writer thread only: files written since the last flush
@@ -72,12 +75,17 @@ class RecordingWriter:
                 return False
             self._data_items += 1
             self._jobs.append((True, job))
-            self._cond.notify()
+            if self._idle:
+                self._cond.notify()   # the first item after a quiet spell starts a round
+            elif self._data_items >= self.max_items // 4 and not self._urgent:
+                self._urgent = True   # filling up: end the round's gathering wait now
+                self._cond.notify()
         return True
 
     def control(self, job: Job) -> None:
         with self._cond:
             self._jobs.append((False, job))
+            self._urgent = True
             self._cond.notify()
 
     def stop(self) -> None:
@@ -90,29 +98,41 @@ class RecordingWriter:
 
     # --- the writer thread -------------------------------------------------------------------
     def _run(self) -> None:
+        """Rounds: wait for a first item, gather for up to BATCH_S (a control job or a filling queue cuts it
+        short), then run everything gathered. The writer takes the GIL a few times a second in bursts rather
+        than once per frame, which costs the event loop and the model thread less."""
         flushed = time.monotonic()
         while True:
             with self._cond:
-                if not self._jobs or time.monotonic() - flushed > FLUSH_S:
+                if not self._jobs:
                     self._cond.release()   # flushing is disk work: not under the lock the producers take
                     try:
                         self.flush()
                     finally:
                         self._cond.acquire()
                     flushed = time.monotonic()
-                while not self._jobs and not self._stopping:
-                    self._cond.wait()
-                if not self._jobs:
-                    return
-                is_data, job = self._jobs.popleft()
-                if is_data:
-                    self._data_items -= 1
-            try:
-                if is_data and self.before_write is not None:
-                    self.before_write()
-                job()
-            except Exception:
-                log.exception("recording writer: a write failed (the conversation goes on)")
+                    self._idle = True
+                    while not self._jobs and not self._stopping:
+                        self._cond.wait()
+                    self._idle = False
+                    if not self._jobs:
+                        return
+                    if not self._urgent and not self._stopping:
+                        self._cond.wait(BATCH_S)
+                self._urgent = False
+                batch = list(self._jobs)
+                self._jobs.clear()
+                self._data_items = 0
+            for is_data, job in batch:
+                try:
+                    if is_data and self.before_write is not None:
+                        self.before_write()
+                    job()
+                except Exception:
+                    log.exception("recording writer: a write failed (the conversation goes on)")
+            if time.monotonic() - flushed > FLUSH_S:
+                self.flush()
+                flushed = time.monotonic()
 
     def flush(self) -> None:
         """Writer thread: flushes every file written since the last flush."""
