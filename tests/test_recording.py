@@ -299,3 +299,34 @@ async def test_a_pause_in_the_users_audio_is_kept_as_silence_on_both_tracks(tmp_
         rec = Recording.parse((folder / "meta.json").read_bytes(), (folder / "events.jsonl").read_bytes(),
                               (folder / "audio.wav").read_bytes())
         assert rec.frame_starts == [0, FRAME_SAMPLES, resume, resume + FRAME_SAMPLES]
+
+
+async def test_an_interrupt_leaves_its_cut_audio_out_of_the_recording(tmp_path):
+    """Four echoed frames are still queued when `interrupt` comes (one message of audio, then the interrupt,
+    read in one go): they are sent as silence, and the recording has that silence, not the cut audio."""
+    async with recording(tmp_path) as (client, store):
+        ws = await client.ws_connect("/ws?codec=pcm16")
+        await receive_json(ws)
+        await ws.send_json({"type": "start"})
+        await receive_json(ws)
+        message, _ = pcm16_message(4 * FRAME_SAMPLES, seed=7)
+        await ws.send_bytes(message)
+        await ws.send_json({"type": "interrupt"})
+        received = []
+        while len(received) < 4:
+            msg = await ws.receive(timeout=2.0)
+            if msg.type == WSMsgType.BINARY:
+                received.append(np.frombuffer(msg.data[1:], dtype="<i2"))
+        await ws.send_json({"type": "stop"})
+        while (await receive_json(ws)).get("status") != "stopped":
+            pass
+        await ws.close()
+        await store.synced()
+        [folder] = folders(store)
+        audio, events, _ = read_recording(folder)
+        [cut] = [e for e in events if e.get("kind") == "cut"]
+        assert (cut["what"], cut["frames"]) == ("interrupt", 4)
+        assert not np.concatenate(received).any()                      # the client heard silence ...
+        assert np.array_equal(audio[:, 0], np.frombuffer(message[1:], dtype="<i2"))
+        assert len(audio) == 4 * FRAME_SAMPLES and not audio[:, 1].any()   # ... and so says the recording
+        assert "interrupt" in wire_types(events, "in") and "interrupt_acknowledged" in wire_types(events, "out")

@@ -303,7 +303,7 @@ class SocketRecorder(ConversationRecorder):
         self._log(segment, entry, time.time())
 
     def cut(self, what: str, frames: int) -> None:
-        if self.segment is not None:
+        if self.segment is not None and frames:   # the message that caused it is logged anyway
             self._log(self.segment, {"kind": "cut", "what": what, "frames": frames}, time.time())
 
     def _log(self, segment: Segment, entry: dict, wall: float) -> None:
