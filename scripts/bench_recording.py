@@ -66,6 +66,7 @@ async def load(server: ServerProcess, pcm: np.ndarray, sessions: int, seconds: f
     import json
 
     frames = int(seconds * 1000 / 80)
+    await conversation(server.ws_url, pcm, 25)   # warm-up (first steps, thread pools), not measured
     before = json.loads(await get(server.http_url, "/health"))
     results = await asyncio.gather(*(conversation(server.ws_url, pcm, frames) for _ in range(sessions)))
     after = json.loads(await get(server.http_url, "/health"))
@@ -97,13 +98,13 @@ def main() -> int:
             try:
                 rows[name] = asyncio.run(load(server, pcm, args.sessions, args.seconds))
                 if extra:
-                    first = sorted(p for p in record.iterdir() if p.is_dir())[0]
+                    first = sorted(p for p in record.iterdir() if p.is_dir())[1]   # [0] is the warm-up
                     done = subprocess.run([sys.executable, "-m", "duplex", "replay", first.name, "--url", server.http_url,
                                            "--fast"], capture_output=True, text=True, cwd=REPO)
                     replay_line = done.stdout.strip().splitlines()[-1] if done.stdout else done.stderr
             finally:
                 server.stop()
-        folders = [p for p in record.iterdir() if p.is_dir()]
+        folders = sorted(p for p in record.iterdir() if p.is_dir())[1:]   # less the warm-up
         disk = sum(f.stat().st_size for p in folders for f in p.iterdir())
         minutes = args.sessions * args.seconds / 60.0
     load_avg = open("/proc/loadavg").read().split()[:3]
@@ -118,7 +119,7 @@ def main() -> int:
     print(f"\nloop CPU per frame with --record: {rec['loop_us_per_frame'] / base['loop_us_per_frame']:.2f}x "
           f"without; disk: {disk / minutes / 1e6:.2f} MB per conversation-minute ({len(folders)} recordings, "
           f"{disk / 1e6:.1f} MB)")
-    print(f"replay of {folders and sorted(folders)[0].name}: {replay_line}")
+    print(f"replay of {folders[0].name}: {replay_line}")
     return 0
 
 

@@ -36,6 +36,7 @@ def ssl_context(directory: str | None) -> ssl.SSLContext | None:
 
 async def serve(args: argparse.Namespace) -> None:
     context = ssl_context(args.ssl)
+    recordings = recording_store(args)   # before the models load: a bad --record DIR fails at once
     engines = build_engines(args)
     static = None if args.static == "none" else Path(args.static)
     app = create_app(engines, ServerSettings(token=args.token, static_dir=static,
@@ -43,7 +44,7 @@ async def serve(args: argparse.Namespace) -> None:
                                              max_connections=args.max_connections,
                                              start_timeout_s=args.start_timeout_s,
                                              opus_workers=args.opus_workers),
-                     recordings=recording_store(args))
+                     recordings=recordings)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, ssl_context=context)
@@ -75,11 +76,24 @@ async def serve(args: argparse.Namespace) -> None:
 def recording_store(args: argparse.Namespace) -> RecordingStore | None:
     """`--record DIR`: the store of kept conversations (None: nothing is recorded)."""
     if args.record is None:
+        if args.record_max_gb is not None:
+            raise StartupError("--record-max-gb bounds the recordings of --record DIR: give --record too")
         return None
     from .recording_meta import server_meta, weights_job
 
+    directory = Path(args.record)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".duplex-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StartupError(f"--record {directory}: cannot write there ({exc.strerror or exc}); "
+                           "pick a directory this user can write to") from None
+    if args.record_max_gb is not None and args.record_max_gb <= 0:
+        raise StartupError("--record-max-gb must be more than 0 (leave it out for no limit)")
     max_bytes = None if args.record_max_gb is None else int(args.record_max_gb * 1e9)
-    return RecordingStore(Path(args.record), max_bytes, server_meta(args), weights_job(args))
+    return RecordingStore(directory, max_bytes, server_meta(args), weights_job(args))
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
