@@ -2,19 +2,21 @@
 """What recording costs: the same load on `duplex serve` without and with `--record`, side by side in one run.
 
 N conversations (real-time pcm16 clients on loopback, greedy, tiny preset unless --preset) stream speech
-for S seconds against each server in turn. Printed per server: frame turnaround (client send -> the
+for S seconds against each server in turn, the two alternated (--rounds times each; a fresh server each run,
+warmed up by one short conversation first). Printed per server: frame turnaround (client send -> the
 answering frame received) p50/p99, event-loop CPU per user frame (from /health), and for the recording
 one the bytes written per conversation-minute and what the writer dropped (`duplex_recording_dropped_total`,
 0 on a healthy disk). Then `duplex replay` runs on one of the recordings (reproduces bit for bit?).
 
-    python scripts/bench_recording.py                  # tiny, 4 conversations x 20 s each way (~1.5 min)
-    python scripts/bench_recording.py --sessions 8 --seconds 30
+    python scripts/bench_recording.py                  # tiny, 4 conversations x 15 s, each server twice (~2.5 min)
+    python scripts/bench_recording.py --sessions 8 --seconds 30 --rounds 3
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import re
 import subprocess
 import sys
@@ -63,8 +65,6 @@ async def get(url: str, path: str) -> str:
 
 
 async def load(server: ServerProcess, pcm: np.ndarray, sessions: int, seconds: float) -> dict:
-    import json
-
     frames = int(seconds * 1000 / 80)
     await conversation(server.ws_url, pcm, 25)   # warm-up (first steps, thread pools), not measured
     before = json.loads(await get(server.http_url, "/health"))
@@ -83,7 +83,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--sessions", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--rounds", type=int, default=2, help="times each server is run, alternated")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "speech.wav"
@@ -91,22 +92,27 @@ def main() -> int:
                         "and then about the trains."], check=True)
         pcm = np.concatenate([read_wav_mono24k(str(wav)), np.zeros(12000, dtype=np.float32)])
         record = Path(tmp) / "recordings"
-        rows = {}
+        rows: dict[str, dict] = {}
         replay_line = ""
-        for name, extra in (("no recording", []), ("--record", ["--record", str(record)])):
+        # alternated, each twice (this machine's load moves a lot): A B A B
+        runs = [("--record", True), ("no recording", False)] * args.rounds
+        for k, (name, recording) in enumerate(runs):
+            extra = ["--record", str(record)] if recording else []
             server = ServerProcess("--preset", args.preset, "--no-cascade", "--slots", str(max(args.sessions, 2)), *extra)
             try:
-                rows[name] = asyncio.run(load(server, pcm, args.sessions, args.seconds))
-                if extra:
+                rows[f"{name} ({k + 1})"] = asyncio.run(load(server, pcm, args.sessions, args.seconds))
+                if recording and not replay_line:
                     first = sorted(p for p in record.iterdir() if p.is_dir())[1]   # [0] is the warm-up
                     done = subprocess.run([sys.executable, "-m", "duplex", "replay", first.name, "--url", server.http_url,
                                            "--fast"], capture_output=True, text=True, cwd=REPO)
                     replay_line = done.stdout.strip().splitlines()[-1] if done.stdout else done.stderr
             finally:
                 server.stop()
-        folders = sorted(p for p in record.iterdir() if p.is_dir())[1:]   # less the warm-up
-        disk = sum(f.stat().st_size for p in folders for f in p.iterdir())
-        minutes = args.sessions * args.seconds / 60.0
+        folders = sorted(p for p in record.iterdir() if p.is_dir())
+        measured = [p for p in folders if json.loads((p / "meta.json").read_text())["summary"]["samples"]
+                    > 25 * FRAME_SAMPLES]   # less the warm-ups
+        disk = sum(f.stat().st_size for p in measured for f in p.iterdir())
+        minutes = len(measured) * args.seconds / 60.0
     load_avg = open("/proc/loadavg").read().split()[:3]
     print(f"{args.sessions} real-time conversations x {args.seconds:g} s, preset {args.preset}; load average "
           f"{' '.join(load_avg)}")
@@ -115,11 +121,13 @@ def main() -> int:
     for name, row in rows.items():
         t = row["turnaround"] or {}
         print(f"| {name} | {t.get('p50')} | {t.get('p99')} | {row['loop_us_per_frame']:.0f} | {row['dropped']:g} |")
-    base, rec = rows["no recording"], rows["--record"]
-    print(f"\nloop CPU per frame with --record: {rec['loop_us_per_frame'] / base['loop_us_per_frame']:.2f}x "
-          f"without; disk: {disk / minutes / 1e6:.2f} MB per conversation-minute ({len(folders)} recordings, "
-          f"{disk / 1e6:.1f} MB)")
-    print(f"replay of {folders[0].name}: {replay_line}")
+    def mean(prefix: str) -> float:
+        values = [row["loop_us_per_frame"] for name, row in rows.items() if name.startswith(prefix)]
+        return sum(values) / len(values)
+    print(f"\nloop CPU per frame, mean of the runs: {mean('--record'):.0f} us with --record, {mean('no rec'):.0f} us "
+          f"without ({mean('--record') / mean('no rec'):.2f}x); disk: {disk / minutes / 1e6:.2f} MB per "
+          f"conversation-minute ({len(measured)} recordings, {disk / 1e6:.1f} MB)")
+    print(f"replay of {measured[0].name}: {replay_line}")
     return 0
 
 
