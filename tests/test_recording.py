@@ -188,6 +188,7 @@ async def test_reset_starts_a_new_segment_and_a_disconnect_completes_it(tmp_path
         assert meta1["summary"]["reason"] == "reset" and meta2["summary"]["reason"] == "disconnect"
         assert meta2["previous"] == meta1["id"] and meta2["segment"] == 2 and meta1["complete"] and meta2["complete"]
         assert wire_types(events1, "in")[-1] == "reset" and "reset_acknowledged" in wire_types(events1, "out")
+        assert wire_types(events2, "in")[0] == "reset"   # what began the segment is its first line
         assert meta1["seed"] != meta2["seed"]    # a fresh drawn seed: each segment replays on its own
 
 

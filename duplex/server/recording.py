@@ -179,7 +179,7 @@ class SocketRecorder(ConversationRecorder):
         self.segment: Segment | None = None
         self.segments = 0
         self.previous_id: str | None = None
-        self._last_in: tuple[str | bytes, float] | None = None   # a message that came while nothing was kept
+        self._last_in: tuple[str | bytes, float] | None = None   # the message being handled (it may begin a recording)
 
     @property
     def recording(self) -> bool:
@@ -223,7 +223,7 @@ class SocketRecorder(ConversationRecorder):
                 writer.open_ids.discard(segment.id)
         writer.control(open_files)
         log.info("recording %s begun (%s, %s)", segment.id, self.endpoint, mode)
-        if self._last_in is not None:   # the message that started it (`start`, `reset`)
+        if self._last_in is not None and isinstance(self._last_in[0], str):   # what began it (`start`, `reset`)
             data, wall = self._last_in
             self._log(segment, self._in_entry(data), wall)
             self._last_in = None
@@ -278,10 +278,9 @@ class SocketRecorder(ConversationRecorder):
     # --- messages ----------------------------------------------------------------------------
     def message_in(self, data: str | bytes) -> None:
         segment = self.segment
+        self._last_in = (data, time.time())   # if handling it begins a recording, it is that one's first line
         if segment is None:
-            self._last_in = (data, time.time())
             return
-        self._last_in = None
         entry = self._in_entry(data)
         if isinstance(data, str):   # where it came in the user's audio: a replay sends it there
             entry["user_at"] = segment.user_pos
