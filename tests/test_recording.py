@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import threading
+import time
 import wave
 from pathlib import Path
 
@@ -331,3 +332,58 @@ async def test_an_interrupt_leaves_its_cut_audio_out_of_the_recording(tmp_path):
         assert np.array_equal(audio[:, 0], np.frombuffer(message[1:], dtype="<i2"))
         assert len(audio) == 4 * FRAME_SAMPLES and not audio[:, 1].any()   # ... and so says the recording
         assert "interrupt" in wire_types(events, "in") and "interrupt_acknowledged" in wire_types(events, "out")
+
+
+class InFlightStream(FakeStream):
+    """Echoes each frame, but holds the frame before a `reset` back as a model step in flight would: it is
+    delivered after the reset (with the turnaround of its arrival before it), ahead of the next echo."""
+
+    def __init__(self, engine: FakeEngine, sink: Sink):
+        super().__init__(engine, sink)
+        self.held: tuple[np.ndarray, float] | None = None
+
+    def push_audio(self, frame: UserFrame) -> None:
+        if self.held is not None:
+            pcm, arrived = self.held
+            self.held = None
+            self.sink(AssistantAudio(pcm, turnaround_ms=(time.monotonic() - arrived) * 1000.0))
+        if self.pushed == 2:   # the third frame is "in the model" when the reset comes
+            self.held = (frame.pcm.copy(), time.monotonic())
+        else:
+            self.sink(AssistantAudio(frame.pcm.copy(), turnaround_ms=0.0))
+        self.pushed += 1
+
+
+class InFlightEngine(FakeEngine):
+    def open(self, config: dict, sink: Sink) -> InFlightStream:
+        self.active += 1
+        return InFlightStream(self, sink)
+
+
+async def test_a_step_in_flight_at_reset_does_not_shift_the_next_segment(tmp_path):
+    async with recording(tmp_path, InFlightEngine()) as (client, store):
+        ws = await client.ws_connect("/ws?codec=pcm16")
+        await receive_json(ws)
+        await ws.send_json({"type": "start"})
+        await receive_json(ws)
+        before, _ = pcm16_message(3 * FRAME_SAMPLES, seed=11)
+        await ws.send_bytes(before)
+        await ws.send_json({"type": "reset"})
+        after, _ = pcm16_message(2 * FRAME_SAMPLES, seed=12)
+        await ws.send_bytes(after)
+        binary = 0
+        while binary < 5:   # 2 before the reset, the held one, 2 after
+            binary += (await ws.receive(timeout=2.0)).type == WSMsgType.BINARY
+        await ws.send_json({"type": "stop"})
+        while (await receive_json(ws)).get("status") != "stopped":
+            pass
+        await ws.close()
+        await store.synced()
+        first, second = folders(store)
+        audio2, events2, _ = read_recording(second)
+        sent_after = np.frombuffer(after[1:], dtype="<i2")
+        echo_after = np.frombuffer(float_to_pcm16(Pcm16Decoder().decode(after[1:])), dtype="<i2")
+        assert len(audio2) == 2 * FRAME_SAMPLES
+        assert np.array_equal(audio2[:, 0], sent_after)
+        assert np.array_equal(audio2[:, 1], echo_after)   # each answer beside its own user frame
+        assert [e["at_ms"] for e in events2 if e.get("dir") == "out" and e["kind"] == "audio"] == [0, 80]

@@ -76,6 +76,7 @@ class Conversation:
     outbox_dropped_before: int = 0          # the outbox's drop count when this conversation began
     config: dict = field(default_factory=dict)   # as opened, updated by `configure` (a new recording segment reuses it)
     seed_drawn: bool = False                # the seed was drawn for the recording, not given by the client
+    reset_at: float | None = None           # monotonic time of the last `reset`
 
 
 class Session:
@@ -243,6 +244,7 @@ class Session:
         if conv is None:
             return
         conv.stream.reset()
+        conv.reset_at = time.monotonic()
         self._cut_queued_audio(conv, "reset")
         self.frames.clear()
         self.user_voice.reset()
@@ -300,7 +302,7 @@ class Session:
         if isinstance(frame, AssistantAudio):
             conv.frames_out += 1
             self.observer.frame_out(frame.turnaround_ms)
-            self.outbox.put_audio(frame.pcm, self.recorder.assistant_audio(len(frame.pcm), conv.stream.frame_locked))
+            self.outbox.put_audio(frame.pcm, self._receipt(conv, frame))
         elif isinstance(frame, AssistantText):
             self._assistant_text(conv, frame.text)
         elif isinstance(frame, AssistantTurnStarted):
@@ -318,6 +320,16 @@ class Session:
             self.send("llm_status", status="processing")
         elif isinstance(frame, EngineFailure):
             self.send_error(frame.code, frame.message)
+
+    def _receipt(self, conv: Conversation, frame: AssistantAudio) -> tp.Any:
+        """Where the recording puts this frame (None: nowhere). A frame-locked frame that answers a user frame
+        which arrived before the last `reset` (a step in flight when it came) belongs to no segment: counted
+        in the new one, it would shift every later frame of it by one."""
+        locked = conv.stream.frame_locked
+        if locked and conv.reset_at is not None and frame.turnaround_ms is not None \
+                and time.monotonic() - frame.turnaround_ms / 1000.0 < conv.reset_at:
+            return None
+        return self.recorder.assistant_audio(len(frame.pcm), locked)
 
     def _clock_ms(self, conv: Conversation) -> int:
         return conv.frames_out * FRAME_MS
