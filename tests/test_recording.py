@@ -216,14 +216,16 @@ async def test_api_chat_is_recorded_through_the_same_seam(tmp_path):
 async def test_a_stalled_disk_drops_recording_data_counted_never_the_conversation(tmp_path):
     disk = threading.Event()   # the writer waits on it before every data item: a disk that does not answer
     async with recording(tmp_path, max_items=8, before_write=lambda: disk.wait(10)) as (client, store):
-        ws, _ = await converse(client, 40)    # all 40 frames came back while the writer was stuck
-        await ws.send_json({"type": "stop"})
-        while (await receive_json(ws)).get("status") != "stopped":
-            pass
-        dropped = sum([await metric(client, "duplex_recording_dropped_total", f'{{kind="{kind}"}}')
-                       for kind in ("events", "user_audio", "assistant_audio")])
-        assert dropped > 0
-        disk.set()
+        try:
+            ws, _ = await converse(client, 40)    # all 40 frames came back while the writer was stuck
+            await ws.send_json({"type": "stop"})
+            while (await receive_json(ws)).get("status") != "stopped":
+                pass
+            dropped = sum([await metric(client, "duplex_recording_dropped_total", f'{{kind="{kind}"}}')
+                           for kind in ("events", "user_audio", "assistant_audio")])
+            assert dropped > 0
+        finally:
+            disk.set()   # a failure must not leave the writer stuck
         await store.synced()
         [folder] = folders(store)
         audio, events, meta = read_recording(folder)
