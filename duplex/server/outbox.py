@@ -35,7 +35,7 @@ class Outbox:
 
     def put_text(self, text: str) -> None:
         """A text payload: a JSON message on /ws, a piece of the model's text on /api/chat."""
-        self._put(("text", text, None))
+        self._put(("text", text))
 
     def put_audio(self, pcm: np.ndarray, receipt: tp.Any = None) -> None:
         """One assistant frame; `receipt(pcm, wire)` is called by the send loop once it is sent."""
@@ -44,10 +44,11 @@ class Outbox:
         self._audio += 1
         self._put(("audio", pcm, receipt))
 
-    def _put(self, item: tuple[str, tp.Any, tp.Any]) -> None:
+    def _put(self, item: tuple) -> None:
+        """(kind, payload) or (kind, payload, receipt)."""
         if len(self._items) >= self.max_total:
             self.overflowed = True  # the sender notices and closes the socket
-        self._items.append(item)
+        self._items.append(item if len(item) == 3 else (item[0], item[1], None))
         self._ready.set()
 
     def _drop_oldest_audio(self) -> None:
