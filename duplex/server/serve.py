@@ -92,6 +92,9 @@ def recording_store(args: argparse.Namespace) -> RecordingStore | None:
                            "pick a directory this user can write to") from None
     if args.record_max_gb is not None and args.record_max_gb <= 0:
         raise StartupError("--record-max-gb must be more than 0 (leave it out for no limit)")
+    if not args.token and args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("--record without --token on %s: anyone who can reach this port can download every "
+                    "recording at /recordings; set --token", args.host)
     max_bytes = None if args.record_max_gb is None else int(args.record_max_gb * 1e9)
     return RecordingStore(directory, max_bytes, server_meta(args), weights_job(args))
 
