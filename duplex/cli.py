@@ -1,4 +1,4 @@
-"""The `duplex` command: `serve`, `client` (and benchmarks)."""
+"""The `duplex` command: `serve`, `client`, `replay` (and benchmarks)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import command as bench_command
     from .client import cli as client_cli
     from .server.lb_config import add_lb_config_parser
+    from .client import replay as replay_cli
     from .server.serve import add_serve_parser
 
     parser = argparse.ArgumentParser(prog="duplex", description="Full-duplex speech model server and tools.")
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_cli.register(sub)
     bench_command.register(sub)
     add_lb_config_parser(sub)
+    replay_cli.register(sub)
     return parser
 
 

@@ -97,6 +97,9 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {key.name: key for key in (
     ConfigKey("transcribe_user", bool,
               "duplex: also run the speech recogniser on the user's audio to get user transcripts",
               BOTH, default=False),
+    ConfigKey("record", bool,
+              "false: do not keep this conversation when the server records (`--record`); applies at `start`",
+              BOTH, default=True),
 )}
 
 CONFIG_KEYS: dict[str, tuple[type, ...]] = {name: key.types for name, key in CONFIG_SCHEMA.items()}

@@ -26,7 +26,8 @@ def test_docs_table_is_the_generated_one() -> None:
 
 
 def test_engine_key_sets_come_from_the_schema() -> None:
-    assert DUPLEX_CONFIG_KEYS == {"temperature", "text_temperature", "top_k", "text_top_k", "seed", "transcribe_user"}
+    assert DUPLEX_CONFIG_KEYS == {"temperature", "text_temperature", "top_k", "text_top_k", "seed", "transcribe_user",
+                                  "record"}
     assert CASCADE_CONFIG_KEYS == set(CONFIG_SCHEMA)
 
 

@@ -84,7 +84,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         flag = "--" + key.name.replace("_", "-")
         help_text = key.doc + (f"; range {key.range_text}" if key.range_text else "")
         if key.kind is bool:
-            group.add_argument(flag, action="store_true", default=None, help=help_text)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             group.add_argument(flag, type=key.kind, default=None, help=help_text)
 

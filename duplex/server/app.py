@@ -21,13 +21,17 @@ from .metrics import ServerMetrics
 from .moshi_compat import handle_chat
 from .opus_pool import OpusPool
 from .realtime_codec import handle_realtime
+from .recording import RecordingStore
+from .recordings_http import add_recording_routes
 from .settings import ServerSettings
-from .state import ENGINES, METRICS, OPUS_POOL, SETTINGS, SOCKETS
+from .state import ENGINES, METRICS, OPUS_POOL, RECORDINGS, SETTINGS, SOCKETS
 from .ws_endpoint import handle_ws
 
 
-def create_app(engines: dict[str, Engine], settings: ServerSettings | None = None) -> web.Application:
-    """Builds the app around already-loaded engines; they are started and stopped with the app."""
+def create_app(engines: dict[str, Engine], settings: ServerSettings | None = None,
+               recordings: RecordingStore | None = None) -> web.Application:
+    """Builds the app around already-loaded engines; they are started and stopped with the app.
+    With `recordings` (`--record DIR`), conversations are kept and listed at /recordings."""
     app = web.Application()
     app[ENGINES] = engines
     app[SETTINGS] = settings or ServerSettings()
@@ -41,6 +45,11 @@ def create_app(engines: dict[str, Engine], settings: ServerSettings | None = Non
         if scheduler is not None:
             scheduler.on_tick = app[METRICS].tick_observer(name)
         app.cleanup_ctx.append(_running(engine))
+    if recordings is not None:   # registered last: stopped first, once the sockets are closed, before the engines
+        app[RECORDINGS] = recordings
+        recordings.register_metrics(app[METRICS].registry)
+        app.cleanup_ctx.append(_running(recordings))
+        add_recording_routes(app)
     # shutdown runs before cleanup: sockets go before engines stop. The ignore answers a typing mismatch
     # between aiohttp 3.x (Signal[Callable]) and aiosignal 1.4 (variadic Signal); warn_unused_ignores
     # flags it once a release agrees with itself.

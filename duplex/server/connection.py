@@ -13,6 +13,11 @@ removed). Every refusal is counted in `duplex_connections_refused_total{endpoint
 
 A protocol plugs in with a `SocketCodec`: how its messages are read and written, nothing about the
 socket's life. Adding a protocol means adding a codec, not a handler.
+
+Recording (`--record`) hooks in here for every codec alike: the lifecycle gives each codec its
+socket's `ConversationRecorder` (`codec.recorder`, before `on_open`), logs every received message to it,
+calls the receipt of every assistant audio frame it sends, and closes it at teardown. The codec marks
+conversations and hands over the audio (`recorder.py`).
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from aiohttp import WSMsgType, web
 from . import capacity
 from .metrics import ServerMetrics
 from .outbox import Outbox, SlowReader
-from .state import METRICS, SETTINGS, SOCKETS
+from .recorder import NULL_RECORDER, ConversationRecorder
+from .state import METRICS, RECORDINGS, SETTINGS, SOCKETS
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +76,9 @@ class SocketCodec(abc.ABC):
     protocols: tuple[str, ...] = ()    # WebSocket subprotocols this endpoint may select (browsers need one echoed)
     slow_reader_reason: bytes = b"client too slow"
     outbox: Outbox
+    # The socket's recorder, set by the lifecycle before `on_open` (NULL_RECORDER when the server does not
+    # record). The codec calls its begin/end/user_audio/message_out/assistant_audio (see recorder.py).
+    recorder: ConversationRecorder = NULL_RECORDER
 
     @abc.abstractmethod
     def on_open(self, request: web.Request) -> Refusal | None:
@@ -130,6 +139,9 @@ async def serve_socket(request: web.Request, codec: SocketCodec) -> web.WebSocke
         await _refuse(app, ws, codec, full)
         return ws
     sockets.add(ws)
+    store = app.get(RECORDINGS)
+    if store is not None:
+        codec.recorder = store.for_socket(codec.endpoint)
     try:
         await ws.prepare(request)
         refusal = codec.on_open(request)
@@ -193,6 +205,7 @@ class _Connection:
                 codec.on_close()
             finally:   # the connection leaves the gauge even if the codec's teardown fails
                 gauge.dec()
+                codec.recorder.close("disconnect")   # whatever the codec left open is completed
         try:
             await self._close(close)
         finally:
@@ -221,8 +234,10 @@ class _Connection:
             if self.expiry is not None:   # timed out: what the client sends now is too late
                 break
             if msg.type == WSMsgType.TEXT:
+                self.codec.recorder.message_in(msg.data)
                 self.codec.on_text(msg.data)
             elif msg.type == WSMsgType.BINARY:
+                self.codec.recorder.message_in(msg.data)
                 self.codec.on_binary(msg.data)
             elif msg.type == WSMsgType.ERROR:
                 log.info("%s: socket error %s", self.codec.endpoint, self.ws.exception())
@@ -263,13 +278,15 @@ class _Connection:
     async def _send_loop(self) -> None:
         outbox = self.codec.outbox
         while True:
-            kind, payload = await outbox.get()
+            kind, payload, receipt = await outbox.get_with_receipt()
             self.drained.clear()     # taken from the outbox but not yet on the wire
             if self.ws.closed:
                 return
             data = await self.codec.encode_outgoing(kind, payload)
             if data is not None:
                 await _send(self.ws, data)
+            if receipt is not None:  # a recording keeps what was sent, where it was played
+                receipt(payload, data)
             if not len(outbox):
                 self.drained.set()
 

@@ -16,7 +16,9 @@ is closed 1008.
 from __future__ import annotations
 
 import logging
+import time
 import typing as tp
+import uuid
 
 from aiohttp import web
 
@@ -81,6 +83,9 @@ class MoshiCodec(SocketCodec):
         self.max_audio_bytes = max_audio_bytes
         self.max_bad_messages = max_bad_messages
         self.bad_messages = 0      # refused messages (all but `unsupported` ones); past the limit: close 1008
+        self._recording: tuple[str, dict, dict] | None = None   # the recording's id, config, endpoint info
+        self._seed_drawn = False   # the seed was drawn for the recording, not given in the query
+        self._reset_at: float | None = None   # monotonic time of the last `restart`
 
     def on_open(self, request: web.Request) -> Refusal | None:
         engine = request.app[ENGINES].get("duplex")
@@ -92,11 +97,18 @@ class MoshiCodec(SocketCodec):
             config = config_from_query(request.query)
         except ValueError as exc:
             return self._refusal(1008, "bad_message", f"bad query parameter: {exc}", label="bad_query")
+        keep = request.query.get("record", "1").lower() not in ("0", "false", "no")
+        given = config if keep else {**config, "record": False}
+        config = self.recorder.prepare_config(given)   # recording: a seed is drawn (and kept) if none was given
+        self._seed_drawn = "seed" in config and "seed" not in given
         try:
             self.stream = engine.open(config, self._sink)
         except CapacityError:
             return self._refusal(1013, "capacity", "server full: every duplex slot is busy, try again later",
                                  label="no_slot")
+        query = {k: v for k, v in request.query.items() if k != "token"}   # the token is never kept
+        self._recording = (uuid.uuid4().hex[:12], config, {"codec": "opus", "query": query})
+        self.recorder.begin(self._recording[0], "duplex", config, self._recording[2])
         # Only now: a refused socket never reaches on_close, and a pool encoder holds a worker's stream.
         self.encoder = audio_encoder(request.app.get(OPUS_POOL), "opus")
         self.metrics.session_started("duplex")
@@ -116,8 +128,13 @@ class MoshiCodec(SocketCodec):
     def _sink(self, frame: EngineFrame) -> None:
         if isinstance(frame, AssistantAudio):
             self.metrics.frame_out(frame.turnaround_ms)
-            self.outbox.put_audio(frame.pcm)
+            stale = (self._reset_at is not None and frame.turnaround_ms is not None
+                     and time.monotonic() - frame.turnaround_ms / 1000.0 < self._reset_at)
+            # A frame answering input from before a `restart` (a step in flight) belongs to no segment.
+            receipt = None if stale else self.recorder.assistant_audio(len(frame.pcm), frame_locked=True)
+            self.outbox.put_audio(frame.pcm, receipt)
         elif isinstance(frame, AssistantText):
+            self.recorder.message_out(frame.text)
             self.outbox.put_text(frame.text)  # sent as 0x02 + utf-8
 
     def greeting(self) -> bytes:
@@ -173,6 +190,7 @@ class MoshiCodec(SocketCodec):
             return self._bad("bad_audio", str(exc))
         for samples in self.frames.push(pcm):
             self.metrics.frame_in()
+            self.recorder.user_audio(samples)
             self.stream.push_audio(UserFrame.of(samples))
 
     def _on_control(self, payload: bytes) -> None:
@@ -183,11 +201,26 @@ class MoshiCodec(SocketCodec):
         assert self.stream is not None
         if action == "restart":   # as /ws `reset`: model state wiped, unconsumed input and queued audio cut
             self.stream.reset()
-            self.outbox.silence_audio()
+            self._reset_at = time.monotonic()
+            self.recorder.cut("reset", self.outbox.silence_audio())
             self.frames.clear()
+            self._new_segment()
         elif action != "start":   # start: the conversation began at the upgrade
             self._error("unsupported", f"control {action}: a duplex model takes turns from the audio itself; "
                                        "ignored")
+
+    def _new_segment(self) -> None:
+        """A `restart` is a new recording segment, as `reset` is on /ws (a drawn seed is drawn afresh, so
+        that the segment replays on its own)."""
+        if not self.recorder.recording or self._recording is None or self.stream is None:
+            return
+        self.recorder.end("reset")
+        session_id, config, info = self._recording
+        if self._seed_drawn:
+            config = self.recorder.prepare_config({k: v for k, v in config.items() if k != "seed"})
+            self.stream.configure({"seed": config["seed"]})
+            self._recording = (session_id, config, info)
+        self.recorder.begin(session_id, "duplex", config, info)
 
     def _error(self, code: str, text: str) -> None:
         self.metrics.error(code)
@@ -218,3 +251,4 @@ class MoshiCodec(SocketCodec):
         if dropped:
             self.metrics.frames_dropped(dropped)
         self.metrics.session_ended("duplex")
+        self.recorder.end("disconnect")

@@ -58,7 +58,7 @@ class RealtimeCodec(SocketCodec):
             app[METRICS].error(code)
             return Refusal(close, code.encode(), rt.error_event(code, text, None), label=label)
         self.session = RealtimeSession(app[ENGINES], app[METRICS], model,
-                                       speech_threshold_dbfs=app[SETTINGS].speech_threshold_dbfs)
+                                       speech_threshold_dbfs=app[SETTINGS].speech_threshold_dbfs, recorder=self.recorder)
         self.outbox = self.session.outbox
         if not self.session.begin():
             return Refusal(1013, b"no engine slot free", self.session.last_error, label="no_slot")

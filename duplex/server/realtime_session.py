@@ -29,6 +29,7 @@ from ..engines.base import (AssistantAudio, AssistantText, AssistantTurnDone, As
                             AssistantTurnStarted, Engine, EngineFrame, EngineStream, LLMProcessing, Unsupported,
                             UserFrame, UserTranscript)
 from . import realtime_events as rt
+from .recorder import NULL_RECORDER, ConversationRecorder
 from .session import Session, SessionLimits, SessionObserver
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,10 @@ class Response:
 
 class RealtimeSession(Session):
     def __init__(self, engines: dict[str, Engine], observer: SessionObserver, mode: str,
-                 speech_threshold_dbfs: float = -45.0):
+                 speech_threshold_dbfs: float = -45.0, recorder: ConversationRecorder = NULL_RECORDER):
         super().__init__(engines, "pcm16", observer, default_mode=mode,
-                         limits=SessionLimits(max_text_bytes=MAX_EVENT_BYTES), speech_threshold_dbfs=speech_threshold_dbfs)
+                         limits=SessionLimits(max_text_bytes=MAX_EVENT_BYTES), speech_threshold_dbfs=speech_threshold_dbfs,
+                         recorder=recorder)
         self.session_id = rt.new_id("sess")
         self.config = rt.RealtimeConfig(mode)
         self.client_event_id: str | None = None   # the event being handled: errors name it
@@ -67,7 +69,7 @@ class RealtimeSession(Session):
 
     # --- outgoing ----------------------------------------------------------------------------------
     def emit(self, type_: str, **fields: tp.Any) -> None:
-        self.outbox.put_text(rt.event(type_, **fields))
+        self._put_text(rt.event(type_, **fields))
 
     def send(self, type_: str, **fields: tp.Any) -> None:
         """`/ws` messages from the Session's own code: their Realtime counterparts come from the engine frames."""
@@ -75,7 +77,7 @@ class RealtimeSession(Session):
     def send_error(self, code: str, text: str, param: str | None = None) -> None:
         self.observer.error(code)
         self.last_error = rt.error_event(code, text, self.client_event_id, param)
-        self.outbox.put_text(self.last_error)
+        self._put_text(self.last_error)
 
     # --- the conversation ------------------------------------------------------------------------
     def begin(self) -> bool:
@@ -306,7 +308,7 @@ class RealtimeSession(Session):
         if self.response is response:
             response.cancel_reason = "client_cancelled"
             assert self.conversation is not None
-            self._cut_queued_audio(self.conversation)
+            self._cut_queued_audio(self.conversation, "truncate")
         stream.truncate(end_ms)
         if self.response is response:
             self._close_response(interrupted=True)
@@ -320,8 +322,9 @@ class RealtimeSession(Session):
         if isinstance(frame, AssistantAudio):
             conv.frames_out += 1
             self.observer.frame_out(frame.turnaround_ms)
+            receipt = self._receipt(conv, frame)   # every frame keeps the recording's frame count aligned
             if self.response is not None:   # outside a response the duplex model is quiet: nothing is sent
-                self.outbox.put_audio(frame.pcm)
+                self.outbox.put_audio(frame.pcm, receipt)
             return
         if isinstance(frame, UserTranscript):
             return self._user_transcript(frame)

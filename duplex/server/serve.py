@@ -15,6 +15,7 @@ from aiohttp import web
 from . import capacity
 from .app import create_app
 from .loading import StartupError, build_engines
+from .recording import RecordingStore
 from .settings import DEFAULT_STATIC, ServerSettings
 from .supervisor import add_fleet_arguments, run_fleet
 
@@ -37,13 +38,15 @@ def ssl_context(directory: str | None) -> ssl.SSLContext | None:
 
 async def serve(args: argparse.Namespace) -> None:
     context = ssl_context(args.ssl)
+    recordings = recording_store(args)   # before the models load: a bad --record DIR fails at once
     engines = build_engines(args)
     static = None if args.static == "none" else Path(args.static)
     app = create_app(engines, ServerSettings(token=args.token, static_dir=static,
                                              speech_threshold_dbfs=args.speech_threshold_dbfs,
                                              max_connections=args.max_connections,
                                              start_timeout_s=args.start_timeout_s,
-                                             opus_workers=args.opus_workers))
+                                             opus_workers=args.opus_workers),
+                     recordings=recordings)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, ssl_context=context)
@@ -72,6 +75,32 @@ async def serve(args: argparse.Namespace) -> None:
         await capacity.drain_then_stop(app, args.drain_s, stop)
     log.info("shutting down")
     await runner.cleanup()
+
+
+def recording_store(args: argparse.Namespace) -> RecordingStore | None:
+    """`--record DIR`: the store of kept conversations (None: nothing is recorded)."""
+    if args.record is None:
+        if args.record_max_gb is not None:
+            raise StartupError("--record-max-gb bounds the recordings of --record DIR: give --record too")
+        return None
+    from .recording_meta import server_meta, weights_job
+
+    directory = Path(args.record)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".duplex-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StartupError(f"--record {directory}: cannot write there ({exc.strerror or exc}); "
+                           "pick a directory this user can write to") from None
+    if args.record_max_gb is not None and args.record_max_gb <= 0:
+        raise StartupError("--record-max-gb must be more than 0 (leave it out for no limit)")
+    if not args.token and args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("--record without --token on %s: anyone who can reach this port can download every "
+                    "recording at /recordings; set --token", args.host)
+    max_bytes = None if args.record_max_gb is None else int(args.record_max_gb * 1e9)
+    return RecordingStore(directory, max_bytes, server_meta(args), weights_job(args))
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -137,6 +166,13 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                                                 "(browsers need a secure context for the microphone off localhost)")
     p.add_argument("--static", default=str(DEFAULT_STATIC),
                    help="directory served at / (the browser client); 'none' to serve no page")
+    p.add_argument("--record", metavar="DIR",
+                   help="keep every conversation in DIR (one folder each: stereo audio.wav, events.jsonl, meta.json; "
+                        "see docs/recordings.md), listed at GET /recordings; a client opts out with config.record "
+                        "false. Off by default")
+    p.add_argument("--record-max-gb", type=float, default=None,
+                   help="with --record: the most disk DIR may use; past it the oldest recordings are deleted "
+                        "(logged). Default: no limit")
     p.add_argument("--drain-s", type=float, default=0.0,
                    help="on SIGTERM, refuse new conversations (/health and /ready turn 503) and wait up to this "
                         "long for the open ones to end before closing them (1001); a second SIGTERM stops at once")

@@ -22,6 +22,7 @@ from ..engines.base import (AssistantAudio, AssistantText, AssistantTurnEnded, A
 from ..engines.turns import ActivityDetector
 from ..protocol import ProtocolError
 from .outbox import Outbox
+from .recorder import NULL_RECORDER, ConversationRecorder
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +74,17 @@ class Conversation:
     user_speech_end: float | None = None    # monotonic time of the user's last loud frame, after they stopped
     last_loud: float | None = None
     outbox_dropped_before: int = 0          # the outbox's drop count when this conversation began
+    config: dict = field(default_factory=dict)   # as opened, updated by `configure` (a new recording segment reuses it)
+    seed_drawn: bool = False                # the seed was drawn for the recording, not given by the client
+    reset_at: float | None = None           # monotonic time of the last `reset`
 
 
 class Session:
     def __init__(self, engines: dict[str, Engine], codec: str, observer: SessionObserver,
                  default_mode: str = "auto", limits: SessionLimits | None = None,
-                 speech_threshold_dbfs: float = -45.0):
+                 speech_threshold_dbfs: float = -45.0, recorder: ConversationRecorder = NULL_RECORDER):
         self.id = uuid.uuid4().hex[:12]
+        self.recorder = recorder
         self.engines = engines
         self.codec = codec
         self.default_mode = default_mode
@@ -95,11 +100,15 @@ class Session:
 
     # --- outgoing ------------------------------------------------------------------------------
     def send(self, type_: str, **fields: tp.Any) -> None:
-        self.outbox.put_text(protocol.message(type_, self.id, **fields))
+        self._put_text(protocol.message(type_, self.id, **fields))
 
     def send_error(self, code: str, text: str) -> None:
         self.observer.error(code)
-        self.outbox.put_text(protocol.error(self.id, code, text))
+        self._put_text(protocol.error(self.id, code, text))
+
+    def _put_text(self, text: str) -> None:
+        self.recorder.message_out(text)
+        self.outbox.put_text(text)
 
     def send_ready(self) -> None:
         modes = [name for name in ("duplex", "cascade") if name in self.engines]
@@ -149,6 +158,7 @@ class Session:
         assert conv is not None
         conv.frames_in += 1
         self.observer.frame_in()
+        self.recorder.user_audio(frame.pcm)
         change = self.user_voice.update(frame.level_dbfs)
         now = time.monotonic()
         if self.user_voice.loud:
@@ -167,12 +177,16 @@ class Session:
         engine_name = self._pick_engine(mode)
         if engine_name is None:
             return
-        config = body.get("config", {})
+        given = body.get("config", {})
+        config = self.recorder.prepare_config(given)   # recording: a seed is drawn (and kept) if none was given
         try:
             stream = self.engines[engine_name].open(config, self._on_engine_frame)
         except CapacityError as exc:
             return self.send_error("capacity", f"{exc}; try again later or use mode=cascade")
-        self.conversation = Conversation(engine_name, stream, outbox_dropped_before=self.outbox.dropped_audio)
+        self.conversation = Conversation(engine_name, stream, outbox_dropped_before=self.outbox.dropped_audio,
+                                         config=config, seed_drawn="seed" in config and "seed" not in given)
+        self.recorder.begin(self.id, engine_name, config, {"codec": self.codec, "seed_drawn_by_server":
+                                                           self.conversation.seed_drawn})
         self.frames.clear()
         self.user_voice.reset()
         self._told_not_started = False
@@ -204,6 +218,7 @@ class Session:
         else:
             self.send("stop_acknowledged", queues_cleared=True)
         self.send("status", status="stopped", mode=conv.mode if conv else None)
+        self.recorder.end("stop")   # after the answers to `stop`, which belong to the recording
 
     def _end_conversation(self) -> None:
         """The one way a conversation ends (`stop` or the socket's close): slot freed, drops reported."""
@@ -213,7 +228,7 @@ class Session:
         if dropped:
             self.observer.frames_dropped(dropped)
         conv.stream.close()
-        self.outbox.drop_audio()
+        self.recorder.cut("stop", self.outbox.drop_audio())
         self.frames.clear()
         self.conversation = None
         self.observer.session_ended(conv.mode)
@@ -229,7 +244,8 @@ class Session:
         if conv is None:
             return
         conv.stream.reset()
-        self._cut_queued_audio(conv)
+        conv.reset_at = time.monotonic()
+        self._cut_queued_audio(conv, "reset")
         self.frames.clear()
         self.user_voice.reset()
         was_speaking = conv.turn.speaking
@@ -239,27 +255,38 @@ class Session:
         if was_speaking:
             self.send("tts_stop")
             self.send("status", status="listening", mode=conv.mode)
+        if self.recorder.recording:   # a reset is a new segment: a new recording, with the same config
+            self.recorder.end("reset")
+            if conv.seed_drawn:       # a fresh drawn seed, so that the new segment replays on its own
+                conv.config = self.recorder.prepare_config({k: v for k, v in conv.config.items() if k != "seed"})
+                conv.stream.configure({"seed": conv.config["seed"]})
+            self.recorder.begin(self.id, conv.mode, conv.config, {"codec": self.codec,
+                                                                  "seed_drawn_by_server": conv.seed_drawn})
 
     def _on_interrupt(self, body: dict) -> None:
         conv = self._require_conversation("interrupt")
         if conv is None:
             return
-        self._cut_queued_audio(conv)
+        self._cut_queued_audio(conv, "interrupt")
         self.send("interrupt_acknowledged")
         self.send("tts_stop")
         conv.stream.interrupt()  # may end the assistant's turn (final transcript, metrics)
 
-    def _cut_queued_audio(self, conv: Conversation) -> None:
+    def _cut_queued_audio(self, conv: Conversation, what: str) -> None:
         """Unsent assistant audio goes: as silence where frames are locked to input frames (duplex)."""
         if conv.stream.frame_locked:
-            self.outbox.silence_audio()
+            self.recorder.cut(what, self.outbox.silence_audio())
         else:
-            self.outbox.drop_audio()
+            self.recorder.cut(what, self.outbox.drop_audio())
 
     def _on_configure(self, body: dict) -> None:
         conv = self._require_conversation("configure")
         if conv is not None:
             conv.stream.configure(body["config"])
+            conv.config = {**conv.config, **body["config"]}
+            conv.seed_drawn = conv.seed_drawn and "seed" not in body["config"]
+            if body["config"].get("record") is False:
+                self.recorder.discard()   # opted out mid-conversation: what was kept is deleted
 
     def _on_text_input(self, body: dict) -> None:
         conv = self._require_conversation("text_input")
@@ -275,14 +302,14 @@ class Session:
         if isinstance(frame, AssistantAudio):
             conv.frames_out += 1
             self.observer.frame_out(frame.turnaround_ms)
-            self.outbox.put_audio(frame.pcm)
+            self.outbox.put_audio(frame.pcm, self._receipt(conv, frame))
         elif isinstance(frame, AssistantText):
             self._assistant_text(conv, frame.text)
         elif isinstance(frame, AssistantTurnStarted):
             self._turn_started(conv)
         elif isinstance(frame, AssistantTurnEnded):
             if frame.barge_in:
-                self._cut_queued_audio(conv)
+                self._cut_queued_audio(conv, "barge_in")
                 self.send("tts_stop")
             self._turn_ended(conv, frame.interrupted, frame.stages or {})
         elif isinstance(frame, UserTranscript):
@@ -293,6 +320,16 @@ class Session:
             self.send("llm_status", status="processing")
         elif isinstance(frame, EngineFailure):
             self.send_error(frame.code, frame.message)
+
+    def _receipt(self, conv: Conversation, frame: AssistantAudio) -> tp.Any:
+        """Where the recording puts this frame (None: nowhere). A frame-locked frame that answers a user frame
+        which arrived before the last `reset` (a step in flight when it came) belongs to no segment: counted
+        in the new one, it would shift every later frame of it by one."""
+        locked = conv.stream.frame_locked
+        if locked and conv.reset_at is not None and frame.turnaround_ms is not None \
+                and time.monotonic() - frame.turnaround_ms / 1000.0 < conv.reset_at:
+            return None
+        return self.recorder.assistant_audio(len(frame.pcm), locked)
 
     def _clock_ms(self, conv: Conversation) -> int:
         return conv.frames_out * FRAME_MS
@@ -356,3 +393,4 @@ class Session:
         """The socket is gone: free the slot at once."""
         if self.conversation is not None:
             self._end_conversation()
+        self.recorder.end("disconnect")

@@ -11,6 +11,7 @@ from aiohttp import web
 from ..engines.base import Engine
 from .metrics import ServerMetrics
 from .opus_pool import OpusPool
+from .recording import RecordingStore
 from .settings import ServerSettings
 
 ENGINES = web.AppKey("engines", dict[str, Engine])           # loaded engines by mode: "duplex", "cascade"
@@ -20,3 +21,4 @@ METRICS = web.AppKey("metrics", ServerMetrics)
 # closed 1001 on shutdown
 SOCKETS = web.AppKey("sockets", set[web.WebSocketResponse])
 OPUS_POOL = web.AppKey("opus_pool", OpusPool)   # present when --opus-workers > 0
+RECORDINGS = web.AppKey("recordings", RecordingStore)   # present when the server records (--record DIR)

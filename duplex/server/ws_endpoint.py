@@ -49,7 +49,7 @@ class DuplexCodec(SocketCodec):
             app[METRICS].error(code)
             return Refusal(1008, code.encode(), protocol.error("", code, text), label=label)
         self.session = Session(app[ENGINES], codec, app[METRICS], default_mode=mode,
-                               speech_threshold_dbfs=app[SETTINGS].speech_threshold_dbfs)
+                               speech_threshold_dbfs=app[SETTINGS].speech_threshold_dbfs, recorder=self.recorder)
         self.outbox = self.session.outbox
         self.encoder = audio_encoder(app.get(OPUS_POOL), codec)
         self.session.send_ready()
