@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -61,6 +62,13 @@ def speech_for_mic(tmp_path_factory) -> Path:
     return wav
 
 
+MIN_SOUNDING = 24000 // 2   # non-zero samples the speaker must have played: 0.5 s
+
+
+def _sounding(speaker: Path) -> int:
+    return int(np.count_nonzero(np.fromfile(speaker, dtype=np.int16))) if speaker.exists() else 0
+
+
 def test_moshi_python_client_talks_to_api_chat(tiny_server, private_pulse, speech_for_mic, tmp_path):
     """A plain (blocking) test: the client and the server are child processes; asyncio only for /health."""
     url = tiny_server.http_url
@@ -79,6 +87,12 @@ def test_moshi_python_client_talks_to_api_chat(tiny_server, private_pulse, speec
             return client.poll() is not None or (state["frames_in"] - before["frames_in"] >= FRAMES
                                                  and state["frames_out"] - before["frames_out"] >= FRAMES)
         during = asyncio.run(wait_until_health(url, talked, f"{FRAMES} frames each way from moshi.client", timeout=90))
+        # The speaker is captured by another process (parec) through PulseAudio's buffers: on a loaded
+        # machine its file lags the server's counters, so Ctrl-C waits until it holds what is asserted
+        # below (a file written by a child process gives no event to wait on: polled, bounded).
+        deadline = time.monotonic() + 30
+        while client.poll() is None and time.monotonic() < deadline and _sounding(speaker) < MIN_SOUNDING:
+            time.sleep(0.2)
         alive = client.poll() is None
         out_before_ctrl_c, err_before_ctrl_c = stdout.read_text(), stderr.read_text()
         client.send_signal(signal.SIGINT)   # what a user does: Ctrl-C
@@ -108,7 +122,7 @@ def test_moshi_python_client_talks_to_api_chat(tiny_server, private_pulse, speec
     # "[LAG]" fill) records as digital zeros.
     played = np.fromfile(speaker, dtype=np.int16).astype(np.float32) / 32768
     sounding = played[played != 0]
-    assert sounding.size >= 24000 // 2, f"{sounding.size} non-zero samples recorded from the speaker; {context}"
+    assert sounding.size >= MIN_SOUNDING, f"{sounding.size} non-zero samples recorded from the speaker; {context}"
     assert 20 * np.log10(np.sqrt(np.mean(sounding ** 2))) > -60, context
 
 
