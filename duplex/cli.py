@@ -11,6 +11,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .bench import command as bench_command
     from .client import cli as client_cli
+    from .eval import command as eval_command
     from .server.serve import add_serve_parser
 
     parser = argparse.ArgumentParser(prog="duplex", description="Full-duplex speech model server and tools.")
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(sub)
     client_cli.register(sub)
     bench_command.register(sub)
+    eval_command.register(sub)
     return parser
 
 

@@ -1,0 +1,180 @@
+"""`duplex eval`: how a running server takes turns (pause handling, backchannels, turn-taking, interruptions).
+
+Plays each scenario of a set (generated with espeak-ng, your own folder, or Full-Duplex-Bench's data)
+through the real Python client at real-time pace, in each mode, finds the assistant's speech in the
+audio that came back with one speech detector for both modes, and scores it against the scenario's
+annotations (docs/eval.md). Writes OUT/results.json, OUT/results.md, OUT/eval.png and every recording
+(OUT/<mode>/<id>/output.wav, on the timeline of the scenario's input.wav). `--compare A B` tabulates
+two results files instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import sys
+import typing as tp
+from pathlib import Path
+
+import aiohttp
+from tqdm import tqdm
+
+from ..audio import SAMPLE_RATE, write_wav
+from ..client import ServerClosed
+from ..protocol import MODES
+from .fdb import convert_fdb
+from .generate import generate_set
+from .metrics import aggregate, score
+from .report import compare_table, markdown_table, plot
+from .runner import Played, ScenarioRunError, play
+from .scenarios import KINDS, Scenario, ScenarioError, load_set
+from .vad import DETECTORS, SpeechDetector, make_detector
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="score how a running server takes turns (Full-Duplex-Bench-style scenarios)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=__doc__)
+    p.add_argument("--url", help="the running server, e.g. http://127.0.0.1:8998 (start one with `duplex serve`)")
+    p.add_argument("--token", help="access token of the server at --url")
+    p.add_argument("--out", type=Path, help="folder for results.json, results.md, eval.png and the recordings")
+    p.add_argument("--set", type=Path, dest="scenario_set",
+                   help="a scenario folder (<id>/input.wav + <id>/scenario.json, docs/eval.md); default: generate one "
+                        "into OUT/scenarios")
+    p.add_argument("--fdb", type=Path, metavar="DIR",
+                   help="Full-Duplex-Bench data (its v1_0 folder, or one task folder): converted into OUT/scenarios, then run")
+    p.add_argument("--per-kind", type=int, default=2, help="generated scenarios of each kind")
+    p.add_argument("--kinds", default=",".join(KINDS), help="kinds to generate, comma-separated")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated set and of the server's sampling")
+    p.add_argument("--modes", default="duplex,cascade", help="modes to evaluate, comma-separated")
+    p.add_argument("--vad", choices=sorted(DETECTORS), default="silero",
+                   help="speech detector for the returned audio (silero-vad, or energy rules)")
+    p.add_argument("--concurrency", type=int, default=1,
+                   help="scenarios played at once (each its own conversation; keep it within the server's slots)")
+    p.add_argument("--tail-s", type=float, default=0.0,
+                   help="silence sent after each scenario's input (generated scenarios already end with 3 s)")
+    p.add_argument("--compare", nargs=2, type=Path, metavar=("A", "B"),
+                   help="compare two results.json files (B - A) instead of running; with --out, also writes compare.md")
+    p.add_argument("--log-level", default="warning", help="log verbosity")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.compare:
+        return compare(args)
+    if not args.url or not args.out:
+        print("duplex eval: --url (a running server) and --out (a folder) are needed, or --compare A B", file=sys.stderr)
+        return 2
+    modes = [m for m in args.modes.split(",") if m]
+    bad = [m for m in modes if m not in MODES or m == "auto"]
+    if bad or not modes:
+        print(f"duplex eval: --modes takes duplex and/or cascade, got {args.modes!r}", file=sys.stderr)
+        return 2
+    try:
+        scenarios = prepare_set(args)
+    except (ScenarioError, ValueError, RuntimeError) as exc:
+        print(f"duplex eval: {exc}", file=sys.stderr)
+        return 2
+    detector = make_detector(args.vad)
+    results: dict[str, tp.Any] = {"meta": meta(args, scenarios, detector), "modes": {}}
+    failed = 0
+    for mode in modes:
+        try:
+            played = asyncio.run(play_all(args, mode, scenarios))
+        except (aiohttp.ClientConnectionError, OSError) as exc:
+            print(f"duplex eval: cannot reach the server at {args.url} ({exc}); start one with `duplex serve`",
+                  file=sys.stderr)
+            return 1
+        entries = [judge(args.out, mode, scenario, outcome, detector) for (scenario, _), outcome in zip(scenarios, played)]
+        failed += sum("error" in e for e in entries)
+        results["modes"][mode] = {"aggregate": aggregate([e for e in entries if "error" not in e]),
+                                  "failed": sum("error" in e for e in entries), "scenarios": entries}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = markdown_table(results)
+    (args.out / "results.md").write_text(table + "\n")
+    plot(results, args.out / "eval.png")
+    print(table)
+    print(f"\nwrote {args.out / 'results.json'}, results.md and eval.png", file=sys.stderr)
+    if failed:
+        print(f"duplex eval: {failed} scenario run(s) failed; see 'error' in results.json", file=sys.stderr)
+        return 1
+    return 0
+
+
+def prepare_set(args: argparse.Namespace) -> list[tuple[Scenario, tp.Any]]:
+    if args.scenario_set is not None:
+        return load_set(args.scenario_set)
+    folder = args.out / "scenarios"
+    if args.fdb is not None:
+        written, skipped = convert_fdb(args.fdb, folder)
+        for path, reason in skipped:
+            print(f"duplex eval: skipped {path}: {reason}", file=sys.stderr)
+        print(f"duplex eval: converted {len(written)} Full-Duplex-Bench samples into {folder}", file=sys.stderr)
+    else:
+        generate_set(folder, per_kind=args.per_kind, kinds=[k for k in args.kinds.split(",") if k], seed=args.seed)
+    return load_set(folder)
+
+
+async def play_all(args: argparse.Namespace, mode: str, scenarios: list[tuple[Scenario, tp.Any]]) -> list[Played | str]:
+    """Every scenario in `mode`, at most --concurrency at once; a failed one gives its error text."""
+    gate = asyncio.Semaphore(max(1, args.concurrency))
+    bar = tqdm(total=len(scenarios), desc=f"eval {mode}", unit="scenario", file=sys.stderr)
+
+    async def one(pcm) -> Played | str:
+        async with gate:
+            try:
+                return await play(args.url, mode, pcm, tail_s=args.tail_s, token=args.token, config={"seed": args.seed})
+            except (ScenarioRunError, ServerClosed, TimeoutError) as exc:
+                return str(exc)
+            finally:
+                bar.update(1)
+
+    try:
+        return list(await asyncio.gather(*(one(pcm) for _, pcm in scenarios)))
+    finally:
+        bar.close()
+
+
+def judge(out: Path, mode: str, scenario: Scenario, outcome: Played | str, detector: SpeechDetector) -> dict:
+    """Saves the recording and scores it: one scenario's entry in results.json."""
+    entry: dict[str, tp.Any] = {"id": scenario.id, "kind": scenario.kind}
+    if isinstance(outcome, str):
+        return {**entry, "error": outcome}
+    folder = out / mode / scenario.id
+    folder.mkdir(parents=True, exist_ok=True)
+    write_wav(str(folder / "output.wav"), outcome.output)
+    segments = detector.segments(outcome.output, SAMPLE_RATE)
+    entry.update(score(scenario, segments, recording_end_s=outcome.output.size / SAMPLE_RATE))
+    entry["assistant_speech"] = [[round(s, 3), round(e, 3)] for s, e in segments]
+    entry["output"] = str(Path(mode) / scenario.id / "output.wav")
+    entry["chunks_received"] = outcome.chunks_received
+    if outcome.errors:
+        entry["server_errors"] = outcome.errors
+    return entry
+
+
+def meta(args: argparse.Namespace, scenarios: list, detector: SpeechDetector) -> dict:
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs)",
+            "load_1m": round(os.getloadavg()[0], 2), "server": args.url, "vad": detector.name,
+            "set": str(args.scenario_set or args.out / "scenarios"), "scenarios": len(scenarios),
+            "tail_s": args.tail_s, "seed": args.seed, "concurrency": args.concurrency}
+
+
+def compare(args: argparse.Namespace) -> int:
+    path_a, path_b = args.compare
+    try:
+        a, b = (json.loads(p.read_text()) for p in (path_a, path_b))
+        table = compare_table(a, b, name_a=path_a.parent.name or "A", name_b=path_b.parent.name or "B")
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"duplex eval --compare: {exc} (give two results.json files written by duplex eval)", file=sys.stderr)
+        return 2
+    print(table)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "compare.md").write_text(table + "\n")
+    return 0
