@@ -24,8 +24,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..audio import SAMPLE_RATE, read_wav_mono24k
-from .scenarios import Scenario, ScenarioError, save_scenario
+from ..audio import SAMPLE_RATE
+from .scenarios import Scenario, ScenarioError, read_audio, save_scenario
 
 
 def _read(path: Path) -> object:
@@ -54,7 +54,7 @@ def convert_sample(folder: Path, scenario_id: str) -> Scenario | str:
     def duration() -> float:
         nonlocal pcm_duration
         if pcm_duration is None:
-            pcm_duration = read_wav_mono24k(str(folder / "input.wav")).size / SAMPLE_RATE
+            pcm_duration = read_audio(folder / "input.wav").size / SAMPLE_RATE
         return pcm_duration
 
     source = f"Full-Duplex-Bench {folder}"
@@ -102,7 +102,7 @@ def convert_fdb(source: Path, dest: Path) -> tuple[list[Scenario], list[tuple[Pa
             if isinstance(result, str):
                 skipped.append((folder, result))
                 continue
-            save_scenario(dest, result, read_wav_mono24k(str(wav)))
+            save_scenario(dest, result, read_audio(wav))
         except ScenarioError as exc:  # one bad sample is reported, the others still convert
             skipped.append((folder, str(exc)))
             continue

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import SAMPLE_RATE, read_wav_mono24k
-from .scenarios import KINDS, Scenario, save_scenario
+from ..audio import SAMPLE_RATE
+from .scenarios import KINDS, Scenario, read_audio, save_scenario
 
 VOICES = ("en-us", "en-gb", "en-us+f3", "en-gb+m3", "en-us+f2")
 RATES_WPM = (150, 165, 180)
@@ -45,7 +45,7 @@ def espeak(text: str, voice: str, rate_wpm: int, tmp: Path) -> np.ndarray:
                            "or give a scenario folder with --set")
     path = tmp / "clip.wav"
     subprocess.run(["espeak-ng", "-v", voice, "-s", str(rate_wpm), "-w", str(path), text], check=True, capture_output=True)
-    pcm = read_wav_mono24k(str(path))
+    pcm = read_audio(path)
     voiced = np.flatnonzero(np.abs(pcm) > 1e-3)
     return pcm[voiced[0]:voiced[-1] + 1] if voiced.size else pcm
 

@@ -25,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import SAMPLE_RATE, read_wav_mono24k, write_wav
+import sphn
+
+from ..audio import SAMPLE_RATE, write_wav
 
 KINDS = ("pause_handling", "turn_taking", "interruption", "backchannel")
 INPUT_WAV = "input.wav"
@@ -89,6 +91,29 @@ class Scenario:
         return scenario
 
 
+def read_audio(path: Path) -> np.ndarray:
+    """Any audio file sphn reads, as 24 kHz mono float32, resampled without moving it in time.
+
+    (`sphn.resample` delays its output by a few tens of ms, 32 ms from 16 kHz, which would shift every
+    annotation; an FFT resampler has no delay.)"""
+    pcm, rate = sphn.read(str(path))
+    pcm = np.asarray(pcm, dtype=np.float32)
+    pcm = pcm.mean(axis=0) if pcm.ndim == 2 else pcm.reshape(-1)
+    return pcm if rate == SAMPLE_RATE else resample(pcm, int(rate), SAMPLE_RATE)
+
+
+def resample(pcm: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
+    """Band-limited resampling in the frequency domain: sample i of the result is time i / dst_rate."""
+    n_out = int(round(pcm.size * dst_rate / src_rate))
+    if pcm.size == 0 or n_out == 0:
+        return np.zeros(n_out, dtype=np.float32)
+    spectrum = np.fft.rfft(pcm.astype(np.float64))
+    out = np.zeros(n_out // 2 + 1, dtype=np.complex128)
+    keep = min(spectrum.size, out.size)
+    out[:keep] = spectrum[:keep]
+    return (np.fft.irfft(out, n_out) * (n_out / pcm.size)).astype(np.float32)
+
+
 def save_scenario(folder: Path, scenario: Scenario, pcm: np.ndarray) -> None:
     """Writes SET/<id>/input.wav (24 kHz) and SET/<id>/scenario.json."""
     scenario.validate()
@@ -113,7 +138,7 @@ def load_set(folder: Path) -> list[tuple[Scenario, np.ndarray]]:
             raise ScenarioError(f"{where}: must hold one JSON object")
         if not (path / INPUT_WAV).exists():
             raise ScenarioError(f"{path}: {ANNOTATIONS} without {INPUT_WAV}")
-        pcm = read_wav_mono24k(str(path / INPUT_WAV))
+        pcm = read_audio(path / INPUT_WAV)
         data.setdefault("id", path.name)
         data.setdefault("duration_s", pcm.size / SAMPLE_RATE)
         found.append((Scenario.from_json(data, where).validate(), pcm))
