@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     for mode in modes:
         try:
             played = asyncio.run(play_all(args, mode, scenarios))
-        except (aiohttp.ClientConnectionError, OSError) as exc:
+        except aiohttp.ClientConnectionError as exc:
             print(f"duplex eval: cannot reach the server at {args.url} ({exc}); start one with `duplex serve`",
                   file=sys.stderr)
             return 1

@@ -60,7 +60,8 @@ def interruption(scenario: Scenario, segments: tp.Sequence[Segment], recording_e
     """The user barges in at [start, end] of `interruption`.
 
     - `speaking_at_onset`: a stretch of assistant speech covers the barge-in's start;
-    - then `yielded` if that stretch ends before the recording does, `yield_ms` = its end - barge-in start
+    - then `yielded` if that stretch ends at least MERGE_GAP_S before the recording does (quiet after it is
+      heard), `yield_ms` = its end - barge-in start
       (FDB v1.5's stop latency, not cut at the end of the user's speech);
     - `responded` if a turn-long stretch starts after the system went quiet (or was quiet at onset) and
       reaches past the barge-in's end, `response_latency_ms` from the barge-in's end (FDB v1's latency).
@@ -73,7 +74,7 @@ def interruption(scenario: Scenario, segments: tp.Sequence[Segment], recording_e
                               "responded": False, "response_latency_ms": None}
     quiet_from = onset
     if current is not None:
-        yielded = current[1] < recording_end_s - 1e-6
+        yielded = current[1] <= recording_end_s - MERGE_GAP_S   # a yield is seen only with quiet after it
         out["yielded"] = yielded
         if not yielded:
             return out

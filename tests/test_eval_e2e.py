@@ -1,0 +1,98 @@
+"""`duplex eval` end to end against the tiny server, both modes: results.json, results.md and eval.png
+agree with each other and with the recordings; `--compare` of two results files.
+
+The figures themselves mean nothing with random weights; what is checked is the pipeline: every
+scenario played in real time, recorded on the scenario's timeline, scored, aggregated, reported.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+from duplex.audio import FRAME_SAMPLES
+from duplex.cli import main
+from duplex.eval.metrics import aggregate
+from duplex.eval.report import ROWS, cell, lookup
+from duplex.eval.scenarios import KINDS, load_set, read_audio
+from duplex.eval.vad import EnergyDetector
+
+
+def run_eval(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "duplex.cli", "eval", *args], capture_output=True, text=True, timeout=240)
+
+
+def test_eval_both_modes_then_compare(tiny_server, tmp_path):
+    out = tmp_path / "eval"
+    result = run_eval("--url", tiny_server.http_url, "--out", str(out), "--per-kind", "1", "--concurrency", "4",
+                      "--vad", "energy")
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["modes"]) == ["duplex", "cascade"]
+    assert results["meta"]["vad"] == "energy" and results["meta"]["scenarios"] == len(KINDS)
+    scenarios = {s.id: (s, pcm) for s, pcm in load_set(out / "scenarios")}
+    assert sorted(s.kind for s, _ in scenarios.values()) == sorted(KINDS)
+
+    for mode, data in results["modes"].items():
+        entries = data["scenarios"]
+        assert data["failed"] == 0 and [e["id"] for e in entries] == sorted(scenarios)
+        # the stored aggregate is the aggregate of the stored per-scenario figures
+        assert data["aggregate"] == json.loads(json.dumps(aggregate(entries)))
+        assert set(data["aggregate"]) == set(KINDS)
+        for entry in entries:
+            scenario, pcm = scenarios[entry["id"]]
+            recording = read_audio(out / entry["output"])
+            # the recording lies on the input's timeline, and the speech in it is the speech scored
+            assert recording.size == pcm.size
+            found = [[round(s, 3), round(e, 3)] for s, e in EnergyDetector().segments(recording)]
+            assert found == entry["assistant_speech"]
+            frames = -(-pcm.size // FRAME_SAMPLES)
+            if mode == "duplex":   # one output frame per input frame
+                assert entry["chunks_received"] >= frames - 2
+                assert entry["assistant_speech"], "the tiny duplex model babbles: some speech must be heard"
+            if mode == "cascade" and scenario.kind == "turn_taking":
+                # the cascade cannot speak before its end-of-turn silence (640 ms) has passed after the turn: on a
+                # timeline that placed audio by index rather than by arrival this would not hold
+                assert all(s >= scenario.turn_end_s + 0.5 for s, _ in entry["assistant_speech"]), entry
+
+    # results.md and stdout are the table of results.json
+    table = (out / "results.md").read_text()
+    assert table.strip() in result.stdout
+    rows = {line.split(" | ")[0].lstrip("| "): line.strip(" |").split(" | ")[1:] for line in table.splitlines()[2:]}
+    for label, path in ROWS:
+        assert rows[label] == [cell(lookup(results["modes"][m]["aggregate"], path)) for m in ("duplex", "cascade")]
+    png = (out / "eval.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+    # --compare: B - A for each figure of each mode both files have
+    changed = copy.deepcopy(results)
+    changed["modes"]["cascade"]["aggregate"]["turn_taking"]["tor"] = 0.25 + (results["modes"]["cascade"]["aggregate"]
+                                                                             ["turn_taking"]["tor"] or 0)
+    del changed["modes"]["duplex"]
+    other = tmp_path / "other" / "results.json"
+    other.parent.mkdir()
+    other.write_text(json.dumps(changed))
+    compared = run_eval("--compare", str(out / "results.json"), str(other), "--out", str(tmp_path / "cmp"))
+    assert compared.returncode == 0, compared.stderr
+    lines = {line for line in compared.stdout.splitlines() if line.startswith("| cascade | turn-taking: TOR")}
+    assert len(lines) == 1 and lines.pop().endswith("| +0.25 |")
+    assert "| duplex |" not in compared.stdout     # only modes both files have
+    assert (tmp_path / "cmp" / "compare.md").read_text().strip() == compared.stdout.strip()
+
+
+def test_eval_explains_bad_invocations(tmp_path, capsys):
+    assert main(["eval", "--out", str(tmp_path / "x")]) == 2
+    assert "--url" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["eval", "--url", "http://127.0.0.1:9", "--out", str(tmp_path / "y"), "--set", str(empty)]) == 2
+    assert "holds no scenario" in capsys.readouterr().err
+    assert main(["eval", "--url", "http://127.0.0.1:9", "--out", str(tmp_path / "z"), "--kinds", "turn_taking",
+                 "--per-kind", "1", "--modes", "cascade", "--vad", "energy"]) == 1
+    assert "cannot reach the server" in capsys.readouterr().err
+    assert main(["eval", "--url", "http://127.0.0.1:9", "--out", str(tmp_path / "w"), "--modes", "auto"]) == 2
+    assert "--modes" in capsys.readouterr().err
+    assert main(["eval", "--compare", str(tmp_path / "nope.json"), str(tmp_path / "nope.json")]) == 2
+    assert "results.json" in capsys.readouterr().err
