@@ -1,5 +1,5 @@
 """`duplex eval` end to end against the tiny server, both modes: results.json, results.md and eval.png
-agree with each other and with the recordings; `--compare` of two results files.
+agree with each other and with the recordings; `--score` of those recordings; `--compare` of two results.
 
 The figures themselves mean nothing with random weights; what is checked is the pipeline: every
 scenario played in real time, recorded on the scenario's timeline, scored, aggregated, reported.
@@ -24,7 +24,7 @@ def run_eval(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "duplex.cli", "eval", *args], capture_output=True, text=True, timeout=240)
 
 
-def test_eval_both_modes_then_compare(tiny_server, tmp_path):
+def test_eval_both_modes_then_compare(tiny_server, tmp_path, capsys):
     out = tmp_path / "eval"
     result = run_eval("--url", tiny_server.http_url, "--out", str(out), "--per-kind", "1", "--concurrency", "4",
                       "--vad", "energy")
@@ -66,6 +66,13 @@ def test_eval_both_modes_then_compare(tiny_server, tmp_path):
     png = (out / "eval.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
+    # --score: the same recordings scored again give the same figures
+    assert main(["eval", "--score", str(out), "--out", str(tmp_path / "again"), "--vad", "energy"]) == 0
+    again = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert again["modes"] == results["modes"] | {m: {**results["modes"][m], "scenarios": [
+        {k: v for k, v in e.items() if k != "chunks_received"} for e in results["modes"][m]["scenarios"]]}
+        for m in results["modes"]}
+
     # --compare: B - A for each figure of each mode both files have
     changed = copy.deepcopy(results)
     changed["modes"]["cascade"]["aggregate"]["turn_taking"]["tor"] = 0.25 + (results["modes"]["cascade"]["aggregate"]
@@ -74,12 +81,13 @@ def test_eval_both_modes_then_compare(tiny_server, tmp_path):
     other = tmp_path / "other" / "results.json"
     other.parent.mkdir()
     other.write_text(json.dumps(changed))
-    compared = run_eval("--compare", str(out / "results.json"), str(other), "--out", str(tmp_path / "cmp"))
-    assert compared.returncode == 0, compared.stderr
-    lines = {line for line in compared.stdout.splitlines() if line.startswith("| cascade | turn-taking: TOR")}
+    capsys.readouterr()
+    assert main(["eval", "--compare", str(out / "results.json"), str(other), "--out", str(tmp_path / "cmp")]) == 0
+    printed = capsys.readouterr().out
+    lines = {line for line in printed.splitlines() if line.startswith("| cascade | turn-taking: TOR")}
     assert len(lines) == 1 and lines.pop().endswith("| +0.25 |")
-    assert "| duplex |" not in compared.stdout     # only modes both files have
-    assert (tmp_path / "cmp" / "compare.md").read_text().strip() == compared.stdout.strip()
+    assert "| duplex |" not in printed     # only modes both files have
+    assert (tmp_path / "cmp" / "compare.md").read_text().strip() == printed.strip()
 
 
 def test_eval_explains_bad_invocations(tmp_path, capsys):

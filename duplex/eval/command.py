@@ -4,8 +4,9 @@ Plays each scenario of a set (generated with espeak-ng, your own folder, or Full
 through the real Python client at real-time pace, in each mode, finds the assistant's speech in the
 audio that came back with one speech detector for both modes, and scores it against the scenario's
 annotations (docs/eval.md). Writes OUT/results.json, OUT/results.md, OUT/eval.png and every recording
-(OUT/<mode>/<id>/output.wav, on the timeline of the scenario's input.wav). `--compare A B` tabulates
-two results files instead.
+(OUT/<mode>/<id>/output.wav, on the timeline of the scenario's input.wav). `--score DIR` scores such
+recordings again (another detector, or another system's recordings); `--compare A B` tabulates two
+results files.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import typing as tp
 from pathlib import Path
 
 import aiohttp
+import numpy as np
 from tqdm import tqdm
 
 from ..audio import SAMPLE_RATE, write_wav
@@ -31,7 +33,7 @@ from .generate import generate_set
 from .metrics import aggregate, score
 from .report import compare_table, markdown_table, plot
 from .runner import Played, ScenarioRunError, play
-from .scenarios import KINDS, Scenario, ScenarioError, load_set
+from .scenarios import KINDS, Scenario, ScenarioError, load_set, read_audio
 from .vad import DETECTORS, SpeechDetector, make_detector
 
 
@@ -56,6 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="scenarios played at once (each its own conversation; keep it within the server's slots)")
     p.add_argument("--tail-s", type=float, default=0.0,
                    help="silence sent after each scenario's input (generated scenarios already end with 3 s)")
+    p.add_argument("--score", type=Path, metavar="DIR",
+                   help="score recordings made earlier instead of running: DIR/<mode>/<id>/output.wav (the layout this "
+                        "command writes; another system's recordings work too), scenarios from --set or DIR/scenarios")
     p.add_argument("--compare", nargs=2, type=Path, metavar=("A", "B"),
                    help="compare two results.json files (B - A) instead of running; with --out, also writes compare.md")
     p.add_argument("--log-level", default="warning", help="log verbosity")
@@ -65,12 +70,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.compare:
         return compare(args)
-    if not args.url or not args.out:
-        print("duplex eval: --url (a running server) and --out (a folder) are needed, or --compare A B", file=sys.stderr)
+    if not args.out or not (args.url or args.score):
+        print("duplex eval: --url (a running server) or --score (recordings) and --out (a folder) are needed, "
+              "or --compare A B", file=sys.stderr)
         return 2
     modes = [m for m in args.modes.split(",") if m]
-    bad = [m for m in modes if m not in MODES or m == "auto"]
-    if bad or not modes:
+    if not modes or any(m not in MODES or m == "auto" for m in modes):
         print(f"duplex eval: --modes takes duplex and/or cascade, got {args.modes!r}", file=sys.stderr)
         return 2
     try:
@@ -80,18 +85,25 @@ def run(args: argparse.Namespace) -> int:
         return 2
     detector = make_detector(args.vad)
     results: dict[str, tp.Any] = {"meta": meta(args, scenarios, detector), "modes": {}}
-    failed = 0
     for mode in modes:
-        try:
-            played = asyncio.run(play_all(args, mode, scenarios))
-        except aiohttp.ClientConnectionError as exc:
-            print(f"duplex eval: cannot reach the server at {args.url} ({exc}); start one with `duplex serve`",
-                  file=sys.stderr)
-            return 1
-        entries = [judge(args.out, mode, scenario, outcome, detector) for (scenario, _), outcome in zip(scenarios, played)]
-        failed += sum("error" in e for e in entries)
+        if args.score:
+            if not (args.score / mode).is_dir():
+                continue
+            entries = [recorded(args.score, mode, scenario, detector) for scenario, _ in scenarios]
+        else:
+            try:
+                played = asyncio.run(play_all(args, mode, scenarios))
+            except aiohttp.ClientConnectionError as exc:
+                print(f"duplex eval: cannot reach the server at {args.url} ({exc}); start one with `duplex serve`",
+                      file=sys.stderr)
+                return 1
+            entries = [judge(args.out, mode, scenario, outcome, detector) for (scenario, _), outcome in zip(scenarios, played)]
         results["modes"][mode] = {"aggregate": aggregate([e for e in entries if "error" not in e]),
                                   "failed": sum("error" in e for e in entries), "scenarios": entries}
+    if not results["modes"]:
+        print(f"duplex eval: no recordings of {', '.join(modes)} under {args.score} (expected <mode>/<id>/output.wav)",
+              file=sys.stderr)
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown_table(results)
@@ -99,8 +111,9 @@ def run(args: argparse.Namespace) -> int:
     plot(results, args.out / "eval.png")
     print(table)
     print(f"\nwrote {args.out / 'results.json'}, results.md and eval.png", file=sys.stderr)
+    failed = sum(mode["failed"] for mode in results["modes"].values())
     if failed:
-        print(f"duplex eval: {failed} scenario run(s) failed; see 'error' in results.json", file=sys.stderr)
+        print(f"duplex eval: {failed} scenario(s) failed; see 'error' in results.json", file=sys.stderr)
         return 1
     return 0
 
@@ -108,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
 def prepare_set(args: argparse.Namespace) -> list[tuple[Scenario, tp.Any]]:
     if args.scenario_set is not None:
         return load_set(args.scenario_set)
+    if args.score is not None:
+        return load_set(args.score / "scenarios")
     folder = args.out / "scenarios"
     if args.fdb is not None:
         written, skipped = convert_fdb(args.fdb, folder)
@@ -140,27 +155,40 @@ async def play_all(args: argparse.Namespace, mode: str, scenarios: list[tuple[Sc
 
 
 def judge(out: Path, mode: str, scenario: Scenario, outcome: Played | str, detector: SpeechDetector) -> dict:
-    """Saves the recording and scores it: one scenario's entry in results.json."""
-    entry: dict[str, tp.Any] = {"id": scenario.id, "kind": scenario.kind}
+    """Saves the recording as OUT/<mode>/<id>/output.wav and scores it: one scenario's entry in results.json."""
     if isinstance(outcome, str):
-        return {**entry, "error": outcome}
+        return {"id": scenario.id, "kind": scenario.kind, "error": outcome}
     folder = out / mode / scenario.id
     folder.mkdir(parents=True, exist_ok=True)
     write_wav(str(folder / "output.wav"), outcome.output)
-    segments = detector.segments(outcome.output, SAMPLE_RATE)
-    entry.update(score(scenario, segments, recording_end_s=outcome.output.size / SAMPLE_RATE))
-    entry["assistant_speech"] = [[round(s, 3), round(e, 3)] for s, e in segments]
-    entry["output"] = str(Path(mode) / scenario.id / "output.wav")
+    entry = scored(mode, scenario, outcome.output, detector)
     entry["chunks_received"] = outcome.chunks_received
     if outcome.errors:
         entry["server_errors"] = outcome.errors
     return entry
 
 
+def recorded(folder: Path, mode: str, scenario: Scenario, detector: SpeechDetector) -> dict:
+    """The entry of a recording made earlier (by duplex eval, or by any system, in the same layout)."""
+    path = folder / mode / scenario.id / "output.wav"
+    if not path.exists():
+        return {"id": scenario.id, "kind": scenario.kind, "error": f"no recording at {path}"}
+    return scored(mode, scenario, read_audio(path), detector)
+
+
+def scored(mode: str, scenario: Scenario, recording: np.ndarray, detector: SpeechDetector) -> dict:
+    segments = detector.segments(recording, SAMPLE_RATE)
+    entry: dict[str, tp.Any] = {"id": scenario.id, "kind": scenario.kind}
+    entry.update(score(scenario, segments, recording_end_s=recording.size / SAMPLE_RATE))
+    entry["assistant_speech"] = [[round(s, 3), round(e, 3)] for s, e in segments]
+    entry["output"] = str(Path(mode) / scenario.id / "output.wav")
+    return entry
+
+
 def meta(args: argparse.Namespace, scenarios: list, detector: SpeechDetector) -> dict:
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs)",
-            "load_1m": round(os.getloadavg()[0], 2), "server": args.url, "vad": detector.name,
+            "load_1m": round(os.getloadavg()[0], 2), "server": args.url or f"recordings in {args.score}", "vad": detector.name,
             "set": str(args.scenario_set or args.out / "scenarios"), "scenarios": len(scenarios),
             "tail_s": args.tail_s, "seed": args.seed, "concurrency": args.concurrency}
 
