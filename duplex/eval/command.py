@@ -148,9 +148,13 @@ async def play_all(args: argparse.Namespace, mode: str, scenarios: list[tuple[Sc
             finally:
                 bar.update(1)
 
+    tasks = [asyncio.create_task(one(pcm), name=f"eval-{mode}-{scenario.id}") for scenario, pcm in scenarios]
     try:
-        return list(await asyncio.gather(*(one(pcm) for _, pcm in scenarios)))
-    finally:
+        return list(await asyncio.gather(*tasks))
+    finally:  # on an error that ends the run (the server is unreachable), no conversation is left running
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         bar.close()
 
 

@@ -29,9 +29,9 @@ PAUSE_TEXTS = [("I was thinking that we could go to the", "market tomorrow morni
                ("What I would really like to know is", "how long it takes to learn the piano.")]
 TURN_TEXTS = ["What is the capital of France?", "Can you recommend a good book for a long flight?",
               "How do I make a simple tomato soup?"]
-INTERRUPT_TEXTS = [("Tell me a long story about the sea, please.", "Wait, stop. Tell me about mountains instead."),
-                   ("Explain how a bicycle works, in detail.", "Sorry, actually, how does a car engine work?"),
-                   ("Describe your favourite city for me.", "Hold on, what about small villages?")]
+INTERRUPT_TEXTS = [("Tell me a long story about the sea, please.", "Wait, tell me about mountains."),
+                   ("Explain how a bicycle works, in detail.", "Sorry, what about a car?"),
+                   ("Describe your favourite city for me.", "Hold on, what about villages?")]
 BACKCHANNEL_TEXTS = [["Yesterday I went to the station,", "and the train was late again,", "so I waited for an hour,",
                       "and then it was cancelled."],
                      ["My sister moved to a new flat,", "it is close to the river,", "the rent is quite high,",
