@@ -95,9 +95,14 @@ def test_eval_explains_bad_invocations(tmp_path, capsys):
     empty.mkdir()
     assert main(["eval", "--url", "http://127.0.0.1:9", "--out", str(tmp_path / "y"), "--set", str(empty)]) == 2
     assert "holds no scenario" in capsys.readouterr().err
-    assert main(["eval", "--url", "http://127.0.0.1:9", "--out", str(tmp_path / "z"), "--kinds", "turn_taking",
-                 "--per-kind", "1", "--modes", "cascade", "--vad", "energy"]) == 1
-    assert "cannot reach the server" in capsys.readouterr().err
+    for per_kind in ("2", "1"):   # the set is generated before the server is tried; a rerun replaces it
+        assert main(["eval", "--url", "http://127.0.0.1:9", "--out", str(tmp_path / "z"), "--kinds", "turn_taking",
+                     "--per-kind", per_kind, "--modes", "cascade", "--vad", "energy"]) == 1
+        assert "cannot reach the server" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "z" / "scenarios").iterdir()) == ["turn-00"]
+    assert main(["eval", "--url", "http://127.0.0.1:9", "--out", str(tmp_path / "v"), "--set", str(empty),
+                 "--fdb", str(empty)]) == 2
+    assert "not both" in capsys.readouterr().err
     assert main(["eval", "--url", "http://127.0.0.1:9", "--out", str(tmp_path / "w"), "--modes", "auto"]) == 2
     assert "--modes" in capsys.readouterr().err
     assert main(["eval", "--compare", str(tmp_path / "nope.json"), str(tmp_path / "nope.json")]) == 2

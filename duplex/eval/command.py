@@ -17,6 +17,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import sys
 import typing as tp
 from pathlib import Path
@@ -33,7 +34,7 @@ from .generate import generate_set
 from .metrics import aggregate, score
 from .report import compare_table, markdown_table, plot
 from .runner import Played, ScenarioRunError, play
-from .scenarios import KINDS, Scenario, ScenarioError, load_set, read_audio
+from .scenarios import ANNOTATIONS, INPUT_WAV, KINDS, Scenario, ScenarioError, load_set, read_audio
 from .vad import DETECTORS, SpeechDetector, make_detector
 
 
@@ -118,12 +119,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def prepare_set(args: argparse.Namespace) -> list[tuple[Scenario, tp.Any]]:
+def set_folder(args: argparse.Namespace) -> Path:
     if args.scenario_set is not None:
-        return load_set(args.scenario_set)
-    if args.score is not None:
-        return load_set(args.score / "scenarios")
-    folder = args.out / "scenarios"
+        return args.scenario_set
+    return (args.score if args.score is not None else args.out) / "scenarios"
+
+
+def prepare_set(args: argparse.Namespace) -> list[tuple[Scenario, tp.Any]]:
+    if args.scenario_set is not None and args.fdb is not None:
+        raise ScenarioError("give --set (a scenario folder) or --fdb (data to convert), not both")
+    folder = set_folder(args)
+    if args.scenario_set is not None or args.score is not None:
+        return load_set(folder)
+    clear_scenarios(folder)   # a set made by an earlier run into the same --out must not mix with this one
     if args.fdb is not None:
         written, skipped = convert_fdb(args.fdb, folder)
         for path, reason in skipped:
@@ -132,6 +140,15 @@ def prepare_set(args: argparse.Namespace) -> list[tuple[Scenario, tp.Any]]:
     else:
         generate_set(folder, per_kind=args.per_kind, kinds=[k for k in args.kinds.split(",") if k], seed=args.seed)
     return load_set(folder)
+
+
+def clear_scenarios(folder: Path) -> None:
+    """Removes the scenario folders (<id>/scenario.json + <id>/input.wav) an earlier run wrote; nothing else."""
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        if path.is_dir() and (path / ANNOTATIONS).exists() and {p.name for p in path.iterdir()} <= {ANNOTATIONS, INPUT_WAV}:
+            shutil.rmtree(path)
 
 
 async def play_all(args: argparse.Namespace, mode: str, scenarios: list[tuple[Scenario, tp.Any]]) -> list[Played | str]:
@@ -193,7 +210,8 @@ def meta(args: argparse.Namespace, scenarios: list, detector: SpeechDetector) ->
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs)",
             "load_1m": round(os.getloadavg()[0], 2), "server": args.url or f"recordings in {args.score}", "vad": detector.name,
-            "set": str(args.scenario_set or args.out / "scenarios"), "scenarios": len(scenarios),
+            "set": str(set_folder(args)), "recordings": str(args.score or args.out),
+            "scenarios": len(scenarios),
             "tail_s": args.tail_s, "seed": args.seed, "concurrency": args.concurrency}
 
 
