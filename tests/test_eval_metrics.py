@@ -47,7 +47,7 @@ def test_silero_finds_real_speech_at_its_offset_and_not_a_tone(tmp_path):
     pcm[int(offset * SAMPLE_RATE):int(offset * SAMPLE_RATE) + speech.size] = speech
     found = SileroDetector().segments(pcm)
     assert found, "silero found no speech in espeak-ng speech"
-    assert abs(found[0][0] - offset) < 0.1
+    assert abs(found[0][0] - offset) < 0.05   # (through sphn.resample it would be 21 ms later)
     assert abs(found[-1][1] - (offset + speech.size / SAMPLE_RATE)) < 0.25
     assert SileroDetector().segments(recording(3.0, (0.5, 2.5))) == []
 

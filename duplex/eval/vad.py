@@ -72,15 +72,16 @@ class SileroDetector:
         self._model = load_silero_vad()  # the TorchScript model inside the package
 
     def segments(self, pcm: np.ndarray, sample_rate: int = SAMPLE_RATE) -> list[Segment]:
-        import sphn
         import torch
         from silero_vad import get_speech_timestamps
+
+        from .scenarios import resample  # (sphn.resample would delay the audio by 21 ms, and every time with it)
 
         pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
         if pcm.size == 0:
             return []
         if sample_rate != self.RATE:
-            pcm = np.asarray(sphn.resample(pcm, src_sample_rate=sample_rate, dst_sample_rate=self.RATE), dtype=np.float32)
+            pcm = resample(pcm, sample_rate, self.RATE)
         with torch.inference_mode():
             found = get_speech_timestamps(torch.from_numpy(pcm), self._model, sampling_rate=self.RATE,
                                           threshold=self.threshold)
