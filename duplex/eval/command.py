@@ -57,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="speech detector for the returned audio (silero-vad, or energy rules)")
     p.add_argument("--concurrency", type=int, default=1,
                    help="scenarios played at once (each its own conversation; keep it within the server's slots)")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="unscored conversations (the set's shortest scenario) before each mode's run: a fresh server's "
+                        "first turns pay one-time costs")
     p.add_argument("--tail-s", type=float, default=0.0,
                    help="silence sent after each scenario's input (generated scenarios already end with 3 s)")
     p.add_argument("--score", type=Path, metavar="DIR",
@@ -165,6 +168,14 @@ async def play_all(args: argparse.Namespace, mode: str, scenarios: list[tuple[Sc
             finally:
                 bar.update(1)
 
+    if args.warmup > 0:   # a fresh server pays one-time costs (lazy loading, first compilations) on its first turns
+        shortest = min((pcm for _, pcm in scenarios), key=len)
+        print(f"eval {mode}: {args.warmup} warm-up conversation(s), not scored", file=sys.stderr)
+        for _ in range(args.warmup):
+            try:
+                await play(args.url, mode, shortest, token=args.token, config={"seed": args.seed})
+            except (ScenarioRunError, ServerClosed, TimeoutError) as exc:
+                print(f"eval {mode}: the warm-up failed ({exc}); going on", file=sys.stderr)
     tasks = [asyncio.create_task(one(pcm), name=f"eval-{mode}-{scenario.id}") for scenario, pcm in scenarios]
     try:
         return list(await asyncio.gather(*tasks))
@@ -212,7 +223,8 @@ def meta(args: argparse.Namespace, scenarios: list, detector: SpeechDetector) ->
             "load_1m": round(os.getloadavg()[0], 2), "server": args.url or f"recordings in {args.score}", "vad": detector.name,
             "set": str(set_folder(args)), "recordings": str(args.score or args.out),
             "scenarios": len(scenarios),
-            "tail_s": args.tail_s, "seed": args.seed, "concurrency": args.concurrency}
+            "tail_s": args.tail_s, "seed": args.seed, "concurrency": args.concurrency,
+            "warmup": args.warmup}
 
 
 def compare(args: argparse.Namespace) -> int:
