@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 
-from duplex.audio import FRAME_SAMPLES
+from duplex.audio import FRAME_SAMPLES, write_wav
 from duplex.cli import main
 from duplex.eval.metrics import aggregate
 from duplex.eval.report import ROWS, cell, lookup
@@ -119,5 +119,13 @@ def test_eval_explains_bad_invocations(tmp_path, capsys):
     assert "not both" in capsys.readouterr().err
     assert main(["eval", "--url", "http://127.0.0.1:9", "--out", str(tmp_path / "w"), "--modes", "auto"]) == 2
     assert "--modes" in capsys.readouterr().err
+    # --fdb without --url: converts only
+    sample = tmp_path / "fdb" / "candor_turn_taking" / "7"
+    sample.mkdir(parents=True)
+    write_wav(str(sample / "input.wav"), np.zeros(16000 * 3, np.float32), 16000)
+    (sample / "turn_taking.json").write_text(json.dumps([{"text": "[TURN-TAKING]", "timestamp": [2.01, 2.4]}]))
+    assert main(["eval", "--fdb", str(tmp_path / "fdb"), "--out", str(tmp_path / "conv")]) == 0
+    assert "--set" in capsys.readouterr().err
+    assert [s.turn_end_s for s, _ in load_set(tmp_path / "conv" / "scenarios")] == [2.01]
     assert main(["eval", "--compare", str(tmp_path / "nope.json"), str(tmp_path / "nope.json")]) == 2
     assert "results.json" in capsys.readouterr().err

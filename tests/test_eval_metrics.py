@@ -61,8 +61,9 @@ def test_turn_taking_latency_is_the_offset_of_the_answer_after_the_turn_end():
     scenario = Scenario(id="t", kind="turn_taking", duration_s=6.0, turn_end_s=2.0)
     assert metrics.turn_taking(scenario, heard(6.0, (2.7, 4.2))) == {
         "took_turn": True, "latency_ms": 700.0, "overlapped_user": False}
-    # a short blip is no turn; the first turn-long answer counts
-    assert metrics.turn_taking(scenario, heard(6.0, (2.2, 2.5), (3.4, 5.0)))["latency_ms"] == 1400.0
+    # a lone short sound is no turn; a short "Yes," that starts a longer answer is where the answer starts (FDB)
+    assert metrics.turn_taking(scenario, heard(6.0, (2.2, 2.5)))["took_turn"] is False
+    assert metrics.turn_taking(scenario, heard(6.0, (2.2, 2.5), (3.4, 5.0)))["latency_ms"] == 200.0
     # already speaking at the turn end: latency 0 (FDB clips negatives), flagged as overlap
     assert metrics.turn_taking(scenario, heard(6.0, (1.0, 3.0))) == {
         "took_turn": True, "latency_ms": 0.0, "overlapped_user": True}

@@ -48,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a scenario folder (<id>/input.wav + <id>/scenario.json, docs/eval.md); default: generate one "
                         "into OUT/scenarios")
     p.add_argument("--fdb", type=Path, metavar="DIR",
-                   help="Full-Duplex-Bench data (its v1_0 folder, or one task folder): converted into OUT/scenarios, then run")
+                   help="Full-Duplex-Bench data (its v1_0 folder, or one task folder): converted into OUT/scenarios, then "
+                        "run (without --url: only converted)")
     p.add_argument("--per-kind", type=int, default=2, help="generated scenarios of each kind")
     p.add_argument("--kinds", default=",".join(KINDS), help="kinds to generate, comma-separated")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated set and of the server's sampling")
@@ -74,6 +75,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.compare:
         return compare(args)
+    if args.out and args.fdb and not (args.url or args.score):   # convert only
+        try:
+            prepare_set(args)
+        except (ScenarioError, ValueError) as exc:
+            print(f"duplex eval: {exc}", file=sys.stderr)
+            return 2
+        print(f"duplex eval: run it with --url URL --set {set_folder(args)}", file=sys.stderr)
+        return 0
     if not args.out or not (args.url or args.score):
         print("duplex eval: --url (a running server) or --score (recordings) and --out (a folder) are needed, "
               "or --compare A B", file=sys.stderr)

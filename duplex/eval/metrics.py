@@ -45,15 +45,25 @@ def pause_handling(scenario: Scenario, segments: tp.Sequence[Segment]) -> dict:
     return {"takeover": any(taken), "pauses_taken": sum(taken), "pauses": len(taken)}
 
 
+def _answer_start(segments: tp.Sequence[Segment], past_s: float, not_before_s: float = -math.inf) -> float | None:
+    """Where the system's answer starts: the first segment that starts at or after `not_before_s` and reaches
+    past `past_s`, provided the speech from there on spans at least TURN_MIN_S (FDB: first word to last word
+    of the output, at least 1 s). A lone short sound is no answer."""
+    later = [(s, e) for s, e in segments if e > past_s and s >= not_before_s]
+    if not later or later[-1][1] - later[0][0] < TURN_MIN_S:
+        return None
+    return later[0][0]
+
+
 def turn_taking(scenario: Scenario, segments: tp.Sequence[Segment]) -> dict:
-    """The system takes the turn when a turn-long stretch reaches past the user's turn end; latency from
-    the turn end to the start of that stretch, 0 when it started before (FDB clips negatives to 0)."""
+    """The system takes the turn when it answers past the user's turn end (`_answer_start`); latency from the
+    turn end to the answer's first speech, 0 when it started before (FDB clips negatives to 0)."""
     assert scenario.turn_end_s is not None
     end = scenario.turn_end_s
-    answer = next(((s, e) for s, e in _turns(segments) if e > end), None)
-    if answer is None:
+    start = _answer_start(segments, end)
+    if start is None:
         return {"took_turn": False, "latency_ms": None, "overlapped_user": False}
-    return {"took_turn": True, "latency_ms": _ms(max(0.0, answer[0] - end)), "overlapped_user": answer[0] < end}
+    return {"took_turn": True, "latency_ms": _ms(max(0.0, start - end)), "overlapped_user": start < end}
 
 
 def interruption(scenario: Scenario, segments: tp.Sequence[Segment], recording_end_s: float) -> dict:
@@ -63,7 +73,7 @@ def interruption(scenario: Scenario, segments: tp.Sequence[Segment], recording_e
     - then `yielded` if that stretch ends at least MERGE_GAP_S before the recording does (quiet after it is
       heard), `yield_ms` = its end - barge-in start
       (FDB v1.5's stop latency, not cut at the end of the user's speech);
-    - `responded` if a turn-long stretch starts after the system went quiet (or was quiet at onset) and
+    - `responded` if an answer (`_answer_start`) starts after the system went quiet (or was quiet at onset) and
       reaches past the barge-in's end, `response_latency_ms` from the barge-in's end (FDB v1's latency).
     """
     assert scenario.interruption is not None
@@ -80,10 +90,10 @@ def interruption(scenario: Scenario, segments: tp.Sequence[Segment], recording_e
             return out
         out["yield_ms"] = _ms(current[1] - onset)
         quiet_from = current[1]
-    answer = next(((s, e) for s, e in merged if s >= quiet_from and e > done and e - s >= TURN_MIN_S), None)
-    if answer is not None:
+    start = _answer_start(segments, done, not_before_s=quiet_from)
+    if start is not None:
         out["responded"] = True
-        out["response_latency_ms"] = _ms(max(0.0, answer[0] - done))
+        out["response_latency_ms"] = _ms(max(0.0, start - done))
     return out
 
 
