@@ -13,6 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .client import cli as client_cli
     from .server.lb_config import add_lb_config_parser
     from .client import replay as replay_cli
+    from .eval import command as eval_command
     from .server.serve import add_serve_parser
 
     parser = argparse.ArgumentParser(prog="duplex", description="Full-duplex speech model server and tools.")
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_command.register(sub)
     add_lb_config_parser(sub)
     replay_cli.register(sub)
+    eval_command.register(sub)
     return parser
 
 

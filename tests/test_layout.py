@@ -1,6 +1,6 @@
 """The package's layers, read from its import statements: no import circle, no import upwards.
 
-Layers, top to bottom: server -> engines -> models; client and bench stand apart. The shared
+Layers, top to bottom: server -> engines -> models; client, bench and eval stand apart. The shared
 plumbing (audio, protocol, config, stats) imports no layer.
 """
 
@@ -20,6 +20,7 @@ ALLOWED = {
     "duplex.server": {"duplex.engines", "duplex.models"},
     "duplex.client": set(),
     "duplex.bench": {"duplex.client", "duplex.server"},
+    "duplex.eval": {"duplex.client"},
 }
 
 
