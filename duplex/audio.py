@@ -107,14 +107,26 @@ def rms_dbfs(pcm: np.ndarray) -> float:
 
 
 def read_wav_mono24k(path: str) -> np.ndarray:
-    """Reads any audio file sphn can read, as mono float32 at 24 kHz."""
-    pcm, sr = sphn.read(path)
+    """Reads any audio file sphn can read, as mono float32 at 24 kHz, without moving it in time."""
+    pcm, sr = sphn.read(str(path))
     pcm = np.asarray(pcm, dtype=np.float32)
-    if pcm.ndim == 2:
-        pcm = pcm.mean(axis=0)
-    if sr != SAMPLE_RATE:
-        pcm = np.asarray(sphn.resample(pcm, src_sample_rate=sr, dst_sample_rate=SAMPLE_RATE), dtype=np.float32)
-    return pcm
+    pcm = pcm.mean(axis=0) if pcm.ndim == 2 else pcm.reshape(-1)
+    return pcm if sr == SAMPLE_RATE else resample(pcm, int(sr), SAMPLE_RATE)
+
+
+def resample(pcm: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
+    """Band-limited resampling in the frequency domain: sample i of the result is time i / dst_rate.
+
+    Not `sphn.resample`: it delays its output (32 ms from 16 kHz, 21 ms from 24 to 16 kHz), which would
+    shift every timing measured against the input (latencies, annotations, alignment)."""
+    n_out = int(round(pcm.size * dst_rate / src_rate))
+    if pcm.size == 0 or n_out == 0:
+        return np.zeros(n_out, dtype=np.float32)
+    spectrum = np.fft.rfft(pcm.astype(np.float64))
+    out = np.zeros(n_out // 2 + 1, dtype=np.complex128)
+    keep = min(spectrum.size, out.size)
+    out[:keep] = spectrum[:keep]
+    return (np.fft.irfft(out, n_out) * (n_out / pcm.size)).astype(np.float32)
 
 
 def write_wav(path: str, pcm: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:

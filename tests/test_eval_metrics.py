@@ -13,7 +13,8 @@ from duplex.audio import SAMPLE_RATE, read_wav_mono24k, write_wav
 from duplex.eval import metrics
 from duplex.eval.fdb import convert_fdb
 from duplex.eval.generate import espeak, generate_set
-from duplex.eval.scenarios import Scenario, ScenarioError, load_set, resample, save_scenario
+from duplex.audio import resample
+from duplex.eval.scenarios import Scenario, ScenarioError, load_set, save_scenario
 from duplex.eval.vad import EnergyDetector, SileroDetector, merge_segments
 
 ENERGY = EnergyDetector()
@@ -202,12 +203,14 @@ def test_full_duplex_bench_layout_converts(tmp_path):
     assert "not inside" in reasons["candor_pause_handling/9"]
 
 
-def test_resampling_keeps_time():
-    """An impulse at 1.0 s of a 16 kHz file is at 1.0 s after reading at 24 kHz (sphn.resample moves it 32 ms)."""
+def test_resampling_keeps_time(tmp_path):
+    """An impulse at 1.0 s of a 16 kHz file is at 1.0 s after reading at 24 kHz (sphn.resample moves it 32 ms):
+    the one reader the client, `duplex bench` and `duplex eval` use."""
     x = np.zeros(16000 * 3, np.float32)
-    x[16000] = 1.0
-    y = resample(x, 16000, SAMPLE_RATE)
-    assert y.size == 3 * SAMPLE_RATE and int(np.argmax(np.abs(y))) == SAMPLE_RATE
+    x[16000] = 0.9
+    write_wav(str(tmp_path / "click.wav"), x, 16000)
+    for y in (resample(x, 16000, SAMPLE_RATE), read_wav_mono24k(str(tmp_path / "click.wav"))):
+        assert y.size == 3 * SAMPLE_RATE and int(np.argmax(np.abs(y))) == SAMPLE_RATE
 
 
 def test_score_dispatches_by_kind():

@@ -25,9 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-import sphn
 
-from ..audio import SAMPLE_RATE, write_wav
+from ..audio import SAMPLE_RATE, read_wav_mono24k, write_wav
 
 KINDS = ("pause_handling", "turn_taking", "interruption", "backchannel")
 INPUT_WAV = "input.wav"
@@ -92,26 +91,8 @@ class Scenario:
 
 
 def read_audio(path: Path) -> np.ndarray:
-    """Any audio file sphn reads, as 24 kHz mono float32, resampled without moving it in time.
-
-    (`sphn.resample` delays its output by a few tens of ms, 32 ms from 16 kHz, which would shift every
-    annotation; an FFT resampler has no delay.)"""
-    pcm, rate = sphn.read(str(path))
-    pcm = np.asarray(pcm, dtype=np.float32)
-    pcm = pcm.mean(axis=0) if pcm.ndim == 2 else pcm.reshape(-1)
-    return pcm if rate == SAMPLE_RATE else resample(pcm, int(rate), SAMPLE_RATE)
-
-
-def resample(pcm: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
-    """Band-limited resampling in the frequency domain: sample i of the result is time i / dst_rate."""
-    n_out = int(round(pcm.size * dst_rate / src_rate))
-    if pcm.size == 0 or n_out == 0:
-        return np.zeros(n_out, dtype=np.float32)
-    spectrum = np.fft.rfft(pcm.astype(np.float64))
-    out = np.zeros(n_out // 2 + 1, dtype=np.complex128)
-    keep = min(spectrum.size, out.size)
-    out[:keep] = spectrum[:keep]
-    return (np.fft.irfft(out, n_out) * (n_out / pcm.size)).astype(np.float32)
+    """Any audio file sphn reads, as 24 kHz mono float32, not moved in time (see `audio.resample`)."""
+    return read_wav_mono24k(str(path))
 
 
 def save_scenario(folder: Path, scenario: Scenario, pcm: np.ndarray) -> None:

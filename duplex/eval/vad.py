@@ -14,7 +14,7 @@ import typing as tp
 
 import numpy as np
 
-from ..audio import SAMPLE_RATE, rms_dbfs
+from ..audio import SAMPLE_RATE, resample, rms_dbfs
 
 Segment = tuple[float, float]  # (start_s, end_s) on the scenario's timeline
 
@@ -75,7 +75,6 @@ class SileroDetector:
         import torch
         from silero_vad import get_speech_timestamps
 
-        from .scenarios import resample  # (sphn.resample would delay the audio by 21 ms, and every time with it)
 
         pcm = np.asarray(pcm, dtype=np.float32).reshape(-1)
         if pcm.size == 0:
