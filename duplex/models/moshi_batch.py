@@ -93,7 +93,7 @@ class MoshiBatch:
         self.row_states = RowStates(self.lm, gen, slots) if isinstance(gen, PersonaLMGen) else None
         self._voice_mimi: tp.Any = None
         # A prompt must leave most of the attention context to the conversation.
-        self.max_prompt_frames = (self.lm.transformer.layers[0].self_attn.context or 3000) // 2
+        self.max_prompt_frames = int(self.lm.context or 3000) // 2
 
     def _load_mimi(self) -> tp.Any:
         """Mimi with as many codebooks as one speaker has (moshi's loader would give a dep_q 16 model 16)."""
@@ -223,11 +223,34 @@ class MoshiBatch:
         """A job that fills `slot` with `prompt`, a chunk per `run(budget_s)` call; the slot must not step
         until it is done (the engine holds its frames)."""
         assert self.row_states is not None, "this model takes no persona prompt"
-        return Prefill(self, slot, prompt, use_cache)
+        return Prefill(self, self.row_states, slot, prompt, use_cache)
 
     def run_prefill(self, prefill: Prefill, budget_s: float) -> bool:
         with inference(self.device):
             return prefill.run(budget_s)
+
+    def step_prompt(self, slot: int, prompt: PersonaPrompt) -> None:
+        """PersonaPlex's way: the prompt stepped one frame per (batched, masked) model step; nobody else
+        steps meanwhile. Leaves the slot as `begin_prefill` does (kept for comparison: scripts/bench_persona.py)."""
+        gen = self.gen
+        assert isinstance(gen, PersonaLMGen)
+        with inference(self.device):
+            self.reset_slot(slot)
+            execute = torch.zeros(self.slots, dtype=torch.bool, device=self.device)
+            execute[slot] = True
+            codes = torch.zeros(self.slots, self.agent_q, 1, dtype=torch.long, device=self.device)
+            self.gen.force_silence.zero_()
+            gen.forced[slot] = True
+            try:
+                for p in range(prompt.frames):
+                    frame = prompt.frame(p).to(self.device)
+                    gen.forced_tokens[slot] = frame[: 1 + self.agent_q]
+                    codes[slot, :, 0] = frame[1 + self.agent_q:]
+                    self.draw_noise(slot)
+                    gen.set_exec_mask(execute)
+                    gen.step(codes)
+            finally:
+                gen.forced[slot] = False
 
     def reset_slot(self, slot: int) -> None:
         mask = torch.zeros(self.slots, dtype=torch.bool, device=self.device)

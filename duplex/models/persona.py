@@ -100,11 +100,14 @@ class VoiceLibrary:
         """`encode`: pcm [N] float32 at 24 kHz -> codes [8, N / 1920] (runs on the model thread)."""
         self.directory = directory.resolve()
         self.encode = encode
+        # Listed once (no disk access on the event loop later); links that lead out of the folder are left out.
+        self._files = {p.name for p in self.directory.iterdir()
+                       if p.is_file() and p.resolve().parent == self.directory}
         self._codes: dict[str, torch.Tensor] = {}
         self._lock = threading.Lock()
 
     def names(self) -> list[str]:
-        return sorted(p.name for p in self.directory.iterdir() if p.suffix.lower() in VOICE_SUFFIXES + (".pt",))
+        return sorted(name for name in self._files if Path(name).suffix.lower() in VOICE_SUFFIXES + (".pt",))
 
     def path(self, name: str) -> Path:
         """The file of a voice name (`NATF2`, `NATF2.wav`; PersonaPlex's client asks for `NATF2.pt`, which
@@ -115,10 +118,9 @@ class VoiceLibrary:
         stem = Path(name).stem if Path(name).suffix.lower() in VOICE_SUFFIXES + (".pt",) else name
         candidates += [stem + suffix for suffix in VOICE_SUFFIXES]
         for candidate in candidates:
-            path = (self.directory / candidate).resolve()
-            if path.parent == self.directory and path.is_file():
-                return path
-        if (self.directory / name).suffix == ".pt" and (self.directory / name).is_file():
+            if candidate in self._files:
+                return self.directory / candidate
+        if name.endswith(".pt") and name in self._files:
             raise PersonaError(f"voice {name!r}: precomputed .pt embeddings are not served yet; "
                                "put the voice's WAV file beside it")
         shown = ", ".join(self.names()[:20]) or "none"

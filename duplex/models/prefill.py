@@ -35,6 +35,7 @@ from .persona import PersonaPrompt
 
 if tp.TYPE_CHECKING:
     from .persona_gen import PersonaLMGen
+    from .sampling import BatchedLMGen
 
 MIN_CHUNK = 16      # prompt positions per pass at least (fewer rows round differently on these CPUs)
 MAX_CHUNK = 256
@@ -115,8 +116,7 @@ class PrefillHost(tp.Protocol):
     """What a prefill needs of the batched model (MoshiBatch)."""
 
     lm: tp.Any
-    gen: PersonaLMGen
-    row_states: RowStates
+    gen: BatchedLMGen
     prefix_cache: PrefixCache
     seconds_per_position: float
 
@@ -127,8 +127,9 @@ class PrefillHost(tp.Protocol):
 class Prefill:
     """Fills one slot with a persona prompt, a chunk per `run` call (model thread only)."""
 
-    def __init__(self, host: PrefillHost, slot: int, prompt: PersonaPrompt, use_cache: bool = True):
+    def __init__(self, host: PrefillHost, rows: RowStates, slot: int, prompt: PersonaPrompt, use_cache: bool = True):
         self.host = host
+        self.rows = rows
         self.slot = slot
         self.prompt = prompt
         self.use_cache = use_cache
@@ -148,7 +149,7 @@ class Prefill:
             host.reset_slot(self.slot)
             entry = host.prefix_cache.get(self.prompt.key) if self.use_cache else None
             if entry is not None:
-                host.row_states.restore(self.slot, entry.frames, entry.tensors)
+                self.rows.restore(self.slot, entry.frames, entry.tensors)
                 self.cached = True
                 self._finish(entry.transformer_out, entry.text_logits)
                 return True
@@ -170,15 +171,15 @@ class Prefill:
         last_out, last_logits = out[:, -1:].clone(), logits[:, :, -1:].clone()
         if self.use_cache:
             host.prefix_cache.put(self.prompt.key, PrefixSnapshot(
-                total, host.row_states.snapshot(self.slot, total), last_out, last_logits))
+                total, self.rows.snapshot(self.slot, total), last_out, last_logits))
         self._finish(last_out, last_logits)
         return True
 
     def _forward(self, columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """columns [1, K, T]: the main transformer over T more prompt positions of this slot only."""
         host = self.host
-        with host.row_states.rows.narrowed(1, start=self.slot):
-            for state in host.row_states.states:
+        with self.rows.rows.narrowed(1, start=self.slot):
+            for state in self.rows.states:
                 state.exec_mask[:] = True      # type: ignore[attr-defined]
             return host.lm.forward_text(columns)   # [1, T, dim], [1, 1, T, text_card]
 
@@ -190,7 +191,7 @@ class Prefill:
         total = prompt.frames
         host.draw_noise(slot)
         logits = text_logits.clone()
-        with host.row_states.rows.narrowed(1, start=slot):
+        with self.rows.rows.narrowed(1, start=slot):
             gen._sample_text(logits)
             text = logits.argmax(dim=-1)[:, 0, 0]                     # [1]
             audio = gen.depformer_step(text, transformer_out)          # [1, dep_q]

@@ -20,7 +20,8 @@ from aiohttp import web
 from .. import protocol
 from ..audio import BadAudio, FrameAssembler, OpusDecoder
 from ..config import CONFIG_SCHEMA
-from ..engines.base import AssistantAudio, AssistantText, CapacityError, EngineFrame, EngineStream, UserFrame
+from ..engines.base import (AssistantAudio, AssistantText, CapacityError, EngineFailure, EngineFrame, EngineStream,
+                            StreamReady, Unsupported, UserFrame)
 from .connection import Refusal, SocketCodec, serve_socket
 from .metrics import ServerMetrics
 from .opus_pool import AudioEncoder, audio_encoder
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 # moshi's web client query names -> our config keys (unknown names, e.g. pad_mult, are ignored).
 QUERY_FLOATS = {"audio_temperature": "temperature", "text_temperature": "text_temperature"}
 QUERY_INTS = {"audio_topk": "top_k", "text_topk": "text_top_k", "audio_seed": "seed", "text_seed": "seed"}
+# PersonaPlex's server: the persona (role text, a voice file name such as NATF2.pt) and its seed (-1: none).
+QUERY_PERSONA = {"text_prompt": "system_prompt", "voice_prompt": "voice"}
 
 
 def config_from_query(query) -> dict:
@@ -43,6 +46,11 @@ def config_from_query(query) -> dict:
     for name, key in QUERY_INTS.items():
         if name in query and key not in config:
             config[key] = CONFIG_SCHEMA[key].fit(int(float(query[name])))
+    for name, key in QUERY_PERSONA.items():
+        if query.get(name, "").strip():
+            config[key] = query[name]
+    if "seed" in query and int(float(query["seed"])) != -1:
+        config["seed"] = CONFIG_SCHEMA["seed"].fit(int(float(query["seed"])))
     return config
 
 
@@ -79,6 +87,8 @@ class MoshiCodec(SocketCodec):
             self.stream = engine.open(config, self._sink)
         except CapacityError:
             return Refusal(1013, b"server full: every duplex slot is busy, try again later", label="no_slot")
+        except Unsupported as exc:   # e.g. a persona asked of a model without one, an unknown voice
+            return Refusal(1008, f"unsupported: {exc}".encode()[:120], label="unsupported")
         self.metrics.session_started("duplex")
         log.info("moshi-compatible conversation started (%s)", config or "default sampling")
         return None
@@ -89,9 +99,15 @@ class MoshiCodec(SocketCodec):
             self.outbox.put_audio(frame.pcm)
         elif isinstance(frame, AssistantText):
             self.outbox.put_text(frame.text)  # sent as 0x02 + utf-8
+        elif isinstance(frame, StreamReady):
+            self.outbox.put_raw(bytes([protocol.KIND_HANDSHAKE]))   # the persona is in: now the handshake
+        elif isinstance(frame, EngineFailure):
+            log.warning("/api/chat: %s: %s", frame.code, frame.message)
 
-    def greeting(self) -> bytes:
-        return bytes([protocol.KIND_HANDSHAKE])
+    def greeting(self) -> bytes | None:
+        """The handshake, at once; with a persona being put into the slot, when it is in (`StreamReady`)."""
+        assert self.stream is not None
+        return bytes([protocol.KIND_HANDSHAKE]) if self.stream.ready else None
 
     @property
     def awaits_start(self) -> bool:
@@ -118,6 +134,8 @@ class MoshiCodec(SocketCodec):
             self.stream.push_audio(UserFrame.of(samples))
 
     async def encode_outgoing(self, kind: str, payload: tp.Any) -> bytes | None:
+        if kind == "raw":
+            return payload
         if kind == "audio":
             assert self.encoder is not None
             page = await self.encoder.encode(payload)

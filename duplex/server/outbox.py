@@ -35,6 +35,10 @@ class Outbox:
         """A text payload: a JSON message on /ws, a piece of the model's text on /api/chat."""
         self._put(("text", text))
 
+    def put_raw(self, data: bytes) -> None:
+        """A message sent as it is (/api/chat's handshake, once a persona is in its slot)."""
+        self._put(("raw", data))
+
     def put_audio(self, pcm: np.ndarray) -> None:
         if self._audio >= self.max_audio:
             self._drop_oldest_audio()
