@@ -51,16 +51,15 @@ class PersonaWork:
 
     def min_cost_s(self) -> float:
         if self.prompt is None or self.mode == "stepped":
-            return 0.0    # the prompt is built first (cheap once the voice is encoded); stepped ignores budgets
+            return 0.0    # the first piece: the prompt, then the cache or a first chunk; stepped ignores budgets
         return MIN_CHUNK * self.model.seconds_per_position
 
     def run(self, budget_s: float) -> bool:
         model = self.model
-        if self.prompt is None:
+        if self.prompt is None:   # cheap once the voice is encoded (the library keeps its codes): go on
             self.prompt = model.persona_prompt(self.voices, self.persona.voice, self.persona.text)
             if self.mode != "stepped":
                 self.prefill = model.begin_prefill(self.slot, self.prompt, use_cache=self.mode == "parallel")
-            return False
         if self.mode == "stepped":
             model.step_prompt(self.slot, self.prompt)
             return True

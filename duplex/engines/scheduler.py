@@ -307,12 +307,13 @@ class BatchScheduler(tp.Generic[OwnerT]):
     async def _run(self) -> None:
         while True:
             due = self._due()
-            if (due is None or due > 0) and self._between:
+            if self._between:
                 budget = self._between_budget(due)
                 if budget is not None:
                     await self._run_between(budget)
                     continue
-                due = self._until_starved(due)
+                if due is None or due > 0:
+                    due = self._until_starved(due)
             if due is None or due > 0:
                 self._wakeup.clear()
                 try:
@@ -335,16 +336,16 @@ class BatchScheduler(tp.Generic[OwnerT]):
 
     def _between_budget(self, due: float | None) -> float | None:
         """The time a piece of between-tick work may take now, or None: wait for the next tick first."""
+        pending = self._between[0]
+        starved = time.monotonic() - pending.since >= self.between_starved_s
         if self._active - self._preparing <= 0:
             return self.between_alone_s      # nobody is talking: nothing to keep on time
-        room = self.policy.hold_s() if due is None else due
-        room = min(room, self.between_max_s)
-        pending = self._between[0]
+        if due is not None and due <= 0:     # a tick is due now; under overload that is always so
+            return 0.0 if starved else None
+        room = min(self.policy.hold_s() if due is None else due, self.between_max_s)
         if room >= pending.work.min_cost_s():
             return room
-        if time.monotonic() - pending.since >= self.between_starved_s:
-            return 0.0                       # the smallest piece, late ticks or not: it must progress
-        return None
+        return 0.0 if starved else None      # starved: the smallest piece, late ticks or not: it must progress
 
     async def _run_between(self, budget_s: float) -> None:
         pending = self._between[0]
