@@ -115,6 +115,7 @@ async def measure(url: str, way: str, role: str, args) -> dict:
     quiet_start = time.monotonic()
     await asyncio.sleep(args.quiet_s)
     quiet = (quiet_start, time.monotonic())
+    await asyncio.sleep(1.0)                                   # the quiet window's frames are all answered
     if way == "cached":
         await newcomer(url, role, args.voice)                  # first sight of the persona fills the cache
         await asyncio.sleep(1.0)
