@@ -167,3 +167,29 @@ def test_the_prefix_cache_is_bounded(model) -> None:
     assert small.bytes <= small.max_bytes
     assert small.get(keys[0].key) is None, "the least recently used entry went first"
     assert small.get(keys[2].key) is not None
+
+
+def test_a_pt_voice_gives_what_its_wav_gives(model, tmp_path) -> None:
+    """PersonaPlex's precomputed `.pt` voices (input embeddings + token cache) go in as their WAV would."""
+    from duplex.audio import write_wav
+    from duplex.models.persona import VoiceLibrary
+    from duplex.models.tiny.personaplex import synthetic_voice
+    from duplex.models.voice_embeddings import write_voice
+
+    write_wav(str(tmp_path / "ALICE.wav"), synthetic_voice(200.0, 2.0, 1))
+    _, codes = VoiceLibrary(tmp_path, model.encode_voice).codes("ALICE")
+    write_voice(tmp_path / "BOB.pt", model.lm, codes)
+    voices = VoiceLibrary(tmp_path, model.encode_voice)
+    wav = model.persona_prompt(voices, "ALICE.wav", "Be kind.")
+    pt = model.persona_prompt(voices, "BOB.pt", "Be kind.")
+    assert pt.embeddings is not None and pt.frames == wav.frames and pt.key != wav.key
+    user = user_codes(5)
+    neighbours = Neighbours(model)
+    got = {}
+    for slot, prompt in ((3, wav), (9, pt)):
+        prefill = model.begin_prefill(slot, prompt, use_cache=False)
+        while not model.run_prefill(prefill, 0.0):
+            neighbours.step()
+        got[slot] = converse(model, neighbours, slot, user)
+    for t, (a, b) in enumerate(zip(got[3], got[9], strict=True)):
+        assert torch.equal(a, b), f"frame {t}: {a.tolist()} != {b.tolist()}"

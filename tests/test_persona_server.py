@@ -127,8 +127,9 @@ def test_voice_library_serves_only_its_own_files(tmp_path: Path) -> None:
     for bad in ("../secret.wav", "LINK.wav", "LINK", "/etc/passwd", "a/ALICE.wav", "..", "", "ALICE\\..\\x"):
         with pytest.raises(PersonaError):
             library.path(bad)
-    with pytest.raises(PersonaError, match=".pt"):
-        library.path("BOB.pt")
+    assert library.path("BOB") == library.path("BOB.pt") == voices.resolve() / "BOB.pt"   # PersonaPlex's own
+    with pytest.raises(PersonaError, match="unknown voice"):
+        library.path("CAROL.pt")
 
 
 def test_system_tags_are_added_once() -> None:

@@ -198,14 +198,17 @@ class MoshiBatch:
         """The prompt frames of a persona (a voice from `voices`, a role prompt); raises PersonaError."""
         from .persona import PersonaError
 
-        codes = None
+        codes = embeddings = None
         voice_id = ""
         if voice is not None:
             if voices is None:
                 raise PersonaError("this server has no voices folder (start it with --voices DIR)")
-            voice_id, codes = voices.codes(voice)
+            voice_id, codes, embeddings = voices.voice(voice)
+            if embeddings is not None and embeddings.shape[1] != self.lm.dim:
+                raise PersonaError(f"voice {voice_id} was computed for a model of width {embeddings.shape[1]}, "
+                                   f"this one is {self.lm.dim}")
         tokens = self.tokenizer.encode(wrap_system_tags(text)) if text and text.strip() else []
-        prompt = build_prompt(codes, tokens, voice_id)
+        prompt = build_prompt(codes, tokens, voice_id, embeddings)
         if prompt.frames > self.max_prompt_frames:
             raise PersonaError(f"the persona prompt is {prompt.frames} frames; this model takes at most "
                                f"{self.max_prompt_frames} (a shorter voice prompt or role)")
@@ -234,6 +237,10 @@ class MoshiBatch:
         steps meanwhile. Leaves the slot as `begin_prefill` does (kept for comparison: scripts/bench_persona.py)."""
         gen = self.gen
         assert isinstance(gen, PersonaLMGen)
+        if prompt.embeddings is not None:
+            from .persona import PersonaError
+
+            raise PersonaError("a .pt voice (embeddings) cannot be stepped frame by frame; use --prefill parallel")
         with inference(self.device):
             self.reset_slot(slot)
             execute = torch.zeros(self.slots, dtype=torch.bool, device=self.device)

@@ -12,8 +12,8 @@ Every token of these frames is known before the conversation starts, which is wh
 fill a slot with them in a few parallel passes instead of one step per frame (models/prefill.py).
 
 `VoiceLibrary` serves a folder of voice prompts (`--voices`): WAV files (any sample rate, encoded once
-through Mimi), by name with or without extension; a name that is not a plain file name of that folder
-is refused.
+through Mimi) and PersonaPlex's precomputed `.pt` voices (models/voice_embeddings.py), by name with or
+without extension; a name that is not a plain file name of that folder is refused.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ class PersonaPrompt:
     agent: torch.Tensor    # [P, 8] long: the model's own audio codes
     user: torch.Tensor     # [P, 8] long: the user's audio codes (the sine)
     key: str               # hash of voice and text: the prefix cache's key
+    embeddings: torch.Tensor | None = None   # [E, dim]: the first E columns given as transformer inputs (.pt voices)
 
     @property
     def frames(self) -> int:
@@ -70,8 +71,10 @@ class PersonaPrompt:
         return torch.cat([self.text[p: p + 1], self.agent[p], self.user[p]])
 
 
-def build_prompt(voice_codes: torch.Tensor | None, text_tokens: list[int], voice_id: str) -> PersonaPrompt:
-    """voice_codes [8, Tv] (None: no voice prompt); text_tokens: the tokenized, tagged role prompt."""
+def build_prompt(voice_codes: torch.Tensor | None, text_tokens: list[int], voice_id: str,
+                 embeddings: torch.Tensor | None = None) -> PersonaPrompt:
+    """voice_codes [8, Tv] (None: no voice prompt); text_tokens: the tokenized, tagged role prompt;
+    embeddings [Tv - 1, dim]: a precomputed voice's first columns (models/voice_embeddings.py)."""
     silence = torch.tensor(SILENCE_TOKENS, dtype=torch.long)
     sine = torch.tensor(SINE_TOKENS, dtype=torch.long)
     texts: list[int] = []
@@ -89,8 +92,10 @@ def build_prompt(voice_codes: torch.Tensor | None, text_tokens: list[int], voice
     digest.update(b"\0" + np.asarray(text_tokens, dtype=np.int64).tobytes())
     if voice_codes is not None:
         digest.update(voice_codes.long().cpu().numpy().tobytes())
+    if embeddings is not None:
+        digest.update(embeddings.float().cpu().numpy().tobytes())
     return PersonaPrompt(torch.tensor(texts, dtype=torch.long), agent, sine.expand_as(agent).clone(),
-                         digest.hexdigest()[:24])
+                         digest.hexdigest()[:24], embeddings)
 
 
 class VoiceLibrary:
@@ -104,38 +109,50 @@ class VoiceLibrary:
         self._files = {p.name for p in self.directory.iterdir()
                        if p.is_file() and p.resolve().parent == self.directory}
         self._codes: dict[str, torch.Tensor] = {}
+        self._embedded: dict[str, tp.Any] = {}          # .pt voices, read once (VoiceEmbeddings)
         self._lock = threading.Lock()
 
     def names(self) -> list[str]:
         return sorted(name for name in self._files if Path(name).suffix.lower() in VOICE_SUFFIXES + (".pt",))
 
     def path(self, name: str) -> Path:
-        """The file of a voice name (`NATF2`, `NATF2.wav`; PersonaPlex's client asks for `NATF2.pt`, which
-        falls back to an audio file of the same stem). Refuses names that leave the folder."""
+        """The file of a voice name (`NATF2`, `NATF2.wav`, `NATF2.pt`: PersonaPlex's precomputed voice, or when
+        there is none an audio file of the same stem). Refuses names that leave the folder."""
         if not name or name != Path(name).name or name in (".", "..") or "\\" in name or "\0" in name:
             raise PersonaError(f"voice {name!r} is not a plain file name of the server's voices folder")
-        candidates = [name] if Path(name).suffix.lower() in VOICE_SUFFIXES else []
+        candidates = [name] if Path(name).suffix.lower() in VOICE_SUFFIXES + (".pt",) else []
         stem = Path(name).stem if Path(name).suffix.lower() in VOICE_SUFFIXES + (".pt",) else name
-        candidates += [stem + suffix for suffix in VOICE_SUFFIXES]
+        candidates += [stem + suffix for suffix in VOICE_SUFFIXES + (".pt",)]
         for candidate in candidates:
             if candidate in self._files:
                 return self.directory / candidate
-        if name.endswith(".pt") and name in self._files:
-            raise PersonaError(f"voice {name!r}: precomputed .pt embeddings are not served yet; "
-                               "put the voice's WAV file beside it")
         shown = ", ".join(self.names()[:20]) or "none"
         raise PersonaError(f"unknown voice {name!r}; voices: {shown}")
 
     def codes(self, name: str) -> tuple[str, torch.Tensor]:
         """(the voice's file name, its codes [8, Tv]). Model thread: the first use encodes it."""
+        file, codes, _ = self.voice(name)
+        return file, codes
+
+    def voice(self, name: str) -> tuple[str, torch.Tensor, torch.Tensor | None]:
+        """(file name, codes [8, Tv], embeddings [Tv - 1, dim] or None): a WAV is encoded on first use, a
+        PersonaPlex `.pt` read (models/voice_embeddings.py). Model thread."""
         path = self.path(name)
+        if path.suffix == ".pt":
+            with self._lock:
+                if path.name not in self._embedded:
+                    from .voice_embeddings import read_voice
+
+                    self._embedded[path.name] = read_voice(path)
+                found = self._embedded[path.name]
+            return path.name, found.codes, found.embeddings
         with self._lock:
             if path.name not in self._codes:
                 pcm = read_wav_mono24k(str(path))
                 pcm = _at_level(pcm, VOICE_LEVEL_DBFS)
                 pad = (-len(pcm)) % FRAME_SAMPLES
                 self._codes[path.name] = self.encode(np.pad(pcm, (0, pad)).astype(np.float32))
-            return path.name, self._codes[path.name]
+            return path.name, self._codes[path.name], None
 
 
 def _at_level(pcm: np.ndarray, level_dbfs: float) -> np.ndarray:

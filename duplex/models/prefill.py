@@ -161,7 +161,7 @@ class Prefill:
         if total - self.position - chunk < MIN_CHUNK:      # no small last pass
             chunk = total - self.position
         started = time.perf_counter()
-        out, logits = self._forward(self._columns[:, :, self.position: self.position + chunk])
+        out, logits = self._forward(self.position, self.position + chunk)
         elapsed = time.perf_counter() - started
         host.seconds_per_position += 0.3 * (elapsed / chunk - host.seconds_per_position)
         self.position += chunk
@@ -175,13 +175,23 @@ class Prefill:
         self._finish(last_out, last_logits)
         return True
 
-    def _forward(self, columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """columns [1, K, T]: the main transformer over T more prompt positions of this slot only."""
-        host = self.host
+    def _forward(self, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The main transformer over prompt positions [start, end) of this slot only:
+        [1, T, dim], [1, 1, T, text_card]."""
+        lm = self.host.lm
+        assert self._columns is not None
+        columns = self._columns[:, :, start:end]
+        given = self.prompt.embeddings
         with self.rows.rows.narrowed(1, start=self.slot):
             for state in self.rows.states:
                 state.exec_mask[:] = True      # type: ignore[attr-defined]
-            return host.lm.forward_text(columns)   # [1, T, dim], [1, 1, T, text_card]
+            if given is None or start >= given.shape[0]:
+                return lm.forward_text(columns)
+            cut = min(end, given.shape[0])
+            parts = [given[start:cut][None].to(device=lm.device, dtype=lm.dtype)]
+            if end > cut:
+                parts.append(embed_columns(lm, self._columns[:, :, cut:end]))
+            return forward_embedded(lm, torch.cat(parts, dim=1))
 
     def _finish(self, transformer_out: torch.Tensor, text_logits: torch.Tensor) -> None:
         """Samples the next column's text and codebook 0 from the prompt's last position, as the last
@@ -207,6 +217,24 @@ class Prefill:
         state.offsets[slot] = total
         state.exec_mask[slot] = True
         self.done = True
+
+
+def embed_columns(lm: tp.Any, columns: torch.Tensor) -> torch.Tensor:
+    """[1, K, T] tokens -> [1, T, dim]: the transformer's input, summed in `LMModel.forward_text`'s order."""
+    total = None
+    for k in range(lm.num_audio_codebooks):
+        emb = lm.emb[k](columns[:, k + lm.audio_offset])
+        total = emb if total is None else total + emb
+    text = lm.text_emb(columns[:, 0])
+    return text if total is None else total + text
+
+
+def forward_embedded(lm: tp.Any, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`LMModel.forward_text` after its embedding: [1, T, dim] -> ([1, T, dim], [1, 1, T, text_card])."""
+    out = lm.transformer(inputs)
+    if lm.out_norm:
+        out = lm.out_norm(out)
+    return out, lm.text_linear(out)[:, None]
 
 
 def prompt_columns(prompt: PersonaPrompt, lm: tp.Any) -> torch.Tensor:
