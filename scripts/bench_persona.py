@@ -68,12 +68,15 @@ class Neighbour:
                 await ws.receive_str()
                 self.started.set()
 
+                all_answered = asyncio.Event()
+
                 async def receive() -> None:
-                    answered = 0
                     async for message in ws:
+                        answered = len(self.records)
                         if message.type == aiohttp.WSMsgType.BINARY and answered < len(sent):
                             self.records.append((sent[answered], (time.monotonic() - sent[answered]) * 1000.0))
-                            answered += 1
+                            if self.stop.is_set() and len(self.records) == len(sent):
+                                all_answered.set()
 
                 receiver = asyncio.create_task(receive())
                 await asyncio.sleep(self.phase_s)
@@ -84,7 +87,12 @@ class Neighbour:
                     sent.append(time.monotonic())
                     await ws.send_bytes(payload)
                     k += 1
-                await asyncio.sleep(0.3)
+                if len(self.records) < len(sent):          # a late server: wait for every answer (bounded)
+                    try:
+                        await asyncio.wait_for(all_answered.wait(), timeout=60)
+                    except asyncio.TimeoutError:
+                        now = time.monotonic()         # never answered: counted at least this late
+                        self.records += [(at, (now - at) * 1000.0) for at in sent[len(self.records):]]
                 await ws.close()
                 await receiver
 

@@ -156,7 +156,7 @@ class Prefill:
             self._columns = prompt_columns(self.prompt, host.lm)
         assert self._columns is not None
         total = self.prompt.frames
-        chunk = int(budget_s / max(host.seconds_per_position, 1e-6))
+        chunk = int(budget_s / max(host.seconds_per_position, 1e-6)) // MIN_CHUNK * MIN_CHUNK   # few shapes (CUDA)
         chunk = max(MIN_CHUNK, min(MAX_CHUNK, chunk, total - self.position))
         if total - self.position - chunk < MIN_CHUNK:      # no small last pass
             chunk = total - self.position
