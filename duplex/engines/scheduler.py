@@ -163,7 +163,7 @@ class BatchScheduler(tp.Generic[OwnerT]):
         # when a tick falls due mid-piece), and this long when nobody else is in a slot.
         self.between_max_s = 0.015
         self.between_alone_s = 0.25
-        self.between_starved_s = FRAME_S   # a piece runs after this long even when ticks leave no room
+        self.between_starved_s = FRAME_S   # a piece (between_max_s) runs after this long even when ticks leave no room
         self.between_runs = 0
         self._running: _Pending | None = None
 
@@ -341,11 +341,12 @@ class BatchScheduler(tp.Generic[OwnerT]):
         if self._active - self._preparing <= 0:
             return self.between_alone_s      # nobody is talking: nothing to keep on time
         if due is not None and due <= 0:     # a tick is due now; under overload that is always so
-            return 0.0 if starved else None
+            return self.between_max_s if starved else None
         room = min(self.policy.hold_s() if due is None else due, self.between_max_s)
         if room >= pending.work.min_cost_s():
             return room
-        return 0.0 if starved else None      # starved: the smallest piece, late ticks or not: it must progress
+        # starved: a piece of the largest size, late ticks or not: the newcomer must progress
+        return self.between_max_s if starved else None
 
     async def _run_between(self, budget_s: float) -> None:
         pending = self._between[0]
