@@ -64,13 +64,15 @@ class MoshiBatch:
         self.checkpoint = checkpoint
         self.mimi = self._load_mimi()
         self.lm = checkpoint.get_moshi(device=self.device, dtype=dtype)
-        self.agent_q = min(self.lm.dep_q, self.lm.n_q // 2)   # the model's own codebooks (8)
+        # The model's own codebooks (8): Moshi's depformer predicts those only (dep_q 8 of n_q 16), PersonaPlex's
+        # predicts the user's as well (dep_q == n_q = 16).
+        self.persona = self.lm.dep_q == self.lm.n_q
+        self.agent_q = self.lm.n_q // 2 if self.persona else self.lm.dep_q
         self.tokenizer = checkpoint.get_text_tokenizer()
         self.frame_samples = self.mimi.frame_size
         assert self.frame_samples == FRAME_SAMPLES, self.frame_samples
         self.defaults = SamplingSettings().updated(_lm_gen_defaults(checkpoint.lm_gen_config))
         self.silence_codes = self._silence_codes()
-        self.persona = self.lm.dep_q > self.agent_q   # PersonaPlex: the depformer predicts the user too
         gen_class = PersonaLMGen if self.persona else BatchedLMGen
         self.gen = gen_class(self.lm, slots, self.silence_codes)
         self.randomness = SlotRandomness(slots, 1 + self.lm.dep_q)
@@ -98,7 +100,8 @@ class MoshiBatch:
     def _load_mimi(self) -> tp.Any:
         """Mimi with as many codebooks as one speaker has (moshi's loader would give a dep_q 16 model 16)."""
         config = self.checkpoint.lm_config or {}
-        codebooks = min(config.get("dep_q", 8), config.get("n_q", 16) // 2) if config else 8
+        persona = config.get("dep_q", 8) == config.get("n_q", 16)
+        codebooks = config.get("n_q", 16) // 2 if persona else config.get("dep_q", 8)
         return loaders.get_mimi(self.checkpoint.mimi_weights, self.checkpoint.mimi_config,
                                 num_codebooks=codebooks, device=self.device)
 

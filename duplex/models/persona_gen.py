@@ -31,7 +31,7 @@ class PersonaLMGen(BatchedLMGen):
     """BatchedLMGen for dep_q == n_q models: the user's stream is given, and slots can be forced."""
 
     def __init__(self, lm_model: LMModel, batch_size: int, silence_codes: torch.Tensor):
-        super().__init__(lm_model, batch_size, silence_codes)
+        super().__init__(lm_model, batch_size, silence_codes, agent_q=lm_model.n_q // 2)
         assert lm_model.dep_q > self.agent_q, "PersonaLMGen is for depformers that predict the user's stream"
         device = lm_model.device
         self.forced = torch.zeros(batch_size, dtype=torch.bool, device=device)              # [B]

@@ -55,7 +55,9 @@ def sample_per_slot(logits: torch.Tensor, temp: torch.Tensor, top_k: torch.Tenso
 class BatchedLMGen(LMGen):
     """LMGen with per-slot sampling settings and a per-slot "forced silent" switch."""
 
-    def __init__(self, lm_model: LMModel, batch_size: int, silence_codes: torch.Tensor):
+    def __init__(self, lm_model: LMModel, batch_size: int, silence_codes: torch.Tensor, agent_q: int | None = None):
+        """`agent_q`: the codebooks to sample (default all dep_q); PersonaPlex's depformer also predicts the
+        user's codebooks after its own 8, which generation never needs (models/persona_gen.py)."""
         super().__init__(lm_model, use_sampling=False, support_out_of_sync=True)
         self.on_text_logits_hook = self._sample_text
         device = lm_model.device
@@ -68,9 +70,7 @@ class BatchedLMGen(LMGen):
         self.force_silence = torch.zeros(batch_size, dtype=torch.bool, device=device)
         self.noise = torch.ones(batch_size, n_streams, MAX_TOP_K, device=device)
         self.silence_codes = silence_codes.to(device=device, dtype=torch.long)   # [agent_q]
-        # The model's own audio codebooks. Moshi's depformer predicts only these (dep_q 8); PersonaPlex's also
-        # predicts the user's 8 (dep_q 16), which generation never needs: those are given, not sampled.
-        self.agent_q = min(lm_model.dep_q, lm_model.n_q // 2)
+        self.agent_q = lm_model.dep_q if agent_q is None else agent_q
 
     def _sample_text(self, text_logits: torch.Tensor) -> None:
         """text_logits [B, 1, 1, V]: rewritten in place so that its argmax is our sampled token."""
