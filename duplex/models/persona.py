@@ -98,6 +98,32 @@ def build_prompt(voice_codes: torch.Tensor | None, text_tokens: list[int], voice
                          digest.hexdigest()[:24], embeddings)
 
 
+@dataclass(frozen=True)
+class VoiceEmbeddings:
+    """A PersonaPlex `.pt` voice (models/voice_embeddings.py describes the format)."""
+
+    embeddings: torch.Tensor   # [E, dim]: the prompt's first E columns, as transformer inputs
+    codes: torch.Tensor        # [8, E + 1]: the voice's codes where the cache holds them (zeros elsewhere)
+
+
+def read_voice(path: Path) -> VoiceEmbeddings:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        embeddings, cache = state["embeddings"], state["cache"]
+    except Exception as exc:   # a bad or foreign file: say which
+        raise PersonaError(f"voice {path.name}: not a PersonaPlex voice embedding file ({exc})") from None
+    frames = embeddings.shape[0] + 1                                 # Tv
+    if embeddings.dim() != 4 or cache.dim() != 3 or cache.shape[1] < 9 or frames < 2:
+        raise PersonaError(f"voice {path.name}: unexpected shapes {tuple(embeddings.shape)}, {tuple(cache.shape)}")
+    ring = cache.shape[2]
+    codes = torch.zeros(8, frames, dtype=torch.long)
+    last, after = cache[0, :, (frames - 1) % ring].long(), cache[0, :, frames % ring].long()
+    codes[0, frames - 1] = last[1]                 # codebook 0 of the last voice frame: column Tv - 1
+    codes[1:, frames - 1] = after[2:9]             # its delayed codebooks: column Tv
+    codes[1:, frames - 2] = last[2:9]              # the frame before's delayed codebooks: column Tv - 1
+    return VoiceEmbeddings(embeddings.reshape(embeddings.shape[0], -1).float(), codes)
+
+
 class VoiceLibrary:
     """A folder of voice prompts, encoded to Mimi codes on first use (then kept)."""
 
@@ -109,7 +135,7 @@ class VoiceLibrary:
         self._files = {p.name for p in self.directory.iterdir()
                        if p.is_file() and p.resolve().parent == self.directory}
         self._codes: dict[str, torch.Tensor] = {}
-        self._embedded: dict[str, tp.Any] = {}          # .pt voices, read once (VoiceEmbeddings)
+        self._embedded: dict[str, VoiceEmbeddings] = {}     # .pt voices, read once
         self._lock = threading.Lock()
 
     def names(self) -> list[str]:
@@ -141,8 +167,6 @@ class VoiceLibrary:
         if path.suffix == ".pt":
             with self._lock:
                 if path.name not in self._embedded:
-                    from .voice_embeddings import read_voice
-
                     self._embedded[path.name] = read_voice(path)
                 found = self._embedded[path.name]
             return path.name, found.codes, found.embeddings

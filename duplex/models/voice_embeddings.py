@@ -7,46 +7,19 @@ as it stood after the voice. Column j of the prompt (models/persona.py, models/p
 j < E; the token columns that follow need the last voice frame's codes and the delayed codebooks of the one
 before, which the saved cache holds: column Tv - 1 at ring index (Tv - 1) % R, column Tv at Tv % R.
 
-`read_voice` turns such a file into `VoiceEmbeddings` (embeddings + the codes that can be recovered, zeros
-elsewhere: those frames are never read as tokens). `write_voice` makes one from a voice's Mimi codes with
-this project's model, in the same format (for tests, and to precompute a folder of voices).
+`persona.read_voice` turns such a file into `VoiceEmbeddings` (embeddings + the codes that can be recovered,
+zeros elsewhere: those frames are never read as tokens). `write_voice` here makes one from a voice's Mimi
+codes with this project's model, in the same format (for tests, and to precompute a folder of voices).
 """
 
 from __future__ import annotations
 
 import typing as tp
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .persona import PersonaError, build_prompt
-
-AGENT = slice(1, 9)        # the model's own 8 codebooks in a token column
-
-
-@dataclass(frozen=True)
-class VoiceEmbeddings:
-    embeddings: torch.Tensor   # [E, dim]: the prompt's first E columns, as transformer inputs
-    codes: torch.Tensor        # [8, E + 1]: the voice's codes where the cache holds them (zeros elsewhere)
-
-
-def read_voice(path: Path) -> VoiceEmbeddings:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        embeddings, cache = state["embeddings"], state["cache"]
-    except Exception as exc:   # a bad or foreign file: say which
-        raise PersonaError(f"voice {path.name}: not a PersonaPlex voice embedding file ({exc})") from None
-    frames = embeddings.shape[0] + 1                                 # Tv
-    if embeddings.dim() != 4 or cache.dim() != 3 or cache.shape[1] < 9 or frames < 2:
-        raise PersonaError(f"voice {path.name}: unexpected shapes {tuple(embeddings.shape)}, {tuple(cache.shape)}")
-    ring = cache.shape[2]
-    codes = torch.zeros(8, frames, dtype=torch.long)
-    last, after = cache[0, :, (frames - 1) % ring].long(), cache[0, :, frames % ring].long()
-    codes[0, frames - 1] = last[1]                 # codebook 0 of the last voice frame: column Tv - 1
-    codes[1:, frames - 1] = after[2:9]             # its delayed codebooks: column Tv
-    codes[1:, frames - 2] = last[2:9]              # the frame before's delayed codebooks: column Tv - 1
-    return VoiceEmbeddings(embeddings.reshape(embeddings.shape[0], -1).float(), codes)
+from .persona import build_prompt
 
 
 def write_voice(path: Path, lm: tp.Any, codes: torch.Tensor) -> None:
