@@ -81,10 +81,12 @@ def _number(x: float) -> str:
 
 # The schema: one entry per key, in the order the docs and the client's --help list them.
 CONFIG_SCHEMA: dict[str, ConfigKey] = {key.name: key for key in (
-    ConfigKey("system_prompt", str, "the assistant's instructions: the cascade LLM's system prompt",
-              frozenset({CASCADE}), default=DEFAULT_SYSTEM_PROMPT),
-    ConfigKey("voice", str, "assistant voice, a name from the server's voices (unknown: `unsupported`, with the list)",
-              frozenset({CASCADE}), default_doc="the TTS's default voice"),
+    ConfigKey("system_prompt", str, "the assistant's instructions: the cascade LLM's system prompt; a persona "
+              "duplex model's role prompt (PersonaPlex, `<system>` tags added), set at `start`",
+              BOTH, default=DEFAULT_SYSTEM_PROMPT, default_doc=f'"{DEFAULT_SYSTEM_PROMPT}"; duplex: none'),
+    ConfigKey("voice", str, "assistant voice, a name from the server's voices (unknown: `unsupported`, with the list): "
+              "the TTS voice; a persona duplex model's voice prompt from `--voices`, set at `start`",
+              BOTH, default_doc="the TTS's default voice; duplex: none"),
     ConfigKey("temperature", float,
               "audio sampling temperature (0 = greedy); the cascade's LLM uses it when text_temperature is not given",
               BOTH, default=0.8, low=0, high=MAX_TEMPERATURE),

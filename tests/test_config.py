@@ -26,8 +26,9 @@ def test_docs_table_is_the_generated_one() -> None:
 
 
 def test_engine_key_sets_come_from_the_schema() -> None:
+    # system_prompt and voice: a persona duplex model's (PersonaPlex); others answer them `unsupported`
     assert DUPLEX_CONFIG_KEYS == {"temperature", "text_temperature", "top_k", "text_top_k", "seed", "transcribe_user",
-                                  "record"}
+                                  "system_prompt", "voice", "record"}
     assert CASCADE_CONFIG_KEYS == set(CONFIG_SCHEMA)
 
 

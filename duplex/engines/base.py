@@ -71,6 +71,11 @@ class LLMProcessing:
 
 
 @dataclass
+class StreamReady:
+    """The conversation's start-up work is done (a duplex persona is in its slot): it hears and speaks now."""
+
+
+@dataclass
 class EngineFailure:
     code: str                  # a protocol error code
     message: str
@@ -78,7 +83,7 @@ class EngineFailure:
 
 EngineFrame = tp.Union[
     AssistantAudio, AssistantText, AssistantTurnStarted, AssistantTurnEnded, AssistantTurnDone,
-    UserTranscript, LLMProcessing, EngineFailure,
+    UserTranscript, LLMProcessing, EngineFailure, StreamReady,
 ]
 Sink = tp.Callable[[EngineFrame], None]
 
@@ -98,6 +103,11 @@ class EngineStream(abc.ABC):
     def frames_dropped(self) -> int:
         """User frames this conversation lost to a full queue so far (reported in `metrics`)."""
         return 0
+
+    @property
+    def ready(self) -> bool:
+        """False while start-up work runs (a persona prompt): frames wait; `StreamReady` comes when it ends."""
+        return True
 
     @property
     def frame_locked(self) -> bool:

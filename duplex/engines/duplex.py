@@ -3,11 +3,13 @@
 DuplexStream is one conversation: it queues user frames into its slot, turns step results into
 typed frames for its session, detects assistant turns from the audio it speaks, and implements
 `interrupt` by forcing its slot silent (the model is fed silence codes as its own speech, so its
-state agrees with what the user hears).
+state agrees with what the user hears). A model with persona support (PersonaPlex) takes the config's
+`system_prompt` and `voice` as its persona, put into the slot before the first frame (engines/persona.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import typing as tp
@@ -17,8 +19,10 @@ import numpy as np
 from ..audio import FRAME_MS, FRAME_SAMPLES, rms_dbfs
 from ..config import DUPLEX_CONFIG_KEYS
 from ..models.moshi_batch import MoshiBatch, StepInput, StepOutput
+from ..models.persona import PersonaError, VoiceLibrary
 from .base import (AssistantAudio, AssistantText, AssistantTurnEnded, AssistantTurnStarted,
-                   CapacityError, Engine, EngineStream, Sink, Unsupported, UserFrame)
+                   CapacityError, Engine, EngineFailure, EngineStream, Sink, StreamReady, Unsupported, UserFrame)
+from .persona import Persona, PersonaWork
 from .scheduler import BatchScheduler, Delivery, Slot, TickEntry
 from .transcriber import TranscriberSource, UserTranscriber
 from .turns import ActivityDetector
@@ -73,8 +77,16 @@ class DuplexEngine(Engine):
 
     def __init__(self, model: MoshiBatch, *, max_wait_ms: float | None = None, max_queue_frames: int = 125,
                  interrupt_hold_ms: float = 2000.0, speech_threshold_dbfs: float = -45.0,
-                 transcribers: TranscriberSource | None = None):
+                 transcribers: TranscriberSource | None = None, voices: VoiceLibrary | None = None,
+                 prefill: str = "parallel"):
+        """`voices`: the voice prompts of a persona model (--voices); `prefill`: how a persona goes in
+        (engines/persona.py: parallel, nocache, stepped)."""
         self.model = model
+        self.voices = voices
+        self.prefill_mode = prefill
+        self.personas_started = 0
+        self.personas_cached = 0
+        self._persona_tasks: set[asyncio.Task] = set()
         self.scheduler: BatchScheduler[DuplexSlotOwner] = BatchScheduler(
             DuplexRunner(model), model.slots, max_wait_ms=max_wait_ms, max_queue_frames=max_queue_frames, name="duplex")
         self.interrupt_hold_frames = max(1, round(interrupt_hold_ms / FRAME_MS))
@@ -86,15 +98,24 @@ class DuplexEngine(Engine):
         await self.scheduler.start()
 
     async def stop(self) -> None:
+        for task in list(self._persona_tasks):
+            task.cancel()
+        await asyncio.gather(*self._persona_tasks, return_exceptions=True)
         await self.scheduler.stop()
 
     def has_free_slot(self) -> bool:
         return self.scheduler.has_free_slot()
 
     def health(self) -> dict:
-        return {"slots": self.model.slots, "active": self.scheduler.active,
-                "ticks": self.scheduler.ticks, "last_step_ms": round(self.scheduler.last_step_ms, 2),
-                "hold_ms": round(self.scheduler.policy.hold_s() * 1000.0, 1)}
+        health: dict[str, tp.Any] = {"slots": self.model.slots, "active": self.scheduler.active,
+                  "ticks": self.scheduler.ticks, "last_step_ms": round(self.scheduler.last_step_ms, 2),
+                  "hold_ms": round(self.scheduler.policy.hold_s() * 1000.0, 1), "persona": self.model.persona}
+        if self.model.persona:
+            cache = self.model.prefix_cache
+            health["voices"] = self.voices.names() if self.voices is not None else []
+            health["prefix_cache"] = {"entries": len(cache), "bytes": cache.bytes, "hits": cache.hits,
+                                      "misses": cache.misses}
+        return health
 
     def open(self, config: dict, sink: Sink) -> "DuplexStream":
         self.check_config(config)
@@ -108,12 +129,55 @@ class DuplexEngine(Engine):
         except Unsupported:
             stream.close()
             raise
+        persona = Persona.from_config(config) if self.model.persona else None
+        if persona is not None:
+            stream.start_persona(persona)
         return stream
+
+    def run_persona(self, stream: "DuplexStream", persona: Persona) -> None:
+        """Puts `persona` into the stream's slot between ticks; the slot's frames wait meanwhile."""
+        slot = stream.slot
+        assert slot is not None
+        self.scheduler.begin_preparing(slot)
+        work = PersonaWork(self.model, self.voices, persona, slot.index, self.prefill_mode)
+        task = asyncio.get_running_loop().create_task(self._prepare(stream, slot, work), name="persona-prefill")
+        self._persona_tasks.add(task)
+        task.add_done_callback(self._persona_tasks.discard)
+        stream.preparation = task
+
+    async def _prepare(self, stream: "DuplexStream", slot: Slot[DuplexSlotOwner], work: PersonaWork) -> None:
+        self.personas_started += 1
+        try:
+            await self.scheduler.run_between_ticks(work)
+        except PersonaError as exc:
+            stream.sink(EngineFailure("unsupported", f"persona: {exc}; the conversation goes on without it"))
+            slot.needs_reset = True        # the slot may be half filled: wipe it, keep the user's frames
+        except Exception:
+            log.exception("persona prefill failed")
+            stream.sink(EngineFailure("internal", "persona prefill failed; the conversation goes on without it"))
+            slot.needs_reset = True
+        if slot.owner is not stream:
+            return       # closed meanwhile
+        self.personas_cached += work.cached
+        self.scheduler.end_preparing(slot)
+        stream.preparation = None
+        stream.sink(StreamReady())
 
     def check_config(self, config: dict) -> None:
         unsupported = sorted(set(config) - DUPLEX_CONFIG_KEYS)
         if unsupported:
             raise Unsupported(f"the duplex model does not take {', '.join(unsupported)}")
+        persona = sorted({"system_prompt", "voice"} & set(config))
+        if persona and not self.model.persona:
+            raise Unsupported(f"this duplex model has no persona support ({', '.join(persona)}); a PersonaPlex "
+                              "model has (--preset personaplex), and the cascade takes them (mode=cascade)")
+        if "voice" in config:
+            if self.voices is None:
+                raise Unsupported("voice: this server has no voices folder (start it with --voices DIR)")
+            try:
+                self.voices.path(config["voice"])
+            except PersonaError as exc:
+                raise Unsupported(f"voice: {exc}") from None
         if config.get("transcribe_user") and self.transcribers is None:
             raise Unsupported("transcribe_user needs a speech recogniser, and this server loaded none "
                               "(start it without --no-cascade)")
@@ -130,6 +194,16 @@ class DuplexStream(EngineStream):
         self.forced_silent = False
         self._hold_left = 0          # frames left of an interrupt's forced silence
         self.transcriber: UserTranscriber | None = None   # while `transcribe_user` is on
+        self.persona: Persona | None = None
+        self.preparation: asyncio.Task | None = None      # while the persona goes into the slot
+
+    @property
+    def ready(self) -> bool:
+        return self.preparation is None
+
+    def start_persona(self, persona: Persona) -> None:
+        self.persona = persona
+        self.engine.run_persona(self, persona)
 
     @property
     def mode(self) -> str:
@@ -156,7 +230,13 @@ class DuplexStream(EngineStream):
 
     def reset(self) -> None:
         assert self.slot is not None
+        if self.preparation is not None:
+            self.preparation.cancel()
+            self.preparation = None
         self.engine.scheduler.reset(self.slot)
+        if self.persona is not None:       # the persona is part of the conversation's start: put it back
+            self.engine.scheduler.end_preparing(self.slot)
+            self.start_persona(self.persona)
         self.forced_silent = False
         self.speaking.reset()
         self.user_voice.reset()
@@ -165,6 +245,8 @@ class DuplexStream(EngineStream):
 
     def configure(self, config: dict) -> None:
         self.engine.check_config(config)
+        if {"system_prompt", "voice"} & set(config):
+            raise Unsupported("the duplex persona (system_prompt, voice) is set at `start` only")
         self.apply_settings(config)
 
     def apply_settings(self, config: dict) -> None:
@@ -190,6 +272,9 @@ class DuplexStream(EngineStream):
             self.transcriber = None
 
     def close(self) -> None:
+        if self.preparation is not None:
+            self.preparation.cancel()
+            self.preparation = None
         if self.transcriber is not None:
             self.transcriber.close()
             self.transcriber = None

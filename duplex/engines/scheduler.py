@@ -7,6 +7,10 @@ or all of them, so each tick should take every frame that can still make its dea
 frame this tick are masked out (their state does not move). Queues are bounded: overflow drops the
 oldest frame and is counted, never blocking. Results are handed back on the event loop.
 
+Work that is not a tick (a persona prompt's prefill) runs between ticks, in pieces that fit the time
+until the next tick is due (`run_between_ticks`, `BetweenTicks`): meanwhile its slot is *preparing*,
+its frames wait in its queue and it takes no part in ticks.
+
 The seam: a `TickRunner` adapts one model to the scheduler (prepare a masked batch on the loop,
 execute it on the model thread, deliver results on the loop); each slot is held by an owner of the
 type that runner knows how to serve (`DuplexSlotOwner`, `SttSlotOwner`). The scheduler itself never
@@ -49,6 +53,7 @@ class Slot(tp.Generic[OwnerT]):
     needs_reset: bool = True
     first_frame: bool = True
     dropped: int = 0
+    preparing: bool = False               # being filled between ticks: its frames wait, it does not step
 
 
 @dataclass
@@ -82,6 +87,25 @@ class TickRunner(tp.Protocol[OwnerT, JobT, ResultT]):
     def deliver(self, deliveries: list[Delivery[OwnerT]], result: ResultT) -> None:
         """Event loop: hand each live slot its part of the result."""
         ...
+
+
+class BetweenTicks(tp.Protocol):
+    """Model work done between ticks, in pieces (a persona prefill: models/prefill.py)."""
+
+    def min_cost_s(self) -> float:
+        """Event loop: the expected time of the smallest piece `run` will do."""
+        ...
+
+    def run(self, budget_s: float) -> bool:
+        """Model thread: do about `budget_s` of work (at least the smallest piece); True when all done."""
+        ...
+
+
+@dataclass
+class _Pending:
+    work: BetweenTicks
+    done: asyncio.Future
+    since: float                          # time.monotonic() of its last piece (or of its submission)
 
 
 class TickPolicy:
@@ -132,7 +156,16 @@ class BatchScheduler(tp.Generic[OwnerT]):
         self.on_tick: tp.Callable[[float, int], None] | None = None  # (step_ms, frames) for metrics
         self._calls: set[concurrent.futures.Future] = set()          # fire-and-forget model-thread calls
         self._active = 0     # slots with an owner
-        self._waiting = 0    # owned slots with a frame queued
+        self._waiting = 0    # owned slots with a frame queued (preparing slots excluded)
+        self._preparing = 0  # owned slots being filled between ticks
+        self._between: collections.deque[_Pending] = collections.deque()
+        # Pieces of between-tick work: at most this long while others talk (their frames may wait that much
+        # when a tick falls due mid-piece), and this long when nobody else is in a slot.
+        self.between_max_s = 0.015
+        self.between_alone_s = 0.25
+        self.between_starved_s = FRAME_S   # a piece (between_max_s) runs after this long even when ticks leave no room
+        self.between_runs = 0
+        self._running: _Pending | None = None
 
     # --- slots -------------------------------------------------------------------------------
     @property
@@ -159,6 +192,9 @@ class BatchScheduler(tp.Generic[OwnerT]):
         if slot.owner is not None:
             self._active -= 1
         self._clear_queue(slot)
+        if slot.preparing:
+            slot.preparing = False
+            self._preparing -= 1
         slot.owner = None
         slot.generation += 1
         slot.needs_reset = True
@@ -171,6 +207,40 @@ class BatchScheduler(tp.Generic[OwnerT]):
         slot.first_frame = True
         self._wakeup.set()
 
+    def begin_preparing(self, slot: Slot[OwnerT]) -> None:
+        """The slot is filled between ticks from now on (by work that also wipes its state): its frames wait."""
+        if slot.preparing:
+            return
+        if slot.queue:
+            self._waiting -= 1
+        slot.preparing = True
+        slot.needs_reset = False
+        self._preparing += 1
+        self._wakeup.set()
+
+    def end_preparing(self, slot: Slot[OwnerT]) -> None:
+        """The slot is ready: its waiting frames go into the next ticks."""
+        if not slot.preparing:
+            return
+        slot.preparing = False
+        self._preparing -= 1
+        if slot.queue:
+            self._waiting += 1
+        self._wakeup.set()
+
+    async def run_between_ticks(self, work: BetweenTicks) -> None:
+        """Runs `work` on the model thread between ticks, piece by piece, never making a tick wait for more
+        than one piece; returns when it is done (cancelling the wait drops the work before its next piece)."""
+        pending = _Pending(work, asyncio.get_running_loop().create_future(), time.monotonic())
+        self._between.append(pending)
+        self._wakeup.set()
+        try:
+            await asyncio.shield(pending.done)
+        finally:
+            if not pending.done.done():
+                pending.done.cancel()
+            if pending in self._between and pending is not self._running:
+                self._between.remove(pending)
     def push(self, slot: Slot[OwnerT], pcm: np.ndarray) -> bool:
         """Queues one frame; returns False when the queue was full and the oldest frame was dropped."""
         dropped = len(slot.queue) >= self.max_queue_frames
@@ -178,16 +248,16 @@ class BatchScheduler(tp.Generic[OwnerT]):
             slot.queue.popleft()
             slot.dropped += 1
         slot.queue.append(QueuedFrame(pcm, time.monotonic()))
-        if len(slot.queue) == 1:
+        if len(slot.queue) == 1 and not slot.preparing:
             self._waiting += 1
             # Only a first waiting frame (it starts the hold) or the last slot's (a tick is due now) changes
             # when the next tick runs; waking the tick loop for every frame cost the event loop dearly.
-            if self._waiting == 1 or self._waiting >= self._active:
+            if self._waiting == 1 or self._waiting >= self._active - self._preparing:
                 self._wakeup.set()
         return not dropped
 
     def _clear_queue(self, slot: Slot[OwnerT]) -> None:
-        if slot.queue:
+        if slot.queue and not slot.preparing:
             self._waiting -= 1
             slot.queue.clear()
 
@@ -213,6 +283,10 @@ class BatchScheduler(tp.Generic[OwnerT]):
         self._task = asyncio.create_task(self._run(), name=f"{self.name}-scheduler")
 
     async def stop(self) -> None:
+        for pending in self._between:
+            if not pending.done.done():
+                pending.done.cancel()
+        self._between.clear()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -225,14 +299,21 @@ class BatchScheduler(tp.Generic[OwnerT]):
         """Seconds until the next tick is due: 0 = now, None = nothing to do."""
         if self._waiting == 0:
             return None
-        if self._waiting >= self._active:
+        if self._waiting >= self._active - self._preparing:
             return 0.0
-        oldest = min(slot.queue[0].arrived for slot in self.slots if slot.queue)
+        oldest = min(slot.queue[0].arrived for slot in self.slots if slot.queue and not slot.preparing)
         return max(0.0, oldest + self.policy.hold_s() - time.monotonic())
 
     async def _run(self) -> None:
         while True:
             due = self._due()
+            if self._between:
+                budget = self._between_budget(due)
+                if budget is not None:
+                    await self._run_between(budget)
+                    continue
+                if due is None or due > 0:
+                    due = self._until_starved(due)
             if due is None or due > 0:
                 self._wakeup.clear()
                 try:
@@ -248,9 +329,50 @@ class BatchScheduler(tp.Generic[OwnerT]):
                 log.exception("%s tick failed; the affected frames are lost", self.name)
                 await asyncio.sleep(0.01)  # back off so that a failure every tick does not spin
 
+    def _until_starved(self, due: float | None) -> float:
+        """How long to wait before looking again when between-tick work waits for room."""
+        starved = self._between[0].since + self.between_starved_s - time.monotonic()
+        return max(0.0, starved if due is None else min(due, starved))
+
+    def _between_budget(self, due: float | None) -> float | None:
+        """The time a piece of between-tick work may take now, or None: wait for the next tick first."""
+        pending = self._between[0]
+        starved = time.monotonic() - pending.since >= self.between_starved_s
+        if self._active - self._preparing <= 0:
+            return self.between_alone_s      # nobody is talking: nothing to keep on time
+        if due is not None and due <= 0:     # a tick is due now; under overload that is always so
+            return self.between_max_s if starved else None
+        room = min(self.policy.hold_s() if due is None else due, self.between_max_s)
+        if room >= pending.work.min_cost_s():
+            return room
+        # starved: a piece of the largest size, late ticks or not: the newcomer must progress
+        return self.between_max_s if starved else None
+
+    async def _run_between(self, budget_s: float) -> None:
+        pending = self._between[0]
+        self._running = pending
+        try:
+            finished = await self.run_in_worker(pending.work.run, budget_s)
+        except Exception as exc:
+            self._between.popleft()
+            if not pending.done.done():
+                pending.done.set_exception(exc)
+            return
+        finally:
+            self._running = None
+        self.between_runs += 1
+        pending.since = time.monotonic()
+        if pending.done.done():              # its waiter went away: drop it
+            self._between.remove(pending)
+        elif finished:
+            self._between.popleft()
+            pending.done.set_result(None)
+
     async def _tick(self) -> None:
         entries: list[TickEntry[OwnerT]] = []
         for slot in self.slots:
+            if slot.preparing:
+                continue
             frame = slot.queue.popleft() if (slot.owner is not None and slot.queue) else None
             if frame is not None and not slot.queue:
                 self._waiting -= 1

@@ -57,14 +57,15 @@ class ActiveRows:
                     self.fields += _batch_fields(state, fresh, batch_size)
 
     @contextlib.contextmanager
-    def narrowed(self, rows: int) -> tp.Iterator[None]:
-        """Within: every per-slot tensor is a view of its first `rows` rows (in-place updates land in
-        the full tensor); after: tensors the step replaced are copied back into those rows."""
+    def narrowed(self, rows: int, start: int = 0) -> tp.Iterator[None]:
+        """Within: every per-slot tensor is a view of rows [start, start + rows) (in-place updates land in
+        the full tensor); after: tensors the step replaced are copied back into those rows. (A persona
+        prefill narrows to its one slot: models/prefill.py.)"""
         if rows >= self.batch_size:
             yield
             return
         full = [getattr(holder, name) for holder, name, _ in self.fields]
-        views = [tensor.narrow(dim, 0, rows) for tensor, (_, _, dim) in zip(full, self.fields, strict=True)]
+        views = [tensor.narrow(dim, start, rows) for tensor, (_, _, dim) in zip(full, self.fields, strict=True)]
         for (holder, name, _), view in zip(self.fields, views, strict=True):
             setattr(holder, name, view)
         for state in self.states:
@@ -75,7 +76,7 @@ class ActiveRows:
             for (holder, name, dim), tensor, view in zip(self.fields, full, views, strict=True):
                 now = getattr(holder, name)
                 if now is not view:  # the module assigned a new tensor (e.g. `state.offsets = where(...)`)
-                    tensor.narrow(dim, 0, rows).copy_(now)
+                    tensor.narrow(dim, start, rows).copy_(now)
                 setattr(holder, name, tensor)
             for state in self.states:
                 state.batch_size = self.batch_size  # type: ignore[attr-defined]

@@ -1,12 +1,17 @@
 """Moshi over a fixed batch of slots: one batched Mimi encode -> LMGen step -> Mimi decode per tick.
 
 Runs on the model worker thread only (the scheduler guarantees it), so no locking here.
-Shapes: B = slots, F = 1920 samples (80 ms), K = dep_q = 8 audio codebooks per side.
+Shapes: B = slots, F = 1920 samples (80 ms), K = 8 audio codebooks per side.
+
+A model whose depformer also predicts the user's stream (PersonaPlex, dep_q 16) runs through
+`PersonaLMGen` and takes persona prompts: `begin_prefill` fills a slot with one (models/prefill.py),
+between ticks, on this same thread.
 """
 
 from __future__ import annotations
 
 import logging
+import typing as tp
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +22,9 @@ from moshi.utils.compile import no_compile
 from ..audio import FRAME_SAMPLES
 from .active_rows import ActiveRows
 from .inference import inference
+from .persona import PersonaPrompt, VoiceLibrary, build_prompt, wrap_system_tags
+from .persona_gen import PersonaLMGen
+from .prefill import Prefill, PrefixCache, RowStates
 from .sampling import BatchedLMGen, SamplingSettings, SlotRandomness
 
 log = logging.getLogger(__name__)
@@ -48,18 +56,25 @@ class MoshiBatch:
     """Loads Mimi + the LM once and serves `slots` independent streams through one batched step."""
 
     def __init__(self, checkpoint: loaders.CheckpointInfo, slots: int, device: str, dtype: torch.dtype,
-                 active_rows: bool | None = None):
-        """`active_rows`: step only the prefix of slots in use (None: on CPU, where it pays; see active_rows.py)."""
+                 active_rows: bool | None = None, prefix_cache_bytes: int = 256 << 20):
+        """`active_rows`: step only the prefix of slots in use (None: on CPU, where it pays; see active_rows.py).
+        `prefix_cache_bytes`: memory for prefilled persona prompts (persona models only)."""
         self.slots = slots
         self.device = torch.device(device)
-        self.mimi = checkpoint.get_mimi(device=self.device)
+        self.checkpoint = checkpoint
+        self.mimi = self._load_mimi()
         self.lm = checkpoint.get_moshi(device=self.device, dtype=dtype)
+        # The model's own codebooks (8): Moshi's depformer predicts those only (dep_q 8 of n_q 16), PersonaPlex's
+        # predicts the user's as well (dep_q == n_q = 16).
+        self.persona = self.lm.dep_q == self.lm.n_q
+        self.agent_q = self.lm.n_q // 2 if self.persona else self.lm.dep_q
         self.tokenizer = checkpoint.get_text_tokenizer()
         self.frame_samples = self.mimi.frame_size
         assert self.frame_samples == FRAME_SAMPLES, self.frame_samples
         self.defaults = SamplingSettings().updated(_lm_gen_defaults(checkpoint.lm_gen_config))
         self.silence_codes = self._silence_codes()
-        self.gen = BatchedLMGen(self.lm, slots, self.silence_codes)
+        gen_class = PersonaLMGen if self.persona else BatchedLMGen
+        self.gen = gen_class(self.lm, slots, self.silence_codes)
         self.randomness = SlotRandomness(slots, 1 + self.lm.dep_q)
         self.settings = [self.defaults for _ in range(slots)]
         self.mimi.streaming_forever(slots)
@@ -69,10 +84,26 @@ class MoshiBatch:
         self._pieces = [self._piece(i) for i in range(self.tokenizer.vocab_size())]
         use_rows = self.device.type == "cpu" if active_rows is None else active_rows
         gen = self.gen
-        self.active_rows = ActiveRows(
-            [self.mimi, gen], slots, extra=[(gen, "slot_temp_audio"), (gen, "slot_temp_text"), (gen, "noise"),
-                                           (gen, "slot_top_k_audio"), (gen, "slot_top_k_text"), (gen, "force_silence")],
-        ) if use_rows and slots > ROW_BUCKET else None
+        extra = [(gen, "slot_temp_audio"), (gen, "slot_temp_text"), (gen, "noise"),
+                 (gen, "slot_top_k_audio"), (gen, "slot_top_k_text"), (gen, "force_silence")]
+        if isinstance(gen, PersonaLMGen):
+            extra += [(gen, "forced"), (gen, "forced_tokens")]
+        self.active_rows = ActiveRows([self.mimi, gen], slots, extra=extra) if use_rows and slots > ROW_BUCKET else None
+        # Persona prompts (persona models only): prefill state, the prefix cache, the voice encoder.
+        self.prefix_cache = PrefixCache(prefix_cache_bytes)
+        self.seconds_per_position = 1e-3          # a prefill's measured cost per prompt position (moving average)
+        self.row_states = RowStates(self.lm, gen, slots) if isinstance(gen, PersonaLMGen) else None
+        self._voice_mimi: tp.Any = None
+        # A prompt must leave most of the attention context to the conversation.
+        self.max_prompt_frames = int(self.lm.context or 3000) // 2
+
+    def _load_mimi(self) -> tp.Any:
+        """Mimi with as many codebooks as one speaker has (moshi's loader would give a dep_q 16 model 16)."""
+        config = self.checkpoint.lm_config or {}
+        persona = config.get("dep_q", 8) == config.get("n_q", 16)
+        codebooks = config.get("n_q", 16) // 2 if persona else config.get("dep_q", 8)
+        return loaders.get_mimi(self.checkpoint.mimi_weights, self.checkpoint.mimi_config,
+                                num_codebooks=codebooks, device=self.device)
 
     def rows_for(self, in_use: np.ndarray) -> int:
         """How many leading slots a step computes: past the last slot in use, rounded up to a bucket of
@@ -88,7 +119,7 @@ class MoshiBatch:
         with no_compile(), torch.no_grad(), self.mimi.streaming(1):
             for _ in range(6):
                 codes = self.mimi.encode(zeros)
-        return codes[0, : self.lm.dep_q, 0].clone()
+        return codes[0, : self.agent_q, 0].clone()
 
     def _piece(self, token: int) -> str | None:
         if token in SPECIAL_TEXT_IDS:
@@ -151,7 +182,7 @@ class MoshiBatch:
         self.gen.set_exec_mask(execute)
         tokens = self.gen.step(codes)                                        # [R, 1 + K, 1]
         assert tokens is not None  # support_out_of_sync: never None, "ungenerated" marks instead
-        audio = tokens[:, 1:, :]
+        audio = tokens[:, 1: 1 + self.agent_q, :]
         has_output = (audio >= 0).all(dim=1)[:, 0] & execute                 # [R]
         audio = torch.where(has_output[:, None, None], audio, self.silence_codes[None, :, None])
 
@@ -164,6 +195,82 @@ class MoshiBatch:
         text = [self._pieces[t] if ok and 0 <= t < len(self._pieces) else None
                 for t, ok in zip(text_ids, has_output_np)]
         return StepOutput(out_np, text, has_output_np)
+
+    # --- persona prompts (model thread) --------------------------------------------------------
+    def persona_prompt(self, voices: VoiceLibrary | None, voice: str | None, text: str | None) -> PersonaPrompt:
+        """The prompt frames of a persona (a voice from `voices`, a role prompt); raises PersonaError."""
+        from .persona import PersonaError
+
+        codes = embeddings = None
+        voice_id = ""
+        if voice is not None:
+            if voices is None:
+                raise PersonaError("this server has no voices folder (start it with --voices DIR)")
+            voice_id, codes, embeddings = voices.voice(voice)
+            if embeddings is not None and embeddings.shape[1] != self.lm.dim:
+                raise PersonaError(f"voice {voice_id} was computed for a model of width {embeddings.shape[1]}, "
+                                   f"this one is {self.lm.dim}")
+        tokens = self.tokenizer.encode(wrap_system_tags(text)) if text and text.strip() else []
+        prompt = build_prompt(codes, tokens, voice_id, embeddings)
+        if prompt.frames > self.max_prompt_frames:
+            raise PersonaError(f"the persona prompt is {prompt.frames} frames; this model takes at most "
+                               f"{self.max_prompt_frames} (a shorter voice prompt or role)")
+        return prompt
+
+    def encode_voice(self, pcm: np.ndarray) -> torch.Tensor:
+        """pcm [N] float32 at 24 kHz (N a multiple of 1920) -> Mimi codes [8, N / 1920], on a Mimi of its own."""
+        if self._voice_mimi is None:
+            self._voice_mimi = self._load_mimi()
+        with inference(self.device), self._voice_mimi.streaming(1):
+            codes = self._voice_mimi.encode(torch.from_numpy(pcm).to(self.device)[None, None])
+        return codes[0, : self.agent_q].cpu()
+
+    def begin_prefill(self, slot: int, prompt: PersonaPrompt, use_cache: bool = True) -> Prefill:
+        """A job that fills `slot` with `prompt`, a chunk per `run(budget_s)` call; the slot must not step
+        until it is done (the engine holds its frames)."""
+        assert self.row_states is not None, "this model takes no persona prompt"
+        return Prefill(self, self.row_states, slot, prompt, use_cache)
+
+    def run_prefill(self, prefill: Prefill, budget_s: float) -> bool:
+        with inference(self.device):
+            return prefill.run(budget_s)
+
+    def step_prompt(self, slot: int, prompt: PersonaPrompt) -> None:
+        """PersonaPlex's way: the prompt stepped one frame per (batched, masked) model step; nobody else
+        steps meanwhile. Leaves the slot as `begin_prefill` does (kept for comparison: scripts/bench_persona.py)."""
+        gen = self.gen
+        assert isinstance(gen, PersonaLMGen)
+        if prompt.embeddings is not None:
+            from .persona import PersonaError
+
+            raise PersonaError("a .pt voice (embeddings) cannot be stepped frame by frame; use --prefill parallel")
+        with inference(self.device):
+            self.reset_slot(slot)
+            execute = torch.zeros(self.slots, dtype=torch.bool, device=self.device)
+            execute[slot] = True
+            codes = torch.zeros(self.slots, self.agent_q, 1, dtype=torch.long, device=self.device)
+            self.gen.force_silence.zero_()
+            gen.forced[slot] = True
+            try:
+                for p in range(prompt.frames):
+                    frame = prompt.frame(p).to(self.device)
+                    gen.forced_tokens[slot] = frame[: 1 + self.agent_q]
+                    codes[slot, :, 0] = frame[1 + self.agent_q:]
+                    self.draw_noise(slot)
+                    gen.set_exec_mask(execute)
+                    gen.step(codes)
+            finally:
+                gen.forced[slot] = False
+
+    def reset_slot(self, slot: int) -> None:
+        mask = torch.zeros(self.slots, dtype=torch.bool, device=self.device)
+        mask[slot] = True
+        self.mimi.reset_streaming(mask)
+        self.gen.reset_streaming(mask)
+
+    def draw_noise(self, slot: int) -> None:
+        sampling = [slot] if self._samples(slot) else []
+        self.gen.noise[slot].copy_(self.randomness.draw(sampling)[slot])
 
     def _samples(self, slot: int) -> bool:
         s = self.settings[slot]

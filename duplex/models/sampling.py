@@ -55,7 +55,9 @@ def sample_per_slot(logits: torch.Tensor, temp: torch.Tensor, top_k: torch.Tenso
 class BatchedLMGen(LMGen):
     """LMGen with per-slot sampling settings and a per-slot "forced silent" switch."""
 
-    def __init__(self, lm_model: LMModel, batch_size: int, silence_codes: torch.Tensor):
+    def __init__(self, lm_model: LMModel, batch_size: int, silence_codes: torch.Tensor, agent_q: int | None = None):
+        """`agent_q`: the codebooks to sample (default all dep_q); PersonaPlex's depformer also predicts the
+        user's codebooks after its own 8, which generation never needs (models/persona_gen.py)."""
         super().__init__(lm_model, use_sampling=False, support_out_of_sync=True)
         self.on_text_logits_hook = self._sample_text
         device = lm_model.device
@@ -67,7 +69,8 @@ class BatchedLMGen(LMGen):
         self.slot_top_k_text = torch.ones(batch_size, dtype=torch.long, device=device)
         self.force_silence = torch.zeros(batch_size, dtype=torch.bool, device=device)
         self.noise = torch.ones(batch_size, n_streams, MAX_TOP_K, device=device)
-        self.silence_codes = silence_codes.to(device=device, dtype=torch.long)   # [dep_q]
+        self.silence_codes = silence_codes.to(device=device, dtype=torch.long)   # [agent_q]
+        self.agent_q = lm_model.dep_q if agent_q is None else agent_q
 
     def _sample_text(self, text_logits: torch.Tensor) -> None:
         """text_logits [B, 1, 1, V]: rewritten in place so that its argmax is our sampled token."""
@@ -78,21 +81,25 @@ class BatchedLMGen(LMGen):
         text_logits[:, 0, 0].scatter_(-1, token[:, None], 0.0)
 
     def depformer_step(self, text_token: torch.Tensor, transformer_out: torch.Tensor) -> torch.Tensor:
-        """Samples the model's dep_q audio codebooks, one after another, for every slot: [B, dep_q]."""
+        """Samples the model's agent_q audio codebooks, one after another, for every slot: [B, dep_q]
+        (a depformer that also predicts the user's codebooks gets zeros there; the caller keeps the real ones)."""
         lm_model = self.lm_model
         assert lm_model.depformer is not None and self.cfg_coef == 1.0
         batch_size = text_token.shape[0]
         previous = text_token
         tokens: list[torch.Tensor] = []
         with lm_model.depformer.streaming(batch_size):
-            for codebook in range(lm_model.dep_q):
+            for codebook in range(self.agent_q):
                 logits = lm_model.forward_depformer(codebook, previous[:, None, None], transformer_out)
                 token = sample_per_slot(logits[:, 0, 0], self.slot_temp_audio, self.slot_top_k_audio, self.noise[:, 1 + codebook])
                 tokens.append(token)
                 previous = token
         audio = torch.stack(tokens, dim=1)
         # A forced-silent slot says the silence codes, so what it "hears itself say" agrees.
-        return torch.where(self.force_silence[:, None], self.silence_codes[None, :], audio)
+        audio = torch.where(self.force_silence[:, None], self.silence_codes[None, :], audio)
+        if lm_model.dep_q > self.agent_q:
+            audio = torch.cat([audio, audio.new_zeros(batch_size, lm_model.dep_q - self.agent_q)], dim=1)
+        return audio
 
 
 class SlotRandomness:

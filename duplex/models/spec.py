@@ -14,7 +14,7 @@ from pathlib import Path
 
 from moshi.models import loaders
 
-from . import tiny
+from . import personaplex, tiny
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,12 @@ PRESETS: dict[str, Preset] = {
                       "Kyutai's Moshi 7B (female voice), bf16; the same cascade"),
     "tiny": Preset("tiny", "tiny:moshi", "random-weight Moshi, STT, TTS and LLM of the real architectures, "
                    "generated locally", stt_spec="tiny:stt", tts_spec="tiny:tts", llm_spec="tiny"),
+    "personaplex": Preset("personaplex", f"personaplex:{personaplex.REPO}",
+                          "NVIDIA's PersonaPlex 7B (Moshi with persona prompts: --voices, config system_prompt/voice), "
+                          "bf16; the same cascade as moshiko"),
+    "tiny-personaplex": Preset("tiny-personaplex", "tiny:personaplex",
+                               "random-weight PersonaPlex (dep_q 16) in PersonaPlex's published layout, with tiny "
+                               "voices; the tiny cascade", stt_spec="tiny:stt", tts_spec="tiny:tts", llm_spec="tiny"),
 }
 
 
@@ -53,6 +59,8 @@ def resolve_checkpoint(spec: str) -> loaders.CheckpointInfo:
         if name not in generators:
             raise WeightsUnavailable(f"no tiny preset {spec!r}; known: {', '.join('tiny:' + n for n in generators)}")
         return checkpoint_from_dir(generators[name](WEIGHTS_DIR / f"tiny-{name}"))
+    if spec.startswith("personaplex:"):
+        return checkpoint_from_dir(personaplex_directory(spec))
     path = Path(spec).expanduser()
     if path.is_dir():
         return checkpoint_from_dir(path)
@@ -61,8 +69,45 @@ def resolve_checkpoint(spec: str) -> loaders.CheckpointInfo:
     return checkpoint_from_hub(spec)
 
 
+def model_directory(spec: str) -> Path | None:
+    """The local folder of a duplex spec's files (generated, downloaded or given), None for a moshi hub repo."""
+    if spec.startswith("tiny:"):
+        name = spec.removeprefix("tiny:")
+        return tiny.GENERATORS[name](WEIGHTS_DIR / f"tiny-{name}") if name in tiny.GENERATORS else None
+    if spec.startswith("personaplex:"):
+        return personaplex_directory(spec)
+    path = Path(spec).expanduser()
+    return path if path.is_dir() else None
+
+
+def personaplex_directory(spec: str) -> Path:
+    """`personaplex:<repo id or directory>`: the folder of PersonaPlex's published files."""
+    source = spec.removeprefix("personaplex:")
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    from huggingface_hub.utils import HfHubHTTPError
+
+    log.info("fetching %s from the Hugging Face hub (cached under %s)", source, _hf_cache_dir())
+    try:
+        return personaplex.download(source)
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise WeightsUnavailable(
+            f"could not get {source!r} from the Hugging Face hub ({type(exc).__name__}: {exc}).\n"
+            "  - PersonaPlex's weights are gated: accept its license on huggingface.co and set HF_TOKEN;\n"
+            "  - or pass a local directory with its files (--moshi-spec personaplex:/path/to/dir);\n"
+            "  - or try `--preset tiny-personaplex` (random weights generated locally, no download)."
+        ) from exc
+
+
 def checkpoint_from_dir(directory: Path) -> loaders.CheckpointInfo:
-    """A local directory laid out like a hub repo: config.json naming its files, which sit beside it."""
+    """A local directory laid out like a hub repo: config.json naming its files, which sit beside it
+    (or PersonaPlex's published layout, whose file names are fixed: models/personaplex.py)."""
+    if (directory / personaplex.MIMI_FILE).exists():
+        try:
+            return personaplex.checkpoint_from_layout(directory)
+        except personaplex.LayoutError as exc:
+            raise WeightsUnavailable(str(exc)) from None
     config_path = directory / "config.json"
     if not config_path.exists():
         raise WeightsUnavailable(f"{directory} has no config.json; it must use the Hugging Face repo layout")

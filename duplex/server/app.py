@@ -111,4 +111,7 @@ async def handle_health(request: web.Request) -> web.Response:
 
 async def handle_metrics(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
+    duplex = request.app[ENGINES].get("duplex")
+    if duplex is not None and "prefix_cache" in (health := duplex.health()):
+        metrics.persona_cache(health["prefix_cache"])
     return web.Response(body=metrics.exposition(), headers={"Content-Type": metrics.content_type})

@@ -17,6 +17,7 @@ if tp.TYPE_CHECKING:  # torch and the models load at run time only (fast `--help
 
     from ..engines.cascade import CascadeEngine
     from ..models.moshi_batch import MoshiBatch
+    from ..models.persona import VoiceLibrary
 
 
 class StartupError(RuntimeError):
@@ -56,12 +57,40 @@ def load_duplex_model(args: argparse.Namespace, device: str, dtype: torch.dtype)
         checkpoint = resolve_checkpoint(spec)
         bar.update()
         bar.set_postfix_str(f"loading on {device} ({str(dtype).removeprefix('torch.')})")
-        model = MoshiBatch(checkpoint, args.slots, device, dtype)
+        model = MoshiBatch(checkpoint, args.slots, device, dtype,
+                           prefix_cache_bytes=int(getattr(args, "prefix_cache_mb", 256.0) * (1 << 20)))
         bar.update()
         bar.set_postfix_str("warm-up" + (" + CUDA graphs" if device.startswith("cuda") else ""))
         model.warmup()
         bar.update()
     return model
+
+
+def load_voices(args: argparse.Namespace, model: MoshiBatch) -> VoiceLibrary | None:
+    """A persona model's voice prompts (--voices, else the checkpoint's voices.tgz), encoded once at start."""
+    from pathlib import Path
+
+    from ..models.persona import VoiceLibrary
+    from ..models.personaplex import voices_dir
+    from ..models.spec import PRESETS, model_directory
+
+    if not model.persona:
+        if getattr(args, "voices", None):
+            raise StartupError("--voices is for persona models (--preset personaplex or tiny-personaplex)")
+        return None
+    directory: Path | None = Path(args.voices).expanduser() if getattr(args, "voices", None) else None
+    if directory is None:
+        folder = model_directory(args.moshi_spec or PRESETS[args.preset].duplex_spec)
+        directory = voices_dir(folder) if folder is not None else None
+    if directory is None:
+        return None
+    if not directory.is_dir():
+        raise StartupError(f"--voices {directory}: not a folder")
+    voices = VoiceLibrary(directory, model.encode_voice)
+    for name in voices.names():
+        if not name.endswith(".pt"):
+            voices.codes(name)
+    return voices
 
 
 def build_cascade_engine(args: argparse.Namespace, device: str, dtype: torch.dtype) -> CascadeEngine:
@@ -116,7 +145,8 @@ def build_engines(args: argparse.Namespace) -> dict[str, Engine]:
     cascade = None if args.no_cascade else build_cascade_engine(args, device, dtype)
     if duplex_model is not None:
         # duplex sessions borrow the cascade's recogniser, when there is one (transcribe_user)
-        engines["duplex"] = DuplexEngine(duplex_model, max_wait_ms=args.max_wait_ms,
+        engines["duplex"] = DuplexEngine(duplex_model, voices=load_voices(args, duplex_model),
+                                         prefill=getattr(args, "prefill", "parallel"), max_wait_ms=args.max_wait_ms,
                                          max_queue_frames=args.max_queue_frames,
                                          interrupt_hold_ms=args.interrupt_hold_ms,
                                          speech_threshold_dbfs=args.speech_threshold_dbfs, transcribers=cascade)

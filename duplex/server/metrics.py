@@ -54,6 +54,9 @@ class ServerMetrics:
         self.process_cpu = Gauge("duplex_process_cpu_seconds", "CPU time of the whole server process (s)",
                                  registry=r)
         self.process_cpu.set_function(time.process_time)
+        # Persona models: the cache of prefilled persona prompts (set from the engine's health at each scrape).
+        self.prefix_cache = Gauge("duplex_persona_prefix_cache", "Persona prefix cache: bytes held, entries, "
+                                  "hits and misses so far", ["what"], registry=r)
 
     # --- SessionObserver ---------------------------------------------------------------------
     def session_started(self, mode: str) -> None:
@@ -88,6 +91,10 @@ class ServerMetrics:
             self.step_ms.labels(engine).observe(step_ms)
             self.tick_frames.labels(engine).observe(frames)
         return observe
+
+    def persona_cache(self, stats: dict) -> None:
+        for what in ("bytes", "entries", "hits", "misses"):
+            self.prefix_cache.labels(what).set(stats[what])
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

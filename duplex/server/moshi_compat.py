@@ -25,7 +25,8 @@ from aiohttp import web
 from .. import protocol
 from ..audio import BadAudio, FrameAssembler, OpusDecoder
 from ..config import CONFIG_SCHEMA
-from ..engines.base import AssistantAudio, AssistantText, CapacityError, EngineFrame, EngineStream, UserFrame
+from ..engines.base import (AssistantAudio, AssistantText, CapacityError, EngineFailure, EngineFrame, EngineStream,
+                            StreamReady, Unsupported, UserFrame)
 from .connection import CloseConnection, Refusal, SocketCodec, serve_socket
 from .metrics import ServerMetrics
 from .opus_pool import AudioEncoder, audio_encoder
@@ -38,9 +39,11 @@ log = logging.getLogger(__name__)
 # moshi's web client query names -> our config keys (unknown names, e.g. pad_mult, are ignored).
 QUERY_FLOATS = {"audio_temperature": "temperature", "text_temperature": "text_temperature"}
 QUERY_INTS = {"audio_topk": "top_k", "text_topk": "text_top_k", "audio_seed": "seed", "text_seed": "seed"}
+# PersonaPlex's server: the persona (role text, a voice file name such as NATF2.pt) and its seed (-1: none).
+QUERY_PERSONA = {"text_prompt": "system_prompt", "voice_prompt": "voice"}
 
 
-FRAME = "frame"   # an outbox item that is a whole binary message already (error, ping)
+FRAME = "frame"   # an outbox item that is a whole binary message already (error, ping, a persona's late handshake)
 
 
 def moshi_error(code: str, text: str) -> bytes:
@@ -58,6 +61,11 @@ def config_from_query(query) -> dict:
     for name, key in QUERY_INTS.items():
         if name in query and key not in config:
             config[key] = CONFIG_SCHEMA[key].fit(int(float(query[name])))
+    for name, key in QUERY_PERSONA.items():
+        if query.get(name, "").strip():
+            config[key] = query[name]
+    if "seed" in query and int(float(query["seed"])) != -1:
+        config["seed"] = CONFIG_SCHEMA["seed"].fit(int(float(query["seed"])))
     return config
 
 
@@ -106,6 +114,8 @@ class MoshiCodec(SocketCodec):
         except CapacityError:
             return self._refusal(1013, "capacity", "server full: every duplex slot is busy, try again later",
                                  label="no_slot")
+        except Unsupported as exc:   # e.g. a persona asked of a model without one, an unknown voice
+            return self._refusal(1008, "unsupported", str(exc), label="unsupported")
         query = {k: v for k, v in request.query.items() if k != "token"}   # the token is never kept
         self._recording = (uuid.uuid4().hex[:12], config, {"codec": "opus", "query": query})
         self.recorder.begin(self._recording[0], "duplex", config, self._recording[2])
@@ -136,9 +146,16 @@ class MoshiCodec(SocketCodec):
         elif isinstance(frame, AssistantText):
             self.recorder.message_out(frame.text)
             self.outbox.put_text(frame.text)  # sent as 0x02 + utf-8
+        elif isinstance(frame, StreamReady):
+            self.outbox.put_message(FRAME, bytes([protocol.KIND_HANDSHAKE]))   # the persona is in: now the handshake
+        elif isinstance(frame, EngineFailure):
+            log.warning("/api/chat: %s: %s", frame.code, frame.message)
+            self._error(frame.code, frame.message)
 
-    def greeting(self) -> bytes:
-        return bytes([protocol.KIND_HANDSHAKE])   # one byte, as moshi.server sends it
+    def greeting(self) -> bytes | None:
+        """The handshake, at once; with a persona being put into the slot, when it is in (`StreamReady`)."""
+        assert self.stream is not None
+        return bytes([protocol.KIND_HANDSHAKE]) if self.stream.ready else None
 
     @property
     def awaits_start(self) -> bool:

@@ -128,6 +128,16 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="--llm-url: seconds without a new token before the turn fails with an error")
     p.add_argument("--llm-max-tokens", type=int, default=120, help="longest assistant reply, in LLM tokens")
     p.add_argument("--voice", help="default TTS voice (a name from the voices repository); clients may pick another")
+    p.add_argument("--voices", metavar="DIR",
+                   help="persona duplex models (PersonaPlex): the folder of voice prompts (WAV files) that a "
+                        "conversation's config.voice (or /api/chat's voice_prompt) names; default: the "
+                        "checkpoint's own voices.tgz, unpacked")
+    p.add_argument("--prefill", choices=["parallel", "nocache", "stepped"], default="parallel",
+                   help="how a persona prompt goes into its slot: parallel passes between ticks with a cache of "
+                        "seen personas; the same without the cache; or stepped one frame per model step, "
+                        "stalling everyone (PersonaPlex's own way; for comparison)")
+    p.add_argument("--prefix-cache-mb", type=float, default=256.0,
+                   help="memory for prefilled persona prompts (least recently used evicted); 0 = no cache")
     p.add_argument("--end-of-turn-silence-ms", type=float, default=640.0,
                    help="cascade: user silence that ends a turn (the STT's pause head may end it sooner)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for every interface)")

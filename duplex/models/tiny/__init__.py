@@ -10,9 +10,11 @@ import typing as tp
 from pathlib import Path
 
 from .moshi import ensure_tiny_moshi
+from .personaplex import ensure_tiny_personaplex
 from .stt import ensure_tiny_stt
 from .tts import ensure_tiny_tts
 
 GENERATORS: dict[str, tp.Callable[[Path], Path]] = {
     "moshi": ensure_tiny_moshi, "stt": ensure_tiny_stt, "tts": ensure_tiny_tts,
+    "personaplex": ensure_tiny_personaplex,
 }
