@@ -23,20 +23,18 @@ from .. import protocol
 from ..audio import float_to_pcm16
 from . import realtime_events as rt
 from .auth import token_ok
-from .connection import CloseConnection, Refusal, SocketCodec, serve_socket
+from .connection import Refusal, serve_socket
 from .realtime_session import RealtimeSession, Response
-from .session import TooManyBadMessages
 from .state import ENGINES, METRICS, SETTINGS
+from .ws_endpoint import SessionCodec
 
 
 async def handle_realtime(request: web.Request) -> web.StreamResponse:
     return await serve_socket(request, RealtimeCodec())
 
 
-class RealtimeCodec(SocketCodec):
+class RealtimeCodec(SessionCodec):
     endpoint = "realtime"
-    heartbeat = 30.0
-    slow_reader_reason = b"client too slow: stopped reading"
     protocols = ("realtime",)
     session: RealtimeSession
 
@@ -76,18 +74,6 @@ class RealtimeCodec(SocketCodec):
         self.session.send_error("not_started", f"no client event within {timeout_s:g} s of connecting; "
                                                "the socket is closed")
         return f"start timeout: no event within {timeout_s:g} s".encode()
-
-    def on_text(self, data: str) -> None:
-        try:
-            self.session.handle_text(data)
-        except TooManyBadMessages as exc:
-            raise CloseConnection(1008, str(exc).encode()) from None
-
-    def on_binary(self, data: bytes) -> None:
-        try:
-            self.session.handle_binary(data)
-        except TooManyBadMessages as exc:
-            raise CloseConnection(1008, str(exc).encode()) from None
 
     async def encode_outgoing(self, kind: str, payload: tp.Any) -> str | None:
         if kind == "response":

@@ -320,9 +320,7 @@ class RealtimeSession(Session):
         if conv is None:
             return
         if isinstance(frame, AssistantAudio):
-            conv.frames_out += 1
-            self.observer.frame_out(frame.turnaround_ms)
-            receipt = self._receipt(conv, frame)   # every frame keeps the recording's frame count aligned
+            receipt = self._assistant_audio(conv, frame)
             if self.response is not None:   # outside a response the duplex model is quiet: nothing is sent
                 self.outbox.put_audio(frame.pcm, receipt)
             return

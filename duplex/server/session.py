@@ -300,9 +300,7 @@ class Session:
         if conv is None:
             return
         if isinstance(frame, AssistantAudio):
-            conv.frames_out += 1
-            self.observer.frame_out(frame.turnaround_ms)
-            self.outbox.put_audio(frame.pcm, self._receipt(conv, frame))
+            self.outbox.put_audio(frame.pcm, self._assistant_audio(conv, frame))
         elif isinstance(frame, AssistantText):
             self._assistant_text(conv, frame.text)
         elif isinstance(frame, AssistantTurnStarted):
@@ -320,6 +318,13 @@ class Session:
             self.send("llm_status", status="processing")
         elif isinstance(frame, EngineFailure):
             self.send_error(frame.code, frame.message)
+
+    def _assistant_audio(self, conv: Conversation, frame: AssistantAudio) -> tp.Any:
+        """An assistant frame counted (clock, metrics); returns its recording receipt. Every frame the engine
+        gives goes through here, sent or not, so that the recording's frame count stays aligned."""
+        conv.frames_out += 1
+        self.observer.frame_out(frame.turnaround_ms)
+        return self._receipt(conv, frame)
 
     def _receipt(self, conv: Conversation, frame: AssistantAudio) -> tp.Any:
         """Where the recording puts this frame (None: nowhere). A frame-locked frame that answers a user frame

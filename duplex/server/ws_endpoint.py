@@ -26,11 +26,28 @@ async def handle_ws(request: web.Request) -> web.StreamResponse:
     return await serve_socket(request, DuplexCodec())
 
 
-class DuplexCodec(SocketCodec):
-    endpoint = "ws"
+class SessionCodec(SocketCodec):
+    """A codec whose messages a `Session` (or a subclass) reads: /ws and /v1/realtime. Past the session's
+    bad-message limit the socket is closed 1008."""
     heartbeat = 30.0
     slow_reader_reason = b"client too slow: stopped reading"
     session: Session
+
+    def on_text(self, data: str) -> None:
+        try:
+            self.session.handle_text(data)
+        except TooManyBadMessages as exc:
+            raise CloseConnection(1008, str(exc).encode()) from None
+
+    def on_binary(self, data: bytes) -> None:
+        try:
+            self.session.handle_binary(data)
+        except TooManyBadMessages as exc:
+            raise CloseConnection(1008, str(exc).encode()) from None
+
+
+class DuplexCodec(SessionCodec):
+    endpoint = "ws"
     encoder: AudioEncoder
 
     def on_open(self, request: web.Request) -> Refusal | None:
@@ -67,18 +84,6 @@ class DuplexCodec(SocketCodec):
         self.session.send_error("not_started", f"no `start` within {timeout_s:g} s of opening the socket "
                                                "(or of `stop`); the socket is closed")
         return f"start timeout: no start within {timeout_s:g} s".encode()
-
-    def on_text(self, data: str) -> None:
-        try:
-            self.session.handle_text(data)
-        except TooManyBadMessages as exc:
-            raise CloseConnection(1008, str(exc).encode()) from None
-
-    def on_binary(self, data: bytes) -> None:
-        try:
-            self.session.handle_binary(data)
-        except TooManyBadMessages as exc:
-            raise CloseConnection(1008, str(exc).encode()) from None
 
     async def encode_outgoing(self, kind: str, payload: tp.Any) -> str | bytes | None:
         if kind == "audio":
