@@ -25,7 +25,7 @@ from duplex.models.persona import PersonaError, VoiceLibrary, wrap_system_tags
 from duplex.server.moshi_compat import config_from_query
 
 from .conftest import start_server
-from .helpers import GREEDY, health, send_frames
+from .helpers import GREEDY, health, send_frames, wait_until_health
 
 PERSONAPLEX_QUERY = ("text_temperature=0.7&text_topk=25&audio_temperature=0.8&audio_topk=250&pad_mult=0"
                      "&text_seed=1&audio_seed=2&repetition_penalty_context=64&repetition_penalty=1.0"
@@ -103,6 +103,34 @@ async def test_personaplex_web_client_query_on_api_chat(persona_server) -> None:
             while kinds.count(1) < 5:
                 kinds.append((await ws.receive_bytes(timeout=20))[0])
     assert set(kinds) <= {1, 2}
+
+
+async def test_realtime_instructions_and_voice_are_the_duplex_persona(persona_server) -> None:
+    """/v1/realtime on a persona model: `session.update` instructions + voice restart the duplex conversation
+    with that persona (prefilled: a new prefix-cache entry); a bad voice is refused and the persona kept."""
+    persona = {"instructions": "You collect stamps.", "audio": {"output": {"voice": "NATF2"}}}
+    before = (await health(persona_server.http_url))["engines"]["duplex"]["prefix_cache"]
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(persona_server.http_url + "/v1/realtime?model=duplex") as ws:
+            assert (await ws.receive_json(timeout=10))["type"] == "session.created"
+
+            async def update(session: dict, event_id: str) -> list[dict]:
+                await ws.send_json({"type": "session.update", "event_id": event_id, "session": session})
+                events = [await ws.receive_json(timeout=10)]
+                while events[-1]["type"] != "session.updated":
+                    events.append(await ws.receive_json(timeout=10))
+                return events
+
+            [updated] = await update(persona, "e1")
+            assert updated["session"]["instructions"] == "You collect stamps."
+            assert updated["session"]["audio"]["output"]["voice"] == "NATF2"
+            await wait_until_health(persona_server.http_url,
+                                    lambda h: h["engines"]["duplex"]["prefix_cache"]["entries"] > before["entries"],
+                                    "the persona prefilled into the prefix cache", timeout=60)
+            *errors, updated = await update({"audio": {"output": {"voice": "../NATF2"}}}, "e2")
+            assert [(e["type"], e["error"]["code"], e["error"]["event_id"], e["error"]["param"]) for e in errors] == \
+                [("error", "unsupported", "e2", "session.audio.output.voice")]
+            assert updated["session"]["audio"]["output"]["voice"] == "NATF2"   # the persona in use is kept
 
 
 def test_personaplex_query_parameters_map_to_the_config() -> None:

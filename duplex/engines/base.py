@@ -167,7 +167,11 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def open(self, config: dict, sink: Sink) -> EngineStream:
-        """Starts a conversation; raises CapacityError when full."""
+        """Starts a conversation; raises CapacityError when full, Unsupported for a config it cannot take."""
+
+    def check_config(self, config: dict) -> None:
+        """Raises Unsupported for a config `open` would refuse, without taking a slot (default: takes any)."""
+        return None
 
     @abc.abstractmethod
     def has_free_slot(self) -> bool: ...

@@ -128,11 +128,15 @@ class RealtimeSession(Session):
         changes = update.changes
         if "model" in changes and changes["model"] not in ("auto", self.config.model):
             self._switch_engine(changes["model"])
-        if "instructions" in changes and changes["instructions"] != self.config.instructions:
+        persona = {k: changes[k] for k in ("instructions", "voice") if k in changes and changes[k] != getattr(self.config, k)}
+        if persona and self.config.model == "duplex":
+            self._set_duplex_persona(persona)
+            persona = {}
+        if "instructions" in persona:
             prompt = changes["instructions"] or default_of("system_prompt")   # "": the server's default prompt
             if self._configure("session.instructions", system_prompt=prompt):
                 self.config.instructions = changes["instructions"]
-        if "voice" in changes and changes["voice"] != self.config.voice:
+        if "voice" in persona:
             if self._configure("session.audio.output.voice", voice=changes["voice"]):
                 self.config.voice = changes["voice"]
         if "transcription" in changes:
@@ -157,6 +161,33 @@ class RealtimeSession(Session):
         except Unsupported as exc:
             self.send_error("unsupported", str(exc), param)
             return False
+
+    def _set_duplex_persona(self, changes: dict) -> None:
+        """Duplex: `instructions` and `voice` are the model's persona (PersonaPlex's role and voice prompts),
+        which go in before a conversation starts, so the conversation restarts with them (what was said so
+        far is lost). A model without persona support, or an unknown voice: `error` `unsupported`, and the
+        conversation goes on as it was."""
+        def persona(instructions: str, voice: str | None) -> dict:
+            return {k: v for k, v in (("system_prompt", instructions), ("voice", voice)) if v}
+        old = persona(self.config.instructions, self.config.voice)
+        instructions = changes.get("instructions", self.config.instructions)
+        voice = changes.get("voice", self.config.voice)
+        try:
+            self.engines["duplex"].check_config(persona(instructions, voice))
+        except Unsupported as exc:
+            param = "session.instructions" if "instructions" in changes else "session.audio.output.voice"
+            return self.send_error("unsupported", str(exc), param)
+        self._restart("duplex", persona(instructions, voice))
+        if self.conversation is None:   # refused (capacity): back to the previous persona
+            self._restart("duplex", old)
+            return
+        self.config.instructions, self.config.voice = instructions, voice
+
+    def _restart(self, mode: str, config: dict) -> None:
+        if self.response is not None:
+            self._cancel_response("client_cancelled")
+        self._end_conversation()
+        self._on_start({"mode": mode, "config": config})
 
     def _switch_engine(self, mode: str) -> None:
         """`session.update` with another `model`: the conversation restarts on that engine (history lost)."""
