@@ -28,6 +28,7 @@ from ..config import CONFIG_SCHEMA
 from ..engines.base import (AssistantAudio, AssistantText, CapacityError, EngineFailure, EngineFrame, EngineStream,
                             StreamReady, Unsupported, UserFrame)
 from .connection import CloseConnection, Refusal, SocketCodec, serve_socket
+from .recorder import answers_input_before
 from .metrics import ServerMetrics
 from .opus_pool import AudioEncoder, audio_encoder
 from .outbox import Outbox
@@ -138,10 +139,8 @@ class MoshiCodec(SocketCodec):
     def _sink(self, frame: EngineFrame) -> None:
         if isinstance(frame, AssistantAudio):
             self.metrics.frame_out(frame.turnaround_ms)
-            stale = (self._reset_at is not None and frame.turnaround_ms is not None
-                     and time.monotonic() - frame.turnaround_ms / 1000.0 < self._reset_at)
-            # A frame answering input from before a `restart` (a step in flight) belongs to no segment.
-            receipt = None if stale else self.recorder.assistant_audio(len(frame.pcm), frame_locked=True)
+            receipt = None if answers_input_before(frame, self._reset_at) else \
+                self.recorder.assistant_audio(len(frame.pcm), frame_locked=True)
             self.outbox.put_audio(frame.pcm, receipt)
         elif isinstance(frame, AssistantText):
             self.recorder.message_out(frame.text)
@@ -227,17 +226,12 @@ class MoshiCodec(SocketCodec):
                                        "ignored")
 
     def _new_segment(self) -> None:
-        """A `restart` is a new recording segment, as `reset` is on /ws (a drawn seed is drawn afresh, so
-        that the segment replays on its own)."""
-        if not self.recorder.recording or self._recording is None or self.stream is None:
+        """A `restart` is a new recording segment, as `reset` is on /ws."""
+        if self._recording is None or self.stream is None:
             return
-        self.recorder.end("reset")
         session_id, config, info = self._recording
-        if self._seed_drawn:
-            config = self.recorder.prepare_config({k: v for k, v in config.items() if k != "seed"})
-            self.stream.configure({"seed": config["seed"]})
-            self._recording = (session_id, config, info)
-        self.recorder.begin(session_id, "duplex", config, info)
+        config = self.recorder.next_segment(self.stream, session_id, "duplex", config, info, self._seed_drawn)
+        self._recording = (session_id, config, info)
 
     def _error(self, code: str, text: str) -> None:
         self.metrics.error(code)

@@ -18,9 +18,12 @@ out (`config.record: false`).
 from __future__ import annotations
 
 import abc
+import time
 import typing as tp
 
 import numpy as np
+
+from ..engines.base import AssistantAudio, EngineStream
 
 
 class AudioReceipt(tp.Protocol):
@@ -81,6 +84,28 @@ class ConversationRecorder(abc.ABC):
     @abc.abstractmethod
     def close(self, reason: str = "disconnect") -> None:
         """The socket is gone: every open segment is completed."""
+
+    def next_segment(self, stream: EngineStream, session_id: str, mode: str, config: dict, endpoint_info: dict,
+                     seed_drawn: bool) -> dict:
+        """A `reset` (/ws) or `restart` (/api/chat): the segment ends and a new one begins with the same config.
+        A seed the server drew is drawn afresh and given to the stream, so that the new segment replays on
+        its own. Returns the conversation's config from now on."""
+        if not self.recording:
+            return config
+        self.end("reset")
+        if seed_drawn:
+            config = self.prepare_config({k: v for k, v in config.items() if k != "seed"})
+            stream.configure({"seed": config["seed"]})
+        self.begin(session_id, mode, config, endpoint_info)
+        return config
+
+
+def answers_input_before(frame: AssistantAudio, moment: float | None) -> bool:
+    """The frame answers a user frame that arrived before `moment` (monotonic s; a model step was in flight
+    at a reset then): a frame-locked recording keeps it in no segment, for counted in the new one it would
+    shift every later frame of it by one."""
+    return (moment is not None and frame.turnaround_ms is not None
+            and time.monotonic() - frame.turnaround_ms / 1000.0 < moment)
 
 
 class NullRecorder(ConversationRecorder):

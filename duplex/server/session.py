@@ -22,7 +22,7 @@ from ..engines.base import (AssistantAudio, AssistantText, AssistantTurnEnded, A
 from ..engines.turns import ActivityDetector
 from ..protocol import ProtocolError
 from .outbox import Outbox
-from .recorder import NULL_RECORDER, ConversationRecorder
+from .recorder import NULL_RECORDER, ConversationRecorder, answers_input_before
 
 log = logging.getLogger(__name__)
 
@@ -255,13 +255,9 @@ class Session:
         if was_speaking:
             self.send("tts_stop")
             self.send("status", status="listening", mode=conv.mode)
-        if self.recorder.recording:   # a reset is a new segment: a new recording, with the same config
-            self.recorder.end("reset")
-            if conv.seed_drawn:       # a fresh drawn seed, so that the new segment replays on its own
-                conv.config = self.recorder.prepare_config({k: v for k, v in conv.config.items() if k != "seed"})
-                conv.stream.configure({"seed": conv.config["seed"]})
-            self.recorder.begin(self.id, conv.mode, conv.config, {"codec": self.codec,
-                                                                  "seed_drawn_by_server": conv.seed_drawn})
+        conv.config = self.recorder.next_segment(conv.stream, self.id, conv.mode, conv.config,
+                                                 {"codec": self.codec, "seed_drawn_by_server": conv.seed_drawn},
+                                                 conv.seed_drawn)
 
     def _on_interrupt(self, body: dict) -> None:
         conv = self._require_conversation("interrupt")
@@ -327,12 +323,9 @@ class Session:
         return self._receipt(conv, frame)
 
     def _receipt(self, conv: Conversation, frame: AssistantAudio) -> tp.Any:
-        """Where the recording puts this frame (None: nowhere). A frame-locked frame that answers a user frame
-        which arrived before the last `reset` (a step in flight when it came) belongs to no segment: counted
-        in the new one, it would shift every later frame of it by one."""
+        """Where the recording puts this frame (None: nowhere; see `answers_input_before`)."""
         locked = conv.stream.frame_locked
-        if locked and conv.reset_at is not None and frame.turnaround_ms is not None \
-                and time.monotonic() - frame.turnaround_ms / 1000.0 < conv.reset_at:
+        if locked and answers_input_before(frame, conv.reset_at):
             return None
         return self.recorder.assistant_audio(len(frame.pcm), locked)
 
