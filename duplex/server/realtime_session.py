@@ -172,18 +172,20 @@ class RealtimeSession(Session):
         old = persona(self.config.instructions, self.config.voice)
         instructions = changes.get("instructions", self.config.instructions)
         voice = changes.get("voice", self.config.voice)
+        new = persona(instructions, voice)
         try:
-            self.engines["duplex"].check_config(persona(instructions, voice))
+            self.engines["duplex"].check_config(new)
         except Unsupported as exc:
             param = "session.instructions" if "instructions" in changes else "session.audio.output.voice"
             return self.send_error("unsupported", str(exc), param)
-        self._restart("duplex", persona(instructions, voice))
+        self._restart("duplex", new)
         if self.conversation is None:   # refused (capacity): back to the previous persona
-            self._restart("duplex", old)
+            self._on_start({"mode": "duplex", "config": old})
             return
         self.config.instructions, self.config.voice = instructions, voice
 
     def _restart(self, mode: str, config: dict) -> None:
+        """The conversation ends (a response under way is cancelled) and a new one starts on `mode`."""
         if self.response is not None:
             self._cancel_response("client_cancelled")
         self._end_conversation()
@@ -191,11 +193,8 @@ class RealtimeSession(Session):
 
     def _switch_engine(self, mode: str) -> None:
         """`session.update` with another `model`: the conversation restarts on that engine (history lost)."""
-        if self.response is not None:
-            self._cancel_response("client_cancelled")
         previous = self.config.model
-        self._end_conversation()
-        self._on_start({"mode": mode, "config": {}})
+        self._restart(mode, {})
         if self.conversation is None:   # refused (capacity): back to the previous engine
             self._on_start({"mode": previous, "config": {}})
         assert self.conversation is not None
