@@ -35,26 +35,25 @@ class Outbox:
 
     def put_text(self, text: str) -> None:
         """A text payload: a JSON message on /ws, a piece of the model's text on /api/chat."""
-        self._put(("text", text))
+        self._put("text", text)
 
     def put_message(self, kind: str, payload: tp.Any) -> None:
         """An item of a codec's own kind (/api/chat's error and ping frames, the realtime codec's response
         boundaries), handed to its `encode_outgoing` in order with the rest; never dropped as audio."""
         assert kind not in ("text", "audio"), "text and audio go through put_text / put_audio (bounded, silenceable)"
-        self._put((kind, payload))
+        self._put(kind, payload)
 
     def put_audio(self, pcm: np.ndarray, receipt: tp.Any = None) -> None:
         """One assistant frame; `receipt(pcm, wire)` is called by the send loop once it is sent."""
         if self._audio >= self.max_audio:
             self._drop_oldest_audio()
         self._audio += 1
-        self._put(("audio", pcm, receipt))
+        self._put("audio", pcm, receipt)
 
-    def _put(self, item: tuple) -> None:
-        """(kind, payload) or (kind, payload, receipt)."""
+    def _put(self, kind: str, payload: tp.Any, receipt: tp.Any = None) -> None:
         if len(self._items) >= self.max_total:
             self.overflowed = True  # the sender notices and closes the socket
-        self._items.append(item if len(item) == 3 else (item[0], item[1], None))
+        self._items.append((kind, payload, receipt))
         self._ready.set()
 
     def _drop_oldest_audio(self) -> None:
