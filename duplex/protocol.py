@@ -56,14 +56,20 @@ class ClientMessage:
     body: dict[str, tp.Any]
 
 
-def parse_client_text(data: str) -> ClientMessage:
-    """Parses one text frame from a client into a ClientMessage, or raises ProtocolError."""
+def json_object(data: str, what: str) -> dict:
+    """A text frame as a JSON object (`what` names it in the error), or ProtocolError `bad_message`."""
     try:
         obj = json.loads(data)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError("bad_message", f"not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
-        raise ProtocolError("bad_message", "a text message must be a JSON object with a `type`")
+        raise ProtocolError("bad_message", f"{what} must be a JSON object with a `type`")
+    return obj
+
+
+def parse_client_text(data: str) -> ClientMessage:
+    """Parses one text frame from a client into a ClientMessage, or raises ProtocolError."""
+    obj = json_object(data, "a text message")
     kind = obj.get("type")
     if not isinstance(kind, str):
         raise ProtocolError("bad_message", "missing string field `type`")

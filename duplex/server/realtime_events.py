@@ -16,6 +16,7 @@ import typing as tp
 import uuid
 from dataclasses import dataclass, field
 
+from .. import protocol
 from ..audio import SAMPLE_RATE
 
 PCM_FORMAT = {"type": "audio/pcm", "rate": SAMPLE_RATE}   # the one audio format, both ways
@@ -64,11 +65,9 @@ class ClientEvent:
 def parse_client_event(data: str) -> ClientEvent:
     """One text frame as a ClientEvent, or RealtimeProtocolError (bad_message, unknown_type, unsupported)."""
     try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise RealtimeProtocolError("bad_message", f"not valid JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise RealtimeProtocolError("bad_message", "a client event must be a JSON object with a `type`")
+        obj = protocol.json_object(data, "a client event")
+    except protocol.ProtocolError as exc:
+        raise RealtimeProtocolError(exc.code, exc.message) from None
     event_id = obj.get("event_id") if isinstance(obj.get("event_id"), str) else None
     kind = obj.get("type")
     if not isinstance(kind, str):
