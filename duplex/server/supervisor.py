@@ -176,6 +176,7 @@ class Fleet:
                              "instead (`duplex lb-config`, then add `ssl crt FILE` to its bind line, docs/deploy.md)")
         self.stopping = asyncio.Event()
         self.all_ready = asyncio.Event()
+        self.announced: set[int] = set()   # workers whose DUPLEX_WORKER line is out
         self.failed: FleetError | None = None
         # HAProxy's listening socket is made here and handed down (`bind fd@N`): it accepts from the start, its
         # port is known (--port 0), and clients wait in its backlog, not refused, while HAProxy restarts
@@ -255,7 +256,10 @@ class Fleet:
         print(f"DUPLEX_WORKER {i} {url} {self.slots[i]} {pid}", flush=True)
         log.info("%s serving on %s (%d slots)%s", child.name, url, self.slots[i],
                  f", restart {child.starts - 1}" if child.starts > 1 else "")
-        if all(w.ever_ready for w in self.workers):
+        # Every worker announced, not only flagged ready: a worker's flag is set before its announcement,
+        # which waits on its /health, so another worker finishing first must not print DUPLEX_READY early.
+        self.announced.add(i)
+        if len(self.announced) == len(self.workers):
             self.all_ready.set()
 
     async def _keep(self, child: Child, on_ready: OnReady | None = None) -> None:
