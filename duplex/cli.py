@@ -11,7 +11,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .bench import command as bench_command
     from .client import cli as client_cli
-    from .server.lb_config import add_lb_config_parser
+    from .server.fleet import add_lb_config_parser
     from .client import replay as replay_cli
     from .eval import command as eval_command
     from .server.serve import add_serve_parser

@@ -18,7 +18,7 @@ import yaml
 
 from duplex import cli
 from duplex.server.app import create_app
-from duplex.server.lb_config import BalancerSettings, DnsWorkers, WorkerAddress, render
+from duplex.server.fleet import BalancerSettings, DnsWorkers, WorkerAddress, render
 from duplex.server.process import REPO
 
 MANIFESTS = sorted((REPO / "deploy" / "kubernetes").glob("*.yaml"))

@@ -204,12 +204,12 @@ async def test_two_workers_behind_haproxy(tmp_path: Path, speech: np.ndarray):
 
 
 def test_one_worker_per_gpu_sees_only_its_gpu_and_gets_the_other_flags():
-    from duplex.cli import build_parser
-    from duplex.server.supervisor import Fleet, FleetError, parse_gpus
+    from duplex.server.fleet import Fleet, FleetError, parse_gpus
+    from duplex.server.options import parse_serve_options
 
-    args = build_parser().parse_args(["serve", "--gpus", "2,3", "--slots", "16", "--no-cascade", "--port", "9100",
-                                      "--drain-s", "60", "--threads", "4"])
-    fleet = Fleet(args)
+    options = parse_serve_options(["--gpus", "2,3", "--slots", "16", "--no-cascade", "--port", "9100",
+                                   "--drain-s", "60", "--threads", "4"])
+    fleet = Fleet(options)
     assert [w.env["CUDA_VISIBLE_DEVICES"] for w in fleet.workers] == ["2", "3"]
     for i, worker in enumerate(fleet.workers):
         argv = worker.argv()

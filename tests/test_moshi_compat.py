@@ -12,7 +12,7 @@ import numpy as np
 import sphn
 from aiohttp import WSMsgType
 
-from duplex.server.moshi_compat import config_from_query
+from duplex.server.protocols.moshi import config_from_query
 
 from .helpers import frames_of, health, wait_until_idle
 from .test_server_inprocess import TIMEOUT, FakeEngine, metric, serving

@@ -22,7 +22,7 @@ import torch
 from duplex.client import DuplexClient
 from duplex.engines.base import Unsupported
 from duplex.models.persona import PersonaError, VoiceLibrary, wrap_system_tags
-from duplex.server.moshi_compat import config_from_query
+from duplex.server.protocols.moshi import config_from_query
 
 from .conftest import start_server
 from .helpers import GREEDY, health, send_frames, wait_until_health

@@ -17,7 +17,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from duplex.audio import FRAME_MS, FRAME_SAMPLES, float_to_pcm16
-from duplex.server.realtime_events import parse_session_update
+from duplex.server.protocols.realtime import parse_session_update
 
 from .conftest import espeak
 from .llm_standin import reply_for

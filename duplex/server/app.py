@@ -2,8 +2,8 @@
 
 The app's state lives under typed keys (`state.py`). Each engine is a `cleanup_ctx` resource: started
 before the server accepts connections, stopped after it has closed them, in reverse order. The
-conversation sockets have their own modules: `/ws` in `ws_endpoint`, `/api/chat` in `moshi_compat`,
-both run by the one connection lifecycle in `connection`.
+conversation sockets have their own codecs in `protocols/` (`/ws`, `/api/chat`, `/v1/realtime`), all run
+by the one connection lifecycle in `connection`; `recording/` keeps conversations (`--record DIR`).
 """
 
 from __future__ import annotations
@@ -18,14 +18,11 @@ from ..engines.base import Engine
 from . import capacity
 from .auth import require_token
 from .metrics import ServerMetrics
-from .moshi_compat import handle_chat
 from .opus_pool import OpusPool
-from .realtime_codec import handle_realtime
-from .recording import RecordingStore
-from .recordings_http import add_recording_routes
+from .protocols import handle_chat, handle_realtime, handle_ws
+from .recording import RecordingStore, add_recording_routes
 from .settings import ServerSettings
 from .state import ENGINES, METRICS, OPUS_POOL, RECORDINGS, SETTINGS, SOCKETS
-from .ws_endpoint import handle_ws
 
 
 def create_app(engines: dict[str, Engine], settings: ServerSettings | None = None,
@@ -49,7 +46,7 @@ def create_app(engines: dict[str, Engine], settings: ServerSettings | None = Non
         app[RECORDINGS] = recordings
         recordings.register_metrics(app[METRICS].registry)
         app.cleanup_ctx.append(_running(recordings))
-        add_recording_routes(app)
+        add_recording_routes(app, recordings, require_token)
     # shutdown runs before cleanup: sockets go before engines stop. The ignore answers a typing mismatch
     # between aiohttp 3.x (Signal[Callable]) and aiosignal 1.4 (variadic Signal); warn_unused_ignores
     # flags it once a release agrees with itself.

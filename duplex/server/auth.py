@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import typing as tp
 
 from aiohttp import web
 
@@ -20,7 +21,10 @@ def token_ok(request: web.Request) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
 
 
-def require_token(handler):
+Handler = tp.Callable[[web.Request], tp.Awaitable[web.StreamResponse]]
+
+
+def require_token(handler: Handler) -> Handler:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         if not token_ok(request):
             raise web.HTTPUnauthorized(text="unauthorized: a valid ?token= or Authorization: Bearer is required")

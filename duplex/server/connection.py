@@ -34,7 +34,7 @@ from aiohttp import WSMsgType, web
 from . import capacity
 from .metrics import ServerMetrics
 from .outbox import Outbox, SlowReader
-from .recorder import NULL_RECORDER, ConversationRecorder
+from .recording import NULL_RECORDER, ConversationRecorder
 from .state import METRICS, RECORDINGS, SETTINGS, SOCKETS
 
 log = logging.getLogger(__name__)

@@ -1,16 +1,20 @@
-"""Model loading for `duplex serve`: device, dtype and threads, then each engine with its models.
+"""Where the server meets the models (the composition root): device, dtype and threads, then each engine
+with its models; the model specs and weight files a recording's meta.json names.
 
-Start-up errors a user can fix are `StartupError`s whose message says how. torch is imported
-inside the functions, so that `duplex --help` and the client commands start at once.
+This module (and `options.py`, for the presets in `--help`) is the only server code that imports
+`models`; the rest of the server talks to engines (tests/test_layout.py holds that). Start-up errors a
+user can fix are `StartupError`s whose message says how. torch is imported inside the functions, so that
+`duplex --help` and the client commands start at once.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import typing as tp
+from pathlib import Path
 
 from ..engines.base import Engine
+from .options import ServeOptions
 
 if tp.TYPE_CHECKING:  # torch and the models load at run time only (fast `--help`)
     import torch
@@ -45,20 +49,20 @@ def pick_dtype(requested: str, device: str) -> torch.dtype:
     return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[requested]
 
 
-def load_duplex_model(args: argparse.Namespace, device: str, dtype: torch.dtype) -> MoshiBatch:
+def load_duplex_model(options: ServeOptions, device: str, dtype: torch.dtype) -> MoshiBatch:
     from tqdm import tqdm
 
     from ..models.moshi_batch import MoshiBatch
     from ..models.spec import PRESETS, resolve_checkpoint
 
-    spec = args.moshi_spec or PRESETS[args.preset].duplex_spec
-    with tqdm(total=3, desc=f"duplex model {spec}", unit="stage", disable=args.quiet_progress) as bar:
+    spec = options.moshi_spec or PRESETS[options.preset].duplex_spec
+    with tqdm(total=3, desc=f"duplex model {spec}", unit="stage", disable=options.quiet_progress) as bar:
         bar.set_postfix_str("weights")
         checkpoint = resolve_checkpoint(spec)
         bar.update()
         bar.set_postfix_str(f"loading on {device} ({str(dtype).removeprefix('torch.')})")
-        model = MoshiBatch(checkpoint, args.slots, device, dtype,
-                           prefix_cache_bytes=int(getattr(args, "prefix_cache_mb", 256.0) * (1 << 20)))
+        model = MoshiBatch(checkpoint, options.slots, device, dtype,
+                           prefix_cache_bytes=int(options.prefix_cache_mb * (1 << 20)))
         bar.update()
         bar.set_postfix_str("warm-up" + (" + CUDA graphs" if device.startswith("cuda") else ""))
         model.warmup()
@@ -66,21 +70,19 @@ def load_duplex_model(args: argparse.Namespace, device: str, dtype: torch.dtype)
     return model
 
 
-def load_voices(args: argparse.Namespace, model: MoshiBatch) -> VoiceLibrary | None:
+def load_voices(options: ServeOptions, model: MoshiBatch) -> VoiceLibrary | None:
     """A persona model's voice prompts (--voices, else the checkpoint's voices.tgz), encoded once at start."""
-    from pathlib import Path
-
     from ..models.persona import VoiceLibrary
     from ..models.personaplex import voices_dir
     from ..models.spec import PRESETS, model_directory
 
     if not model.persona:
-        if getattr(args, "voices", None):
+        if options.voices:
             raise StartupError("--voices is for persona models (--preset personaplex or tiny-personaplex)")
         return None
-    directory: Path | None = Path(args.voices).expanduser() if getattr(args, "voices", None) else None
+    directory: Path | None = Path(options.voices).expanduser() if options.voices else None
     if directory is None:
-        folder = model_directory(args.moshi_spec or PRESETS[args.preset].duplex_spec)
+        folder = model_directory(options.moshi_spec or PRESETS[options.preset].duplex_spec)
         directory = voices_dir(folder) if folder is not None else None
     if directory is None:
         return None
@@ -93,7 +95,7 @@ def load_voices(args: argparse.Namespace, model: MoshiBatch) -> VoiceLibrary | N
     return voices
 
 
-def build_cascade_engine(args: argparse.Namespace, device: str, dtype: torch.dtype) -> CascadeEngine:
+def build_cascade_engine(options: ServeOptions, device: str, dtype: torch.dtype) -> CascadeEngine:
     from tqdm import tqdm
 
     from ..engines.cascade import CascadeEngine
@@ -102,26 +104,26 @@ def build_cascade_engine(args: argparse.Namespace, device: str, dtype: torch.dty
     from ..models.stt import SttBatch
     from ..models.tts import TtsEngineModel, UnknownVoice
 
-    preset = PRESETS[args.preset]
-    stt_spec, tts_spec = args.stt_spec or preset.stt_spec, args.tts_spec or preset.tts_spec
-    llm_spec = args.llm_url or args.llm or preset.llm_spec
-    slots = args.cascade_slots
-    with tqdm(total=3, desc="cascade models", unit="model", disable=args.quiet_progress) as bar:
+    preset = PRESETS[options.preset]
+    stt_spec, tts_spec = options.stt_spec or preset.stt_spec, options.tts_spec or preset.tts_spec
+    llm_spec = options.llm_url or options.llm or preset.llm_spec
+    slots = options.cascade_slots
+    with tqdm(total=3, desc="cascade models", unit="model", disable=options.quiet_progress) as bar:
         bar.set_postfix_str(f"STT {stt_spec}")
         stt = SttBatch(resolve_checkpoint(stt_spec), slots, device, dtype)
         bar.update()
         bar.set_postfix_str(f"TTS {tts_spec}")
         try:
-            tts = TtsEngineModel(resolve_checkpoint(tts_spec), slots, device, dtype, voice=args.voice)
+            tts = TtsEngineModel(resolve_checkpoint(tts_spec), slots, device, dtype, voice=options.voice)
         except UnknownVoice as exc:
             raise StartupError(f"--voice: {exc}") from None
         bar.update()
         bar.set_postfix_str(f"LLM {llm_spec}")
-        llm = load_llm(llm_spec, device, model=args.llm_model, token_timeout=args.llm_timeout)
+        llm = load_llm(llm_spec, device, model=options.llm_model, token_timeout=options.llm_timeout)
         bar.update()
-    return CascadeEngine(stt, llm, tts, max_tokens=args.llm_max_tokens, speech_threshold_dbfs=args.speech_threshold_dbfs,
-                         end_of_turn_silence_ms=args.end_of_turn_silence_ms, max_wait_ms=args.max_wait_ms,
-                         max_queue_frames=args.max_queue_frames)
+    return CascadeEngine(stt, llm, tts, max_tokens=options.llm_max_tokens, speech_threshold_dbfs=options.speech_threshold_dbfs,
+                         end_of_turn_silence_ms=options.end_of_turn_silence_ms, max_wait_ms=options.max_wait_ms,
+                         max_queue_frames=options.max_queue_frames)
 
 
 def set_cpu_threads(requested: int, device: str) -> int:
@@ -134,24 +136,72 @@ def set_cpu_threads(requested: int, device: str) -> int:
     return threads
 
 
-def build_engines(args: argparse.Namespace) -> dict[str, Engine]:
-    device = pick_device(args.device)
-    set_cpu_threads(args.threads, device)
-    dtype = pick_dtype(args.dtype, device)
+def build_engines(options: ServeOptions) -> dict[str, Engine]:
+    """Every engine the options ask for, its models loaded and warmed up (a spec that cannot be had: StartupError)."""
+    from ..models.spec import WeightsUnavailable
+
+    try:
+        return _build_engines(options)
+    except WeightsUnavailable as exc:
+        raise StartupError(str(exc)) from None
+
+
+def _build_engines(options: ServeOptions) -> dict[str, Engine]:
+    device = pick_device(options.device)
+    set_cpu_threads(options.threads, device)
+    dtype = pick_dtype(options.dtype, device)
     from ..engines.duplex import DuplexEngine
 
     engines: dict[str, Engine] = {}
-    duplex_model = None if args.no_duplex else load_duplex_model(args, device, dtype)
-    cascade = None if args.no_cascade else build_cascade_engine(args, device, dtype)
+    duplex_model = None if options.no_duplex else load_duplex_model(options, device, dtype)
+    cascade = None if options.no_cascade else build_cascade_engine(options, device, dtype)
     if duplex_model is not None:
         # duplex sessions borrow the cascade's recogniser, when there is one (transcribe_user)
-        engines["duplex"] = DuplexEngine(duplex_model, voices=load_voices(args, duplex_model),
-                                         prefill=getattr(args, "prefill", "parallel"), max_wait_ms=args.max_wait_ms,
-                                         max_queue_frames=args.max_queue_frames,
-                                         interrupt_hold_ms=args.interrupt_hold_ms,
-                                         speech_threshold_dbfs=args.speech_threshold_dbfs, transcribers=cascade)
+        engines["duplex"] = DuplexEngine(duplex_model, voices=load_voices(options, duplex_model),
+                                         prefill=options.prefill, max_wait_ms=options.max_wait_ms,
+                                         max_queue_frames=options.max_queue_frames,
+                                         interrupt_hold_ms=options.interrupt_hold_ms,
+                                         speech_threshold_dbfs=options.speech_threshold_dbfs, transcribers=cascade)
     if cascade is not None:
         engines["cascade"] = cascade
     if not engines:
         raise StartupError("no engine to serve: drop --no-duplex or --no-cascade")
     return engines
+
+
+# --- what a recording says about the models (recording/meta.py writes it) ---------------------------
+def model_specs(options: ServeOptions) -> dict[str, str]:
+    """The spec of each model the server loads: the preset's, or the flag that replaces it."""
+    from ..models.spec import PRESETS
+
+    preset = PRESETS[options.preset]
+    specs: dict[str, str] = {}
+    if not options.no_duplex:
+        specs["duplex"] = options.moshi_spec or preset.duplex_spec
+    if not options.no_cascade:
+        specs["stt"] = options.stt_spec or preset.stt_spec
+        specs["tts"] = options.tts_spec or preset.tts_spec
+        specs["llm"] = options.llm_url or options.llm or preset.llm_spec
+        if options.llm_url:
+            specs["llm_model"] = options.llm_model or ""
+    return specs
+
+
+def weight_files(name: str, spec: str) -> list[Path]:
+    """The files a spec loads its weights and tokenizer from (local or already in the hub cache)."""
+    from ..models.spec import WEIGHTS_DIR, resolve_checkpoint
+
+    if name == "llm":
+        directory = WEIGHTS_DIR / "tiny-llm" if spec == "tiny" else Path(spec).expanduser()
+        if not directory.is_dir():
+            return []   # a hub id or an endpoint URL: the spec is all we can name
+        return sorted(p for p in directory.iterdir() if p.suffix in (".safetensors", ".json", ".model", ".bin"))
+    checkpoint = resolve_checkpoint(spec)
+    files = [checkpoint.moshi_weights, checkpoint.mimi_weights, checkpoint.tokenizer, checkpoint.lora_weights]
+    return [Path(f) for f in files if f is not None]
+
+
+def device_and_dtype(options: ServeOptions) -> tuple[str, str]:
+    """The device and LM dtype the options resolve to, as names (`cuda`, `bfloat16`)."""
+    device = pick_device(options.device)
+    return device, str(pick_dtype(options.dtype, device)).removeprefix("torch.")

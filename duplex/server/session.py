@@ -22,7 +22,7 @@ from ..engines.base import (AssistantAudio, AssistantText, AssistantTurnEnded, A
 from ..engines.turns import ActivityDetector
 from ..protocol import ProtocolError
 from .outbox import Outbox
-from .recorder import NULL_RECORDER, ConversationRecorder, answers_input_before
+from .recording import NULL_RECORDER, ConversationRecorder, answers_input_before
 
 log = logging.getLogger(__name__)
 

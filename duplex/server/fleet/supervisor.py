@@ -18,7 +18,6 @@ The load balancing itself is HAProxy's (lb_config.py); nothing here routes a con
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import ctypes
@@ -31,11 +30,13 @@ import sys
 import tempfile
 import time
 import typing as tp
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
 
-from .lb_config import BalancerSettings, WorkerAddress, render
+from ..options import ServeOptions
+from .haproxy import BalancerSettings, WorkerAddress, render
 
 log = logging.getLogger("duplex.supervisor")
 
@@ -45,27 +46,8 @@ STABLE_AFTER_S = 60.0     # a worker up this long has its backoff reset
 READY_TIMEOUT_S = 600.0   # model download and load on a first start can be long
 STOP_GRACE_S = 30.0       # after the drain: how long a worker may take to exit before it is killed
 
-FLEET_FLAGS = {"workers", "gpus", "haproxy", "port", "max_connections", "threads", "func", "serve_parser",
-               "lb_queue_timeout_s"}
-
-
 class FleetError(RuntimeError):
     """The fleet cannot start: a worker failed its first start, or HAProxy is missing or refused its config."""
-
-
-def add_fleet_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("several workers on one machine (docs/deploy.md)")
-    g.add_argument("--gpus", metavar="LIST",
-                   help="one worker per GPU: 'all' or device numbers, e.g. 0,1,2,3 (each worker sees only its GPU "
-                        "through CUDA_VISIBLE_DEVICES); the other flags apply to every worker")
-    g.add_argument("--workers", type=int, default=0,
-                   help="N worker processes on this device (CPU: the tiny preset, tests); 0 = one process, no supervisor")
-    g.add_argument("--haproxy", action="store_true",
-                   help="with --gpus/--workers: start HAProxy on --host:--port in front of the workers (which listen "
-                        "on the next ports); without it the workers listen on --port, --port+1, ...")
-    g.add_argument("--lb-queue-timeout-s", type=float, default=BalancerSettings.queue_timeout_s,
-                   help="--haproxy: how long a new conversation waits for a free slot before a 503 capacity")
-    p.set_defaults(serve_parser=p)
 
 
 def parse_gpus(text: str) -> list[str]:
@@ -82,20 +64,11 @@ def parse_gpus(text: str) -> list[str]:
     return gpus
 
 
-def child_argv(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> list[str]:
-    """`duplex serve` flags for one worker: every flag the user changed, less the fleet's own, plus `extra`."""
-    argv: list[str] = []
-    for action in parser._actions:
-        if action.dest in FLEET_FLAGS or not action.option_strings or action.dest == "help":
-            continue
-        value = getattr(args, action.dest, action.default)
-        if value == action.default:
-            continue
-        if isinstance(action, argparse._StoreTrueAction):
-            argv.append(action.option_strings[0])
-        else:
-            argv += [action.option_strings[0], str(value)]
-    return [sys.executable, "-m", "duplex", "serve", *argv, *extra]
+def worker_argv(options: ServeOptions, *, host: str, port: int, threads: int, max_connections: int) -> list[str]:
+    """The command line of one worker: the fleet's options less its own flags, on its own address and share."""
+    worker = replace(options, gpus=None, workers=0, haproxy=False, lb_queue_timeout_s=ServeOptions.lb_queue_timeout_s,
+                     host=host, port=port, threads=threads, max_connections=max_connections)
+    return [sys.executable, "-m", "duplex", "serve", *worker.to_argv()]
 
 
 def _die_with_parent() -> None:
@@ -164,14 +137,13 @@ class Child:
 class Fleet:
     """The workers (and HAProxy) of one machine, from start to the last exit."""
 
-    def __init__(self, args: argparse.Namespace):
-        self.args = args
-        self.parser: argparse.ArgumentParser = args.serve_parser
-        self.gpus = parse_gpus(args.gpus) if args.gpus else None
-        count = len(self.gpus) if self.gpus else args.workers
+    def __init__(self, options: ServeOptions):
+        self.options = options
+        self.gpus = parse_gpus(options.gpus) if options.gpus else None
+        count = len(self.gpus) if self.gpus else options.workers
         if count < 1:
             raise FleetError("--workers must be at least 1")
-        if args.haproxy and args.ssl:
+        if options.haproxy and options.ssl:
             raise FleetError("--ssl with --haproxy: the workers would speak TLS to HAProxy; terminate TLS in HAProxy "
                              "instead (`duplex lb-config`, then add `ssl crt FILE` to its bind line, docs/deploy.md)")
         self.stopping = asyncio.Event()
@@ -180,33 +152,33 @@ class Fleet:
         self.failed: FleetError | None = None
         # HAProxy's listening socket is made here and handed down (`bind fd@N`): it accepts from the start, its
         # port is known (--port 0), and clients wait in its backlog, not refused, while HAProxy restarts
-        self.front: socket.socket | None = _listen(args.host, args.port) if args.haproxy else None
+        self.front: socket.socket | None = _listen(options.host, options.port) if options.haproxy else None
         self.front_port = self.front.getsockname()[1] if self.front else None
-        first = (args.port + 1 if args.haproxy else args.port) if args.port else 0
+        first = (options.port + 1 if options.haproxy else options.port) if options.port else 0
         self.ports = [first + i if first else 0 for i in range(count)]
         self.slots: list[int] = [0] * count
         # conversations one worker serves at once, by its flags (its /health says the same once it serves)
-        self.capacity = ((0 if args.no_duplex else args.slots) + (0 if args.no_cascade else args.cascade_slots))
+        self.capacity = ((0 if options.no_duplex else options.slots) + (0 if options.no_cascade else options.cascade_slots))
         self.workers = [self._worker(i) for i in range(count)]
         self.haproxy: Child | None = None
         self.config_dir = Path(tempfile.mkdtemp(prefix="duplex-fleet-"))
 
     def _worker(self, i: int) -> Child:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        threads = self.args.threads
+        threads = self.options.threads
         if self.gpus:
             env["CUDA_VISIBLE_DEVICES"] = self.gpus[i]   # the worker's `cuda` is this GPU
         if threads == 0:   # the workers share the cores: each its share of torch's threads (one core left to the loops)
             threads = max(1, ((os.cpu_count() or 2) - 1) // len(self.ports))
-        max_connections = self.args.max_connections
-        if max_connections == self.parser.get_default("max_connections"):
+        max_connections = self.options.max_connections
+        if max_connections == ServeOptions.max_connections:
             max_connections = self.capacity   # the worker itself refuses (capacity, 1013) what HAProxy should not send
 
-        extra = ["--host", "127.0.0.1"] if self.args.haproxy else []   # only HAProxy faces the clients
+        host = "127.0.0.1" if self.options.haproxy else self.options.host   # only HAProxy faces the clients
 
         def argv() -> list[str]:   # the port it first got, so HAProxy's line for it stays right after a restart
-            return child_argv(self.parser, self.args, [*extra, "--port", str(self.ports[i]), "--threads", str(threads),
-                                                       "--max-connections", str(max_connections)])
+            return worker_argv(self.options, host=host, port=self.ports[i], threads=threads,
+                               max_connections=max_connections)
         return Child(f"w{i}", argv, env, lambda line: line.startswith("DUPLEX_READY "))
 
     # --- running -----------------------------------------------------------------------------
@@ -217,11 +189,11 @@ class Fleet:
         keepers = [asyncio.create_task(self._keep(w)) for w in self.workers]
         try:
             await self._wait_first(self.all_ready)
-            if self.args.haproxy and not self.stopping.is_set():
+            if self.options.haproxy and not self.stopping.is_set():
                 await self._start_haproxy(keepers)
             if self.stopping.is_set():
                 return   # a signal, or a failed first start (raised below)
-            front = (f"http://{self.args.host}:{self.front_port}" if self.haproxy else
+            front = (f"http://{self.options.host}:{self.front_port}" if self.haproxy else
                      ",".join(_url(w.ready_text) for w in self.workers))
             log.info("fleet of %d workers serving; front: %s", len(self.workers), front)
             print(f"DUPLEX_READY {front}", flush=True)
@@ -296,7 +268,7 @@ class Fleet:
         assert self.front is not None
         config = self.config_dir / "haproxy.cfg"
         config.write_text(render(workers, BalancerSettings(bind=f"fd@{self.front.fileno()}",
-                                                           queue_timeout_s=self.args.lb_queue_timeout_s)))
+                                                           queue_timeout_s=self.options.lb_queue_timeout_s)))
         check = await asyncio.create_subprocess_exec(binary, "-c", "-f", str(config), pass_fds=(self.front.fileno(),),
                                                      stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         out, _ = await check.communicate()
@@ -314,7 +286,7 @@ class Fleet:
         """Workers first (each drains, then closes its sockets 1001 through the balancer), HAProxy last."""
         for worker in self.workers:
             worker.signal(signal.SIGTERM)
-        limit = self.args.drain_s + STOP_GRACE_S
+        limit = self.options.drain_s + STOP_GRACE_S
         exits = [asyncio.create_task(w.process.wait()) for w in self.workers if w.process is not None]
         if exits:
             await asyncio.wait(exits, timeout=limit)
@@ -353,12 +325,12 @@ def _listen(host: str, port: int) -> socket.socket:
         raise FleetError(f"--haproxy cannot listen on {host}:{port}: {exc} (pick another --port)") from None
 
 
-def run_fleet(args: argparse.Namespace) -> int:
-    if args.workers and args.gpus:
+def run_fleet(options: ServeOptions) -> int:
+    if options.workers and options.gpus:
         log.error("give --gpus (one worker per GPU) or --workers (N on one device), not both")
         return 2
     try:
-        asyncio.run(Fleet(args).run())
+        asyncio.run(Fleet(options).run())
     except FleetError as exc:
         log.error("%s", exc)
         return 2

@@ -33,12 +33,12 @@ from pathlib import Path
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter
 
-from .. import __version__
-from ..audio import SAMPLE_RATE
-from ..config import SEED_LIMIT
+from ... import __version__
+from ...audio import SAMPLE_RATE
+from ...config import SEED_LIMIT
 from .recorder import AudioReceipt, ConversationRecorder
-from .recording_files import ASSISTANT, USER, RecordingFiles, assistant_to_int16, user_to_int16
-from .recording_writer import ID_PATTERN, RecordingWriter
+from .files import ASSISTANT, USER, RecordingFiles, assistant_to_int16, user_to_int16
+from .writer import ID_PATTERN, RecordingWriter
 
 log = logging.getLogger(__name__)
 

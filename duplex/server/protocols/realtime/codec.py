@@ -19,14 +19,14 @@ import typing as tp
 
 from aiohttp import web
 
-from .. import protocol
-from ..audio import float_to_pcm16
-from . import realtime_events as rt
-from .auth import token_ok
-from .connection import Refusal, serve_socket
-from .realtime_session import RealtimeSession, Response
-from .state import ENGINES, METRICS, SETTINGS
-from .ws_endpoint import SessionCodec
+from .... import protocol
+from ....audio import float_to_pcm16
+from . import events as rt
+from ...auth import token_ok
+from ...connection import Refusal, serve_socket
+from .session import RealtimeSession, Response
+from ...state import ENGINES, METRICS, SETTINGS
+from ..session_codec import SessionCodec
 
 
 async def handle_realtime(request: web.Request) -> web.StreamResponse:

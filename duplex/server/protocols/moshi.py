@@ -22,18 +22,18 @@ import uuid
 
 from aiohttp import web
 
-from .. import protocol
-from ..audio import BadAudio, FrameAssembler, OpusDecoder
-from ..config import CONFIG_SCHEMA
-from ..engines.base import (AssistantAudio, AssistantText, CapacityError, EngineFailure, EngineFrame, EngineStream,
+from ... import protocol
+from ...audio import BadAudio, FrameAssembler, OpusDecoder
+from ...config import CONFIG_SCHEMA
+from ...engines.base import (AssistantAudio, AssistantText, CapacityError, EngineFailure, EngineFrame, EngineStream,
                             StreamReady, Unsupported, UserFrame)
-from .connection import CloseConnection, Refusal, SocketCodec, serve_socket
-from .recorder import answers_input_before
-from .metrics import ServerMetrics
-from .opus_pool import AudioEncoder, audio_encoder
-from .outbox import Outbox
-from .session import MAX_AUDIO_MESSAGE_BYTES, MAX_BAD_MESSAGES
-from .state import ENGINES, METRICS, OPUS_POOL
+from ..connection import CloseConnection, Refusal, SocketCodec, serve_socket
+from ..recording import answers_input_before
+from ..metrics import ServerMetrics
+from ..opus_pool import AudioEncoder, audio_encoder
+from ..outbox import Outbox
+from ..session import MAX_AUDIO_MESSAGE_BYTES, MAX_BAD_MESSAGES
+from ..state import ENGINES, METRICS, OPUS_POOL
 
 log = logging.getLogger(__name__)
 

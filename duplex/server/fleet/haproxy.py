@@ -23,6 +23,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..options import LB_QUEUE_TIMEOUT_S
+
 CONVERSATION_PATHS = ("/ws", "/api/chat", "/v1/realtime")
 
 
@@ -64,7 +66,7 @@ class DnsWorkers:
 @dataclass(frozen=True)
 class BalancerSettings:
     bind: str = "127.0.0.1:8998"          # where clients connect
-    queue_timeout_s: float = 2.0          # a conversation waits this long for a free slot, then 503
+    queue_timeout_s: float = LB_QUEUE_TIMEOUT_S   # a conversation waits this long for a free slot, then 503
     check_interval_ms: int = 1000         # /health checks per worker
     tunnel_timeout_s: int = 3600          # an upgraded socket with no traffic either way this long is closed
     connect_timeout_s: float = 5.0

@@ -13,37 +13,18 @@ import typing as tp
 
 from aiohttp import web
 
-from .. import protocol
-from .auth import token_ok
-from .connection import CloseConnection, Refusal, SocketCodec, serve_socket
-from .opus_pool import AudioEncoder, audio_encoder
-from .session import Session, TooManyBadMessages
-from .state import ENGINES, METRICS, OPUS_POOL, SETTINGS
+from ... import protocol
+from ..auth import token_ok
+from ..connection import Refusal, serve_socket
+from ..opus_pool import AudioEncoder, audio_encoder
+from ..session import Session
+from ..state import ENGINES, METRICS, OPUS_POOL, SETTINGS
+from .session_codec import SessionCodec
 
 
 async def handle_ws(request: web.Request) -> web.StreamResponse:
     """One conversation socket: refusals first (token, mode, codec), then the session's messages."""
     return await serve_socket(request, DuplexCodec())
-
-
-class SessionCodec(SocketCodec):
-    """A codec whose messages a `Session` (or a subclass) reads: /ws and /v1/realtime. Past the session's
-    bad-message limit the socket is closed 1008."""
-    heartbeat = 30.0
-    slow_reader_reason = b"client too slow: stopped reading"
-    session: Session
-
-    def on_text(self, data: str) -> None:
-        try:
-            self.session.handle_text(data)
-        except TooManyBadMessages as exc:
-            raise CloseConnection(1008, str(exc).encode()) from None
-
-    def on_binary(self, data: bytes) -> None:
-        try:
-            self.session.handle_binary(data)
-        except TooManyBadMessages as exc:
-            raise CloseConnection(1008, str(exc).encode()) from None
 
 
 class DuplexCodec(SessionCodec):

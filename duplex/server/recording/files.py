@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import SAMPLE_RATE
+from ...audio import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 

@@ -23,14 +23,14 @@ import logging
 import typing as tp
 from dataclasses import dataclass
 
-from ..audio import FRAME_MS
-from ..config import default_of
-from ..engines.base import (AssistantAudio, AssistantText, AssistantTurnDone, AssistantTurnEnded,
+from ....audio import FRAME_MS
+from ....config import default_of
+from ....engines.base import (AssistantAudio, AssistantText, AssistantTurnDone, AssistantTurnEnded,
                             AssistantTurnStarted, Engine, EngineFrame, EngineStream, LLMProcessing, Unsupported,
                             UserFrame, UserTranscript)
-from . import realtime_events as rt
-from .recorder import NULL_RECORDER, ConversationRecorder
-from .session import Session, SessionLimits, SessionObserver
+from . import events as rt
+from ...recording import NULL_RECORDER, ConversationRecorder
+from ...session import Session, SessionLimits, SessionObserver
 
 log = logging.getLogger(__name__)
 

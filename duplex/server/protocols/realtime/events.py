@@ -16,8 +16,8 @@ import typing as tp
 import uuid
 from dataclasses import dataclass, field
 
-from .. import protocol
-from ..audio import SAMPLE_RATE
+from .... import protocol
+from ....audio import SAMPLE_RATE
 
 PCM_FORMAT = {"type": "audio/pcm", "rate": SAMPLE_RATE}   # the one audio format, both ways
 SERVER_VAD = {"type": "server_vad", "create_response": True, "interrupt_response": True}

@@ -8,29 +8,32 @@ directly in DIR and the file is one of the three a recording holds; anything els
 from __future__ import annotations
 
 import asyncio
+import typing as tp
 
 from aiohttp import web
 
-from .auth import require_token
-from .recording import RECORDED_FILES
-from .state import RECORDINGS
+from .store import RECORDED_FILES, RecordingStore
 
 CONTENT_TYPES = {"audio.wav": "audio/wav", "events.jsonl": "application/x-ndjson", "meta.json": "application/json"}
 
 
-def add_recording_routes(app: web.Application) -> None:
-    app.router.add_get("/recordings", require_token(handle_list))
-    app.router.add_get("/recordings/{id}/{file}", require_token(handle_file))
+Handler = tp.Callable[[web.Request], tp.Awaitable[web.StreamResponse]]
 
 
-async def handle_list(request: web.Request) -> web.Response:
-    store = request.app[RECORDINGS]
-    listing = await asyncio.get_running_loop().run_in_executor(None, store.listing)
-    return web.json_response({"recordings": listing})
+def add_recording_routes(app: web.Application, store: RecordingStore, guard: tp.Callable[[Handler], Handler]) -> None:
+    """The routes over `store`, each wrapped in `guard` (the app's token check)."""
+    async def handle_list(request: web.Request) -> web.StreamResponse:
+        listing = await asyncio.get_running_loop().run_in_executor(None, store.listing)
+        return web.json_response({"recordings": listing})
+
+    async def handle_file(request: web.Request) -> web.StreamResponse:
+        return await recorded_file(store, request)
+
+    app.router.add_get("/recordings", guard(handle_list))
+    app.router.add_get("/recordings/{id}/{file}", guard(handle_file))
 
 
-async def handle_file(request: web.Request) -> web.StreamResponse:
-    store = request.app[RECORDINGS]
+async def recorded_file(store: RecordingStore, request: web.Request) -> web.StreamResponse:
     recording_id, name = request.match_info["id"], request.match_info["file"]
     if name not in RECORDED_FILES:
         raise web.HTTPNotFound(text=f"a recording holds only {', '.join(RECORDED_FILES)}")

@@ -23,7 +23,7 @@ import typing as tp
 
 import numpy as np
 
-from ..engines.base import AssistantAudio, EngineStream
+from ...engines.base import AssistantAudio, EngineStream
 
 
 class AudioReceipt(tp.Protocol):
