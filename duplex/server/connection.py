@@ -17,7 +17,7 @@ socket's life. Adding a protocol means adding a codec, not a handler.
 Recording (`--record`) hooks in here for every codec alike: the lifecycle gives each codec its
 socket's `ConversationRecorder` (`codec.recorder`, before `on_open`), logs every received message to it,
 calls the receipt of every assistant audio frame it sends, and closes it at teardown. The codec marks
-conversations and hands over the audio (`recorder.py`).
+conversations and hands over the audio (`recording/recorder.py`).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class SocketCodec(abc.ABC):
     slow_reader_reason: bytes = b"client too slow"
     outbox: Outbox
     # The socket's recorder, set by the lifecycle before `on_open` (NULL_RECORDER when the server does not
-    # record). The codec calls its begin/end/user_audio/message_out/assistant_audio (see recorder.py).
+    # record). The codec calls its begin/end/user_audio/message_out/assistant_audio (see recording/recorder.py).
     recorder: ConversationRecorder = NULL_RECORDER
 
     @abc.abstractmethod

@@ -13,7 +13,7 @@ its own models, slots and port) started here in parallel. The supervisor does on
 - SIGTERM/SIGINT: SIGTERM to every worker (each drains for `--drain-s`, then closes its sockets with 1001),
   waits for them all, then stops HAProxy.
 
-The load balancing itself is HAProxy's (lb_config.py); nothing here routes a conversation.
+The load balancing itself is HAProxy's (haproxy.py); nothing here routes a conversation.
 """
 
 from __future__ import annotations

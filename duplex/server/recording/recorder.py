@@ -9,7 +9,7 @@ segment), hands over each consumed user frame (`user_audio`), each outgoing mess
 and asks for a receipt when it queues assistant audio (`assistant_audio`), so that only the audio the
 client was actually sent lands in the recording, at the place on the conversation clock where it
 was played. Every call is cheap and never blocks: the recorder only queues work for its writer
-thread (`recording.py`).
+thread (`store.py`).
 
 `NullRecorder` is the recorder of a server that does not record, and of a conversation that opted
 out (`config.record: false`).

@@ -1,7 +1,7 @@
 """`duplex serve --record DIR`: the store of kept conversations and each socket's recorder.
 
 `RecordingStore` is an app resource (started and stopped with the app): it owns the directory, the
-writer thread (`recording_writer.py`), the server-wide part of every `meta.json` and the counters.
+writer thread (`writer.py`), the server-wide part of every `meta.json` and the counters.
 `SocketRecorder` is the `ConversationRecorder` (`recorder.py`) of one socket: it keeps the
 conversation clock of the current segment and turns every call into a job for the writer thread.
 

@@ -2,7 +2,7 @@
 
 Wire things only: ids, the server events' JSON, the client events' parser, the `error` event, and the
 session object with the `session.update` fields this server honours. What the events mean for a
-conversation is `realtime_session`'s; the socket is `realtime_codec`'s.
+conversation is `session.py`'s; the socket is `codec.py`'s.
 
 Shapes follow the `openai` package's `openai/types/realtime/*` models: a server event is
 `{"type", "event_id", ...}`; an error is `{"type": "error", "event_id", "error": {"type", "code",
