@@ -34,9 +34,11 @@ class Work:
 
 
 def balanced(sched: BatchScheduler[Owner]) -> bool:
+    """The counters agree with the slots, and a free slot holds no frame (it would count as the oldest)."""
     owned = [s for s in sched.slots if s.owner is not None]
     return sched._waiting == sum(1 for s in owned if s.queue and not s.preparing) and \
-        sched._preparing == sum(1 for s in owned if s.preparing)
+        sched._preparing == sum(1 for s in owned if s.preparing) and \
+        not any(s.queue for s in sched.slots if s.owner is None)
 
 
 async def test_a_preparing_slot_keeps_its_frames_and_gets_them_all_after() -> None:
@@ -98,3 +100,20 @@ async def test_releasing_a_preparing_slot_balances_the_books() -> None:
     sched.push(slot, frame(1))
     sched.release(slot)
     assert not slot.preparing and balanced(sched) and sched._preparing == 0 and sched._waiting == 0
+    assert not slot.queue and sched._due() is None, "a closed preparing slot left its frames behind"
+
+
+async def test_a_reset_during_preparation_discards_the_frames_from_before_it() -> None:
+    async with running_scheduler() as (sched, _):
+        owner = Owner("x")
+        slot = sched.acquire(owner)
+        assert slot is not None
+        sched.begin_preparing(slot)
+        sched.push(slot, frame(1))
+        sched.push(slot, frame(2))
+        sched.reset(slot)                  # what DuplexStream.reset does first, before preparing anew
+        sched.push(slot, frame(3))
+        assert balanced(sched)
+        sched.end_preparing(slot)
+        await until(lambda: len(owner.got) == 1)
+        assert owner.got == [3.0] and balanced(sched), "audio from before the reset went into the new conversation"

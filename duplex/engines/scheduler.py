@@ -257,9 +257,10 @@ class BatchScheduler(tp.Generic[OwnerT]):
         return not dropped
 
     def _clear_queue(self, slot: Slot[OwnerT]) -> None:
+        """Discards the slot's frames, preparing or not (a preparing slot's frames are not counted waiting)."""
         if slot.queue and not slot.preparing:
             self._waiting -= 1
-            slot.queue.clear()
+        slot.queue.clear()
 
     # --- worker-thread calls ---------------------------------------------------------------
     async def run_in_worker(self, fn: tp.Callable[..., ResultT], *args: tp.Any) -> ResultT:
