@@ -74,8 +74,15 @@ class Recording:
         return starts
 
     def assistant_text(self) -> str:
-        return "".join(e["msg"].get("content", "") for e in self.events
-                       if e.get("dir") == "out" and isinstance(e.get("msg"), dict) and e["msg"].get("type") == "llm_response")
+        """The model's text stream as sent: /ws `llm_response` contents, or /api/chat's text pieces."""
+        return "".join(self._text_piece(e) for e in self.events if e.get("dir") == "out" and e.get("kind") == "text")
+
+    @staticmethod
+    def _text_piece(event: dict) -> str:
+        msg = event.get("msg")
+        if isinstance(msg, dict):
+            return str(msg.get("content", "")) if msg.get("type") == "llm_response" else ""
+        return str(event.get("text", ""))
 
     def controls(self) -> list[tuple[int, dict]]:
         """(user sample position, message) of each client message to send again."""

@@ -143,7 +143,7 @@ class MoshiCodec(SocketCodec):
                 self.recorder.assistant_audio(len(frame.pcm), frame_locked=True)
             self.outbox.put_audio(frame.pcm, receipt)
         elif isinstance(frame, AssistantText):
-            self.recorder.message_out(frame.text)
+            self.recorder.message_out(frame.text, verbatim=True)   # a piece of text, not a JSON message
             self.outbox.put_text(frame.text)  # sent as 0x02 + utf-8
         elif isinstance(frame, StreamReady):
             self.outbox.put_message(FRAME, bytes([protocol.KIND_HANDSHAKE]))   # the persona is in: now the handshake

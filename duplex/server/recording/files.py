@@ -130,10 +130,14 @@ class RecordingFiles:
 
     def event(self, entry: dict[str, tp.Any]) -> None:
         raw = entry.pop("raw", None)
-        if raw is not None:   # a text message: stored parsed when it is JSON (/ws), else as text
+        if raw is not None:   # a text message: stored parsed when it is a JSON object (a message), else as text
             try:
-                entry["msg"] = json.loads(raw)
+                msg = json.loads(raw)
             except ValueError:
+                msg = None
+            if isinstance(msg, dict):
+                entry["msg"] = msg
+            else:
                 entry["text"] = raw
         self.events.write(json.dumps(entry, separators=(",", ":"), default=str) + "\n")
         self.event_count += 1

@@ -64,8 +64,10 @@ class ConversationRecorder(abc.ABC):
         """A message from the client, as received (audio: logged as kind and size only)."""
 
     @abc.abstractmethod
-    def message_out(self, data: str | bytes) -> None:
-        """A message queued for the client (text protocol message, or a binary non-audio message)."""
+    def message_out(self, data: str | bytes, *, verbatim: bool = False) -> None:
+        """A message queued for the client (a JSON text protocol message, or a binary non-audio message);
+        `verbatim`: a text that is not a JSON message (/api/chat's pieces of the model's text), kept as
+        `text` exactly as sent, never parsed."""
 
     @abc.abstractmethod
     def user_audio(self, pcm: np.ndarray) -> None:
@@ -130,7 +132,7 @@ class NullRecorder(ConversationRecorder):
     def message_in(self, data: str | bytes) -> None:
         return None
 
-    def message_out(self, data: str | bytes) -> None:
+    def message_out(self, data: str | bytes, *, verbatim: bool = False) -> None:
         return None
 
     def user_audio(self, pcm: np.ndarray) -> None:

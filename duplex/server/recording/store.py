@@ -293,11 +293,11 @@ class SocketRecorder(ConversationRecorder):
         kind = "audio" if data[:1] == b"\x01" else "binary"
         return {"dir": "in", "kind": kind, "bytes": len(data)}
 
-    def message_out(self, data: str | bytes) -> None:
+    def message_out(self, data: str | bytes, *, verbatim: bool = False) -> None:
         segment = self.segment
         if segment is None:
             return
-        entry = ({"dir": "out", "kind": "text", "raw": data} if isinstance(data, str)
+        entry = ({"dir": "out", "kind": "text", "text" if verbatim else "raw": data} if isinstance(data, str)
                  else {"dir": "out", "kind": "binary", "bytes": len(data)})
         self._log(segment, entry, time.time())
 
