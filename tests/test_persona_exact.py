@@ -4,7 +4,8 @@ The tiny PersonaPlex in process, greedy: a conversation whose persona was prefil
 its neighbours' steps, one started from the prefix cache, and one whose prompt was stepped one frame per
 batched step (PersonaPlex's way) all give the very tokens of the same prompt stepped one frame at a
 time through moshi's LMGen (PersonaLMGen) at B = 1, for several prompt lengths, with neighbours
-mid-conversation around them (one of them beyond the first row bucket, so steps compute all the rows).
+mid-conversation around them (one of them beyond the first row bucket, so steps compute all the rows),
+and whatever forced silence the slot's last tick left (an interrupt, then a reset within the hold).
 """
 
 from __future__ import annotations
@@ -113,7 +114,10 @@ def test_prefilled_cached_and_stepped_prompts_match_lmgen_stepped_at_b1(checkpoi
     for _ in range(3):
         neighbours.step()
 
-    # parallel: chunks of MIN_CHUNK positions, a neighbours' step between chunks
+    # parallel: chunks of MIN_CHUNK positions, a neighbours' step between chunks. Each slot starts forced
+    # silent, as the last tick leaves a conversation interrupted and then reset within the hold: the
+    # prompt's first column is the persona's, never silenced.
+    model.gen.force_silence[[3, 9, 12]] = True
     prefill = model.begin_prefill(3, prompt)
     while not model.run_prefill(prefill, 0.0):
         neighbours.step()
@@ -121,6 +125,7 @@ def test_prefilled_cached_and_stepped_prompts_match_lmgen_stepped_at_b1(checkpoi
     parallel = converse(model, neighbours, 3, user)
 
     # cached: the same persona in another slot, while slot 3 goes on talking
+    model.gen.force_silence[9] = True
     cached_prefill = model.begin_prefill(9, prompt)
     assert model.run_prefill(cached_prefill, 0.0) and cached_prefill.cached and cached_prefill.passes == 0
     cached = converse(model, neighbours, 9, user)

@@ -200,6 +200,9 @@ class Prefill:
         prompt = self.prompt
         total = prompt.frames
         host.draw_noise(slot)
+        # The prompt's next column is the persona's own: never forced silent, whatever the slot's last tick
+        # left in the per-slot flag (an interrupt, then a reset within its hold).
+        gen.force_silence[slot] = False
         logits = text_logits.clone()
         with self.rows.rows.narrowed(1, start=slot):
             gen._sample_text(logits)
