@@ -165,10 +165,14 @@ class RealtimeSession(Session):
     def _set_duplex_persona(self, changes: dict) -> None:
         """Duplex: `instructions` and `voice` are the model's persona (PersonaPlex's role and voice prompts),
         which go in before a conversation starts, so the conversation restarts with them (what was said so
-        far is lost). A model without persona support, or an unknown voice: `error` `unsupported`, and the
-        conversation goes on as it was."""
+        far is lost). Every other setting of the session (user transcription) holds in the new conversation.
+        A model without persona support, or an unknown voice: `error` `unsupported`, and the conversation
+        goes on as it was."""
         def persona(instructions: str, voice: str | None) -> dict:
-            return {k: v for k, v in (("system_prompt", instructions), ("voice", voice)) if v}
+            config = {k: v for k, v in (("system_prompt", instructions), ("voice", voice)) if v}
+            if self.config.transcription is not None:
+                config["transcribe_user"] = True
+            return config
         old = persona(self.config.instructions, self.config.voice)
         instructions = changes.get("instructions", self.config.instructions)
         voice = changes.get("voice", self.config.voice)
