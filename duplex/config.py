@@ -9,6 +9,7 @@ the config table of docs/protocol.md (`markdown_table`, checked by a test).
 
 from __future__ import annotations
 
+import math
 import typing as tp
 from dataclasses import dataclass
 
@@ -62,12 +63,22 @@ class ConfigKey:
         if not isinstance(value, self.types) or (isinstance(value, bool) and self.kind is not bool):
             names = "/".join(t.__name__ for t in self.types)
             raise ConfigError(f"config.{self.name} must be {names}, got {type(value).__name__}")
+        if isinstance(value, float):
+            self._finite(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not self.in_range(value):
             raise ConfigError(f"config.{self.name} must be in {self.range_text}")
         return value
 
+    def _finite(self, value: float) -> None:
+        if not math.isfinite(value):   # JSON readers take NaN and Infinity, and 1e999 is infinity
+            raise ConfigError(f"config.{self.name} must be a finite number, got {value}")
+
     def fit(self, value: float) -> float:
-        """A number brought into range (for lenient inputs such as `/api/chat` query parameters)."""
+        """A number brought into range and to this key's kind (for lenient inputs such as `/api/chat` query
+        parameters). NaN and infinity are refused (ConfigError): no range holds them, no integer is one."""
+        self._finite(value)
+        if self.kind is int:
+            value = int(value)
         if self.low is None or self.high is None or self.in_range(value):
             return value
         if self.wraps:

@@ -201,6 +201,21 @@ async def test_a_message_over_the_session_limit_is_too_large_and_dropped(kind, p
         await ws.close()
 
 
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e999"])
+@pytest.mark.parametrize("key", ["temperature", "text_temperature", "top_k", "text_top_k", "seed"])
+async def test_a_non_finite_config_number_is_refused_on_ws(key, value):
+    """Python's JSON reader takes NaN and Infinity (and 1e999 is infinity): every numeric key refuses them."""
+    engine = FakeEngine()
+    async with serving(engine) as client:
+        ws = await client.ws_connect("/ws?codec=pcm16")
+        assert (await receive_json(ws))["type"] == "ready"
+        await ws.send_str('{"type": "start", "mode": "duplex", "config": {"%s": %s}}' % (key, value))
+        error = await receive_json(ws)
+        assert (error["type"], error["code"]) == ("error", "bad_message") and f"config.{key}" in error["message"]
+        assert engine.calls["open"] == 0
+        await ws.close()
+
+
 @pytest.mark.parametrize("query, message", [
     ("mode=telepathy", "mode must be one of duplex, cascade, auto"),
     ("codec=mp3", "codec must be one of opus, pcm16"),
@@ -234,7 +249,9 @@ async def test_api_chat_refuses_opus_garbage_and_goes_on():
         await ws.close()
 
 
-@pytest.mark.parametrize("query", ["text_temperature=hot", "audio_topk=many", "audio_seed=x"])
+@pytest.mark.parametrize("query", ["text_temperature=hot", "audio_topk=many", "audio_seed=x", "seed=inf",
+                                   "audio_topk=1e999", "audio_temperature=nan", "text_temperature=-inf",
+                                   "text_seed=nan", "text_topk=-Infinity"])
 async def test_api_chat_bad_query_value_closes_1008(query):
     engine = FakeEngine()
     async with serving(engine) as client:

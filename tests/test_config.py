@@ -4,6 +4,7 @@ sampling defaults, the client's flags, and docs/protocol.md's table (which must 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from pathlib import Path
 
@@ -42,12 +43,23 @@ def test_sampling_defaults_are_the_schemas() -> None:
 @pytest.mark.parametrize("config", [
     {"bogus": 1}, {"temperature": "hot"}, {"temperature": True}, {"temperature": 5.01}, {"top_k": 0},
     {"text_top_k": 501}, {"seed": -1}, {"seed": 2**63}, {"transcribe_user": 1}, {"voice": 3}, [],
+    {"temperature": math.nan}, {"text_temperature": math.inf}, {"temperature": -math.inf},
 ])
 def test_bad_configs_are_refused_naming_the_key(config) -> None:
     with pytest.raises(ConfigError) as error:
         validate_config(config)
     if isinstance(config, dict):
         assert next(iter(config)) in str(error.value)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_no_numeric_key_fits_a_non_finite_number(value) -> None:
+    """`fit` (the lenient path: /api/chat's query) brings numbers into range, but NaN and infinity it refuses."""
+    numeric = [key for key in CONFIG_SCHEMA.values() if key.kind in (int, float)]
+    assert {key.name for key in numeric} == {"temperature", "text_temperature", "top_k", "text_top_k", "seed"}
+    for key in numeric:
+        with pytest.raises(ConfigError, match=f"config.{key.name}"):
+            key.fit(value)
 
 
 def test_good_config_passes_unchanged() -> None:

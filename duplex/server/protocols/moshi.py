@@ -54,20 +54,26 @@ def moshi_error(code: str, text: str) -> bytes:
 
 
 def config_from_query(query) -> dict:
-    """The config from moshi's query parameters, each brought into the schema's range (never refused)."""
+    """The config from moshi's query parameters, each brought into the schema's range; ValueError for what
+    is not a finite number (text, NaN, infinity)."""
     config: dict = {}
-    for name, key in QUERY_FLOATS.items():
-        if name in query:
-            config[key] = CONFIG_SCHEMA[key].fit(float(query[name]))
-    for name, key in QUERY_INTS.items():
+    for name, key in (*QUERY_FLOATS.items(), *QUERY_INTS.items()):
         if name in query and key not in config:
-            config[key] = CONFIG_SCHEMA[key].fit(int(float(query[name])))
+            config[key] = _fit(name, query[name], key)
     for name, key in QUERY_PERSONA.items():
         if query.get(name, "").strip():
             config[key] = query[name]
-    if "seed" in query and int(float(query["seed"])) != -1:
-        config["seed"] = CONFIG_SCHEMA["seed"].fit(int(float(query["seed"])))
+    if "seed" in query and float(query["seed"]) != -1:
+        config["seed"] = _fit("seed", query["seed"], "seed")
     return config
+
+
+def _fit(name: str, text: str, key: str) -> float:
+    """One query parameter as config `key`, brought into its range; ValueError naming the parameter."""
+    try:
+        return CONFIG_SCHEMA[key].fit(float(text))
+    except ValueError as exc:
+        raise ValueError(f"{name}={text[:40]!r}: {exc}") from None
 
 
 async def handle_chat(request: web.Request) -> web.StreamResponse:
