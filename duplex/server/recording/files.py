@@ -12,10 +12,14 @@
 - `events.jsonl`: one JSON object per line, appended (a kill can cut at most the last line).
 - `meta.json`: written whole at the start and again, completed, at the end (write to a temporary file,
   then rename: never half a file).
+- `.open`: while the recording is being written, a file its writer holds an exclusive `flock` on, so that
+  the disk cap of any process recording into the same DIR (a fleet's workers) leaves it alone; removed
+  when the recording is completed. A writer that died (SIGKILL) holds no lock: its recording can go.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -34,6 +38,25 @@ BYTES_PER_SAMPLE = 2
 WINDOW_S = 20.0          # the longest one track may run ahead of the other before the gap is written as silence
 HEADER_BYTES = 44
 USER, ASSISTANT = 0, 1
+OPEN_LOCK = ".open"
+
+
+def is_open(folder: Path) -> bool:
+    """A recording some live process is still writing (its lock is held); False for a completed one, or
+    one whose writer died. Works across processes: a fleet's workers share DIR."""
+    try:
+        fd = os.open(folder / OPEN_LOCK, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True          # cannot tell: keep it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def user_to_int16(pcm: np.ndarray) -> np.ndarray:
@@ -115,7 +138,15 @@ class RecordingFiles:
     """audio.wav + events.jsonl + meta.json of one recording folder."""
 
     def __init__(self, folder: Path, meta: dict, window_s: float = WINDOW_S):
-        folder.mkdir(parents=True, exist_ok=False)
+        # Made aside (a name that is no recording id: no listing or cap sees it), locked, then put in place,
+        # so that no other process's cap ever sees this folder without its lock.
+        if folder.exists():
+            raise FileExistsError(folder)
+        aside = folder.with_name("." + folder.name)
+        aside.mkdir(parents=True, exist_ok=False)
+        self.lock: tp.IO[bytes] | None = open(aside / OPEN_LOCK, "wb")
+        fcntl.flock(self.lock, fcntl.LOCK_EX)
+        os.rename(aside, folder)
         self.folder = folder
         self.meta = dict(meta)
         self.write_meta()
@@ -155,9 +186,19 @@ class RecordingFiles:
         self.events.close()
         self.meta.update(complete=True, summary=summary)
         self.write_meta()
+        self._unlock()
         return summary
 
     def abandon(self) -> None:
         """Closes the files without completing them (the folder is about to be deleted)."""
         self.wav.file.close()
         self.events.close()
+        self._unlock()
+
+    def _unlock(self) -> None:
+        """The recording is no longer being written: the lock file goes (while still held), then the lock."""
+        if self.lock is None:
+            return
+        (self.folder / OPEN_LOCK).unlink(missing_ok=True)
+        self.lock.close()
+        self.lock = None

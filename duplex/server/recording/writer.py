@@ -5,6 +5,8 @@ The event loop and the model thread never touch a recording's files: they `offer
 stalled disk), an offer is refused at once and the caller counts what was lost; control items
 (open, close, delete) are always taken, so every recording is completed even after drops. The disk
 cap (`--record-max-gb`) is enforced here too: the oldest completed recordings are deleted, logged.
+Recordings in progress are never deleted, this process's or another's (a fleet's workers share DIR: each
+open recording holds a lock, files.py's `is_open`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import threading
 import time
 import typing as tp
 from pathlib import Path
+
+from .files import is_open
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +165,7 @@ class RecordingWriter:
         for folder in folders:
             if total <= self.max_bytes:
                 return
-            if folder.name in self.open_ids:
+            if folder.name in self.open_ids or is_open(folder):   # open here, or in another worker
                 continue
             shutil.rmtree(folder, ignore_errors=True)
             total -= sizes[folder.name]
