@@ -8,7 +8,7 @@ The other worker is a second process with its own `RecordingStore` on the same D
 
 from __future__ import annotations
 
-import subprocess
+import asyncio
 import sys
 import textwrap
 
@@ -39,11 +39,12 @@ OTHER_WORKER = textwrap.dedent("""
 async def test_a_workers_cap_spares_another_workers_open_recording_not_a_dead_ones(tmp_path):
     one = 2 * 4 * 1920 * 2                    # bytes of audio in a 4-frame stereo recording
     async with recording(tmp_path, max_bytes=int(2.5 * one) + 3 * 4096) as (client, store):
-        other = subprocess.Popen([sys.executable, "-c", OTHER_WORKER, str(store.directory)], cwd=REPO,
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        other = await asyncio.create_subprocess_exec(sys.executable, "-c", OTHER_WORKER, str(store.directory),
+                                                     cwd=REPO, stdin=asyncio.subprocess.PIPE,
+                                                     stdout=asyncio.subprocess.PIPE)
         try:
             assert other.stdout is not None
-            open_id = other.stdout.readline().strip()
+            open_id = (await asyncio.wait_for(other.stdout.readline(), 60)).decode().strip()
             assert open_id and (store.directory / open_id).is_dir(), "the other worker's recording is open"
             for k in range(3):   # this worker's recordings push DIR over the cap: its cap runs after each
                 ws, _ = await converse(client, 4, seed=k)
@@ -56,7 +57,7 @@ async def test_a_workers_cap_spares_another_workers_open_recording_not_a_dead_on
             assert await metric(client, "duplex_recordings_deleted_total") >= 1   # its own oldest went instead
         finally:
             other.kill()     # SIGKILL: the other worker dies with its recording open
-            other.wait()
+            await other.wait()
         ws, _ = await converse(client, 4, seed=9)
         await ws.send_json({"type": "stop"})
         await ws.close()

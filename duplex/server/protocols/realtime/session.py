@@ -169,7 +169,7 @@ class RealtimeSession(Session):
         A model without persona support, or an unknown voice: `error` `unsupported`, and the conversation
         goes on as it was."""
         def persona(instructions: str, voice: str | None) -> dict:
-            config = {k: v for k, v in (("system_prompt", instructions), ("voice", voice)) if v}
+            config: dict[str, tp.Any] = {k: v for k, v in (("system_prompt", instructions), ("voice", voice)) if v}
             if self.config.transcription is not None:
                 config["transcribe_user"] = True
             return config
