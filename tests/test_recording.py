@@ -102,7 +102,7 @@ class BargeInStream(FakeStream):
 
     def push_audio(self, frame: UserFrame) -> None:
         self.pushed += 1
-        self.sink(AssistantAudio(frame.pcm.copy()))
+        self.sink(AssistantAudio(frame.pcm.copy(), heard=frame.pcm))
         if self.pushed == 4:
             self.sink(AssistantTurnEnded(interrupted=True, barge_in=True))
 
@@ -400,11 +400,11 @@ class InFlightStream(FakeStream):
         if self.held is not None:
             pcm, arrived = self.held
             self.held = None
-            self.sink(AssistantAudio(pcm, turnaround_ms=(time.monotonic() - arrived) * 1000.0))
+            self.sink(AssistantAudio(pcm, turnaround_ms=(time.monotonic() - arrived) * 1000.0, heard=pcm))
         if self.pushed == 2:   # the third frame is "in the model" when the reset comes
             self.held = (frame.pcm.copy(), time.monotonic())
         else:
-            self.sink(AssistantAudio(frame.pcm.copy(), turnaround_ms=0.0))
+            self.sink(AssistantAudio(frame.pcm.copy(), turnaround_ms=0.0, heard=frame.pcm))
         self.pushed += 1
 
 

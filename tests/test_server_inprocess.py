@@ -43,7 +43,7 @@ class FakeStream(EngineStream):
     def push_audio(self, frame: UserFrame) -> None:
         self.engine.calls["push_audio"] += 1
         self.pushed += 1
-        self.sink(AssistantAudio(frame.pcm.copy()))
+        self.sink(AssistantAudio(frame.pcm.copy(), heard=frame.pcm))
         for _ in range(self.engine.chatter):
             self.sink(AssistantText("a"))
 

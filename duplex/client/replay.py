@@ -8,7 +8,8 @@ with the client's control messages (`interrupt`, `configure`, `text_input`) at t
 audio where they came. The assistant's output is then compared with the recording: its text stream
 (`llm_response`) character by character, and, in duplex mode, its audio frame by frame as int16 samples
 (the recording's right channel holds what a pcm16 client was sent). It reports "reproduces bit for
-bit" or the first divergence, and exits 0 or 1.
+bit" or the first divergence, and exits 0 or 1 (2: unreadable, or nothing to compare). Only the assistant
+frames the original server sent are compared (one in flight at `stop` was never sent, nor recorded).
 
 Exactness needs the same output for the same input: greedy sampling (temperature 0 and text_temperature 0)
 is exact on the same model, device and dtype; seeded sampling is too on the same kind of server, since
@@ -84,6 +85,15 @@ class Recording:
             return str(msg.get("content", "")) if msg.get("type") == "llm_response" else ""
         return str(event.get("text", ""))
 
+    def sent_audio_ms(self) -> set[int]:
+        """Where on the clock (ms) the original server's assistant frames were sent: only these are compared
+        (a frame in flight at `stop`, or dropped for a slow reader, was never sent and is not in the file)."""
+        return {e["at_ms"] for e in self.events if e.get("dir") == "out" and e.get("kind") == "audio" and "at_ms" in e}
+
+    def dropped_input(self) -> int:
+        """User frames the original server dropped unconsumed (not in the recording, so not replayed)."""
+        return sum(int(e.get("frames", 0)) for e in self.events if e.get("kind") == "drop")
+
     def controls(self) -> list[tuple[int, dict]]:
         """(user sample position, message) of each client message to send again."""
         return [(e.get("user_at", 0), e["msg"]) for e in self.events
@@ -133,6 +143,9 @@ async def replay(rec: Recording, url: str, token: str | None = None, fast: bool 
                       "(model, device, dtype); use temperature 0 and text_temperature 0 for a certain comparison")
     if meta.get("codec") != "pcm16":
         lines.append(f"note: the user's audio came as {meta.get('codec')}; it is replayed as its int16 rendering")
+    if rec.dropped_input():
+        lines.append(f"note: the original server dropped {rec.dropped_input()} user frames unconsumed (a full queue); "
+                     "the recording holds what the model consumed, and so does the replay")
     if meta.get("summary", {}).get("dropped"):
         lines.append(f"note: the recording lost {meta['summary']['dropped']} to a slow disk; the comparison is partial")
     schedule: list[tuple[int, int, tp.Any]] = [(at, 0, msg) for at, msg in rec.controls()]
@@ -185,7 +198,13 @@ def compare(rec: Recording, client: DuplexClient, mode: str, lines: list[str]) -
         lines.append(f"text diverges at character {at}: recorded {recorded_text[at:at + 30]!r}, replayed {text[at:at + 30]!r}")
     if mode == "duplex":
         got = [np.round(chunk.pcm * 32768.0).astype(np.int32) for chunk in client.audio]
+        sent_ms = rec.sent_audio_ms()
+        compared = unsent = 0
         for k, start in enumerate(rec.frame_starts):
+            if start * 1000 // SAMPLE_RATE not in sent_ms:
+                unsent += 1
+                continue
+            compared += 1
             want = rec.assistant[start:start + FRAME_SAMPLES].astype(np.int32)
             have = got[k] if k < len(got) else np.zeros(0, dtype=np.int32)
             if len(have) != len(want) or not np.array_equal(have, want):
@@ -194,10 +213,16 @@ def compare(rec: Recording, client: DuplexClient, mode: str, lines: list[str]) -
                 lines.append(f"audio diverges at frame {k} (t = {start * 1000 // SAMPLE_RATE} ms): "
                              + (f"largest sample difference {diff}" if diff is not None else f"{len(have)} samples"))
                 break
-        frames = min(len(got), len(rec.frame_starts))
-        summary = f"{frames} frames of assistant audio and {len(text)} characters of text"
+        if unsent:
+            lines.append(f"{unsent} frames the original server never sent (in flight at `stop`, or dropped for a slow "
+                         "reader) are not compared")
+        summary = f"{compared} frames of assistant audio and {len(text)} characters of text"
     else:
+        compared = 0
         summary = f"{len(text)} characters of text (cascade audio depends on timing and is not compared)"
+    if not compared and not text and not recorded_text:
+        raise ReplayError("nothing to compare: the recording holds no assistant audio that was sent and no text, "
+                          "and the replay produced none")
     lines.append(f"reproduces bit for bit: {summary} identical" if exact else f"does not reproduce ({summary} compared)")
     return Outcome(exact, lines)
 

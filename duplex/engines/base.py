@@ -31,6 +31,8 @@ class UserFrame:
 class AssistantAudio:
     pcm: np.ndarray            # one 80 ms frame, float32
     turnaround_ms: float | None = None   # duplex: input frame arrival -> this frame ready
+    heard: np.ndarray | None = None      # frame-locked: the user frame the model consumed for it (a recording keeps
+                                         # the user's track as consumed: a frame dropped from a full queue is not in it)
 
 
 @dataclass

@@ -35,7 +35,8 @@ class DuplexSlotOwner(tp.Protocol):
 
     forced_silent: bool   # the slot's assistant is held silent (interrupt)
 
-    def on_step(self, pcm: np.ndarray, text: str | None, has_output: bool, turnaround_ms: float) -> None: ...
+    def on_step(self, pcm: np.ndarray, text: str | None, has_output: bool, turnaround_ms: float,
+                heard: np.ndarray) -> None: ...
 
 
 class DuplexRunner:
@@ -69,7 +70,7 @@ class DuplexRunner:
         now = time.monotonic()
         for d in deliveries:
             d.owner.on_step(result.pcm[d.index], result.text[d.index], bool(result.has_output[d.index]),
-                            (now - d.frame.arrived) * 1000.0)
+                            (now - d.frame.arrived) * 1000.0, d.frame.pcm)
 
 
 class DuplexEngine(Engine):
@@ -283,7 +284,8 @@ class DuplexStream(EngineStream):
             self.slot = None
 
     # --- engine -> session (event loop, once per consumed frame) ------------------------------
-    def on_step(self, pcm: np.ndarray, text: str | None, has_output: bool, turnaround_ms: float) -> None:
+    def on_step(self, pcm: np.ndarray, text: str | None, has_output: bool, turnaround_ms: float,
+                heard: np.ndarray) -> None:
         if self.forced_silent:
             pcm = np.zeros_like(pcm)
             text = None
@@ -293,7 +295,7 @@ class DuplexStream(EngineStream):
             self.sink(AssistantTurnStarted())
         if text:
             self.sink(AssistantText(text))
-        self.sink(AssistantAudio(pcm, turnaround_ms))
+        self.sink(AssistantAudio(pcm, turnaround_ms, heard))
         if change == "end":
             self.sink(AssistantTurnEnded())
 

@@ -158,7 +158,9 @@ class Session:
         assert conv is not None
         conv.frames_in += 1
         self.observer.frame_in()
-        self.recorder.user_audio(frame.pcm)
+        stream = conv.stream
+        if not stream.frame_locked:   # frame-locked: recorded when consumed (AssistantAudio.heard, `_receipt`)
+            self.recorder.user_audio(frame.pcm)
         change = self.user_voice.update(frame.level_dbfs)
         now = time.monotonic()
         if self.user_voice.loud:
@@ -167,7 +169,10 @@ class Session:
             conv.user_speech_end = conv.last_loud
         elif change == "start":
             conv.user_speech_end = None
-        conv.stream.push_audio(frame)
+        dropped = stream.frames_dropped
+        stream.push_audio(frame)
+        if stream.frames_dropped > dropped:
+            self.recorder.user_dropped(stream.frames_dropped - dropped)
 
     # --- control messages ----------------------------------------------------------------------
     def _on_start(self, body: dict) -> None:
@@ -327,6 +332,8 @@ class Session:
         locked = conv.stream.frame_locked
         if locked and answers_input_before(frame, conv.reset_at):
             return None
+        if locked and frame.heard is not None:   # the user frame this one answers, as the model consumed it
+            self.recorder.user_audio(frame.heard)
         return self.recorder.assistant_audio(len(frame.pcm), locked)
 
     def _clock_ms(self, conv: Conversation) -> int:

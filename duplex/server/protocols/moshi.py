@@ -145,8 +145,11 @@ class MoshiCodec(SocketCodec):
     def _sink(self, frame: EngineFrame) -> None:
         if isinstance(frame, AssistantAudio):
             self.metrics.frame_out(frame.turnaround_ms)
-            receipt = None if answers_input_before(frame, self._reset_at) else \
-                self.recorder.assistant_audio(len(frame.pcm), frame_locked=True)
+            receipt = None
+            if not answers_input_before(frame, self._reset_at):
+                if frame.heard is not None:   # the user's track as the model consumed it
+                    self.recorder.user_audio(frame.heard)
+                receipt = self.recorder.assistant_audio(len(frame.pcm), frame_locked=True)
             self.outbox.put_audio(frame.pcm, receipt)
         elif isinstance(frame, AssistantText):
             self.recorder.message_out(frame.text, verbatim=True)   # a piece of text, not a JSON message
@@ -212,8 +215,10 @@ class MoshiCodec(SocketCodec):
             return self._bad("bad_audio", str(exc))
         for samples in self.frames.push(pcm):
             self.metrics.frame_in()
-            self.recorder.user_audio(samples)
-            self.stream.push_audio(UserFrame.of(samples))
+            dropped = self.stream.frames_dropped
+            self.stream.push_audio(UserFrame.of(samples))   # recorded when consumed (AssistantAudio.heard)
+            if self.stream.frames_dropped > dropped:
+                self.recorder.user_dropped(self.stream.frames_dropped - dropped)
 
     def _on_control(self, payload: bytes) -> None:
         action = protocol.MOSHI_CONTROL_ACTIONS.get(payload[0]) if len(payload) == 1 else None

@@ -71,7 +71,12 @@ class ConversationRecorder(abc.ABC):
 
     @abc.abstractmethod
     def user_audio(self, pcm: np.ndarray) -> None:
-        """One user frame [FRAME_SAMPLES] float32, as consumed by the conversation, in order."""
+        """One user frame [FRAME_SAMPLES] float32, as consumed by the conversation, in order (frame-locked:
+        the model's input, `AssistantAudio.heard`, just before that frame's `assistant_audio`)."""
+
+    def user_dropped(self, frames: int) -> None:
+        """User frames the engine dropped unconsumed (a full input queue): logged, never in the audio."""
+        return None
 
     @abc.abstractmethod
     def assistant_audio(self, samples: int, frame_locked: bool) -> AudioReceipt | None:

@@ -301,6 +301,10 @@ class SocketRecorder(ConversationRecorder):
                  else {"dir": "out", "kind": "binary", "bytes": len(data)})
         self._log(segment, entry, time.time())
 
+    def user_dropped(self, frames: int) -> None:
+        if self.segment is not None and frames:
+            self._log(self.segment, {"kind": "drop", "frames": frames}, time.time())
+
     def cut(self, what: str, frames: int) -> None:
         if self.segment is not None and frames:   # the message that caused it is logged anyway
             self._log(self.segment, {"kind": "cut", "what": what, "frames": frames}, time.time())
