@@ -35,7 +35,7 @@ from pathlib import Path
 
 import aiohttp
 
-from ..options import ServeOptions
+from ..options import TOKEN_ENV, OptionsError, ServeOptions, access_token
 from .haproxy import BalancerSettings, WorkerAddress, render
 
 log = logging.getLogger("duplex.supervisor")
@@ -65,8 +65,10 @@ def parse_gpus(text: str) -> list[str]:
 
 
 def worker_argv(options: ServeOptions, *, host: str, port: int, threads: int, max_connections: int) -> list[str]:
-    """The command line of one worker: the fleet's options less its own flags, on its own address and share."""
+    """The command line of one worker: the fleet's options less its own flags, on its own address and share.
+    Never the token (`ps` shows every user a command line): a worker gets it in `$DUPLEX_TOKEN` (`Fleet._worker`)."""
     worker = replace(options, gpus=None, workers=0, haproxy=False, lb_queue_timeout_s=ServeOptions.lb_queue_timeout_s,
+                     token=None, token_file=None,
                      host=host, port=port, threads=threads, max_connections=max_connections)
     return [sys.executable, "-m", "duplex", "serve", *worker.to_argv()]
 
@@ -146,6 +148,10 @@ class Fleet:
         if options.haproxy and options.ssl:
             raise FleetError("--ssl with --haproxy: the workers would speak TLS to HAProxy; terminate TLS in HAProxy "
                              "instead (`duplex lb-config`, then add `ssl crt FILE` to its bind line, docs/deploy.md)")
+        try:
+            self.token = access_token(options)   # handed to the workers by environment, never by argv
+        except OptionsError as exc:
+            raise FleetError(str(exc)) from None
         self.stopping = asyncio.Event()
         self.all_ready = asyncio.Event()
         self.announced: set[int] = set()   # workers whose DUPLEX_WORKER line is out
@@ -165,6 +171,9 @@ class Fleet:
 
     def _worker(self, i: int) -> Child:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.pop(TOKEN_ENV, None)
+        if self.token:
+            env[TOKEN_ENV] = self.token
         threads = self.options.threads
         if self.gpus:
             env["CUDA_VISIBLE_DEVICES"] = self.gpus[i]   # the worker's `cuda` is this GPU
