@@ -116,7 +116,7 @@ class MoshiCodec(SocketCodec):
             return self._refusal(1013, "capacity", "server full: every duplex slot is busy, try again later",
                                  label="no_slot")
         except Unsupported as exc:   # e.g. a persona asked of a model without one, an unknown voice
-            return self._refusal(1008, "unsupported", str(exc), label="unsupported")
+            return self._refusal(1008, exc.code, str(exc), label="unsupported")
         query = {k: v for k, v in request.query.items() if k != "token"}   # the token is never kept
         self._recording = (uuid.uuid4().hex[:12], config, {"codec": "opus", "query": query})
         self.recorder.begin(self._recording[0], "duplex", config, self._recording[2])
