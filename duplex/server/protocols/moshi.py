@@ -95,6 +95,7 @@ class MoshiCodec(SocketCodec):
         self._recording: tuple[str, dict, dict] | None = None   # the recording's id, config, endpoint info
         self._seed_drawn = False   # the seed was drawn for the recording, not given in the query
         self._reset_at: float | None = None   # monotonic time of the last `restart`
+        self._handshake_sent = False          # 0x00 opens the stream once, a `restart` or not
 
     def on_open(self, request: web.Request) -> Refusal | None:
         engine = request.app[ENGINES].get("duplex")
@@ -145,7 +146,8 @@ class MoshiCodec(SocketCodec):
         elif isinstance(frame, AssistantText):
             self.recorder.message_out(frame.text)
             self.outbox.put_text(frame.text)  # sent as 0x02 + utf-8
-        elif isinstance(frame, StreamReady):
+        elif isinstance(frame, StreamReady) and not self._handshake_sent:   # a `restart`'s persona: no second one
+            self._handshake_sent = True
             self.outbox.put_message(FRAME, bytes([protocol.KIND_HANDSHAKE]))   # the persona is in: now the handshake
         elif isinstance(frame, EngineFailure):
             log.warning("/api/chat: %s: %s", frame.code, frame.message)
@@ -154,6 +156,7 @@ class MoshiCodec(SocketCodec):
     def greeting(self) -> bytes | None:
         """The handshake, at once; with a persona being put into the slot, when it is in (`StreamReady`)."""
         assert self.stream is not None
+        self._handshake_sent = self.stream.ready
         return bytes([protocol.KIND_HANDSHAKE]) if self.stream.ready else None
 
     @property
