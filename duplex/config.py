@@ -95,7 +95,8 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {key.name: key for key in (
     ConfigKey("system_prompt", str, "the assistant's instructions: the cascade LLM's system prompt; a persona "
               "duplex model's role prompt (PersonaPlex, `<system>` tags added), set at `start`",
               BOTH, default=DEFAULT_SYSTEM_PROMPT, default_doc=f'"{DEFAULT_SYSTEM_PROMPT}"; duplex: none'),
-    ConfigKey("voice", str, "assistant voice, a name from the server's voices (unknown: `unsupported`, with the list): "
+    ConfigKey("voice", str, "assistant voice, a name from the server's own voices (another name, a path or a URL: `bad_message` "
+              "naming them; a persona's: `unsupported`): "
               "the TTS voice; a persona duplex model's voice prompt from `--voices`, set at `start`",
               BOTH, default_doc="the TTS's default voice; duplex: none"),
     ConfigKey("temperature", float,

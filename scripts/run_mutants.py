@@ -9,10 +9,17 @@ A table is TOML, a list of `[[mutant]]` entries:
     replacement = "        pass"
     test = "tests/test_behaviour_server.py::test_reset_while_speaking_answers_ack_then_tts_stop_and_listening"
 
-Each mutant is applied in place, its test run with this Python (`python -m pytest -x -q <test>`), and the
-file restored in a `finally` (byte for byte, whatever happens, Ctrl-C included). A mutant is *caught* when
-its test fails, *survived* when it passes. Exit status: 0 when every mutant was caught, 1 when one
-survived, 2 when a table is wrong (a line not found, found twice, a missing key).
+The live tree is never written. The runner copies the repository's files (tracked and untracked, not the
+ignored ones: `git ls-files`) into a temporary folder once; each mutant is applied to the copy, its test run
+there with this Python (`python -m pytest -x -q <test>`, the copy first on PYTHONPATH, so `import duplex` and
+the servers the tests start are the mutated copy's; the generated weights are shared through
+DUPLEX_WEIGHTS_DIR), and the copy's file put back. A SIGKILL (a CI timeout) leaves at most a stray folder
+in the temporary directory, never a mutant in the checkout.
+
+A mutant is *caught* when its test fails, *survived* when it passes, and *unknown* when its test run
+outlives `--timeout` (a hang says nothing about the test: the run and everything it started are killed).
+Exit status: 0 when every mutant was caught, 1 when one survived, 3 when none survived but one is
+unknown, 2 when a table is wrong (a line not found, found twice, a missing key).
 
     python scripts/run_mutants.py                       # every tests/mutants*.toml
     python scripts/run_mutants.py tests/mutants_untested.toml --only reset-skips-engine
@@ -24,9 +31,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
+import typing as tp
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +49,8 @@ else:  # pragma: no cover
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = ("file", "original", "replacement", "test")
+SHARED = ("tests/browser/node_modules",)   # ignored folders the tests need, linked into the copy
+CAUGHT, SURVIVED, UNKNOWN = "caught", "SURVIVED", "unknown"
 
 
 class TableError(ValueError):
@@ -109,19 +123,66 @@ def applied(mutant: Mutant, root: Path = REPO):
         path.write_bytes(saved)
 
 
-def run_one(mutant: Mutant, python: str, root: Path = REPO, timeout: float = 600.0) -> tuple[bool, float, str]:
-    """(caught, seconds, output tail)."""
+def source_files(root: Path) -> list[str]:
+    """The repository's files as its developer sees them: tracked and untracked, less what git ignores (or
+    every file, outside a git checkout)."""
+    try:
+        listed = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                                capture_output=True, check=True).stdout.decode()
+        return [f for f in listed.split("\0") if f and (root / f).is_file()]
+    except (OSError, subprocess.CalledProcessError):
+        return [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and ".git" not in p.parts]
+
+
+@contextlib.contextmanager
+def scratch_copy(root: Path = REPO) -> tp.Iterator[Path]:
+    """A temporary copy of the repository's files (removed afterwards): where the mutants are applied."""
+    parent = Path(tempfile.mkdtemp(prefix="duplex-mutants-"))
+    copy = parent / root.name
+    try:
+        for name in source_files(root):
+            target = copy / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / name, target)
+        for name in SHARED:
+            if (root / name).exists() and not (copy / name).exists():
+                (copy / name).parent.mkdir(parents=True, exist_ok=True)
+                (copy / name).symlink_to(root / name)
+        yield copy
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def test_env(copy: Path, root: Path) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(copy), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    env.setdefault("DUPLEX_WEIGHTS_DIR", str(root / "weights"))   # generated once, shared (never a source file)
+    return env
+
+
+def run_one(mutant: Mutant, python: str, copy: Path, root: Path = REPO,
+            timeout: float = 600.0) -> tuple[str, float, str]:
+    """(verdict, seconds, output tail): the mutant applied to `copy` (a `scratch_copy`), never to `root`."""
     started = time.monotonic()
-    with applied(mutant, root):
+    with applied(mutant, copy):
+        process = subprocess.Popen([python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", mutant.test],
+                                   cwd=copy, env=test_env(copy, root), stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
-            result = subprocess.run([python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", mutant.test],
-                                    cwd=root, capture_output=True, text=True, timeout=timeout)
-            caught, output = result.returncode != 0, result.stdout + result.stderr
-            if result.returncode in (4, 5):   # usage error / no tests collected: the table is wrong
+            output, _ = process.communicate(timeout=timeout)
+            verdict = SURVIVED if process.returncode == 0 else CAUGHT
+            if process.returncode in (4, 5):   # usage error / no tests collected: the table is wrong
                 raise TableError(f"{mutant.name}: pytest could not run {mutant.test}:\n{output[-2000:]}")
         except subprocess.TimeoutExpired:
-            caught, output = True, f"timed out after {timeout:g} s (counted as caught)"
-    return caught, time.monotonic() - started, output[-2000:]
+            verdict, output = UNKNOWN, f"timed out after {timeout:g} s: neither caught nor survived"
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)   # the run and every server it started
+            process.wait()
+    return verdict, time.monotonic() - started, output[-2000:]
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)   # the copy is removed on the way out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,14 +191,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", metavar="NAME", help="run this mutant only (repeatable)")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--python", default=sys.executable, help="the Python that runs pytest")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per mutant's test run")
+    parser.add_argument("--timeout", type=float, default=600.0,
+                        help="seconds per mutant's test run; past it the mutant is unknown")
+    parser.add_argument("--root", type=Path, default=REPO, help="the repository (its files are copied, never written)")
     args = parser.parse_args(argv)
-    tables = args.tables or sorted((REPO / "tests").glob("mutants*.toml"))
+    root = args.root.resolve()
+    tables = args.tables or sorted((root / "tests").glob("mutants*.toml"))
     if not tables:
         print("no mutant tables (tests/mutants*.toml)", file=sys.stderr)
         return 2
     try:
-        mutants = load_tables(tables)
+        mutants = load_tables(tables, root)
         if args.only:
             unknown = sorted(set(args.only) - {m.name for m in mutants})
             if unknown:
@@ -145,20 +209,23 @@ def main(argv: list[str] | None = None) -> int:
             mutants = [m for m in mutants if m.name in args.only]
         if args.list:
             for m in mutants:
-                print(f"{m.name}\t{m.file}:{m.line_number(REPO)}\t{m.test}")
+                print(f"{m.name}\t{m.file}:{m.line_number(root)}\t{m.test}")
             return 0
-        survived = []
-        for m in mutants:
-            caught, seconds, output = run_one(m, args.python, timeout=args.timeout)
-            print(f"{'caught  ' if caught else 'SURVIVED'} {m.name}  ({m.file}, {seconds:.1f} s)  {m.test}", flush=True)
-            if not caught:
-                survived.append(m)
-                print("    " + output.strip().replace("\n", "\n    "), flush=True)
+        verdicts: dict[str, list[Mutant]] = {CAUGHT: [], SURVIVED: [], UNKNOWN: []}
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        with scratch_copy(root) as copy:
+            for m in mutants:
+                verdict, seconds, output = run_one(m, args.python, copy, root, timeout=args.timeout)
+                verdicts[verdict].append(m)
+                print(f"{verdict:8} {m.name}  ({m.file}, {seconds:.1f} s)  {m.test}", flush=True)
+                if verdict != CAUGHT:
+                    print("    " + output.strip().replace("\n", "\n    "), flush=True)
     except TableError as exc:
         print(f"mutants table error: {exc}", file=sys.stderr)
         return 2
-    print(f"{len(mutants) - len(survived)} of {len(mutants)} mutants caught")
-    return 1 if survived else 0
+    print(f"{len(verdicts[CAUGHT])} of {len(mutants)} mutants caught, {len(verdicts[SURVIVED])} survived, "
+          f"{len(verdicts[UNKNOWN])} unknown (timed out)")
+    return 1 if verdicts[SURVIVED] else 3 if verdicts[UNKNOWN] else 0
 
 
 if __name__ == "__main__":

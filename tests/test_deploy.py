@@ -110,3 +110,23 @@ def test_lb_config_says_what_is_wrong(capsys):
 def test_a_bad_worker_is_refused_with_the_expected_form(text: str):
     with pytest.raises(ValueError, match="host:port:slots|at least one slot"):
         WorkerAddress.parse(text)
+
+
+def test_the_workers_take_their_token_from_a_secret_never_from_the_manifest():
+    """Issue 24 item 10: every conversation needs the token; it comes from a Secret the operator creates
+    (docs/deploy.md says how), by environment, never on the command line or in the repository."""
+    container = find("Deployment", "duplex-worker")["spec"]["template"]["spec"]["containers"][0]
+    assert not any(a.startswith("--token") for a in container["args"])
+    env = {e["name"]: e for e in container["env"]}
+    ref = env["DUPLEX_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert not ref.get("optional", False)   # no Secret, no pod: never served without a token
+    assert not any(d["kind"] == "Secret" for d in documents())   # its value is the operator's, not in the repo
+    guide = (REPO / "docs" / "deploy.md").read_text()
+    assert f"kubectl -n duplex create secret generic {ref['name']} --from-file={ref['key']}=" in guide
+
+
+def test_the_front_service_is_cluster_internal_unless_the_operator_chooses_a_load_balancer():
+    services = [d for d in documents() if d["kind"] == "Service"]
+    assert services and all(s["spec"].get("type", "ClusterIP") == "ClusterIP" for s in services)
+    guide = (REPO / "docs" / "deploy.md").read_text()
+    assert '"type":"LoadBalancer"' in guide   # the documented choice (a patch of the `duplex` Service)

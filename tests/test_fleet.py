@@ -263,3 +263,87 @@ async def test_the_supervisor_starts_haproxy_itself_and_restarts_it_on_the_same_
         if fleet.returncode is None:
             fleet.kill()
             await fleet.wait()
+
+
+class PopenSpy:
+    """Calls `then` once, the moment the interpreter is about to start a process whose argv holds `marker` (the
+    `subprocess.Popen` audit event: a real hook into the real call, nothing replaced)."""
+
+    armed: "PopenSpy | None" = None
+    installed = False
+
+    def __init__(self, marker: str, then: tp.Callable[[], None]):
+        self.marker, self.then = marker, then
+        if not PopenSpy.installed:
+            sys.addaudithook(PopenSpy._hook)
+            PopenSpy.installed = True
+
+    def __enter__(self) -> "PopenSpy":
+        PopenSpy.armed = self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        PopenSpy.armed = None
+
+    @staticmethod
+    def _hook(event: str, args: tuple) -> None:
+        spy = PopenSpy.armed
+        if spy is not None and event == "subprocess.Popen" and spy.marker in " ".join(map(str, args[1])):
+            PopenSpy.armed = None
+            spy.then()
+
+
+async def test_a_worker_respawned_while_the_fleet_stops_is_stopped_too():
+    """Issue 24 item 13: the fleet told to stop while a dead worker's replacement is being started. The
+    replacement was never signalled (the supervisor signalled the dead process) and the supervisor hung."""
+    from duplex.server.fleet import Fleet
+    from duplex.server.options import parse_serve_options
+
+    fleet = Fleet(parse_serve_options(["--workers", "1", "--slots", "1", "--no-cascade", "--port", "0",
+                                       "--opus-workers", "0", "--quiet-progress", "--static", "none"]))
+    loop = asyncio.get_running_loop()
+    run = asyncio.create_task(fleet.run())
+    worker = fleet.workers[0]
+    try:
+        await asyncio.wait_for(fleet.all_ready.wait(), 120)
+        first = worker.process
+        assert first is not None
+        with PopenSpy("duplex", fleet.stopping.set):   # the stop comes while the replacement is being started
+            os.kill(first.pid, signal.SIGKILL)
+            await asyncio.wait_for(asyncio.shield(run), 60)
+        assert worker.process is not first and worker.starts == 2   # the replacement did start, and is gone
+        assert worker.process is not None and worker.process.returncode is not None
+    finally:
+        if not run.done():
+            if worker.process is not None and worker.process.returncode is None:
+                worker.process.kill()
+            await asyncio.wait_for(run, 60)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def test_a_second_sigterm_stops_the_workers_at_once(speech: np.ndarray):
+    """Issue 24 item 13: the first SIGTERM drains (here up to 300 s, a conversation open); a second is forwarded
+    to the workers, which stop at once (as one `duplex serve` does), so the fleet exits long before the drain."""
+    log: list[str] = []
+    fleet = await spawn(sys.executable, "-m", "duplex", "serve", "--workers", "1", "--slots", "1", "--no-cascade",
+                        "--port", "0", "--drain-s", "300", "--opus-workers", "0", "--quiet-progress", "--static",
+                        "none")
+    assert fleet.stdout is not None and fleet.stderr is not None
+    out, err = Lines("fleet", fleet.stdout, log), Lines("fleet!", fleet.stderr, log)
+    client: DuplexClient | None = None
+    try:
+        url = (await out.expect(lambda t: t.startswith("DUPLEX_READY "), "fleet ready")).split()[1]
+        client = await conversation(url, frames_of(speech, FRAMES))
+        fleet.send_signal(signal.SIGTERM)
+        await err.expect(lambda t: t.startswith("[w0]") and "draining" in t, "the worker draining")
+        fleet.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(fleet.wait(), 60) == 0, "\n".join(log[-40:])
+        await closed(client, 10)
+        assert client.close_code == 1001
+    finally:
+        if client is not None:
+            await client.close()
+        if fleet.returncode is None:
+            fleet.kill()
+            await fleet.wait()

@@ -71,7 +71,8 @@ def test_a_worker_gets_every_flag_but_the_fleets_own_and_its_own_address() -> No
     assert not worker.fleet and not worker.haproxy and worker.lb_queue_timeout_s == ServeOptions.lb_queue_timeout_s
     assert (worker.host, worker.port, worker.threads, worker.max_connections) == ("127.0.0.1", 9001, 3, 16)
     assert worker == dataclasses.replace(fleet, gpus=None, haproxy=False, lb_queue_timeout_s=2.0, host="127.0.0.1",
-                                         port=9001, threads=3, max_connections=16)
+                                         port=9001, threads=3, max_connections=16, token=None)
+    assert not any("s3cret" in a for a in argv)   # the token goes by environment (test_token.py), never argv
 
 
 def test_a_bad_value_is_refused_with_the_flags_name(capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -80,3 +83,71 @@ def test_the_project_tables_parse_and_name_existing_lines():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("\n") == len(run_mutants.load_tables(tables))
+
+
+PROBE = '''import os, pathlib, sys, time
+import pkg.mod
+
+def test_f():
+    pathlib.Path(os.environ["MUTANT_MARK"]).write_text(pkg.mod.__file__)
+    if os.environ.get("MUTANT_HANG"):
+        time.sleep(3600)
+    assert pkg.mod.f(1) == 1
+'''
+
+
+def scratch_repo(tmp_path: Path, body: str = GOOD) -> Path:
+    """A small repository with the runner in its scripts/ (so its REPO is this one), a module, a test and a table."""
+    root = tmp_path / "repo"
+    (root / "scripts").mkdir(parents=True)
+    (root / "scripts" / "run_mutants.py").write_bytes(SCRIPT.read_bytes())
+    table(root, body.replace("tests/test_x.py::test_f", "tests/test_x.py"))
+    (root / "pkg" / "__init__.py").write_text("")
+    (root / "tests").mkdir()
+    (root / "tests" / "test_x.py").write_text(PROBE)
+    return root
+
+
+def start_runner(root: Path, *args: str, **env: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(root / "scripts" / "run_mutants.py"), str(root / "mutants_x.toml"),
+                             *args], cwd=root, env={**os.environ, **env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def test_a_killed_run_leaves_the_live_tree_untouched_and_the_test_sees_the_mutated_copy(tmp_path):
+    """Issue 24 item 12: mutants were applied in place and restored in a `finally`, so a SIGKILL (a CI timeout)
+    left one in the checkout. They go to a copy: the live file never changes, even while a test runs."""
+    root = scratch_repo(tmp_path)
+    live = root / "pkg" / "mod.py"
+    mark = tmp_path / "mark"
+    runner = start_runner(root, "--only", "flip", MUTANT_MARK=str(mark), MUTANT_HANG="1")
+    try:
+        deadline = time.monotonic() + 120
+        while not mark.exists():   # the mutant's test is running (and hangs there)
+            assert runner.poll() is None and time.monotonic() < deadline, runner.communicate()[0]
+            time.sleep(0.05)
+        assert live.read_bytes() == SOURCE.encode()            # not in the live tree while its test runs
+        assert not Path(mark.read_text()).is_relative_to(root)   # the test imported the copy
+    finally:
+        os.killpg(runner.pid, signal.SIGKILL)                  # what a CI timeout does
+        runner.wait()
+    assert live.read_bytes() == SOURCE.encode()
+
+
+def test_each_mutant_is_judged_by_its_test_on_the_copy(tmp_path):
+    root = scratch_repo(tmp_path)
+    result = start_runner(root, MUTANT_MARK=str(tmp_path / "mark"))
+    output = result.communicate(timeout=300)[0]
+    # flip: f(1) == 0, caught; return 2: f(1) still 1, survived
+    assert "caught   flip" in output and "SURVIVED pkg/mod.py:4" in output, output
+    assert result.returncode == 1
+    assert (root / "pkg" / "mod.py").read_bytes() == SOURCE.encode()
+
+
+def test_a_test_that_outlives_the_timeout_is_unknown_not_caught(tmp_path):
+    root = scratch_repo(tmp_path)
+    result = start_runner(root, "--only", "flip", "--timeout", "3", MUTANT_MARK=str(tmp_path / "mark"),
+                          MUTANT_HANG="1")
+    output = result.communicate(timeout=300)[0]
+    assert "unknown  flip" in output and "caught   flip" not in output, output
+    assert result.returncode == 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -153,3 +154,50 @@ def test_empty_turn_ends_at_once(engine):
     turn = engine.start_turn()
     turn.end_text()
     assert turn.step() is None and turn.done and turn.word_times == []
+
+
+class FileAccess:
+    """What the interpreter was asked to open, list or connect to while armed (a sys audit hook: the real calls)."""
+
+    EVENTS = ("open", "os.listdir", "os.scandir", "socket.connect", "socket.getaddrinfo", "subprocess.Popen")
+    _current: "FileAccess | None" = None
+    _installed = False
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, tuple]] = []
+
+    def __enter__(self) -> "FileAccess":
+        if not FileAccess._installed:
+            sys.addaudithook(FileAccess._hook)
+            FileAccess._installed = True
+        FileAccess._current = self
+        return self
+
+    def __exit__(self, *exc) -> None:
+        FileAccess._current = None
+
+    @staticmethod
+    def _hook(event: str, args: tuple) -> None:
+        if FileAccess._current is not None and event in FileAccess.EVENTS:
+            FileAccess._current.seen.append((event, args))
+
+
+def test_a_voice_outside_the_servers_list_is_refused_without_touching_a_file(engine, checkpoint, tmp_path):
+    """Issue 24 item 8: a client's `voice` was a file probe (any *.safetensors path) and a download trigger (hf://,
+    file://, any repo entry). Only the server's own voices are offered; anything else is refused, naming them, the
+    same way whether or not such a file exists, and nothing is opened, listed or fetched to decide."""
+    real = engine.voice_path(TINY_VOICES[0])
+    planted = tmp_path / "planted.safetensors"
+    planted.write_bytes(real.read_bytes())   # a valid voice file, but not one of the server's
+    asked = [str(planted), str(tmp_path / "missing.safetensors"), f"file://{planted}", "hf://kyutai/tts-voices/x.wav",
+             f"{TINY_VOICES[0]}/../../../../etc/passwd", "../" + TINY_VOICES[0], "nobody/none.wav"]
+    messages = []
+    with FileAccess() as access:
+        for voice in asked:
+            with pytest.raises(UnknownVoice) as refused:
+                engine.start_turn(voice=voice)
+            messages.append(str(refused.value).replace(voice, "V"))
+    assert access.seen == []
+    assert len(set(messages)) == 1, messages   # no oracle: an existing file is refused like a missing one
+    assert all(v in messages[0] for v in TINY_VOICES)   # the choices are named
+    assert sorted(engine.available_voices()) == sorted(TINY_VOICES)

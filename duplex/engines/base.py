@@ -97,6 +97,15 @@ class CapacityError(RuntimeError):
 class Unsupported(RuntimeError):
     """The engine cannot do what was asked (answered as `error` `unsupported`)."""
 
+    code = "unsupported"
+
+
+class BadChoice(Unsupported):
+    """A value outside the server's own list (e.g. a voice it does not offer): `error` `bad_message`, naming the
+    valid choices."""
+
+    code = "bad_message"
+
 
 class EngineStream(abc.ABC):
     """One conversation inside an engine. Called on the event loop thread only."""

@@ -25,7 +25,7 @@ from ..config import CASCADE_CONFIG_KEYS, DEFAULT_SYSTEM_PROMPT, default_of
 from ..models.llm import ChatMessage, LLMBackend
 from ..models.stt import SttBatch
 from ..models.tts import TtsEngineModel, TtsFrame, TtsTurn, UnknownVoice
-from .base import Engine, EngineFailure, EngineStream, Sink, Unsupported, UserFrame, UserTranscript
+from .base import BadChoice, Engine, EngineFailure, EngineStream, Sink, Unsupported, UserFrame, UserTranscript
 from .cascade_turn import AssistantTurn
 from .scheduler import BatchScheduler
 from .transcriber import SttRunner, UserTranscriber
@@ -176,8 +176,8 @@ class CascadeStream(EngineStream):
         if "voice" in config:
             try:
                 self.engine.tts.voice_path(config["voice"])
-            except UnknownVoice as exc:
-                raise Unsupported(str(exc)) from None
+            except UnknownVoice as exc:   # only the server's own voices: nothing a client names is looked up
+                raise BadChoice(str(exc)) from None
             self.voice = config["voice"]
         self.system_prompt = config.get("system_prompt", self.system_prompt)
         self.temperature = config.get("text_temperature", config.get("temperature", self.temperature))

@@ -294,7 +294,8 @@ class BatchScheduler(tp.Generic[OwnerT]):
                 await self._task
             except asyncio.CancelledError:
                 pass
-        self.worker.shutdown(wait=True, cancel_futures=True)
+        # the model thread may be mid-step: wait for it off the event loop, which other engines' sockets still need
+        await asyncio.to_thread(self.worker.shutdown, wait=True, cancel_futures=True)
 
     def _due(self) -> float | None:
         """Seconds until the next tick is due: 0 = now, None = nothing to do."""

@@ -76,6 +76,10 @@ class PrefixCache:
         self.hits += 1
         return entry
 
+    def would_keep(self, nbytes: int) -> bool:
+        """Whether an entry of `nbytes` can be kept at all (asked before the snapshot is copied out)."""
+        return 0 < nbytes <= self.max_bytes
+
     def put(self, key: str, entry: PrefixSnapshot) -> None:
         if entry.nbytes > self.max_bytes or key in self._entries:
             return
@@ -99,6 +103,10 @@ class RowStates:
 
     def snapshot(self, slot: int, frames: int) -> list[torch.Tensor]:
         return [self._row(holder, name, dim, slot, frames).clone() for holder, name, dim in self.transformer_fields]
+
+    def nbytes(self, slot: int, frames: int) -> int:
+        """What `snapshot` would copy, without copying it."""
+        return sum(self._row(holder, name, dim, slot, frames).nbytes for holder, name, dim in self.transformer_fields)
 
     def restore(self, slot: int, frames: int, tensors: list[torch.Tensor]) -> None:
         for (holder, name, dim), saved in zip(self.transformer_fields, tensors, strict=True):
@@ -169,7 +177,7 @@ class Prefill:
         if self.position < total:
             return False
         last_out, last_logits = out[:, -1:].clone(), logits[:, :, -1:].clone()
-        if self.use_cache:
+        if self.use_cache and host.prefix_cache.would_keep(self.rows.nbytes(self.slot, total)):   # else no copy
             host.prefix_cache.put(self.prompt.key, PrefixSnapshot(
                 total, self.rows.snapshot(self.slot, total), last_out, last_logits))
         self._finish(last_out, last_logits)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import logging
 import threading
 import weakref
 from pathlib import Path
@@ -43,6 +44,8 @@ from .sampling import BatchedLMGen, SlotRandomness
 from .tts_turn import TtsFrame, TtsTurn, TurnGenState
 
 __all__ = ["TtsCapacity", "TtsEngineModel", "TtsFrame", "TtsTurn", "TurnGenState", "UnknownVoice"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_VOICE = "expresso/ex03-ex01_happy_001_channel1_334s.wav"  # Kyutai's own default in their scripts
 CFG_COEF = 2.0          # the real model is CFG-distilled: this is a condition value, not a second batch
@@ -72,7 +75,7 @@ class TtsEngineModel:
         self._check_supported()
         self.voice_repo = self.tts.voice_repo
         self.default_voice = voice or DEFAULT_VOICE
-        self.voice_path(self.default_voice)  # fail at start-up, not at the first turn
+        self.voices = self._offered_voices(self.default_voice)   # fails at start-up on a bad --voice
         lm, mimi = self.tts.lm, self.tts.mimi
         self.frame_samples = mimi.frame_size
         assert self.frame_samples == FRAME_SAMPLES, self.frame_samples
@@ -120,29 +123,43 @@ class TtsEngineModel:
         return self.delay_steps + self.gen.max_delay + 1
 
     def voice_path(self, voice: str) -> Path:
-        """The embedding file of a voice named as in the voices repo (e.g. `vctk/p225_023.wav`)."""
-        if voice.endswith(".safetensors"):
-            if Path(voice).is_file():
-                return Path(voice)
-            raise UnknownVoice(f"voice file {voice!r} does not exist")
-        repo = Path(self.voice_repo)
-        if repo.is_dir():
-            path = repo / f"{voice}{self.tts.voice_suffix}"
-            if path.is_file():
-                return path
-            raise UnknownVoice(f"unknown voice {voice!r}; available: {', '.join(self.available_voices())}")
+        """The embedding file of one of the server's voices, named as in the voices repo (`vctk/p225_023.wav`).
+        A lookup in the list made at start: no path, URL or hub name a client sends reaches the disk or the hub."""
+        path = self.voices.get(voice)
+        if path is None:
+            raise UnknownVoice(f"unknown voice {voice!r}; available: {_shown(sorted(self.voices))}")
+        return path
+
+    def available_voices(self) -> list[str]:
+        """The voices a conversation may name (`config.voice`)."""
+        return sorted(self.voices)
+
+    def _offered_voices(self, default: str) -> dict[str, Path]:
+        """The voices clients may name, each with its embedding file, found once at start: every voice of a local
+        voices folder, or of the hub's voices repo (its embeddings fetched once into the HF cache), plus the
+        operator's `--voice`. Nothing is listed, probed or downloaded later because of a client's message."""
+        suffix = self.tts.voice_suffix
+        folder: Path | None = Path(self.voice_repo)
+        if not Path(self.voice_repo).is_dir():
+            folder = _hub_voices(self.voice_repo, suffix)
+        voices = {}
+        if folder is not None:
+            voices = {str(p.relative_to(folder))[: -len(suffix)]: p for p in sorted(folder.rglob(f"*{suffix}"))}
+        if default not in voices:
+            voices[default] = self._operator_voice(default, voices)
+        return voices
+
+    def _operator_voice(self, voice: str, listed: dict[str, Path]) -> Path:
+        """`--voice` outside the list: the operator's own embedding file, or (the hub's voices could not be
+        listed, e.g. offline) the one voice fetched or found in the cache."""
+        if voice.endswith(".safetensors") and Path(voice).is_file():
+            return Path(voice)
+        if listed or Path(self.voice_repo).is_dir():
+            raise UnknownVoice(f"unknown voice {voice!r}; available: {_shown(sorted(listed))}")
         try:
             return self.tts.get_voice_path(voice)
         except Exception as exc:  # hub errors: missing entry, network, auth
             raise UnknownVoice(f"voice {voice!r} not found in {self.voice_repo} ({type(exc).__name__}: {exc})") from exc
-
-    def available_voices(self) -> list[str]:
-        """Voice names of a local voices directory (a hub repo is not listed: it has hundreds)."""
-        repo = Path(self.voice_repo)
-        if not repo.is_dir():
-            return []
-        suffix = self.tts.voice_suffix
-        return sorted(str(p.relative_to(repo))[: -len(suffix)] for p in repo.rglob(f"*{suffix}"))
 
     def _attributes(self, voice: str):
         return self.tts.make_condition_attributes([self.voice_path(voice)], cfg_coef=CFG_COEF)
@@ -332,6 +349,26 @@ class TtsEngineModel:
     def _finish(self, turn: "TtsTurn") -> None:
         turn.gen.finished = True
         self.release(turn)
+
+
+def _hub_voices(repo: str, suffix: str) -> Path | None:
+    """The voice embeddings of a hub repo (`kyutai/tts-voices`), fetched once at start (cached); None when they
+    cannot be had (offline without a cached copy): then only `--voice` is offered."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo, allow_patterns=[f"*{suffix}"]))
+    except Exception as exc:  # network, auth, offline: the server still serves its default voice
+        log.warning("the voices of %s could not be listed (%s: %s); only --voice is offered", repo,
+                    type(exc).__name__, exc)
+        return None
+
+
+def _shown(names: list[str], most: int = 40) -> str:
+    """A refusal names the choices (the hub's voices repo has hundreds: the first `most`, and the count)."""
+    if len(names) <= most:
+        return ", ".join(names) or "none"
+    return ", ".join(names[:most]) + f", ... ({len(names)} in all)"
 
 
 def _voice_repo(checkpoint: loaders.CheckpointInfo) -> str:

@@ -84,6 +84,11 @@ class SocketCodec(abc.ABC):
     def on_open(self, request: web.Request) -> Refusal | None:
         """The socket is upgraded: set up the conversation (and `outbox`), or refuse it."""
 
+    def as_recorded(self, data: str) -> str:
+        """A received text message as the recording keeps it (audio is kept once, in the WAV: a protocol that
+        carries audio in text messages leaves it out here)."""
+        return data
+
     def full(self, request: web.Request, reason: str) -> Refusal:
         """`--max-connections` sockets are open: this protocol's refusal (by default the close alone)."""
         return Refusal(1013, reason.encode(), label="max_connections")
@@ -234,7 +239,7 @@ class _Connection:
             if self.expiry is not None:   # timed out: what the client sends now is too late
                 break
             if msg.type == WSMsgType.TEXT:
-                self.codec.recorder.message_in(msg.data)
+                self.codec.recorder.message_in(self.codec.as_recorded(msg.data))
                 self.codec.on_text(msg.data)
             elif msg.type == WSMsgType.BINARY:
                 self.codec.recorder.message_in(msg.data)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import typing as tp
+import urllib.parse
 from pathlib import Path
 
 from ..engines.base import Engine
@@ -181,10 +182,17 @@ def model_specs(options: ServeOptions) -> dict[str, str]:
     if not options.no_cascade:
         specs["stt"] = options.stt_spec or preset.stt_spec
         specs["tts"] = options.tts_spec or preset.tts_spec
-        specs["llm"] = options.llm_url or options.llm or preset.llm_spec
+        specs["llm"] = without_credentials(options.llm_url) if options.llm_url else options.llm or preset.llm_spec
         if options.llm_url:
             specs["llm_model"] = options.llm_model or ""
     return specs
+
+
+def without_credentials(url: str) -> str:
+    """An endpoint URL as a recording may name it: no user info (`user:key@`), query (`?api_key=`) or fragment."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def weight_files(name: str, spec: str) -> list[Path]:

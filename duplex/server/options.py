@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import typing as tp
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .settings import DEFAULT_STATIC
 
+TOKEN_ENV = "DUPLEX_TOKEN"   # the access token by environment (the fleet's workers get it so, never by argv)
 FLEET_GROUP = "several workers on one machine (docs/deploy.md)"
 LB_QUEUE_TIMEOUT_S = 2.0   # how long HAProxy queues a new conversation for a free slot (fleet/haproxy.py)
 
@@ -101,7 +104,11 @@ class ServeOptions:
         "energy above which a frame counts as speech (turn detection, latency metrics)"))
     # --- access and limits ---
     token: str | None = field(default=None, metadata=flag(
-        "access token required from clients (?token= or Authorization: Bearer)"))
+        "access token required from clients (?token= or Authorization: Bearer). On the command line it is exposed to "
+        f"every user of this machine (ps, /proc/PID/cmdline) and to shell history: prefer --token-file or ${TOKEN_ENV}"))
+    token_file: str | None = field(default=None, metadata=flag(
+        f"read the access token from this file (its content, blank lines and spaces around it stripped: e.g. a "
+        f"mounted Kubernetes Secret); without --token or --token-file, ${TOKEN_ENV} gives it", metavar="PATH"))
     max_connections: int = field(default=1000, metadata=flag(
         "conversation sockets (/ws, /api/chat and /v1/realtime together) open at once; past it a new one is closed "
         "1013 'server full' (/ws: after an `error` capacity). 0 = no limit"))
@@ -162,6 +169,29 @@ class ServeOptions:
             else:
                 argv += [option_name(f), str(value)]
         return argv
+
+
+class OptionsError(ValueError):
+    """Options that cannot be served as given (the message says which flag and why)."""
+
+
+def access_token(options: ServeOptions, environ: tp.Mapping[str, str] = os.environ) -> str | None:
+    """The token clients must give: `--token`, else the content of `--token-file`, else `$DUPLEX_TOKEN` (None: no
+    token). Resolved once at start (a server, or a supervisor that hands it to its workers by environment)."""
+    if options.token is not None and options.token_file is not None:
+        raise OptionsError("give --token or --token-file, not both")
+    if options.token is not None:
+        return options.token or None
+    if options.token_file is not None:
+        try:
+            token = Path(options.token_file).read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise OptionsError(f"--token-file {options.token_file}: cannot read it "
+                               f"({getattr(exc, 'strerror', None) or exc})") from None
+        if not token:
+            raise OptionsError(f"--token-file {options.token_file} is empty")
+        return token
+    return environ.get(TOKEN_ENV) or None
 
 
 def option_name(f: dataclasses.Field) -> str:

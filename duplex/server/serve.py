@@ -16,7 +16,7 @@ from . import capacity
 from .app import create_app
 from .fleet import run_fleet
 from .loading import StartupError, build_engines
-from .options import ServeOptions, add_serve_arguments, options_from_namespace
+from .options import OptionsError, ServeOptions, access_token, add_serve_arguments, options_from_namespace
 from .recording import RecordingStore
 from .settings import ServerSettings
 
@@ -38,11 +38,15 @@ def ssl_context(directory: str | None) -> ssl.SSLContext | None:
 
 
 async def serve(options: ServeOptions) -> None:
+    try:
+        token = access_token(options)   # --token, --token-file or $DUPLEX_TOKEN; never logged
+    except OptionsError as exc:
+        raise StartupError(str(exc)) from None
     context = ssl_context(options.ssl)
-    recordings = recording_store(options)   # before the models load: a bad --record DIR fails at once
+    recordings = recording_store(options, token)   # before the models load: a bad --record DIR fails at once
     engines = build_engines(options)
     static = None if options.static == "none" else Path(options.static)
-    app = create_app(engines, ServerSettings(token=options.token, static_dir=static,
+    app = create_app(engines, ServerSettings(token=token, static_dir=static,
                                              speech_threshold_dbfs=options.speech_threshold_dbfs,
                                              max_connections=options.max_connections,
                                              start_timeout_s=options.start_timeout_s,
@@ -78,7 +82,7 @@ async def serve(options: ServeOptions) -> None:
     await runner.cleanup()
 
 
-def recording_store(options: ServeOptions) -> RecordingStore | None:
+def recording_store(options: ServeOptions, token: str | None) -> RecordingStore | None:
     """`--record DIR`: the store of kept conversations (None: nothing is recorded)."""
     if options.record is None:
         if options.record_max_gb is not None:
@@ -98,9 +102,9 @@ def recording_store(options: ServeOptions) -> RecordingStore | None:
                            "pick a directory this user can write to") from None
     if options.record_max_gb is not None and options.record_max_gb <= 0:
         raise StartupError("--record-max-gb must be more than 0 (leave it out for no limit)")
-    if not options.token and options.host not in ("127.0.0.1", "localhost", "::1"):
+    if not token and options.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("--record without --token on %s: anyone who can reach this port can download every "
-                    "recording at /recordings; set --token", options.host)
+                    "recording at /recordings; set --token-file or $DUPLEX_TOKEN", options.host)
     max_bytes = None if options.record_max_gb is None else int(options.record_max_gb * 1e9)
     specs = model_specs(options)
     return RecordingStore(directory, max_bytes, server_meta(options, specs, *device_and_dtype(options)),

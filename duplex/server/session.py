@@ -133,7 +133,7 @@ class Session:
         try:
             handler(msg.body)
         except Unsupported as exc:
-            self.send_error("unsupported", str(exc))
+            self.send_error(exc.code, str(exc))
 
     def handle_binary(self, data: bytes) -> None:
         if not data or data[0] != protocol.KIND_AUDIO:

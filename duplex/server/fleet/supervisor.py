@@ -11,7 +11,8 @@ its own models, slots and port) started here in parallel. The supervisor does on
 - with `--haproxy`, starts HAProxy (the config of `duplex lb-config`) on `--port` in front of the workers
   (on the next ports), and supervises it the same way;
 - SIGTERM/SIGINT: SIGTERM to every worker (each drains for `--drain-s`, then closes its sockets with 1001),
-  waits for them all, then stops HAProxy.
+  a worker being restarted included (its new process is signalled as soon as it exists), waits for them all,
+  then stops HAProxy; a second signal is passed on to the workers, which then stop at once.
 
 The load balancing itself is HAProxy's (haproxy.py); nothing here routes a conversation.
 """
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import aiohttp
 
-from ..options import ServeOptions
+from ..options import TOKEN_ENV, OptionsError, ServeOptions, access_token
 from .haproxy import BalancerSettings, WorkerAddress, render
 
 log = logging.getLogger("duplex.supervisor")
@@ -65,8 +66,10 @@ def parse_gpus(text: str) -> list[str]:
 
 
 def worker_argv(options: ServeOptions, *, host: str, port: int, threads: int, max_connections: int) -> list[str]:
-    """The command line of one worker: the fleet's options less its own flags, on its own address and share."""
+    """The command line of one worker: the fleet's options less its own flags, on its own address and share.
+    Never the token (`ps` shows every user a command line): a worker gets it in `$DUPLEX_TOKEN` (`Fleet._worker`)."""
     worker = replace(options, gpus=None, workers=0, haproxy=False, lb_queue_timeout_s=ServeOptions.lb_queue_timeout_s,
+                     token=None, token_file=None,
                      host=host, port=port, threads=threads, max_connections=max_connections)
     return [sys.executable, "-m", "duplex", "serve", *worker.to_argv()]
 
@@ -94,6 +97,7 @@ class Child:
         self.ready_text = ""            # the line that said it serves
         self.ever_ready = False
         self.starts = 0
+        self.stop_signal: int | None = None   # once stopping: the signal every process of it gets, even one starting now
 
     async def run_once(self, on_ready: OnReady) -> int:
         """Starts the process and waits for its exit; `on_ready` when its ready line comes."""
@@ -103,6 +107,8 @@ class Child:
             start_new_session=True,   # a terminal's Ctrl+C reaches the supervisor only; it stops the workers
             preexec_fn=_die_with_parent, pass_fds=self.pass_fds)
         log.info("%s: started (pid %d)", self.name, self.process.pid)
+        if self.stop_signal is not None:   # told to stop while it was being started: it stops too
+            self.signal(self.stop_signal)
         if self.ready_line is None:
             self.ever_ready = True
             await on_ready(self)
@@ -128,6 +134,11 @@ class Child:
             elif not text.startswith("DUPLEX_READY"):
                 sys.stderr.write(f"[{self.name}] {text}\n")
 
+    def stop(self, sig: int) -> None:
+        """`sig` to the process now and to any process of it started from now on (a restart under way)."""
+        self.stop_signal = sig
+        self.signal(sig)
+
     def signal(self, sig: int) -> None:
         if self.process is not None and self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -146,6 +157,10 @@ class Fleet:
         if options.haproxy and options.ssl:
             raise FleetError("--ssl with --haproxy: the workers would speak TLS to HAProxy; terminate TLS in HAProxy "
                              "instead (`duplex lb-config`, then add `ssl crt FILE` to its bind line, docs/deploy.md)")
+        try:
+            self.token = access_token(options)   # handed to the workers by environment, never by argv
+        except OptionsError as exc:
+            raise FleetError(str(exc)) from None
         self.stopping = asyncio.Event()
         self.all_ready = asyncio.Event()
         self.announced: set[int] = set()   # workers whose DUPLEX_WORKER line is out
@@ -165,6 +180,9 @@ class Fleet:
 
     def _worker(self, i: int) -> Child:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.pop(TOKEN_ENV, None)
+        if self.token:
+            env[TOKEN_ENV] = self.token
         threads = self.options.threads
         if self.gpus:
             env["CUDA_VISIBLE_DEVICES"] = self.gpus[i]   # the worker's `cuda` is this GPU
@@ -185,7 +203,7 @@ class Fleet:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.stopping.set)
+            loop.add_signal_handler(sig, self._on_signal)
         keepers = [asyncio.create_task(self._keep(w)) for w in self.workers]
         try:
             await self._wait_first(self.all_ready)
@@ -204,6 +222,16 @@ class Fleet:
             shutil.rmtree(self.config_dir, ignore_errors=True)
         if self.failed is not None:
             raise self.failed
+
+    def _on_signal(self) -> None:
+        """The first SIGTERM/SIGINT stops the fleet (the workers drain); another is passed on: the workers, told
+        twice, stop at once (as one `duplex serve` does)."""
+        if not self.stopping.is_set():
+            self.stopping.set()
+            return
+        log.info("signal again: the workers stop now")
+        for worker in self.workers:
+            worker.signal(signal.SIGTERM)
 
     async def _wait_first(self, event: asyncio.Event) -> None:
         """Waits for `event`, returning early on a signal or a fatal failure."""
@@ -283,20 +311,23 @@ class Fleet:
         await self._wait_first(ready)
 
     async def _stop(self, keepers: list[asyncio.Task]) -> None:
-        """Workers first (each drains, then closes its sockets 1001 through the balancer), HAProxy last."""
+        """Workers first (each drains, then closes its sockets 1001 through the balancer), HAProxy last.
+
+        Each keeper ends once its worker's last process has exited: a worker being restarted right now is
+        signalled as soon as its new process exists (`Child.stop`), so none is left running and nothing hangs."""
         for worker in self.workers:
-            worker.signal(signal.SIGTERM)
+            worker.stop(signal.SIGTERM)
         limit = self.options.drain_s + STOP_GRACE_S
-        exits = [asyncio.create_task(w.process.wait()) for w in self.workers if w.process is not None]
-        if exits:
-            await asyncio.wait(exits, timeout=limit)
+        workers = keepers[:len(self.workers)]
+        _, late = await asyncio.wait(workers, timeout=limit)
+        if late:
             for worker in self.workers:
                 if worker.process is not None and worker.process.returncode is None:
                     log.error("%s did not exit within %g s of SIGTERM: killed", worker.name, limit)
-                    worker.signal(signal.SIGKILL)
-            await asyncio.gather(*exits, return_exceptions=True)
+                worker.stop(signal.SIGKILL)
+            await asyncio.wait(workers)
         if self.haproxy is not None:
-            self.haproxy.signal(signal.SIGTERM)
+            self.haproxy.stop(signal.SIGTERM)
         await asyncio.gather(*keepers, return_exceptions=True)
         if self.front is not None:
             self.front.close()

@@ -101,6 +101,7 @@ class MoshiCodec(SocketCodec):
         self._recording: tuple[str, dict, dict] | None = None   # the recording's id, config, endpoint info
         self._seed_drawn = False   # the seed was drawn for the recording, not given in the query
         self._reset_at: float | None = None   # monotonic time of the last `restart`
+        self._handshake_sent = False          # 0x00 opens the stream once, a `restart` or not
 
     def on_open(self, request: web.Request) -> Refusal | None:
         engine = request.app[ENGINES].get("duplex")
@@ -122,7 +123,7 @@ class MoshiCodec(SocketCodec):
             return self._refusal(1013, "capacity", "server full: every duplex slot is busy, try again later",
                                  label="no_slot")
         except Unsupported as exc:   # e.g. a persona asked of a model without one, an unknown voice
-            return self._refusal(1008, "unsupported", str(exc), label="unsupported")
+            return self._refusal(1008, exc.code, str(exc), label="unsupported")
         query = {k: v for k, v in request.query.items() if k != "token"}   # the token is never kept
         self._recording = (uuid.uuid4().hex[:12], config, {"codec": "opus", "query": query})
         self.recorder.begin(self._recording[0], "duplex", config, self._recording[2])
@@ -154,7 +155,8 @@ class MoshiCodec(SocketCodec):
         elif isinstance(frame, AssistantText):
             self.recorder.message_out(frame.text, verbatim=True)   # a piece of text, not a JSON message
             self.outbox.put_text(frame.text)  # sent as 0x02 + utf-8
-        elif isinstance(frame, StreamReady):
+        elif isinstance(frame, StreamReady) and not self._handshake_sent:   # a `restart`'s persona: no second one
+            self._handshake_sent = True
             self.outbox.put_message(FRAME, bytes([protocol.KIND_HANDSHAKE]))   # the persona is in: now the handshake
         elif isinstance(frame, EngineFailure):
             log.warning("/api/chat: %s: %s", frame.code, frame.message)
@@ -163,6 +165,7 @@ class MoshiCodec(SocketCodec):
     def greeting(self) -> bytes | None:
         """The handshake, at once; with a persona being put into the slot, when it is in (`StreamReady`)."""
         assert self.stream is not None
+        self._handshake_sent = self.stream.ready
         return bytes([protocol.KIND_HANDSHAKE]) if self.stream.ready else None
 
     @property

@@ -107,7 +107,7 @@ class RealtimeSession(Session):
         try:
             getattr(self, "_on_" + event.type.replace(".", "_"))(event.body)
         except Unsupported as exc:
-            self.send_error("unsupported", str(exc))
+            self.send_error(exc.code, str(exc))
         finally:
             self.client_event_id = None
 
@@ -159,7 +159,7 @@ class RealtimeSession(Session):
             self._stream().configure(config)
             return True
         except Unsupported as exc:
-            self.send_error("unsupported", str(exc), param)
+            self.send_error(exc.code, str(exc), param)
             return False
 
     def _set_duplex_persona(self, changes: dict) -> None:
