@@ -76,8 +76,11 @@ class CascadeEngine(Engine):
 
     def health(self) -> dict:
         speaking = sum(1 for turn in self.turns if turn.tts is not None and not turn.ended)
-        return {"slots": self.stt.slots, "active": self.scheduler.active, "speaking": speaking,
-                "llm": getattr(self.llm, "name", type(self.llm).__name__)}
+        health = {"slots": self.stt.slots, "active": self.scheduler.active, "speaking": speaking,
+                  "llm": getattr(self.llm, "name", type(self.llm).__name__)}
+        if hasattr(self.llm, "stats"):   # the in-process LLM's batch: steps, most rows in one step, rows now
+            health["llm_batch"] = self.llm.stats()
+        return health
 
     def open(self, config: dict, sink: Sink) -> "CascadeStream":
         stream = CascadeStream(self, sink)

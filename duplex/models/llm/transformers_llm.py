@@ -1,8 +1,9 @@
-"""`TransformersLLM`: a causal LM run in process with `transformers`, streaming and cancellable.
+"""`TransformersLLM`: a causal LM run in process with `transformers`, every turn in one batched step.
 
 A hub repo id, a local directory in the hub layout, or the tiny preset, all through `from_pretrained`.
-One worker thread decodes token by token; setting `cancel` (or closing the async generator) stops it
-within about one token, so a barge-in frees the model at once.
+All conversations' turns decode together on the model's one thread (continuous batching,
+`batch.DecodeBatch`): a turn joins at the next step and leaves at the next step once it ends or its
+`cancel` is set (or its async generator is closed), freeing its cache rows.
 """
 
 from __future__ import annotations
@@ -14,44 +15,61 @@ import logging
 import threading
 import typing as tp
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator
 
 import torch
 
 from ..spec import WEIGHTS_DIR, WeightsUnavailable
 from ..tiny.llm import ensure_tiny_llm
 from .base import ChatMessage, LLMError
+from .batch import _DONE, MAX_AHEAD, DecodeBatch, TurnRequest
 
 log = logging.getLogger(__name__)
 
-
-# --- in-process transformers model -------------------------------------------------------------
-
-_DONE = object()
-MAX_AHEAD = 2  # deltas the generation thread may hold before the consumer takes them
+__all__ = ["MAX_AHEAD", "TransformersLLM"]
 
 
 class TransformersLLM:
-    """A causal LM with a chat template, decoded token by token on one worker thread.
+    """A causal LM with a chat template; every turn in flight decodes in one forward pass per step.
 
-    One thread per model (as the design asks for every model): turns from several sessions queue
-    up rather than fight over the CPU; a cancelled turn that is still queued never starts.
+    One thread per model (as the design asks for every model) runs the steps while there is work.
+    `max_rows` caps the turns decoded together (None: no cap; 1: one turn at a time, the old path,
+    kept for the benchmark); turns past it wait for a row and join as soon as one frees.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, name: str, seed: int | None = None):
+    def __init__(self, model: Any, tokenizer: Any, *, name: str, seed: int | None = None,
+                 max_rows: int | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
         self.seed = seed
+        self.max_rows = max_rows
         self.device = next(model.parameters()).device
         self.eos_ids = _eos_ids(model, tokenizer)
         self.max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
-        self.tokens_generated = 0  # all turns; tests and metrics read it
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.batch = DecodeBatch(self.model, self.eos_ids, pad_id=int(pad))
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"llm-{name}")
-        self._generations: set[asyncio.Future] = set()   # kept until done; `close` waits for them
+        self._lock = threading.Lock()           # guards _pending and _running
+        self._pending: list[TurnRequest] = []   # turns waiting to join the batch
+        self._running = False                   # a step loop is queued or running on the model thread
+        self._run: concurrent.futures.Future | None = None   # that loop; `close` awaits it
+        self._wake = threading.Event()          # a reader took a delta, went away, or a turn came
+        self._closed = False
+
+    @property
+    def tokens_generated(self) -> int:
+        """Tokens sampled, all turns (tests and metrics read it)."""
+        return self.batch.tokens_generated
+
+    def stats(self) -> dict:
+        """Batch figures for /health: steps run, the most rows in one step, rows now, turns waiting."""
+        return {"steps": self.batch.steps, "max_rows": self.batch.max_rows, "rows": len(self.batch.rows),
+                "waiting": len(self._pending), "tokens": self.batch.tokens_generated}
 
     @classmethod
-    def from_spec(cls, spec: str, device: str = "cpu", seed: int | None = None) -> "TransformersLLM":
+    def from_spec(cls, spec: str, device: str = "cpu", seed: int | None = None,
+                  max_rows: int | None = None) -> "TransformersLLM":
         """`tiny`, a hub repo id (downloaded into the HF cache) or a local directory."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -67,12 +85,15 @@ class TransformersLLM:
         if tokenizer.chat_template is None:
             raise WeightsUnavailable(f"LLM {spec!r} has no chat template: use an instruct/chat model")
         log.info("LLM %s loaded on %s (%s)", spec, device, dtype)
-        return cls(model, tokenizer, name=spec, seed=seed)
+        return cls(model, tokenizer, name=spec, seed=seed, max_rows=max_rows)
 
     async def close(self) -> None:
-        """Waits for the generations still running (each stops within a token of its `cancel`)."""
-        await asyncio.gather(*self._generations, return_exceptions=True)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Ends every turn (each leaves the batch at the next step) and waits for the step loop."""
+        self._closed = True
+        self._wake.set()
+        if self._run is not None:
+            await asyncio.wrap_future(self._run)
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
     def render_prompt(self, messages: list[ChatMessage]) -> str:
         """The exact text the model sees: history and system prompt through the chat template."""
@@ -96,34 +117,33 @@ class TransformersLLM:
 
     async def stream(self, messages: list[ChatMessage], *, temperature: float, max_tokens: int,
                      cancel: asyncio.Event, seed: int | None = None) -> AsyncIterator[str]:
+        if cancel.is_set() or self._closed:
+            return
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        stop = threading.Event()  # set when the consumer goes away (generator closed)
-        # Backpressure: the worker runs at most MAX_AHEAD deltas ahead of its consumer, so a turn that
-        # is cut costs at most that many wasted tokens, however slow the event loop is at that moment.
-        ahead = threading.Semaphore(MAX_AHEAD)
+        gone = threading.Event()   # set when the reader goes away (generator closed or cancelled)
+        # Backpressure: a turn runs at most MAX_AHEAD deltas ahead of its reader (past that it sits steps
+        # out), so a turn that is cut costs at most that many wasted tokens, however slow the loop is.
+        counts = {"emitted": 0, "read": 0}
 
         def emit(item: object) -> None:
             if isinstance(item, str):
-                while not ahead.acquire(timeout=0.05):
-                    if stop.is_set() or cancel.is_set():
-                        return
+                counts["emitted"] += 1
             with contextlib.suppress(RuntimeError):  # the loop may already be closed at shutdown
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        def should_stop() -> bool:
-            # asyncio.Event.is_set only reads a bool: safe from the worker thread, and it lets the
-            # thread see an interruption at the very next token without a hop through the loop.
-            return stop.is_set() or cancel.is_set()
-
         if self.max_positions:  # room for at least half a context of prompt
             max_tokens = min(max_tokens, self.max_positions // 2)
-        ids = self.prompt_ids(messages, max_tokens)
-        generator = _make_generator(seed if seed is not None else self.seed, self.device)
-        generation = loop.run_in_executor(self._executor, self._generate_safely, ids, temperature, max_tokens,
-                                          generator, should_stop, emit)
-        self._generations.add(generation)   # its outcome reaches the consumer as an item (see emit)
-        generation.add_done_callback(self._generations.discard)
+        turn = TurnRequest(
+            ids=self.prompt_ids(messages, max_tokens), temperature=temperature, max_tokens=max(1, max_tokens),
+            generator=_make_generator(seed if seed is not None else self.seed, self.device),
+            # asyncio.Event.is_set only reads a bool: safe from the model thread, which then sees an
+            # interruption at the very next step without a hop through the loop.
+            should_stop=lambda: gone.is_set() or cancel.is_set() or self._closed,
+            emit=emit, room=lambda: counts["emitted"] - counts["read"] < MAX_AHEAD,
+            decoder=_IncrementalDecoder(self.tokenizer),
+        )
+        self._submit(turn)
         try:
             while True:
                 item = await _next_unless_cancelled(queue, cancel)
@@ -131,49 +151,56 @@ class TransformersLLM:
                     return
                 if isinstance(item, BaseException):
                     raise LLMError(f"LLM {self.name} failed: {type(item).__name__}: {item}") from item
-                ahead.release()
+                counts["read"] += 1
+                self._wake.set()
                 yield tp.cast(str, item)
         finally:
-            stop.set()
+            gone.set()
+            self._wake.set()
 
-    def _generate_safely(self, ids: list[int], temperature: float, max_tokens: int,
-                         generator: torch.Generator | None, should_stop: Callable[[], bool],
-                         emit: Callable[[object], None]) -> None:
-        """Worker-thread body: every outcome, failure included, reaches the consumer as an item."""
+    def _submit(self, turn: TurnRequest) -> None:
+        """Queues `turn` to join the batch; starts the step loop on the model thread if it is idle."""
+        with self._lock:
+            self._pending.append(turn)
+            start, self._running = not self._running, True
+        self._wake.set()
+        if start:
+            self._run = self._executor.submit(self._steps)
+
+    def _steps(self) -> None:
+        """Model thread: admit waiting turns, one batched step, drop ended turns; until none is left."""
         try:
-            self._generate(ids, temperature, max_tokens, generator, should_stop, emit)
-        except Exception as exc:  # noqa: BLE001 - handed to the consumer, raised there as LLMError
-            log.exception("LLM generation failed")
-            emit(exc)
-        finally:
-            emit(_DONE)
+            while True:
+                with self._lock:
+                    gone = [t for t in self._pending if t.should_stop()]
+                    room = len(self._pending) if self.max_rows is None else self.max_rows - len(self.batch.rows)
+                    joining = [t for t in self._pending if t not in gone][:max(0, room)]
+                    self._pending = [t for t in self._pending if t not in gone and t not in joining]
+                    if not joining and not self.batch.rows and not gone:
+                        self._running = False
+                        return
+                for turn in gone:
+                    turn.emit(_DONE)
+                for turn in joining:
+                    self.batch.admit(turn)
+                self.batch.drop_done()
+                if self.batch.rows and self.batch.step() == 0:
+                    self._wake.wait(0.05)   # every reader is MAX_AHEAD behind: wait for one to read
+                    self._wake.clear()
+                self.batch.drop_done()
+        except BaseException as exc:  # a bug in the loop itself: no reader may wait forever
+            log.exception("LLM step loop failed")
+            self._fail_everything(exc)
+            raise
 
-    @torch.inference_mode()
-    def _generate(self, ids: list[int], temperature: float, max_tokens: int,
-                  generator: torch.Generator | None, should_stop: Callable[[], bool],
-                  emit: Callable[[object], None]) -> None:
-        """Decodes one token per forward pass with the KV cache, checking `should_stop` between."""
-        decoder = _IncrementalDecoder(self.tokenizer)
-        inputs = torch.tensor([ids], device=self.device)  # [1, T]
-        past = None
-        for _ in range(max_tokens):
-            if should_stop():
-                return
-            # logits_to_keep=1: only the last position's logits; a long prompt times a 150k-token
-            # vocabulary would otherwise cost gigabytes at prefill.
-            out = self.model(input_ids=inputs, past_key_values=past, use_cache=True, logits_to_keep=1)
-            past = out.past_key_values
-            token = _sample(out.logits[0, -1].float(), temperature, generator)  # logits: [V]
-            self.tokens_generated += 1
-            if token in self.eos_ids:
-                break
-            delta = decoder.push(token)
-            if delta:
-                emit(delta)
-            inputs = torch.tensor([[token]], device=self.device)  # [1, 1]
-        tail = decoder.flush()
-        if tail:
-            emit(tail)
+    def _fail_everything(self, exc: BaseException) -> None:
+        with self._lock:
+            turns = self._pending + [row.turn for row in self.batch.rows]
+            self._pending, self._running = [], False
+        self.batch = DecodeBatch(self.model, self.eos_ids, pad_id=self.batch.pad_id)
+        for turn in turns:
+            turn.emit(exc)
+            turn.emit(_DONE)
 
 
 # What a causal LM needs from a hub repo; repos often also hold ONNX/GGUF copies we must not fetch.
@@ -219,14 +246,6 @@ async def _next_unless_cancelled(queue: asyncio.Queue, cancel: asyncio.Event) ->
         if not get.done():
             get.cancel()
     return None if cancel.is_set() or get.cancelled() else get.result()
-
-
-def _sample(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> int:
-    """Greedy at temperature <= 0, else a draw from softmax(logits / temperature)."""
-    if temperature <= 0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits / temperature, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 def _make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
