@@ -46,9 +46,6 @@ class CascadeEngine(Engine):
         self.ahead_frames = ahead_frames
         self.turn_options = {"threshold_dbfs": speech_threshold_dbfs, "silence_ms": end_of_turn_silence_ms,
                              "pause_threshold": 0.6 if stt.has_pause else None}
-        # STT text lags the audio: a turn is final once the STT has heard this much past its end.
-        silence_frames = round(end_of_turn_silence_ms / FRAME_MS)
-        self.stt_lag_frames = max(0, stt.flush_frames - silence_frames)
         self.tts_worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tts-model")
         self.turns: set[AssistantTurn] = set()   # every turn whose task is not over yet (ended ones unwinding)
         self._wakeup = asyncio.Event()           # a turn may want frames: new words, a frame played, a new turn
@@ -91,7 +88,7 @@ class CascadeEngine(Engine):
     def transcriber(self, sink: Sink, **callbacks) -> UserTranscriber:
         """A user side on this engine's STT (also lent to duplex sessions with `transcribe_user`).
         Raises CapacityError when every STT slot is taken."""
-        return UserTranscriber(self.scheduler, sink, self.turn_options, self.stt_lag_frames, **callbacks)
+        return UserTranscriber(self.scheduler, sink, self.turn_options, self.stt.flush_frames, **callbacks)
 
     def wake(self) -> None:
         self._wakeup.set()

@@ -13,7 +13,7 @@ import typing as tp
 
 import numpy as np
 
-from ..audio import FRAME_SAMPLES
+from ..audio import FRAME_MS, FRAME_SAMPLES
 from ..models.stt import SttBatch, SttStepInput, SttStepOutput
 from .base import CapacityError, Sink, UserFrame, UserTranscript
 from .scheduler import BatchScheduler, Delivery, TickEntry
@@ -62,12 +62,13 @@ class TranscriberSource(tp.Protocol):
 class UserTranscriber:
     """One conversation's user side; holds one STT slot (an `SttSlotOwner`) until `close()`."""
 
-    def __init__(self, scheduler: BatchScheduler[SttSlotOwner], sink: Sink, turn_options: dict, lag_frames: int,
+    def __init__(self, scheduler: BatchScheduler[SttSlotOwner], sink: Sink, turn_options: dict, flush_frames: int,
                  on_speech_start: tp.Callable[[], None] = lambda: None,
-                 on_turn: tp.Callable[[str], None] = lambda text: None):
+                 on_turn: tp.Callable[[str], None] = lambda text: None, flush: bool = True):
         self.scheduler = scheduler
         self.sink = sink
-        self.lag_frames = lag_frames
+        self.flush_frames = flush_frames    # STT steps after the last speech that bring out all its text
+        self.flush = flush                  # False: wait for the user's own audio (the real-time path)
         self.on_speech_start = on_speech_start
         self.on_turn = on_turn
         self.detector = EndOfTurnDetector(**turn_options)
@@ -77,27 +78,56 @@ class UserTranscriber:
         self._clear()
 
     def _clear(self) -> None:
-        self.frames_pushed = 0
-        self.stt_frames = 0
+        self.frames_pushed = 0                        # user frames (the conversation clock)
+        self.frames_queued = 0                        # frames the STT will consume: not dropped, flush included
+        self.stt_frames = 0                           # frames the STT has consumed
         self._last_pause = math.nan
         self._text = ""
         self._turn: tuple[int, int] | None = None     # (start_ms, end_ms) of the turn being finalised
         self._final_at: int | None = None             # STT frame count at which that turn is final
+        self.flushed_frames = 0                       # silence frames fed at ends of turn (all turns)
         self.turn_detected_at = 0.0                   # when the detector ended the last turn (monotonic)
 
     def push(self, frame: UserFrame) -> None:
-        assert self.slot is not None
-        self.scheduler.push(self.slot, frame.pcm)
+        self._queue(frame.pcm)
         self.frames_pushed += 1
         event = self.detector.update(frame.level_dbfs, self._last_pause)
         if event is None:
             return
         if event.kind == "speech_start":
             self.on_speech_start()
-        else:  # turn_end: final once the STT has caught up with the audio (it lags by its delay)
+        else:  # turn_end: final once the STT has heard its delay past the end of the speech
             self.turn_detected_at = time.monotonic()
             self._turn = (event.start_ms, event.end_ms)
-            self._final_at = self.frames_pushed + self.lag_frames
+            if self.flush:
+                self._flush(event.end_ms)
+                self._final_at = self.frames_queued
+            else:
+                self._final_at = self.frames_queued + self._missing_frames(event.end_ms)
+
+    def _queue(self, pcm: np.ndarray) -> None:
+        """Into the STT slot's queue. Counted in frames the STT will consume: a full queue drops its
+        oldest frame, which the STT never hears (counting pushes instead made every later final wait
+        for the dropped frames, a standing delay after any stall of the STT thread)."""
+        assert self.slot is not None
+        if self.scheduler.push(self.slot, pcm):
+            self.frames_queued += 1
+
+    def _missing_frames(self, speech_end_ms: int) -> int:
+        """STT steps still needed for the text of the speech that ended at `speech_end_ms`: the STT's
+        delay less the audio already queued after it."""
+        heard_after = self.frames_pushed - math.ceil(speech_end_ms / FRAME_MS)
+        return max(0, self.flush_frames - heard_after)
+
+    def _flush(self, speech_end_ms: int) -> None:
+        """The end of the turn is decided: the STT gets the rest of its delay as silence now, queued right
+        behind the last frame, so its final text comes as soon as the model has stepped through it (ticks
+        run back to back while the slot has frames waiting) instead of after that delay in real time.
+        The user's next frames follow the flush; only the STT's own clock moves on by it."""
+        silence = np.zeros(FRAME_SAMPLES, dtype=np.float32)
+        for _ in range(self._missing_frames(speech_end_ms)):
+            self._queue(silence)
+            self.flushed_frames += 1
 
     def on_stt(self, text: str | None, pause_prob: float) -> None:
         """The scheduler's delivery for this slot: one call per frame the STT consumed."""
