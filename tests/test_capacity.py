@@ -74,3 +74,23 @@ async def test_a_drain_gives_up_at_its_limit():
         await capacity.drain(client.app, timeout_s=0.05)   # logs and returns: the caller closes the rest (1001)
         assert not ws.closed
         await ws.close()
+
+
+async def test_auto_takes_the_engine_the_balancer_counted_the_socket_against_first():
+    """Issue 24 item 14: HAProxy's engine backends say which engine's count a socket is in (X-Duplex-Engine);
+    `auto` takes that engine first (else the other, as before); a header naming no engine here changes nothing."""
+    async with serving(FakeEngine("duplex", slots=2), FakeEngine("cascade", slots=1)) as client:
+        async def auto(header: str | None) -> str:
+            headers = {capacity.ENGINE_HEADER: header} if header is not None else {}
+            ws = await client.ws_connect("/ws?codec=pcm16&mode=auto", headers=headers)
+            sockets.append(ws)
+            assert (await receive_json(ws))["type"] == "ready"
+            await ws.send_json({"type": "start"})
+            return (await receive_json(ws))["mode"]
+
+        sockets: list = []
+        assert await auto("cascade") == "cascade"
+        assert await auto("cascade") == "duplex"   # its cascade slot is taken: auto's other engine, as ever
+        assert await auto("bogus") == "duplex"
+        for ws in sockets:
+            await ws.close()

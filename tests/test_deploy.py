@@ -67,7 +67,8 @@ def test_workers_balancer_and_probes_agree():
     container = worker["containers"][0]
     args = container["args"]
     slots = int(flag(args, "--slots"))
-    assert "--no-cascade" in args and int(flag(args, "--max-connections")) == slots
+    cascade = 0 if "--no-cascade" in args else int(flag(args, "--cascade-slots"))
+    assert "--no-duplex" not in args and int(flag(args, "--max-connections")) == slots + cascade
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert worker["terminationGracePeriodSeconds"] > float(flag(args, "--drain-s"))   # the drain fits
     routes = {r.resource.canonical for r in create_app({}).router.routes() if r.resource is not None}
@@ -78,7 +79,7 @@ def test_workers_balancer_and_probes_agree():
     assert headless["clusterIP"] == "None" and headless["publishNotReadyAddresses"] is True
     port = headless["ports"][0]["port"]
     # the ConfigMap is exactly `duplex lb-config --dns duplex-workers.duplex.svc.cluster.local:8998 --dns-slots 32 ...`
-    expected = render(DnsWorkers("duplex-workers.duplex.svc.cluster.local", port, slots, 64),
+    expected = render(DnsWorkers("duplex-workers.duplex.svc.cluster.local", port, slots, 64, cascade_slots=cascade),
                       BalancerSettings(bind=":8998", stats_bind=":8404"))
     assert find("ConfigMap", "haproxy")["data"]["haproxy.cfg"] == expected, \
         "deploy/kubernetes/haproxy.yaml is out of date: regenerate it with the command in its header"
@@ -130,3 +131,47 @@ def test_the_front_service_is_cluster_internal_unless_the_operator_chooses_a_loa
     assert services and all(s["spec"].get("type", "ClusterIP") == "ClusterIP" for s in services)
     guide = (REPO / "docs" / "deploy.md").read_text()
     assert '"type":"LoadBalancer"' in guide   # the documented choice (a patch of the `duplex` Service)
+
+
+def test_lb_config_has_a_backend_per_engine_with_each_workers_slots_of_it(tmp_path: Path, capsys):
+    """Issue 24 item 14: a worker's duplex and cascade slots are separate backends' maxconn (never their sum), the
+    query picks the backend, and a worker is health-checked once (its other lines track that check)."""
+    assert cli.main(["lb-config", "--worker", "10.0.0.1:8998:8+4", "--worker", "10.0.0.2:8998:0+4",
+                     "--worker", "10.0.0.3:8998:8"]) == 0
+    config = capsys.readouterr().out
+    duplex, cascade = (config.split(f"backend {e}\n")[1].split("\nbackend ")[0] for e in ("duplex", "cascade"))
+    assert "server w0 10.0.0.1:8998 maxconn 8 check" in duplex and "server w0 10.0.0.1:8998 maxconn 4 track duplex/w0" \
+        in cascade
+    assert "w1" not in duplex and "server w1 10.0.0.2:8998 maxconn 4 check" in cascade
+    assert "server w2 10.0.0.3:8998 maxconn 8 check" in duplex and "w2" not in cascade
+    assert "X-Duplex-Engine duplex" in duplex and "X-Duplex-Engine cascade" in cascade
+    assert "url_param(mode),url_dec if { path /ws }" in config and "url_param(model),url_dec if { path /v1/realtime }" \
+        in config and "str(duplex) if { path /api/chat }" in config
+    assert "use_backend duplex if conversation { be_conn_free(duplex) gt 0 }" in config   # auto: duplex first
+    assert "return status 501" not in config
+    check = haproxy_check(config, tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.mark.parametrize("duplex,cascade", [(8, 4), (0, 4), (8, 0)])
+def test_lb_config_by_dns_follows_each_engine_and_is_accepted_by_haproxy(duplex: int, cascade: int, tmp_path: Path,
+                                                                          capsys):
+    assert cli.main(["lb-config", "--dns", "w.svc:8998", "--dns-slots", str(duplex), "--dns-cascade-slots",
+                     str(cascade), "--resolver", "10.0.0.10:53"]) == 0
+    config = capsys.readouterr().out
+    for engine, slots in (("duplex", duplex), ("cascade", cascade)):
+        if slots:
+            assert f"backend {engine}\n" in config and f"maxconn {slots} resolvers cluster" in config
+        else:   # no worker has it: refused by the balancer, never queued for a slot that cannot come
+            assert f"backend {engine}\n" not in config and "return status 501" in config
+            assert f"serves the {engine} engine\"}}' if conversation wants_{engine}" in config
+    check = haproxy_check(config, tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_a_workers_slots_are_duplex_or_duplex_plus_cascade():
+    assert WorkerAddress.parse("10.0.0.1:8998:8") == WorkerAddress("10.0.0.1", 8998, 8, 0)
+    assert WorkerAddress.parse("[::1]:9001:8+4").slots == 12
+    assert WorkerAddress.parse("h:1:0+4") == WorkerAddress("h", 1, 0, 4)
+    with pytest.raises(ValueError, match="at least one slot"):
+        WorkerAddress.parse("h:1:0+0")

@@ -105,6 +105,15 @@ async def active(url: str) -> int:
     return (await health(url))["engines"]["duplex"]["active"]
 
 
+async def upgrade(url: str) -> tuple[int, str]:
+    """A bare WebSocket upgrade through the balancer: its HTTP status, and the error code of a refusal's body."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url, headers={"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+                                          "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}) as response:
+            body = await response.json(content_type=None) if response.status != 101 else {}
+            return response.status, body.get("code", "")
+
+
 async def test_two_workers_behind_haproxy(tmp_path: Path, speech: np.ndarray):
     haproxy = haproxy_binary()
     frames = frames_of(speech, FRAMES)
@@ -149,6 +158,8 @@ async def test_two_workers_behind_haproxy(tmp_path: Path, speech: np.ndarray):
         with pytest.raises(HandshakeRefused) as refused:
             await DuplexClient.connect(url, mode="duplex")
         assert refused.value.code == 503 and "full" in str(refused.value)
+        # an engine that no worker serves (this fleet runs --no-cascade) is refused by the balancer at once
+        assert await upgrade(f"{url}/ws?mode=cascade") == (501, "unsupported")
 
         # kill worker 1 mid-conversation: exactly its two clients are closed, the others go on
         restarts_seen = len(out.seen)
@@ -181,7 +192,7 @@ async def test_two_workers_behind_haproxy(tmp_path: Path, speech: np.ndarray):
         line = await out.expect(lambda t: t.startswith("DUPLEX_WORKER 1 "), "worker 1 restarted", after=restarts_seen)
         assert line.split()[2] == workers[1]
         await err.expect(lambda t: "w1 (pid" in t and "exited with code -9" in t, "the supervisor's log of the death")
-        await lb_err.expect(lambda t: "conversations/w1 is UP" in t, "HAProxy seeing worker 1 back")
+        await lb_err.expect(lambda t: "duplex/w1 is UP" in t, "HAProxy seeing worker 1 back")
         clients = kept + list(await asyncio.gather(*[conversation(url, frames) for _ in range(SLOTS)]))
         everyone += clients[len(kept):]
         assert [await active(workers[i]) for i in (0, 1)] == [SLOTS, SLOTS]
@@ -347,3 +358,4 @@ async def test_a_second_sigterm_stops_the_workers_at_once(speech: np.ndarray):
         if fleet.returncode is None:
             fleet.kill()
             await fleet.wait()
+

@@ -11,7 +11,9 @@ Kubernetes the worker's side of the story:
 - `/metrics` gains `duplex_engine_slots{engine}`, `duplex_engine_slots_free{engine}`,
   `duplex_engine_utilization{engine}` (busy share, for an autoscaler) and `duplex_ready`;
 - `Drain`: on SIGTERM with `--drain-s`, new conversation sockets are refused (`capacity`) and the
-  server waits, up to the limit, for the open ones to end before it closes the rest (1001).
+  server waits, up to the limit, for the open ones to end before it closes the rest (1001);
+- `admitted_engine`: behind HAProxy (one backend per engine), the engine whose backend counted this
+  socket; a conversation with `mode=auto` takes that engine first, so the balancer's counts stay right.
 """
 
 from __future__ import annotations
@@ -57,6 +59,13 @@ class Drain:
 
 
 DRAIN = web.AppKey("drain", Drain)
+ENGINE_HEADER = "X-Duplex-Engine"   # set by HAProxy's engine backends (`duplex lb-config`); a client's is replaced
+
+
+def admitted_engine(request: web.Request) -> str:
+    """The engine `auto` takes first on this socket: the one the balancer counted it against, else duplex."""
+    engine = request.headers.get(ENGINE_HEADER, "")
+    return engine if engine in request.app[ENGINES] else "duplex"
 
 
 def install(app: web.Application) -> None:

@@ -88,6 +88,7 @@ class Session:
         self.engines = engines
         self.codec = codec
         self.default_mode = default_mode
+        self.auto_first = "duplex"   # the engine `auto` takes when it has a free slot (behind HAProxy: the one it counted)
         self.observer = observer
         self.limits = limits or SessionLimits()
         self.outbox = Outbox()
@@ -201,7 +202,7 @@ class Session:
 
     def _pick_engine(self, mode: str) -> str | None:
         if mode == "auto":
-            for name in ("duplex", "cascade"):
+            for name in dict.fromkeys((self.auto_first, "duplex", "cascade")):
                 engine = self.engines.get(name)
                 if engine is not None and engine.has_free_slot():
                     return name

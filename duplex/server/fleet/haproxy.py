@@ -1,10 +1,17 @@
 """`duplex lb-config`: the HAProxy configuration that puts a set of `duplex serve` workers behind one address.
 
 HAProxy is the admission control: a conversation socket (`/ws`, `/api/chat`, `/v1/realtime`) holds one
-connection to one worker for its whole life, so each worker is a server with `maxconn` = its slots,
-balanced by least connections. A new conversation lands on a worker with a free slot; when every worker
-is full it waits in HAProxy's queue at most `queue_timeout_s`, then gets a 503 whose body is the
-protocol's `capacity` error (never a hang). Everything else (the page, `/health`, `/metrics` through the
+connection to one worker for its whole life, and one slot of one engine. So each engine is a backend, in
+which each worker is a server with `maxconn` = its slots of that engine, balanced by least connections:
+the engine a conversation asks for (`/ws?mode=`, `/v1/realtime?model=`, always duplex on `/api/chat`)
+picks the backend, so it lands on a worker with a free slot *of that engine* (a worker's duplex and
+cascade slots are not one pool: a duplex conversation cannot use a cascade slot). `auto` (or no engine
+named) goes to the duplex backend while some worker has a duplex connection free, else to the cascade
+backend; the backend tells the worker which engine it counted the socket against (`X-Duplex-Engine`),
+and the worker's `auto` takes that engine first, so HAProxy's counts and the worker's slots agree.
+When every worker's slots of the engine are busy, a conversation waits in HAProxy's queue at most
+`queue_timeout_s`, then gets a 503 whose body is the protocol's `capacity` error (never a hang); an
+engine no worker serves is refused at once (501, `unsupported`). Everything else (the page, `/health`, `/metrics` through the
 balancer) goes to a second backend without a connection limit, so a page load never takes a slot.
 Health checks read `/health` (a draining worker answers 503 and gets no new conversation; its running
 ones go on). Upgraded sockets live under `timeout tunnel` (long: a conversation is long, and silent
@@ -23,31 +30,52 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..capacity import ENGINE_HEADER   # set by an engine's backend: the engine the socket is counted against
 from ..options import LB_QUEUE_TIMEOUT_S
 
 CONVERSATION_PATHS = ("/ws", "/api/chat", "/v1/realtime")
+
+
+ENGINES = ("duplex", "cascade")   # each its own backend, in the order `auto` tries them
+
+
+def parse_slots(text: str) -> tuple[int, int]:
+    """`D` or `D+C`: a worker's duplex slots and cascade slots (`0+4`: cascade only)."""
+    duplex, _, cascade = text.partition("+")
+    return int(duplex), int(cascade or 0)
 
 
 @dataclass(frozen=True)
 class WorkerAddress:
     host: str
     port: int
-    slots: int    # conversations it serves at once: the server's maxconn
+    duplex_slots: int         # duplex conversations it serves at once: its maxconn in the duplex backend
+    cascade_slots: int = 0    # cascade conversations: its maxconn in the cascade backend
 
     @classmethod
     def parse(cls, text: str) -> "WorkerAddress":
-        """`host:port:slots` (IPv6 hosts in brackets: `[::1]:9001:8`)."""
+        """`host:port:slots`, slots = `D` (duplex) or `D+C` (duplex + cascade); IPv6 hosts in brackets:
+        `[::1]:9001:8`."""
         head, sep, slots = text.rpartition(":")
         host, sep2, port = head.rpartition(":")
         if not sep or not sep2 or not host:
-            raise ValueError(f"worker {text!r}: expected host:port:slots, e.g. 127.0.0.1:9001:8")
+            raise ValueError(f"worker {text!r}: expected host:port:slots, e.g. 127.0.0.1:9001:8 (or :8+4 with 4 "
+                             "cascade slots)")
         try:
-            worker = cls(host, int(port), int(slots))
+            worker = cls(host, int(port), *parse_slots(slots))
         except ValueError:
-            raise ValueError(f"worker {text!r}: port and slots must be integers (host:port:slots)") from None
-        if not 0 < worker.port < 65536 or worker.slots < 1:
+            raise ValueError(f"worker {text!r}: port and slots must be integers (host:port:slots, slots = "
+                             "duplex or duplex+cascade)") from None
+        if not 0 < worker.port < 65536 or worker.slots < 1 or min(worker.duplex_slots, worker.cascade_slots) < 0:
             raise ValueError(f"worker {text!r}: port in 1-65535 and at least one slot")
         return worker
+
+    @property
+    def slots(self) -> int:
+        return self.duplex_slots + self.cascade_slots
+
+    def engine_slots(self, engine: str) -> int:
+        return self.duplex_slots if engine == "duplex" else self.cascade_slots
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
@@ -55,12 +83,21 @@ class WorkerAddress:
 
 @dataclass(frozen=True)
 class DnsWorkers:
-    """Workers found by DNS: every address of `name` (a headless Service), `count` server slots at most."""
+    """Workers found by DNS: every address of `name` (a headless Service), `count` server slots at most; every
+    worker has the same slots of each engine (one Deployment)."""
     name: str
     port: int
-    slots: int
+    duplex_slots: int
     count: int
     resolver: str | None = None   # ip:port of a DNS server; None: the nameservers of /etc/resolv.conf (a pod's)
+    cascade_slots: int = 0
+
+    @property
+    def slots(self) -> int:
+        return self.duplex_slots + self.cascade_slots
+
+    def engine_slots(self, engine: str) -> int:
+        return self.duplex_slots if engine == "duplex" else self.cascade_slots
 
 
 @dataclass(frozen=True)
@@ -73,20 +110,95 @@ class BalancerSettings:
     stats_bind: str | None = None         # HAProxy's own stats page and Prometheus exporter (host:port)
 
 
-CAPACITY_BODY = json.dumps({"type": "error", "session_id": "", "code": "capacity",
-                            "message": "every worker is full; try again later"})
+def _error_body(code: str, message: str) -> str:
+    return json.dumps({"type": "error", "session_id": "", "code": code, "message": message})
+
+
+CAPACITY_BODY = _error_body("capacity", "every worker is full; try again later")
+
+
+def capacity_body(engine: str, engines: list[str]) -> str:
+    """The 503 of an engine's backend when every worker's slots of it stayed busy for the queue timeout."""
+    other = [e for e in engines if e != engine]
+    hint = f" (or ask for the {other[0]} engine)" if other else ""
+    return _error_body("capacity", f"every {engine} slot of every worker is busy; try again later{hint}")
+
+
+def unsupported_body(engine: str) -> str:
+    return _error_body("unsupported", f"no worker behind this balancer serves the {engine} engine")
 
 
 def _s(seconds: float) -> str:
     return f"{round(seconds * 1000)}ms"
 
 
+def _frontend(engines: list[str], settings: BalancerSettings) -> list[str]:
+    """Conversations go to the backend of the engine they ask for; `auto` (or none named) to duplex while a
+    duplex connection is free somewhere, else cascade; an engine that no worker serves is refused here."""
+    lines = [
+        "frontend clients",
+        f"    bind {settings.bind}",
+        f"    acl conversation path {' '.join(CONVERSATION_PATHS)}",
+        "    # the engine asked for: /ws ?mode=, /v1/realtime ?model=, /api/chat always duplex (the workers read the",
+        "    # same first occurrence, decoded); anything else (auto, none, a bad value the worker refuses): auto",
+        "    http-request set-var(txn.engine) url_param(mode),url_dec if { path /ws }",
+        "    http-request set-var(txn.engine) url_param(model),url_dec if { path /v1/realtime }",
+        "    http-request set-var(txn.engine) str(duplex) if { path /api/chat }",
+    ]
+    lines += [f"    acl wants_{e} var(txn.engine) -m str {e}" for e in ENGINES]
+    lines += [f"    http-request return status 501 content-type application/json string '{unsupported_body(e)}' "
+              f"if conversation wants_{e}" for e in ENGINES if e not in engines]
+    if len(engines) == 2:
+        lines += [f"    use_backend {e} if conversation wants_{e}" for e in engines]
+        lines += ["    # auto: duplex while some worker has a duplex connection free, else cascade (the worker is told",
+                  "    # which, and takes that engine first: HAProxy's counts and its slots agree)",
+                  "    use_backend duplex if conversation { be_conn_free(duplex) gt 0 }"]
+    lines += [f"    use_backend {engines[-1]} if conversation", "    default_backend pages"]
+    return lines
+
+
+def _backend(engine: str, engines: list[str], workers: list[WorkerAddress] | DnsWorkers, primary: dict[int, str],
+             settings: BalancerSettings) -> list[str]:
+    check = (f"check inter {settings.check_interval_ms}ms fastinter {settings.check_interval_ms // 2}ms "
+             "fall 2 rise 1")
+    lines = [
+        "",
+        f"backend {engine}",
+        f"    # one {engine} conversation = one connection for its whole life: maxconn = the worker's {engine} slots,",
+        "    # least connections first; past every maxconn: the queue, then this 503",
+        "    balance leastconn",
+        "    http-reuse never",
+        "    option httpchk GET /health",
+        "    http-check expect status 200",
+        f"    http-error status 503 content-type application/json string '{capacity_body(engine, engines)}'",
+        f"    http-request set-header {ENGINE_HEADER} {engine}",
+    ]
+    if isinstance(workers, DnsWorkers):
+        lines += [f"    default-server {check}",
+                  f"    server-template w 1-{workers.count} {workers.name}:{workers.port} "
+                  f"maxconn {workers.engine_slots(engine)} resolvers cluster init-addr none"]
+        return lines
+    for i, w in enumerate(workers):   # one health check per worker: its first engine's; the others follow it
+        if w.engine_slots(engine):
+            state = check if primary[i] == engine else f"track {primary[i]}/w{i}"
+            lines.append(f"    server w{i} {w} maxconn {w.engine_slots(engine)} {state}")
+    return lines
+
+
 def render(workers: list[WorkerAddress] | DnsWorkers, settings: BalancerSettings = BalancerSettings()) -> str:
     """The whole haproxy.cfg as text."""
     if isinstance(workers, list) and not workers:
         raise ValueError("no workers: give at least one host:port:slots")
-    total_slots = (sum(w.slots for w in workers) if isinstance(workers, list) else workers.slots * workers.count)
-    paths = " ".join(CONVERSATION_PATHS)
+    if isinstance(workers, list):
+        total_slots = sum(w.slots for w in workers)
+        engines = [e for e in ENGINES if any(w.engine_slots(e) for w in workers)]
+        primary = {i: next(e for e in ENGINES if w.engine_slots(e)) for i, w in enumerate(workers)}
+    else:
+        total_slots = workers.slots * workers.count
+        engines = [e for e in ENGINES if workers.engine_slots(e)]
+        primary = {}
+    if not engines:
+        raise ValueError("no slots: every worker needs at least one duplex or cascade slot")
     lines = [
         "# Written by `duplex lb-config` (docs/deploy.md). One line per worker below; regenerate rather than edit.",
         "global",
@@ -107,28 +219,10 @@ def render(workers: list[WorkerAddress] | DnsWorkers, settings: BalancerSettings
         "    retries 2",
         "    option redispatch 1",
         "",
-        "frontend duplex",
-        f"    bind {settings.bind}",
-        f"    acl conversation path {paths}",
-        "    use_backend conversations if conversation",
-        "    default_backend pages",
-        "",
-        "backend conversations",
-        "    # one conversation = one connection for its whole life: maxconn = the worker's slots,",
-        "    # least connections first; past every maxconn: the queue, then this 503",
-        "    balance leastconn",
-        "    http-reuse never",
-        "    option httpchk GET /health",
-        "    http-check expect status 200",
-        f"    http-error status 503 content-type application/json string '{CAPACITY_BODY}'",
-        f"    default-server check inter {settings.check_interval_ms}ms fastinter {settings.check_interval_ms // 2}ms "
-        "fall 2 rise 1",
+        *_frontend(engines, settings),
     ]
-    if isinstance(workers, list):
-        lines += [f"    server w{i} {w} maxconn {w.slots}" for i, w in enumerate(workers)]
-    else:
-        lines.append(f"    server-template w 1-{workers.count} {workers.name}:{workers.port} maxconn {workers.slots} "
-                     "resolvers cluster init-addr none")
+    for engine in engines:
+        lines += _backend(engine, engines, workers, primary, settings)
     lines += [
         "",
         "backend pages",
@@ -136,11 +230,10 @@ def render(workers: list[WorkerAddress] | DnsWorkers, settings: BalancerSettings
         "    balance roundrobin",
     ]
     if isinstance(workers, list):
-        lines += [f"    server w{i} {w} track conversations/w{i}" for i, w in enumerate(workers)]
+        lines += [f"    server w{i} {w} track {primary[i]}/w{i}" for i, w in enumerate(workers)]
     else:
         lines.append(f"    server-template w 1-{workers.count} {workers.name}:{workers.port} "
                      "resolvers cluster init-addr none check inter 2s")
-    if isinstance(workers, DnsWorkers):
         source = f"nameserver dns {workers.resolver}" if workers.resolver else "parse-resolv-conf"
         lines += ["", "resolvers cluster", f"    {source}", "    hold valid 5s",
                   "    accepted_payload_size 8192"]
@@ -154,15 +247,18 @@ def render(workers: list[WorkerAddress] | DnsWorkers, settings: BalancerSettings
 def add_lb_config_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lb-config", help="write the HAProxy configuration for a set of duplex workers",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       description="HAProxy in front of `duplex serve` workers: maxconn = slots per worker, "
-                                   "least connections, /health checks, a capacity 503 when all are full, "
-                                   "long WebSocket timeouts (docs/deploy.md).")
+                       description="HAProxy in front of `duplex serve` workers: a backend per engine (the one a "
+                                   "conversation asks for), maxconn = a worker's slots of that engine, least "
+                                   "connections, /health checks, a capacity 503 when all are full, long WebSocket "
+                                   "timeouts (docs/deploy.md).")
     p.add_argument("--worker", action="append", default=[], metavar="HOST:PORT:SLOTS",
-                   help="a worker and the conversations it serves at once (repeat for each; any host)")
+                   help="a worker and the conversations it serves at once: SLOTS = its duplex slots, or "
+                        "DUPLEX+CASCADE (8+4; 0+4: cascade only) (repeat for each; any host)")
     p.add_argument("--dns", metavar="NAME:PORT",
                    help="instead of --worker: every address of a DNS name (a Kubernetes headless Service), "
                         "e.g. duplex-workers.duplex.svc.cluster.local:8998")
-    p.add_argument("--dns-slots", type=int, default=8, help="--dns: slots of each worker")
+    p.add_argument("--dns-slots", type=int, default=8, help="--dns: duplex slots of each worker")
+    p.add_argument("--dns-cascade-slots", type=int, default=0, help="--dns: cascade slots of each worker")
     p.add_argument("--dns-max-workers", type=int, default=32, help="--dns: most workers HAProxy keeps a line for")
     p.add_argument("--resolver", metavar="IP:PORT",
                    help="--dns: the DNS server; default: the nameservers of /etc/resolv.conf (a pod's: the cluster DNS)")
@@ -195,7 +291,10 @@ def run_lb_config(args: argparse.Namespace) -> int:
             name, _, port = args.dns.rpartition(":")
             if not name or not port.isdigit():
                 raise ValueError(f"--dns {args.dns!r}: expected NAME:PORT")
-            workers = DnsWorkers(name, int(port), args.dns_slots, args.dns_max_workers, args.resolver)
+            if min(args.dns_slots, args.dns_cascade_slots) < 0:
+                raise ValueError("--dns-slots and --dns-cascade-slots cannot be negative")
+            workers = DnsWorkers(name, int(port), args.dns_slots, args.dns_max_workers, args.resolver,
+                                 args.dns_cascade_slots)
         else:
             workers = [WorkerAddress.parse(w) for w in args.worker]
         text = render(workers, settings_from_args(args))

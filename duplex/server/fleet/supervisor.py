@@ -8,8 +8,9 @@ its own models, slots and port) started here in parallel. The supervisor does on
   a worker that fails its very first start stops the whole fleet (a bad flag would fail on every try);
 - prefixes each worker's log lines with `[w<i>]`, prints `DUPLEX_WORKER <i> <url> <slots> <pid>` each time a
   worker (re)starts serving (scripts and tests read it), and `DUPLEX_READY <url>` once all serve;
-- with `--haproxy`, starts HAProxy (the config of `duplex lb-config`) on `--port` in front of the workers
-  (on the next ports), and supervises it the same way;
+- with `--haproxy`, starts HAProxy (the config of `duplex lb-config`: a backend per engine, each worker's
+  duplex and cascade slots read from its /health) on `--port` in front of the workers (on the next ports),
+  and supervises it the same way;
 - SIGTERM/SIGINT: SIGTERM to every worker (each drains for `--drain-s`, then closes its sockets with 1001),
   a worker being restarted included (its new process is signalled as soon as it exists), waits for them all,
   then stops HAProxy; a second signal is passed on to the workers, which then stop at once.
@@ -171,9 +172,11 @@ class Fleet:
         self.front_port = self.front.getsockname()[1] if self.front else None
         first = (options.port + 1 if options.haproxy else options.port) if options.port else 0
         self.ports = [first + i if first else 0 for i in range(count)]
-        self.slots: list[int] = [0] * count
-        # conversations one worker serves at once, by its flags (its /health says the same once it serves)
-        self.capacity = ((0 if options.no_duplex else options.slots) + (0 if options.no_cascade else options.cascade_slots))
+        # (duplex, cascade) slots of each worker: its maxconn in HAProxy's backend of each engine
+        self.slots: list[tuple[int, int]] = [(0, 0)] * count
+        # by its flags (its /health says the same once it serves)
+        self.engine_capacity = (0 if options.no_duplex else options.slots, 0 if options.no_cascade else options.cascade_slots)
+        self.capacity = sum(self.engine_capacity)   # conversations one worker serves at once
         self.workers = [self._worker(i) for i in range(count)]
         self.haproxy: Child | None = None
         self.config_dir = Path(tempfile.mkdtemp(prefix="duplex-fleet-"))
@@ -250,11 +253,12 @@ class Fleet:
         try:
             self.slots[i] = await _capacity_of(url)
         except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, ValueError) as exc:
-            self.slots[i] = self.capacity   # what the flags say
-            log.warning("%s: could not read its slots from /health (%s); assuming %d", child.name, exc, self.capacity)
+            self.slots[i] = self.engine_capacity   # what the flags say
+            log.warning("%s: could not read its slots from /health (%s); assuming %d duplex + %d cascade",
+                        child.name, exc, *self.engine_capacity)
         pid = child.process.pid if child.process else -1
-        print(f"DUPLEX_WORKER {i} {url} {self.slots[i]} {pid}", flush=True)
-        log.info("%s serving on %s (%d slots)%s", child.name, url, self.slots[i],
+        print(f"DUPLEX_WORKER {i} {url} {sum(self.slots[i])} {pid}", flush=True)
+        log.info("%s serving on %s (%d duplex + %d cascade slots)%s", child.name, url, *self.slots[i],
                  f", restart {child.starts - 1}" if child.starts > 1 else "")
         # Every worker announced, not only flagged ready: a worker's flag is set before its announcement,
         # which waits on its /health, so another worker finishing first must not print DUPLEX_READY early.
@@ -291,7 +295,7 @@ class Fleet:
         binary = shutil.which("haproxy")
         if binary is None:
             raise FleetError("--haproxy: the haproxy binary is not installed (Debian: apt-get install haproxy)")
-        workers = [WorkerAddress(_host_of(w.ready_text), self.ports[i], self.slots[i])
+        workers = [WorkerAddress(_host_of(w.ready_text), self.ports[i], *self.slots[i])
                    for i, w in enumerate(self.workers)]
         assert self.front is not None
         config = self.config_dir / "haproxy.cfg"
@@ -341,12 +345,13 @@ def _host_of(ready_text: str) -> str:
     return _url(ready_text).split("://", 1)[1].rsplit(":", 1)[0]
 
 
-async def _capacity_of(url: str) -> int:
-    """Conversations a worker serves at once: the slots of its engines, from its /health (it has just said it serves)."""
+async def _capacity_of(url: str) -> tuple[int, int]:
+    """A worker's duplex and cascade slots, from its /health (it has just said it serves)."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
         async with http.get(f"{url}/health") as response:
             engines = (await response.json())["engines"]
-    return sum(int(e.get("slots", 0)) for e in engines.values())
+    duplex, cascade = (int(engines.get(name, {}).get("slots", 0)) for name in ("duplex", "cascade"))
+    return duplex, cascade
 
 
 def _listen(host: str, port: int) -> socket.socket:

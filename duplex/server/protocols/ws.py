@@ -15,6 +15,7 @@ from aiohttp import web
 
 from ... import protocol
 from ..auth import token_ok
+from ..capacity import admitted_engine
 from ..connection import Refusal, serve_socket
 from ..opus_pool import AudioEncoder, audio_encoder
 from ..session import Session
@@ -48,6 +49,7 @@ class DuplexCodec(SessionCodec):
             return Refusal(1008, code.encode(), protocol.error("", code, text), label=label)
         self.session = Session(app[ENGINES], codec, app[METRICS], default_mode=mode,
                                speech_threshold_dbfs=app[SETTINGS].speech_threshold_dbfs, recorder=self.recorder)
+        self.session.auto_first = admitted_engine(request)
         self.outbox = self.session.outbox
         self.encoder = audio_encoder(app.get(OPUS_POOL), codec)
         self.session.send_ready()

@@ -24,6 +24,7 @@ from .... import protocol
 from ....audio import float_to_pcm16
 from . import events as rt
 from ...auth import token_ok
+from ...capacity import admitted_engine
 from ...connection import Refusal, serve_socket
 from .session import RealtimeSession, Response
 from ...state import ENGINES, METRICS, SETTINGS
@@ -58,6 +59,7 @@ class RealtimeCodec(SessionCodec):
             return Refusal(close, code.encode(), rt.error_event(code, text, None), label=label)
         self.session = RealtimeSession(app[ENGINES], app[METRICS], model,
                                        speech_threshold_dbfs=app[SETTINGS].speech_threshold_dbfs, recorder=self.recorder)
+        self.session.auto_first = admitted_engine(request)
         self.outbox = self.session.outbox
         if not self.session.begin():
             return Refusal(1013, b"no engine slot free", self.session.last_error, label="no_slot")
