@@ -14,6 +14,7 @@ import contextlib
 import json
 import threading
 import time
+import typing as tp
 import wave
 from pathlib import Path
 
@@ -441,3 +442,58 @@ async def test_a_step_in_flight_at_reset_does_not_shift_the_next_segment(tmp_pat
         assert np.array_equal(audio2[:, 0], sent_after)
         assert np.array_equal(audio2[:, 1], echo_after)   # each answer beside its own user frame
         assert [e["at_ms"] for e in events2 if e.get("dir") == "out" and e["kind"] == "audio"] == [0, 80]
+
+
+class LateStream(FakeStream):
+    """Answers its frames only when told (a model step that came late: a loaded machine, a prefill)."""
+
+    def __init__(self, engine: FakeEngine, sink: Sink):
+        super().__init__(engine, sink)
+        self.waiting: list[tuple[UserFrame, float]] = []
+        self.four = asyncio.Event()
+
+    def push_audio(self, frame: UserFrame) -> None:
+        self.pushed += 1
+        self.waiting.append((frame, time.monotonic()))
+        if self.pushed == 4:
+            self.four.set()
+
+    def answer_all(self) -> None:
+        for frame, arrived in self.waiting:
+            self.sink(AssistantAudio(frame.pcm.copy(), (time.monotonic() - arrived) * 1000, heard=frame.pcm))
+        self.waiting.clear()
+
+
+class LateEngine(FakeEngine):
+    def open(self, config: dict, sink: Sink) -> FakeStream:
+        stream = LateStream(self, sink)
+        self.active += 1
+        self.streams.append(stream)
+        return stream
+
+
+async def test_frames_answered_late_are_no_pause_of_the_users(tmp_path):
+    """The user track is written when the model consumed a frame, but a frame that waited for its step (longer
+    than the gap threshold) was sent on time: no silence is put in (it once was, under a loaded CI)."""
+    engine = LateEngine()
+    async with recording(tmp_path, engine, gap_s=0.2) as (client, store):
+        ws = await client.ws_connect("/ws?codec=pcm16")
+        await receive_json(ws)
+        await ws.send_json({"type": "start", "mode": "duplex"})
+        assert (await receive_json(ws))["status"] == "listening"
+        message, _ = pcm16_message(4 * FRAME_SAMPLES, seed=3)
+        await ws.send_bytes(message)
+        stream = tp.cast(LateStream, engine.streams[0])
+        await asyncio.wait_for(stream.four.wait(), 10)
+        await asyncio.sleep(0.6)   # the step comes three gap thresholds late
+        stream.answer_all()
+        for _ in range(4):
+            assert (await ws.receive(timeout=2.0)).data[0] == 1
+        await ws.send_json({"type": "stop"})
+        await ws.close()
+        await store.synced()
+        [folder] = folders(store)
+        audio, events, _ = read_recording(folder)
+        assert [e for e in events if e.get("kind") == "gap"] == []
+        assert len(audio) == 4 * FRAME_SAMPLES
+        assert np.array_equal(audio[:, 0], np.frombuffer(message[1:], dtype="<i2"))

@@ -334,7 +334,7 @@ class Session:
         if locked and answers_input_before(frame, conv.reset_at):
             return None
         if locked and frame.heard is not None:   # the user frame this one answers, as the model consumed it
-            self.recorder.user_audio(frame.heard)
+            self.recorder.user_audio(frame.heard, (frame.turnaround_ms or 0.0) / 1000)
         return self.recorder.assistant_audio(len(frame.pcm), locked)
 
     def _clock_ms(self, conv: Conversation) -> int:

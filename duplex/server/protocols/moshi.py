@@ -149,7 +149,7 @@ class MoshiCodec(SocketCodec):
             receipt = None
             if not answers_input_before(frame, self._reset_at):
                 if frame.heard is not None:   # the user's track as the model consumed it
-                    self.recorder.user_audio(frame.heard)
+                    self.recorder.user_audio(frame.heard, (frame.turnaround_ms or 0.0) / 1000)
                 receipt = self.recorder.assistant_audio(len(frame.pcm), frame_locked=True)
             self.outbox.put_audio(frame.pcm, receipt)
         elif isinstance(frame, AssistantText):

@@ -70,9 +70,10 @@ class ConversationRecorder(abc.ABC):
         `text` exactly as sent, never parsed."""
 
     @abc.abstractmethod
-    def user_audio(self, pcm: np.ndarray) -> None:
+    def user_audio(self, pcm: np.ndarray, waited_s: float = 0.0) -> None:
         """One user frame [FRAME_SAMPLES] float32, as consumed by the conversation, in order (frame-locked:
-        the model's input, `AssistantAudio.heard`, just before that frame's `assistant_audio`)."""
+        the model's input, `AssistantAudio.heard`, just before that frame's `assistant_audio`). `waited_s`: how
+        long ago it arrived (its turnaround): a frame consumed late is not a pause of the user's."""
 
     def user_dropped(self, frames: int) -> None:
         """User frames the engine dropped unconsumed (a full input queue): logged, never in the audio."""
@@ -140,7 +141,7 @@ class NullRecorder(ConversationRecorder):
     def message_out(self, data: str | bytes, *, verbatim: bool = False) -> None:
         return None
 
-    def user_audio(self, pcm: np.ndarray) -> None:
+    def user_audio(self, pcm: np.ndarray, waited_s: float = 0.0) -> None:
         return None
 
     def assistant_audio(self, samples: int, frame_locked: bool) -> AudioReceipt | None:

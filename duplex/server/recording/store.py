@@ -331,11 +331,12 @@ class SocketRecorder(ConversationRecorder):
                         "and counted, the conversation is not affected", segment.id)
 
     # --- audio -------------------------------------------------------------------------------
-    def user_audio(self, pcm: np.ndarray) -> None:
+    def user_audio(self, pcm: np.ndarray, waited_s: float = 0.0) -> None:
         segment = self.segment
         if segment is None:
             return
-        behind = int((time.monotonic() - segment.t0) * SAMPLE_RATE) - segment.user_pos
+        # the gap rule reads when the frame arrived: a step that came late (a loaded machine, a prefill) is no pause
+        behind = int((time.monotonic() - waited_s - segment.t0) * SAMPLE_RATE) - segment.user_pos
         if behind > segment.gap:   # whole frames, so that user frames stay on the 80 ms grid
             gap = behind // len(pcm) * len(pcm) if len(pcm) else behind
             self._log(segment, {"kind": "gap", "at": segment.user_pos, "samples": gap}, time.time())
