@@ -2,7 +2,9 @@
 
 Scripted conversations (espeak-ng speech, or the user's WAV files) are played through the real Python
 client at real-time pace, in both modes, N conversations at once for each N of --sessions. Every figure is
-measured on the client's clock, from the audio itself (docs/bench.md says what each one means).
+measured on the client's clock, from the audio itself, except the cascade's stages (end of turn decided ->
+STT final -> LLM first token -> first words to the TTS -> TTS first frame -> first audio sent), which the
+server measures and sends in each turn's `metrics` (docs/bench.md says what each one means).
 """
 
 from __future__ import annotations
