@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from duplex.bench.latency import FIGURES
-from duplex.engines.base import CASCADE_STAGES
+from duplex.protocol import CASCADE_STAGES
 
 
 def test_bench_writes_results_plot_and_table(cascade_server, tmp_path):

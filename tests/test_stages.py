@@ -14,7 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from duplex.bench.latency import LiveMic
 from duplex.client import DuplexClient
-from duplex.engines.base import CASCADE_STAGES, AssistantTurnEnded
+from duplex.engines.base import AssistantTurnEnded
+from duplex.protocol import CASCADE_STAGES
 from duplex.engines.cascade_turn import AssistantTurn
 from duplex.models.llm import ChatMessage
 

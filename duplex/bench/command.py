@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..audio import read_wav_mono24k
-from ..engines.base import CASCADE_STAGES
+from ..protocol import CASCADE_STAGES
 from ..server.process import ServerProcess
 from .latency import run_load
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..audio import FRAME_S, FRAME_SAMPLES, SAMPLE_RATE, rms_dbfs
 from ..client import AudioChunk, DuplexClient, ServerClosed
-from ..engines.base import CASCADE_STAGES
+from ..protocol import CASCADE_STAGES
 from ..stats import percentiles
 
 SILENT_DBFS = -50.0   # a received frame below this is silence

@@ -45,18 +45,11 @@ class AssistantTurnStarted:
     pass
 
 
-# The cascade's stages of a turn, in the order they happen, each timed (`<stage>_ms` in `metrics`, the
-# `duplex_cascade_stage_ms` histogram, `duplex bench`) from the moment the end of the user's turn was
-# decided: the final transcript, the LLM's first token, the first whole words handed to the TTS turn, the
-# TTS's first frame back on the event loop, and that frame played out to the session (queued to the socket).
-CASCADE_STAGES = ("stt_final", "llm_first_token", "tts_first_words", "tts_first_frame", "tts_first_audio")
-
-
 @dataclass
 class AssistantTurnEnded:
     interrupted: bool = False
     barge_in: bool = False     # cut by the user's speech (the session announces it with tts_stop)
-    stages: dict | None = None  # per-stage times for `metrics` (cascade: `<stage>_ms` of CASCADE_STAGES)
+    stages: dict | None = None  # per-stage times for `metrics` (cascade: `<stage>_ms` of protocol.CASCADE_STAGES)
 
 
 @dataclass

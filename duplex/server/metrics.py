@@ -12,7 +12,7 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from ..engines.base import CASCADE_STAGES
+from ..protocol import CASCADE_STAGES
 
 # `*_created` series add noise for no use here.
 prometheus_client.disable_created_metrics()
