@@ -37,6 +37,12 @@ ERROR_CODES = (
     "capacity", "unauthorized", "too_large", "internal",
 )
 
+# The cascade's stages of a turn, in the order they happen, each a `<stage>_ms` field of the turn's `metrics`
+# message timed from the moment the end of the user's turn was decided (also the `duplex_cascade_stage_ms`
+# histogram and `duplex bench`'s stages): the final transcript, the LLM's first token, the first whole words
+# handed to the TTS, the TTS's first frame back on the event loop, and that frame sent (queued to the socket).
+CASCADE_STAGES = ("stt_final", "llm_first_token", "tts_first_words", "tts_first_frame", "tts_first_audio")
+
 CLIENT_TYPES = ("start", "stop", "reset", "interrupt", "text_input", "configure")
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 from duplex.bench.latency import FIGURES
+from duplex.protocol import CASCADE_STAGES
 
 
 def test_bench_writes_results_plot_and_table(cascade_server, tmp_path):
@@ -27,6 +28,18 @@ def test_bench_writes_results_plot_and_table(cascade_server, tmp_path):
         assert response["n"] >= 1 and 0 < response["p50"] <= response["p90"] <= response["p99"]
         assert figures["interrupt_latency_ms"]["n"] == 1       # the scripted cut in the middle turn
     assert duplex["frame_turnaround_ms"]["n"] > 50
+    # the cascade's stages, as the server measured them, each turn that spoke (its `metrics`)
+    assert "stages" not in duplex and list(cascade["stages"]) == list(CASCADE_STAGES)
+    spoken = cascade["stages"]["stt_final"]["from_end_of_turn"]["n"]
+    assert 1 <= spoken <= 3
+    previous = 0.0
+    for stage in CASCADE_STAGES:
+        at, step = cascade["stages"][stage]["from_end_of_turn"], cascade["stages"][stage]["step"]
+        assert at["n"] == step["n"] == spoken, (stage, cascade["stages"])
+        # per turn each stage comes after the one before, so its percentiles do too
+        assert previous <= at["p50"] <= at["p90"] <= at["p99"] and step["p50"] >= 0, (stage, cascade["stages"])
+        previous = at["p50"]
+        assert f"| 1 | {stage} |" in result.stdout
     # the cascade cannot answer before the user's turn is over: it waits for the end-of-turn silence
     assert cascade["response_latency_ms"]["p50"] > 600
     png = (out / "latency.png").read_bytes()

@@ -40,6 +40,11 @@ class FakeTtsTurn:
     def done(self) -> bool:
         return self.cancelled or self.finished
 
+    @property
+    def has_words(self) -> bool:      # as TtsTurn: a word is whole once a space (or end_text) follows it
+        words = self.text.split()
+        return len(words) > 1 or (len(words) == 1 and (self.ended or self.text[-1].isspace()))
+
     def text_until(self, seconds: float) -> str:
         return " ".join(self.text.split()[: int(seconds / 0.08)])   # one word per frame
 
@@ -85,7 +90,8 @@ async def test_a_turn_that_ends_by_itself_keeps_the_whole_reply():
                                       AssistantTurnStarted, AssistantAudio, AssistantAudio, AssistantAudio,
                                       AssistantTurnEnded, AssistantTurnDone]
     assert out[-1] == AssistantTurnDone(interrupted=False)
-    assert not out[-2].interrupted and set(out[-2].stages) == {"llm_first_token_ms", "tts_first_audio_ms"}
+    assert not out[-2].interrupted and list(out[-2].stages) == ["llm_first_token_ms", "tts_first_words_ms",
+                                                                 "tts_first_frame_ms", "tts_first_audio_ms"]
     assert history[-1] == ChatMessage("assistant", "hello there friend")
     assert turn.ended and not turn.wants_frames()
 

@@ -2,7 +2,9 @@
 
 Scripted conversations (espeak-ng speech, or the user's WAV files) are played through the real Python
 client at real-time pace, in both modes, N conversations at once for each N of --sessions. Every figure is
-measured on the client's clock, from the audio itself (docs/bench.md says what each one means).
+measured on the client's clock, from the audio itself, except the cascade's stages (end of turn decided ->
+STT final -> LLM first token -> first words to the TTS -> TTS first frame -> first audio sent), which the
+server measures and sends in each turn's `metrics` (docs/bench.md says what each one means).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..audio import read_wav_mono24k
+from ..protocol import CASCADE_STAGES
 from ..server.process import ServerProcess
 from .latency import run_load
 
@@ -44,18 +47,38 @@ def make_script(args, tmp: Path) -> list[np.ndarray]:
     return clips
 
 
+def _ms(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f}"
+
+
 def markdown_table(results: dict) -> str:
     lines = ["| mode | sessions | figure | p50 ms | p90 ms | p99 ms | n |", "|---|---|---|---|---|---|---|"]
     for mode, by_n in results["modes"].items():
         for n, figures in by_n.items():
             for name, d in figures.items():
-                cells = ["–" if d[k] is None else f"{d[k]:.0f}" for k in ("p50", "p90", "p99")]
+                if name == "stages":
+                    continue           # stage_table
+                cells = [_ms(d[k]) for k in ("p50", "p90", "p99")]
                 lines.append(f"| {mode} | {n} | {name.removesuffix('_ms')} | {' | '.join(cells)} | {d['n']} |")
     return "\n".join(lines)
 
 
+def stage_table(results: dict) -> str:
+    """The cascade's stages per N (server clock): each from the end of the user's turn decided, and the
+    time each one took after the one before it (`step`); empty when no cascade turn reported stages."""
+    lines = ["| sessions | stage | p50 ms | p90 ms | p99 ms | step p50 ms | step p90 ms | n |",
+             "|---|---|---|---|---|---|---|---|"]
+    for n, figures in results["modes"].get("cascade", {}).items():
+        for stage, d in figures.get("stages", {}).items():
+            at, step = d["from_end_of_turn"], d["step"]
+            cells = [_ms(at[k]) for k in ("p50", "p90", "p99")] + [_ms(step[k]) for k in ("p50", "p90")]
+            lines.append(f"| {n} | {stage} | {' | '.join(cells)} | {at['n']} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def plot(results: dict, path: Path) -> None:
-    """One panel per figure: grouped bars per concurrency, one bar per mode (p50), whisker to p90."""
+    """One panel per figure: grouped bars per concurrency, one bar per mode (p50), whisker to p90; and, when
+    the cascade ran, a panel of its stages from the end of turn decided, one bar per concurrency."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -63,27 +86,43 @@ def plot(results: dict, path: Path) -> None:
     names = ["response_latency_ms", "interrupt_latency_ms", "first_transcript_ms"]
     counts = [str(n) for n in results["sessions"]]
     modes = list(results["modes"])
-    width = 0.8 / max(len(modes), 1)
-    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4))
+    stages = any(figures.get("stages") for figures in results["modes"].get("cascade", {}).values())
+    panels = len(names) + (1 if stages else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4))
     for ax, name in zip(axes, names):
-        for m, mode in enumerate(modes):
-            xs, p50, err = [], [], []
-            for i, n in enumerate(counts):
-                d = results["modes"][mode].get(n, {}).get(name)
-                if d and d["n"]:
-                    xs.append(i + (m - (len(modes) - 1) / 2) * width)
-                    p50.append(d["p50"])
-                    err.append(max(0.0, d["p90"] - d["p50"]))
-            ax.bar(xs, p50, width=width, yerr=[[0] * len(err), err], capsize=4, label=mode)
-        ax.set_xticks(range(len(counts)), counts)
+        series = {mode: [results["modes"][mode].get(n, {}).get(name) for n in counts] for mode in modes}
+        _bars(ax, counts, series)
         ax.set_title(name.removesuffix("_ms").replace("_", " ") + " (p50, whisker p90)")
         ax.set_xlabel("concurrent conversations")
-        ax.set_ylabel("ms")
-        ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=8)
+    if stages:
+        ax = axes[-1]
+        by_n = results["modes"]["cascade"]
+        names_s = list(CASCADE_STAGES)
+        series = {f"N = {n}": [by_n.get(n, {}).get("stages", {}).get(stage, {}).get("from_end_of_turn")
+                               for stage in names_s] for n in counts}
+        _bars(ax, [stage.replace("_", " ") for stage in names_s], series)
+        ax.tick_params(axis="x", labelrotation=30)
+        ax.set_title("cascade stages from end of turn decided (p50, whisker p90)", fontsize=9)
     fig.suptitle(f"duplex vs cascade: {results['models']}, device {results['device']}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+def _bars(ax, labels: list[str], series: dict[str, list[dict | None]]) -> None:
+    """Grouped bars: one group per label, one bar per series (its p50, whisker to its p90)."""
+    width = 0.8 / max(len(series), 1)
+    for m, (name, dists) in enumerate(series.items()):
+        xs, p50, err = [], [], []
+        for i, d in enumerate(dists):
+            if d and d["n"]:
+                xs.append(i + (m - (len(series) - 1) / 2) * width)
+                p50.append(d["p50"])
+                err.append(max(0.0, d["p90"] - d["p50"]))
+        ax.bar(xs, p50, width=width, yerr=[[0] * len(err), err], capsize=4, label=name)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_ylabel("ms")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -125,5 +164,10 @@ def run(args: argparse.Namespace) -> int:
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     plot(results, args.out / "latency.png")
     print(markdown_table(results))
+    stage_rows = stage_table(results)
+    if stage_rows:
+        print("\ncascade stages (server clock, ms from the end of the user's turn decided; step: from the stage "
+              "before)\n")
+        print(stage_rows)
     print(f"\nwrote {args.out / 'results.json'} and {args.out / 'latency.png'}", file=sys.stderr)
     return 0

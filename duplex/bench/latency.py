@@ -1,7 +1,9 @@
 """Latency of scripted conversations, measured on the client's clock from the audio itself.
 
 A `LiveMic` plays speech (or silence) at real-time pace through the real Python client; each figure
-(`FIGURES`, docs/bench.md) is read off when the assistant's audio arrives or goes quiet.
+(`FIGURES`, docs/bench.md) is read off when the assistant's audio arrives or goes quiet. For the cascade,
+the server's own per-stage times of each turn (`CASCADE_STAGES`, from its `metrics` messages) are kept
+as well: from the end of the user's turn decided to each stage, and each stage from the one before.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 
 from ..audio import FRAME_S, FRAME_SAMPLES, SAMPLE_RATE, rms_dbfs
 from ..client import AudioChunk, DuplexClient, ServerClosed
+from ..protocol import CASCADE_STAGES
 from ..stats import percentiles
 
 SILENT_DBFS = -50.0   # a received frame below this is silence
@@ -79,9 +82,20 @@ async def arrived(client: DuplexClient, predicate: tp.Callable[[], bool], timeou
         return False
 
 
-async def conversation(url: str, mode: str, script: list[np.ndarray], token: str | None) -> dict[str, list[float]]:
-    """One scripted conversation; returns samples of each figure."""
-    samples: dict[str, list[float]] = {name: [] for name in FIGURES}
+def turn_stages(client: DuplexClient) -> list[dict[str, float]]:
+    """Each spoken assistant turn's stage times (ms from the end of the user's turn decided), as the server
+    measured them and sent them in the turn's `metrics` message."""
+    turns = []
+    for event in client.events_of("metrics"):
+        stages = {name: event.data[f"{name}_ms"] for name in CASCADE_STAGES if event.data.get(f"{name}_ms") is not None}
+        if stages:
+            turns.append(stages)
+    return turns
+
+
+async def conversation(url: str, mode: str, script: list[np.ndarray], token: str | None) -> dict[str, list]:
+    """One scripted conversation; returns samples of each figure, and the cascade's per-turn stages."""
+    samples: dict[str, list] = {name: [] for name in FIGURES}
     async with await DuplexClient.connect(url, token=token) as client:
         await client.start(mode=mode, config={"seed": 1})
         status = await client.wait_for("status", timeout=30)
@@ -121,6 +135,7 @@ async def conversation(url: str, mode: str, script: list[np.ndarray], token: str
             mic.close()
         await client.stop()
         await client.wait_for("stop_acknowledged", timeout=10)
+        samples["stages"] = turn_stages(client)
     return samples
 
 
@@ -148,8 +163,24 @@ def distribution(values: list[float]) -> dict:
     return {**figures, "n": len(values)}
 
 
+def stage_figures(turns: list[dict[str, float]]) -> dict:
+    """Per stage: `from_end_of_turn` (its time from the end of the user's turn decided) and `step` (from the
+    stage before it; the first from the end of turn), each a distribution over the turns that reached it."""
+    out = {}
+    for i, name in enumerate(CASCADE_STAGES):
+        before = CASCADE_STAGES[i - 1] if i else None
+        at = [turn[name] for turn in turns if name in turn]
+        steps = [turn[name] - (turn[before] if before else 0.0) for turn in turns
+                 if name in turn and (before is None or before in turn)]
+        out[name] = {"from_end_of_turn": distribution(at), "step": distribution(steps)}
+    return out
+
+
 async def run_load(url: str, mode: str, sessions: int, script: list[np.ndarray], token: str | None) -> dict:
     results = await asyncio.gather(*(conversation(url, mode, script, token) for _ in range(sessions)))
     merged = {name: [v for r in results for v in r[name]] for name in FIGURES}
-    return {name: distribution(values) for name, values in merged.items() if mode == "duplex" or
-            name != "frame_turnaround_ms"}
+    figures: dict[str, dict] = {name: distribution(values) for name, values in merged.items()
+                                if mode == "duplex" or name != "frame_turnaround_ms"}
+    if mode == "cascade":
+        figures["stages"] = stage_figures([turn for r in results for turn in r["stages"]])
+    return figures

@@ -49,7 +49,7 @@ class AssistantTurnStarted:
 class AssistantTurnEnded:
     interrupted: bool = False
     barge_in: bool = False     # cut by the user's speech (the session announces it with tts_stop)
-    stages: dict | None = None  # per-stage times for `metrics` (cascade: stt_final_ms, llm_first_token_ms, ...)
+    stages: dict | None = None  # per-stage times for `metrics` (cascade: `<stage>_ms` of protocol.CASCADE_STAGES)
 
 
 @dataclass

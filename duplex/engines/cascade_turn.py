@@ -55,7 +55,11 @@ class AssistantTurn:
 
     Created on the event loop (it starts its task at once); `history` is the conversation's list, to
     which the turn appends its reply when it ends; `stages` holds `time.monotonic()` of the stages so
-    far (`user_end`, `stt_final`), to which it adds `llm_first_token` and `tts_first_audio`.
+    far (`user_end`: the end of the user's turn decided, `stt_final`), to which it adds the rest of
+    `base.CASCADE_STAGES` where each happens: `llm_first_token` (a delta arrives), `tts_first_words` (the
+    first whole word queued into the TTS turn), `tts_first_frame` (the pump hands back its first frame)
+    and `tts_first_audio` (that frame played out to the session). Each is stamped after the one before
+    it on the event loop, so they are ordered.
     """
 
     def __init__(self, engine: TurnEngine, sink: Sink, history: list[ChatMessage], stages: dict[str, float], *,
@@ -114,13 +118,15 @@ class AssistantTurn:
                 self.reply += delta
                 self.sink(AssistantText(delta))
                 tts.push_text(delta)
+                self._words_given(tts)
                 self._text_changed()
         except LLMError as exc:
             if not self.ended:
                 self.fail("internal", f"the language model failed: {exc}")
         finally:
             if not self.ended:
-                tts.end_text()
+                tts.end_text()            # queues a last word still without its space
+                self._words_given(tts)
                 self._text_changed()
             self._reply_done = True
             self._wake.set()
@@ -165,9 +171,15 @@ class AssistantTurn:
             return                               # a cut turn's last frames
         if not frames:
             self._starved_at = text_version      # nothing until the LLM sends more text
+        elif "tts_first_frame" not in self.stages:
+            self.stages["tts_first_frame"] = time.monotonic()
         self.pending.extend(frames)
         if frames or self.tts.done:
             self._wake.set()
+
+    def _words_given(self, tts: TtsTurn) -> None:
+        if tts.has_words and "tts_first_words" not in self.stages:
+            self.stages["tts_first_words"] = time.monotonic()
 
     def _text_changed(self) -> None:
         self.text_version += 1

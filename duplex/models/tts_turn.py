@@ -115,6 +115,12 @@ class TtsTurn:
     def cancelled(self) -> bool:
         return self._cancelled
 
+    @property
+    def has_words(self) -> bool:
+        """Whether a whole word has been queued for the model (a word counts once the space after it, or
+        `end_text`, has come)."""
+        return not self._first_word
+
     def _queue_word(self, word: str) -> None:
         entries = self.engine.word_entries(word, first=self._first_word)
         if entries:

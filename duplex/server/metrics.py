@@ -12,10 +12,13 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from ..protocol import CASCADE_STAGES
+
 # `*_created` series add noise for no use here.
 prometheus_client.disable_created_metrics()
 
 MS_BUCKETS = (1, 2, 5, 10, 20, 40, 60, 80, 100, 150, 200, 300, 500, 1000, 2000, 5000)
+STAGE_BUCKETS = (5, 10, 25, 50, 100, 150, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000)
 
 
 class ServerMetrics:
@@ -47,6 +50,11 @@ class ServerMetrics:
                                        buckets=MS_BUCKETS, registry=r)
         self.response_latency_ms = Histogram("duplex_response_latency_ms", "End of user speech -> assistant audio (ms)",
                                              ["mode"], buckets=MS_BUCKETS, registry=r)
+        # The cascade's stages of each assistant turn that spoke, from the end of the user's turn decided
+        # (engines.base.CASCADE_STAGES; the same figures as the turn's `metrics` message).
+        self.stage_ms = Histogram("duplex_cascade_stage_ms", "Cascade turn: end of the user's turn decided -> "
+                                  "each stage (stt_final, llm_first_token, tts_first_words, tts_first_frame, "
+                                  "tts_first_audio) (ms)", ["stage"], buckets=STAGE_BUCKETS, registry=r)
         # CPU time of the thread that scrapes: /metrics and /health are served on the event loop thread,
         # so this is the loop's own CPU (sockets, codecs, sessions, scheduling), read at no cost per frame.
         self.loop_cpu = Gauge("duplex_event_loop_cpu_seconds", "CPU time of the event loop thread (s)", registry=r)
@@ -81,6 +89,12 @@ class ServerMetrics:
 
     def response_latency(self, mode: str, ms: float) -> None:
         self.response_latency_ms.labels(mode).observe(ms)
+
+    def turn_stages(self, stages: dict[str, float]) -> None:
+        for name in CASCADE_STAGES:
+            ms = stages.get(f"{name}_ms")
+            if ms is not None:
+                self.stage_ms.labels(name).observe(ms)
 
     def error(self, code: str) -> None:
         self.errors.labels(code).inc()

@@ -52,6 +52,7 @@ class SessionObserver(tp.Protocol):
     def frame_out(self, turnaround_ms: float | None) -> None: ...
     def frames_dropped(self, n: int) -> None: ...
     def response_latency(self, mode: str, ms: float) -> None: ...
+    def turn_stages(self, stages: dict[str, float]) -> None: ...
     def error(self, code: str) -> None: ...
 
 
@@ -378,6 +379,8 @@ class Session:
         if turn.text.strip():
             self.send("llm_response", content="", is_complete=True)
         self._final_assistant_segment(conv)
+        if stages:
+            self.observer.turn_stages(stages)
         self._send_metrics(conv, turn.response_latency_ms, stages)
         conv.turn = TurnState()
         self.send("status", status="listening", mode=conv.mode)
