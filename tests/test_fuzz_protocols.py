@@ -196,7 +196,18 @@ REALTIME = Endpoint("/v1/realtime?model={mode}", json.dumps({"type": "fuzz.senti
 async def exercise(server: FuzzServer, endpoint: Endpoint, path: str, opening: list[fs.Message],
                    messages: list[list[fs.Message]]) -> None:
     start = server.baseline()
+    server.errors.records.clear()
     ws = await server.client.ws_connect(path, max_msg_size=0)
+    try:
+        await _exercise(server, endpoint, ws, opening, messages)
+    finally:   # a failing example must not leave its socket open for the next (they shrink one after another)
+        await ws.close()
+    await server.settle(start)
+    assert not server.errors.records, [r.getMessage() for r in server.errors.records]
+
+
+async def _exercise(server: FuzzServer, endpoint: Endpoint, ws: tp.Any, opening: list[fs.Message],
+                    messages: list[list[fs.Message]]) -> None:
     received: list[tp.Any] = []
     closed_by_server = False
 
@@ -238,9 +249,6 @@ async def exercise(server: FuzzServer, endpoint: Endpoint, path: str, opening: l
         # connection can then end before the close frame is read (1006). Anything else is a policy close.
         oversized = any(m in (OVERSIZED_BINARY, OVERSIZED_TEXT) for group in messages for m in group)
         assert ws.close_code in POLICY_CLOSES | ({1006} if oversized else set()), f"closed {ws.close_code}"
-    await ws.close()
-    await server.settle(start)
-    assert not server.errors.records, [r.getMessage() for r in server.errors.records]
 
 
 # Past the app's message limit (aiohttp closes 1009), drawn as a marker so a failing example prints short.
