@@ -69,9 +69,10 @@ class Talker:
         except (ConnectionError, aiohttp.ClientError):
             self.cut = True
         if not self.cut:
-            for _ in range(100):   # drain: every answer in flight comes back
-                if self.received >= self.sent or reader.done():
-                    break
+            last, quiet_since = -1, time.monotonic()   # drain: until all are back, or none came for 3 s
+            while self.received < self.sent and not reader.done() and time.monotonic() - quiet_since < 3.0:
+                if self.received != last:
+                    last, quiet_since = self.received, time.monotonic()
                 await asyncio.sleep(0.05)
             await ws.send_json({"type": "stop"})   # its metrics say how many frames the server dropped
             try:

@@ -94,8 +94,13 @@ class Soak:
         done_sending = True
         if record["received"] >= record["sent"]:
             caught_up.set()
-        with contextlib.suppress(asyncio.TimeoutError):   # every answer in flight comes back before we stop
-            await asyncio.wait_for(caught_up.wait(), 5.0)
+        # every answer in flight comes back before we stop (a `stop` clears what is still queued): wait until
+        # all are back, or until none has come for 3 s (an overloaded server may be seconds behind)
+        last = -1
+        while not caught_up.is_set() and record["received"] != last:
+            last = record["received"]
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(caught_up.wait(), 3.0)
         if not ws.closed:
             await ws.send_json({"type": "stop"})
             await asyncio.sleep(0.5)
