@@ -167,7 +167,7 @@ class Soak:
             await ws.close()
         paused.set()
         reader.cancel()
-        self.closes[f"churn:{'abrupt' if abrupt else ws.close_code}"] += 1
+        self.closes[f"churn:{'abrupt' if abrupt else ws.close_code or 'closed-by-client'}"] += 1
 
     # --- the server -------------------------------------------------------------------------------
     async def health(self, session: aiohttp.ClientSession) -> dict:
