@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -17,7 +18,8 @@ from duplex.server.process import ServerProcess
 
 def start_server(tmp_dir: Path, *args: str) -> ServerProcess:
     """A `duplex serve` child on a free loopback port, its log kept in tmp_dir for failures."""
-    return ServerProcess(*args, log_path=tmp_dir / f"server-{time.monotonic_ns()}.log", log_level="info")
+    return ServerProcess(*args, log_path=tmp_dir / f"server-{time.monotonic_ns()}.log",
+                         log_level=os.environ.get("DUPLEX_TEST_LOG_LEVEL", "info"))
 
 
 @pytest.fixture(scope="session")

@@ -140,15 +140,15 @@ async def wait_active(url: str, engine: str, n: int, timeout: float = 10.0) -> d
 async def test_an_abrupt_disconnect_in_cascade_frees_the_slots_and_ends_the_turn(cascade_server, llm_standin):
     url = cascade_server.http_url
     assert (await wait_active(url, "cascade", 0))["engines"]["cascade"]["active"] == 0
-    client = await DuplexClient.connect(url, codec="pcm16")
-    await client.start(mode="cascade")
-    await client.wait_for("status")
-    requests = len(llm_standin.requests)
-    await client.text_input("tell me something long")   # seconds of speech: the turn is alive when we go
-    await client.wait_for("tts_start", timeout=20)
-    state = await health(url)
-    assert (state["engines"]["cascade"]["active"], state["engines"]["cascade"]["speaking"]) == (1, 1)
-    await abrupt_close(client)
+    async with await DuplexClient.connect(url, codec="pcm16") as client:   # (closed even if a step fails)
+        await client.start(mode="cascade")
+        await client.wait_for("status")
+        requests = len(llm_standin.requests)
+        await client.text_input("tell me something long")   # seconds of speech: the turn is alive when we go
+        await client.wait_for("tts_start", timeout=20)
+        state = await health(url)
+        assert (state["engines"]["cascade"]["active"], state["engines"]["cascade"]["speaking"]) == (1, 1)
+        await abrupt_close(client)
     state = await wait_active(url, "cascade", 0)
     # the turn went with the socket: its TTS slot at once, not when its playout would have ended
     assert (state["engines"]["cascade"]["active"], state["engines"]["cascade"]["speaking"]) == (0, 0)
@@ -165,14 +165,16 @@ async def test_an_abrupt_disconnect_frees_a_duplex_conversations_stt_slot(cascad
     url = cascade_server.http_url
     await wait_active(url, "cascade", 0)
     await wait_active(url, "duplex", 0)
-    client = await DuplexClient.connect(url, codec="pcm16")
-    await client.start(mode="duplex", config={"transcribe_user": True})
-    await client.wait_for("status")
-    await send_frames(client, frames_of(speech, 5))
-    await client.wait_audio_frames(5, timeout=20)
-    state = await health(url)
-    assert (state["engines"]["duplex"]["active"], state["engines"]["cascade"]["active"]) == (1, 1)
-    await abrupt_close(client)
+    # A failed step must not leave this conversation open for the next test (issue 24, item 16): the
+    # `async with` closes the client whatever happens, and its conversation goes with it.
+    async with await DuplexClient.connect(url, codec="pcm16") as client:
+        await client.start(mode="duplex", config={"transcribe_user": True})
+        await client.wait_for("status")
+        await send_frames(client, frames_of(speech, 5))
+        await client.wait_audio_frames(5, timeout=20)
+        state = await health(url)
+        assert (state["engines"]["duplex"]["active"], state["engines"]["cascade"]["active"]) == (1, 1)
+        await abrupt_close(client)
     state = await wait_active(url, "cascade", 0)
     assert (state["engines"]["duplex"]["active"], state["engines"]["cascade"]["active"]) == (0, 0)
 
@@ -182,15 +184,14 @@ async def test_an_abrupt_disconnect_on_api_chat_frees_the_slot(cascade_server):
 
     url = cascade_server.http_url
     await wait_active(url, "duplex", 0)
-    session = aiohttp.ClientSession()
-    ws = await session.ws_connect(url.replace("http", "ws", 1) + "/api/chat")
-    assert (await ws.receive(timeout=10)).data == b"\x00"
-    writer = sphn.OpusStreamWriter(24000)
-    for k in range(4):
-        await ws.send_bytes(b"\x01" + writer.append_pcm(loud(k)))
-    assert (await health(url))["engines"]["duplex"]["active"] == 1
-    ws._response.connection.transport.abort()
-    await session.close()
+    async with aiohttp.ClientSession() as session:   # (closed, and its socket with it, even if a step fails)
+        ws = await session.ws_connect(url.replace("http", "ws", 1) + "/api/chat")
+        assert (await ws.receive(timeout=10)).data == b"\x00"
+        writer = sphn.OpusStreamWriter(24000)
+        for k in range(4):
+            await ws.send_bytes(b"\x01" + writer.append_pcm(loud(k)))
+        assert (await health(url))["engines"]["duplex"]["active"] == 1
+        ws._response.connection.transport.abort()
     state = await wait_active(url, "duplex", 0)
     assert (state["engines"]["duplex"]["active"], state["connections"]) == (0, 0)
 

@@ -1,15 +1,14 @@
 """How every model here runs a step: without autograd, and with torch.compile off on CPU.
 
 torch.compile buys nothing on CPU at these step sizes and costs seconds of start-up (~8 s for the
-tiny Moshi), so it is switched off there; on CUDA moshi compiles and graphs as usual.
+tiny Moshi), so it is off there; on CUDA moshi compiles and graphs as usual.
 
-moshi switches compile off with `no_compile()`, which saves and restores one process-wide flag
-(`moshi.utils.compile._compile_disabled`), and its transformer layers enter it themselves on CPU. Our
-models step on several threads at once (STT, TTS, Moshi), so those saves and restores interleave: a
-thread that leaves restores "enabled" while another is still inside its step, and that one's next
-lazily compiled function (an RMS norm) starts a torch.compile on its model thread, which stalls it for
-seconds (5-14 s on the 2-core CI machine). `compile_off()` holds the flag for every thread at once
-instead: the first thread in sets it, the last one out restores it, so no CPU step ever sees it off.
+Off for the whole process, once, not per step: moshi's switch is one process-global flag that its
+`no_compile()` saves and restores. Several model threads (duplex, STT, TTS) step at once; entered and
+left per step, the saves and restores interleave (B enters, A enters and saves "off", B leaves and
+restores "on") and A's next lazily compiled kernel (rms norm, rope, gating) starts torch.compile
+mid-step: tens of seconds with no frame answered on a loaded CPU (issue 24, item 16; docs/reliability.md).
+Once the flag is held on for good, every save and restore (moshi's own included) is on -> on.
 """
 
 from __future__ import annotations
@@ -19,33 +18,25 @@ import threading
 import typing as tp
 
 import torch
-from moshi.utils import compile as moshi_compile
+from moshi.utils.compile import no_compile
 
-_lock = threading.Lock()
-_holders = 0          # threads inside compile_off() now
-_saved = False        # the flag as the first of them found it
+_compile_off: contextlib.AbstractContextManager | None = None
+_compile_off_lock = threading.Lock()
 
 
-@contextlib.contextmanager
-def compile_off() -> tp.Iterator[None]:
-    """moshi's `no_compile()`, safe when several threads step models at once."""
-    global _holders, _saved
-    with _lock:
-        if _holders == 0:
-            _saved = moshi_compile._compile_disabled
-        _holders += 1
-        moshi_compile._compile_disabled = True
-    try:
-        yield
-    finally:
-        with _lock:
-            _holders -= 1
-            if _holders == 0:
-                moshi_compile._compile_disabled = _saved
+def compile_off_for_process() -> None:
+    """Switches moshi's torch.compile off for the rest of the process (idempotent, thread-safe)."""
+    global _compile_off
+    with _compile_off_lock:
+        if _compile_off is None:
+            guard = no_compile()
+            guard.__enter__()      # never left: see the module docstring
+            _compile_off = guard
 
 
 @contextlib.contextmanager
 def inference(device: torch.device) -> tp.Iterator[None]:
-    compile_guard = compile_off() if device.type == "cpu" else contextlib.nullcontext()
-    with compile_guard, torch.no_grad():
+    if device.type == "cpu":
+        compile_off_for_process()
+    with torch.no_grad():
         yield

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from moshi.models import loaders
+from moshi.utils.compile import no_compile
 
 from ..audio import FRAME_SAMPLES
 from .active_rows import ActiveRows
-from .inference import compile_off, inference
+from .inference import inference
 from .persona import PersonaPrompt, VoiceLibrary, build_prompt, wrap_system_tags
 from .persona_gen import PersonaLMGen
 from .prefill import Prefill, PrefixCache, RowStates
@@ -115,7 +116,7 @@ class MoshiBatch:
     def _silence_codes(self) -> torch.Tensor:
         """Mimi's codes for digital silence, once the encoder has settled: [dep_q]."""
         zeros = torch.zeros(1, 1, self.frame_samples, device=self.device)
-        with compile_off(), torch.no_grad(), self.mimi.streaming(1):
+        with no_compile(), torch.no_grad(), self.mimi.streaming(1):
             for _ in range(6):
                 codes = self.mimi.encode(zeros)
         return codes[0, : self.agent_q, 0].clone()

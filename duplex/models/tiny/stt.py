@@ -114,7 +114,7 @@ def _shape_text_head(lm: LMModel, mimi: MimiModel, seed: int) -> None:
 def _mean_output(lm: LMModel, mimi: MimiModel, seed: int, frames: int = 50) -> torch.Tensor:
     """The unit mean of the LM's normed output over 4 s of seeded noise bursts and silences."""
     from moshi.models import LMGen
-    from ..inference import compile_off
+    from moshi.utils.compile import no_compile
 
     generator = torch.Generator().manual_seed(seed + 3)
     mimi.set_num_codebooks(STT_CODEBOOKS)  # as CheckpointInfo.get_mimi does for an STT
@@ -122,7 +122,7 @@ def _mean_output(lm: LMModel, mimi: MimiModel, seed: int, frames: int = 50) -> t
     hook = lm.out_norm.register_forward_hook(lambda _m, _i, out: outputs.append(out.reshape(-1, out.shape[-1])))
     gen = LMGen(lm, use_sampling=False)
     try:
-        with compile_off(), mimi.streaming(1), gen.streaming(1):
+        with no_compile(), mimi.streaming(1), gen.streaming(1):
             for k in range(frames):
                 loud = (k // 5) % 2 == 0
                 frame = torch.randn(1, 1, mimi.frame_size, generator=generator) * (0.1 if loud else 0.0)
