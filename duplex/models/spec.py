@@ -61,6 +61,13 @@ def resolve_checkpoint(spec: str) -> loaders.CheckpointInfo:
         return checkpoint_from_dir(generators[name](WEIGHTS_DIR / f"tiny-{name}"))
     if spec.startswith("personaplex:"):
         return checkpoint_from_dir(personaplex_directory(spec))
+    if spec.startswith("random:"):   # real sizes, random weights built on the device (models/real_size.py)
+        from .real_size import random_checkpoint
+
+        try:
+            return random_checkpoint(spec.removeprefix("random:"))
+        except ValueError as exc:
+            raise WeightsUnavailable(str(exc)) from None
     path = Path(spec).expanduser()
     if path.is_dir():
         return checkpoint_from_dir(path)
