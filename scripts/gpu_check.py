@@ -43,7 +43,7 @@ FRAME_MS = 80.0
 HEADROOM = 0.85          # a step must fit 85 % of the frame
 REAL = {"moshi": "random:moshi7b", "persona": "random:personaplex7b", "stt": "random:stt1b", "llm": "smollm2-360m"}
 TINY = {"moshi": "tiny:moshi", "persona": "tiny:personaplex", "stt": "tiny:stt", "llm": "tiny"}
-DEFAULT_BUDGETS = {"moshi": 210.0, "server": 120.0, "persona": 120.0, "cascade": 60.0}
+DEFAULT_BUDGETS = {"moshi": 180.0, "server": 110.0, "persona": 120.0, "cascade": 50.0}   # 460 s in all
 PART_ORDER = ("moshi", "server", "persona", "cascade")
 
 
@@ -145,7 +145,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="timed steps per size (default 60; tiny: 4)")
     p.add_argument("--parts", default=",".join(PART_ORDER), help="which parts, in order")
     p.add_argument("--budget", action="append", default=[], metavar="PART=S", help="a part's time budget (s)")
-    p.add_argument("--server-slots", type=int, default=None, help="the server part's B (default: the moshi part's largest fitting B)")
+    p.add_argument("--server-slots", type=int, default=None,
+                   help="the server part's B (default: the moshi part's largest fitting B)")
     p.add_argument("--server-seconds", type=float, default=None, help="each load's length (default 8; tiny: 2.5)")
     args = p.parse_args(argv)
     tiny = args.preset == "tiny"

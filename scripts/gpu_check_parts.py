@@ -106,7 +106,8 @@ def step_sweep(report: tp.Any, part: str, spec: str, sizes: list[int], args: tp.
                         model.step(StepInput(pcm, ones, none, none, none))
                 mem = _memory(args.device)
                 row = {"B": slots, "graphs": mode, **_percentiles(times), "build_s": round(build_s, 1),
-                       "warmup_s": round(warmup_s, 1), "weights_gb": round(weights, 2), "lm_params_b": round(parameters(model.lm) / GB, 3),
+                       "warmup_s": round(warmup_s, 1), "weights_gb": round(weights, 2),
+                       "lm_params_b": round(parameters(model.lm) / GB, 3),
                        "host_syncs_per_tick": counter.count, **mem}
                 if mem and built is not None:
                     row["per_slot_gb"] = round((mem["peak_gb"] - weights) / slots, 3)
@@ -238,8 +239,8 @@ def llm_sweep(report: tp.Any, spec: str, sizes: list[int], args: tp.Any) -> None
                 past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
                 _sync(args.device)
                 times.append((time.perf_counter() - t0) * 1000.0)
-        report.row("cascade", "llm_decode", {"B": slots, "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
-                                             **_percentiles(times)})
+        params_m = round(sum(p.numel() for p in model.parameters()) / 1e6, 1)
+        report.row("cascade", "llm_decode", {"B": slots, "params_m": params_m, **_percentiles(times)})
 
 
 # --- Markdown ---------------------------------------------------------------------------------------

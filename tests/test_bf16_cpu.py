@@ -53,7 +53,8 @@ def test_bf16_greedy_slot_is_bit_identical_whatever_the_neighbours_do(spec: str)
 
 
 def test_bf16_server_serves_a_conversation():
-    spec = importlib.util.spec_from_file_location("bench_capacity", Path(__file__).resolve().parents[1] / "scripts" / "bench_capacity.py")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_capacity.py"
+    spec = importlib.util.spec_from_file_location("bench_capacity", script)
     assert spec is not None and spec.loader is not None
     bench = sys.modules.get("bench_capacity") or importlib.util.module_from_spec(spec)
     if "bench_capacity" not in sys.modules:

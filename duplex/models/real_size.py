@@ -17,6 +17,7 @@ parameters and KV caches against docs/deploy.md's arithmetic.
 from __future__ import annotations
 
 import dataclasses
+import typing as tp
 
 from moshi.models import loaders
 
@@ -46,8 +47,9 @@ def random_checkpoint(name: str) -> loaders.CheckpointInfo:
     from .spec import checkpoint_from_dir
 
     base = checkpoint_from_dir(directory)
+    none: tp.Any = None   # no weight files: moshi's loaders then build the modules with initial values
     return dataclasses.replace(
-        base, moshi_weights=None, mimi_weights=None, mimi_config=None, lm_config=dict(lm_config),
+        base, moshi_weights=none, mimi_weights=none, mimi_config=None, lm_config=dict(lm_config),
         raw_config=dict(lm_config), lora_weights=None, lm_gen_config={},
         stt_config=dict(TINY_STT_CONFIG) if tokenizer_from == "stt" else {},
     )
