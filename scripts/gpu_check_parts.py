@@ -248,7 +248,8 @@ def markdown(data: dict) -> str:
     env = data["env"]
     lines = ["# GPU check", "", " | ".join(f"{k}: {v}" for k, v in env.items() if v is not None), ""]
     for name, part in data["parts"].items():
-        lines += [f"## {name}: {part['status']}" + (f" ({part.get('seconds')} s of {part.get('budget_s'):.0f})" if "seconds" in part else ""), ""]
+        took = f" ({part.get('seconds')} s of {part.get('budget_s'):.0f})" if "seconds" in part else ""
+        lines += [f"## {name}: {part['status']}{took}", ""]
         if part.get("error"):
             lines += [f"error: `{part['error']}`", ""]
         for key, value in part.get("summary", {}).items():
