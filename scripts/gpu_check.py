@@ -22,6 +22,7 @@ measurement, so a part that fails or runs out of time leaves what it had and the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import platform
@@ -111,7 +112,7 @@ def run_part(report: Report, name: str, budget_s: float, work: tp.Callable[[], N
     entry["budget_s"] = budget_s
 
     def expire(signum: int, frame: tp.Any) -> None:
-        raise PartTimeout(f"out of its {budget_s:.0f} s budget")
+        raise PartTimeout(f"out of its {budget_s:g} s budget")
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, budget_s)
@@ -131,6 +132,20 @@ def run_part(report: Report, name: str, budget_s: float, work: tp.Callable[[], N
         report.write()
     print(f"[gpu_check] {name}: {entry['status']} in {entry['seconds']} s"
           + (f" ({entry.get('error')})" if entry.get("error") else ""), flush=True)
+
+
+def preload() -> None:
+    """Imports what the parts import lazily, before any budget runs: a budget's alarm inside an import leaves
+    a half-initialised module behind (seen: torch's lazy sympy import), which would fail every later part."""
+    import importlib
+
+    for name in ("sympy", "torch._dynamo", "moshi.models.lm", "moshi.models.loaders", "duplex.models.moshi_batch",
+                 "duplex.models.stt", "duplex.models.persona", "duplex.models.host_syncs", "duplex.models.real_size",
+                 "duplex.server.process", "transformers", "bench_capacity"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    with contextlib.suppress(ImportError):
+        from transformers import LlamaConfig, LlamaForCausalLM  # noqa: F401
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -172,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     report = Report(args.out, environment(args.device, args.dtype),
                     {k: v for k, v in vars(args).items() if k not in ("out", "budget")})
     fit_ms = FRAME_MS * HEADROOM
+    preload()
     state: dict = {}
 
     def moshi() -> None:

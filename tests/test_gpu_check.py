@@ -37,7 +37,8 @@ def test_a_part_out_of_time_keeps_its_rows_and_the_next_part_runs(tmp_path: Path
     """An impossible budget for the step sweep: it stops as timed out, the tables are written, cascade still runs."""
     out = tmp_path / "gpu"
     run = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_check.py"), "--out", str(out), "--device", "cpu",
-                          "--preset", "tiny", "--parts", "moshi,cascade", "--sizes", "2,4", "--budget", "moshi=0.5"],
+                          "--preset", "tiny", "--parts", "moshi,cascade", "--sizes", "2,4", "--budget", "moshi=0.5",
+                          "--budget", "cascade=250"],
                          capture_output=True, text=True, timeout=200, cwd=REPO)
     assert run.returncode == 1
     parts = json.loads((out / "results.json").read_text())["parts"]

@@ -21,7 +21,7 @@ import typing as tp
 
 from moshi.models import loaders
 
-from . import personaplex, tiny
+from . import personaplex
 from .tiny.stt import TINY_STT_CONFIG, TINY_STT_LM_CONFIG
 
 MOSHI_7B: dict = dict(loaders._lm_kwargs)
@@ -38,28 +38,24 @@ _LMS = {"moshi7b": (MOSHI_7B, "moshi"), "personaplex7b": (PERSONAPLEX_7B, "moshi
 NAMES = tuple(_LMS)
 
 
-def random_checkpoint(name: str) -> loaders.CheckpointInfo:
-    """`random:<name>` -> a CheckpointInfo whose LM and Mimi are built with initial values on load."""
+def base_spec(name: str) -> str:
+    """The tiny preset whose tokenizer (and STT settings) a `random:<name>` borrows."""
     if name not in _LMS:
         raise ValueError(f"no random:{name}; known: {', '.join('random:' + n for n in NAMES)}")
-    lm_config, tokenizer_from = _LMS[name]
-    directory = tiny.GENERATORS[tokenizer_from](_tiny_dir(tokenizer_from))
-    from .spec import checkpoint_from_dir
+    return f"tiny:{_LMS[name][1]}"
 
-    base = checkpoint_from_dir(directory)
+
+def random_checkpoint(name: str, base: loaders.CheckpointInfo) -> loaders.CheckpointInfo:
+    """`random:<name>` -> a CheckpointInfo whose LM and Mimi are built with initial values on load
+    (`base`: the checkpoint of `base_spec(name)`)."""
+    lm_config, kind = _LMS[name]
     none: tp.Any = None   # no weight files: moshi's loaders then build the modules with initial values
     return dataclasses.replace(
         base, moshi_weights=none, mimi_weights=none, mimi_config=None, lm_config=dict(lm_config),
         raw_config=dict(lm_config), lora_weights=None, lm_gen_config={},
-        stt_config=dict(TINY_STT_CONFIG) if tokenizer_from == "stt" else {},
+        stt_config=dict(TINY_STT_CONFIG) if kind == "stt" else {},
     )
 
 
 def parameters(module: object) -> int:
     return sum(p.numel() for p in module.parameters())  # type: ignore[attr-defined]
-
-
-def _tiny_dir(name: str):
-    from .spec import WEIGHTS_DIR
-
-    return WEIGHTS_DIR / f"tiny-{name}"
