@@ -96,6 +96,8 @@ class MoshiBatch:
         self._voice_mimi: tp.Any = None
         # A prompt must leave most of the attention context to the conversation.
         self.max_prompt_frames = int(self.lm.context or 3000) // 2
+        self._pinned = self.device.type == "cuda"
+        self._host_inputs: torch.Tensor | None = None
 
     def _load_mimi(self) -> tp.Any:
         """Mimi with as many codebooks as one speaker has (moshi's loader would give a dep_q 16 model 16)."""
@@ -165,19 +167,25 @@ class MoshiBatch:
         return StepOutput(pcm, out.text + [None] * (self.slots - rows), has_output)
 
     def _step_rows(self, batch: StepInput, rows: int) -> StepOutput:
-        """The step over slots [0, rows): R = rows below (B when every slot is computed)."""
-        execute = torch.from_numpy(batch.execute[:rows]).to(self.device)
+        """The step over slots [0, rows): R = rows below (B when every slot is computed).
+
+        The frame and the per-slot flags go to the device packed in one float tensor (a copy that does not
+        wait), and the audio, flags and text ids come back in one: the tick's one host sync on CUDA
+        (tests/test_host_syncs.py counts them)."""
         sampling = [s for s in np.flatnonzero(batch.execute) if self._samples(int(s))]
         self.gen.noise.copy_(self.randomness.draw([int(s) for s in sampling])[:rows], non_blocking=True)
-        self.gen.force_silence.copy_(torch.from_numpy(batch.force_silence[:rows]))
+        inputs = self._pack_inputs(batch, rows).to(self.device, non_blocking=True)      # [R, F + 3]
+        frames = self.frame_samples
+        pcm = inputs[:, None, :frames]                                       # [R, 1, F]
+        execute, force_silence, first = (inputs[:, frames + i] > 0.5 for i in range(3))
+        self.gen.force_silence.copy_(force_silence)
 
-        pcm = torch.from_numpy(batch.pcm[:rows]).to(self.device)[:, None, :]  # [R, 1, F]
         self.mimi.set_exec_mask(execute)
         codes = self.mimi.encode(pcm)                                        # [R, K, 1]
-        if batch.first.any():
+        if batch.first[:rows].any():
             # As moshi.server does: the first frame is in the model's past; re-apply the
             # encoder's left padding on the next frame by resetting that slot's Mimi state.
-            self.mimi.reset_streaming(torch.from_numpy(batch.first[:rows]).to(self.device))
+            self.mimi.reset_streaming(first)
 
         self.gen.set_exec_mask(execute)
         tokens = self.gen.step(codes)                                        # [R, 1 + K, 1]
@@ -187,14 +195,29 @@ class MoshiBatch:
         audio = torch.where(has_output[:, None, None], audio, self.silence_codes[None, :, None])
 
         self.mimi.set_exec_mask(execute)
-        out = self.mimi.decode(audio)[:, 0, :]                               # [R, F]
-        has_output_np = has_output.cpu().numpy()
-        out_np = out.float().cpu().numpy()
-        out_np[~has_output_np] = 0.0
-        text_ids = tokens[:, 0, 0].tolist()
+        out = self.mimi.decode(audio)[:, 0, :].float()                       # [R, F]
+        out = torch.where(has_output[:, None], out, torch.zeros_like(out))
+        # text ids (< 2^24) are exact in float32
+        packed = torch.cat([out, has_output[:, None].float(), tokens[:, 0, :].float()], dim=1).cpu().numpy()
+        has_output_np = packed[:, frames] > 0.5
         text = [self._pieces[t] if ok and 0 <= t < len(self._pieces) else None
-                for t, ok in zip(text_ids, has_output_np)]
-        return StepOutput(out_np, text, has_output_np)
+                for t, ok in zip(packed[:, frames + 1].astype(np.int64).tolist(), has_output_np)]
+        return StepOutput(np.ascontiguousarray(packed[:, :frames]), text, has_output_np)
+
+    def _pack_inputs(self, batch: StepInput, rows: int) -> torch.Tensor:
+        """[R, F + 3] float32 on the host: the frame, then execute, force_silence, first as 0/1. On CUDA a
+        pinned buffer, copied without waiting: it is rewritten only after the tick's read-back, which
+        waits for the stream, so the copy has long been done."""
+        frames = self.frame_samples
+        if self._host_inputs is None:
+            self._host_inputs = torch.zeros(self.slots, frames + 3, pin_memory=self._pinned)
+        host = self._host_inputs[:rows]
+        view = host.numpy()
+        view[:, :frames] = batch.pcm[:rows]
+        view[:, frames] = batch.execute[:rows]
+        view[:, frames + 1] = batch.force_silence[:rows]
+        view[:, frames + 2] = batch.first[:rows]
+        return host
 
     # --- persona prompts (model thread) --------------------------------------------------------
     def persona_prompt(self, voices: VoiceLibrary | None, voice: str | None, text: str | None) -> PersonaPrompt:

@@ -61,6 +61,15 @@ def resolve_checkpoint(spec: str) -> loaders.CheckpointInfo:
         return checkpoint_from_dir(generators[name](WEIGHTS_DIR / f"tiny-{name}"))
     if spec.startswith("personaplex:"):
         return checkpoint_from_dir(personaplex_directory(spec))
+    if spec.startswith("random:"):   # real sizes, random weights built on the device (models/real_size.py)
+        from . import real_size
+
+        name = spec.removeprefix("random:")
+        try:
+            base = resolve_checkpoint(real_size.base_spec(name))
+        except ValueError as exc:
+            raise WeightsUnavailable(str(exc)) from None
+        return real_size.random_checkpoint(name, base)
     path = Path(spec).expanduser()
     if path.is_dir():
         return checkpoint_from_dir(path)

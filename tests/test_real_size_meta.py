@@ -1,0 +1,68 @@
+"""The 7B architectures built on the `meta` device (no memory, no weights) through MoshiBatch, the loader a
+download takes: parameter counts and the per-slot state against docs/deploy.md's memory arithmetic."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from duplex.models.active_rows import ActiveRows
+from duplex.models.moshi_batch import MoshiBatch
+from duplex.models.real_size import parameters
+from duplex.models.spec import WeightsUnavailable, resolve_checkpoint
+
+DEPLOY = (Path(__file__).resolve().parents[1] / "docs" / "deploy.md").read_text()
+SLOTS = 2
+
+
+def _state_bytes_per_slot(root: torch.nn.Module) -> float:
+    rows = ActiveRows([root], SLOTS)
+    return sum(getattr(h, a).numel() * getattr(h, a).element_size() for h, a, _ in rows.fields) / SLOTS
+
+
+@pytest.fixture(scope="module", params=["moshi7b", "personaplex7b"])
+def model(request) -> tuple[str, MoshiBatch]:
+    return request.param, MoshiBatch(resolve_checkpoint(f"random:{request.param}"), SLOTS, "meta", torch.bfloat16)
+
+
+def test_parameters_and_streams(model):
+    name, batch = model
+    assert batch.lm.device.type == "meta"
+    assert batch.lm.dim == 4096 and len(batch.lm.transformer.layers) == 32
+    expected = {"moshi7b": (7_687_729_152, 8, False), "personaplex7b": (8_371_408_896, 16, True)}[name]
+    assert (parameters(batch.lm), batch.lm.dep_q, batch.persona) == expected
+    assert batch.agent_q == 8 and parameters(batch.mimi) == 79_308_609
+
+
+def test_memory_arithmetic_of_deploy_md(model):
+    name, batch = model
+    # "7.69 B parameters ... x 2 bytes = 15.4 GB" (Moshi's LM; bf16 on the device)
+    weights_gb = sum(p.numel() * p.element_size() for p in batch.lm.parameters()) / 1e9
+    documented = float(re.search(r"([\d.]+) B parameters", DEPLOY).group(1))
+    if name == "moshi7b":
+        assert round(parameters(batch.lm) / 1e9, 2) == documented
+        assert round(weights_gb, 1) == float(re.search(r"\*\*([\d.]+) GB\*\*; Mimi", DEPLOY).group(1))
+    # "2 (K, V) x 32 layers x 3,000 positions x 4,096 x 2 bytes = 1.57 GB per slot": the ring KV cache
+    kv_gb = _state_bytes_per_slot(batch.lm.transformer) / 1e9
+    assert round(kv_gb, 2) == float(re.search(r"= \*\*([\d.]+) GB per slot\*\*", DEPLOY).group(1))
+    # "the depformer's and Mimi's streaming state: a few MB per slot"
+    assert _state_bytes_per_slot(batch.mimi) < 20e6
+    # "Mimi adds ~0.3 GB": its weights stay float32 whatever the LM's dtype
+    mimi_gb = sum(p.numel() * p.element_size() for p in batch.mimi.parameters()) / 1e9
+    assert round(mimi_gb, 1) == float(re.search(r"Mimi adds ~([\d.]+) GB", DEPLOY).group(1))
+
+
+def test_stt_1b_architecture():
+    from duplex.models.stt import SttBatch
+
+    stt = SttBatch(resolve_checkpoint("random:stt1b"), SLOTS, "meta", torch.bfloat16)
+    assert stt.lm.dep_q == 0 and stt.lm.n_q == 32 and stt.lm.dim == 2048
+    assert 0.9e9 < parameters(stt.lm) < 1.2e9     # "1B"
+
+
+def test_unknown_random_spec_says_what_is_known():
+    with pytest.raises(WeightsUnavailable, match="random:moshi7b"):
+        resolve_checkpoint("random:nope")
