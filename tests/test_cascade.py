@@ -214,3 +214,11 @@ async def test_auto_mode_falls_back_to_the_cascade_when_duplex_is_full(cascade_s
     finally:
         for client in clients:
             await client.close()
+
+
+async def test_health_says_which_end_of_turn_rule_is_live(cascade_server):
+    """The tiny STT has a pause head with random weights: auto picks the energy rule, and says why."""
+    from .helpers import health
+
+    rule = (await health(cascade_server.http_url))["engines"]["cascade"]["end_of_turn"]
+    assert rule["rule"] == "energy" and "random weights" in rule["why"], rule

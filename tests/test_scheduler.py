@@ -170,8 +170,26 @@ async def test_reset_discards_queued_frames_and_wipes_the_slot_at_the_next_tick(
         runner.gate.set()
         sched.push(slot, frame(4.0))
         await until(lambda: 4.0 in a.got)
-        assert a.got == [1.0, 2.0, 4.0], "the frame queued before the reset is gone"
+        assert a.got == [1.0, 4.0], "the frame queued before the reset is gone, and so is the one in the model"
         assert runner.ticks[-1] == [(0, 4.0, True, True)]
+
+
+async def test_a_result_in_flight_at_a_reset_is_not_delivered_into_the_new_stream() -> None:
+    """A reset starts a new stream in the same slot: the old stream's frame, mid-step when the reset came,
+    must not be answered into it (a transcriber would count one frame too many, and hear the old audio)."""
+    async with running_scheduler() as (sched, runner):
+        a = Owner("a")
+        slot = sched.acquire(a)
+        runner.gate.clear()
+        sched.push(slot, frame(1.0))
+        await until(runner.step_started.is_set)   # frame 1 is in the model
+        sched.reset(slot)
+        runner.gate.set()
+        await until(lambda: len(runner.ticks) == 1)
+        sched.push(slot, frame(2.0))
+        await until(lambda: len(runner.ticks) == 2 and a.got)
+        assert a.got == [2.0], "only the new stream's frame is answered"
+        assert runner.ticks[-1] == [(0, 2.0, True, True)], "the slot is wiped and its next frame is a first"
 
 
 async def test_a_failing_model_thread_call_is_logged_not_lost(caplog) -> None:

@@ -67,7 +67,7 @@ class Conversation:
         self.scheduler = scheduler
         self.finals: list[tuple[str, int]] = []      # (text, scheduler.ticks when it came)
         self.decisions: list[int] = []               # scheduler.ticks when the turn end was decided
-        self.user = UserTranscriber(scheduler, self._sink, {"silence_ms": silence_ms, "pause_threshold": None},
+        self.user = UserTranscriber(scheduler, self._sink, {"silence_ms": silence_ms, "pause": None},
                                     flush_frames, flush=flush)
 
     def _sink(self, frame: object) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from duplex.audio import FRAME_SAMPLES, rms_dbfs
-from duplex.engines.turns import EndOfTurnDetector
+from duplex.engines.turns import EndOfTurnDetector, PauseRule
 
 from .conftest import espeak
 
@@ -44,6 +44,6 @@ def test_short_click_is_not_speech_and_pause_head_ends_turns_sooner(tmp_path):
     pcm = np.concatenate([speech, np.zeros(24000, dtype=np.float32)])
     frames = len(pcm) // FRAME_SAMPLES
     energy_only = run(EndOfTurnDetector(), pcm)
-    confident = run(EndOfTurnDetector(), pcm, pause=np.full(frames, 0.9))
+    confident = run(EndOfTurnDetector(pause=PauseRule()), pcm, pause=np.full(frames, 0.9))
     assert energy_only[-1][1].kind == confident[-1][1].kind == "turn_end"
     assert confident[-1][0] < energy_only[-1][0]

@@ -29,6 +29,7 @@ from .base import BadChoice, Engine, EngineFailure, EngineStream, Sink, Unsuppor
 from .cascade_turn import AssistantTurn
 from .scheduler import BatchScheduler
 from .transcriber import SttRunner, UserTranscriber
+from .turns import PauseRule
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +39,18 @@ class CascadeEngine(Engine):
 
     def __init__(self, stt: SttBatch, llm: LLMBackend, tts: TtsEngineModel, *, max_tokens: int = 120,
                  ahead_frames: int = 3, speech_threshold_dbfs: float = -45.0, end_of_turn_silence_ms: float = 640.0,
-                 max_wait_ms: float | None = None, max_queue_frames: int = 125):
+                 max_wait_ms: float | None = None, max_queue_frames: int = 125, pause: PauseRule | None = None,
+                 end_of_turn_why: str = ""):
         self.stt, self.llm, self.tts = stt, llm, tts
         self.scheduler = BatchScheduler(SttRunner(stt), stt.slots, max_wait_ms=max_wait_ms,
                                         max_queue_frames=max_queue_frames, name="stt")
         self.max_tokens = max_tokens
         self.ahead_frames = ahead_frames
+        # the end-of-turn rule, chosen by the composition root (server/loading.py): pause (semantic) or energy
+        self.pause = pause
+        self.end_of_turn = {"rule": "pause" if pause is not None else "energy", "why": end_of_turn_why}
         self.turn_options = {"threshold_dbfs": speech_threshold_dbfs, "silence_ms": end_of_turn_silence_ms,
-                             "pause_threshold": 0.6 if stt.has_pause else None}
+                             "pause": pause}
         self.tts_worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tts-model")
         self.turns: set[AssistantTurn] = set()   # every turn whose task is not over yet (ended ones unwinding)
         self._wakeup = asyncio.Event()           # a turn may want frames: new words, a frame played, a new turn
@@ -74,7 +79,7 @@ class CascadeEngine(Engine):
     def health(self) -> dict:
         speaking = sum(1 for turn in self.turns if turn.tts is not None and not turn.ended)
         health = {"slots": self.stt.slots, "active": self.scheduler.active, "speaking": speaking,
-                  "llm": getattr(self.llm, "name", type(self.llm).__name__)}
+                  "llm": getattr(self.llm, "name", type(self.llm).__name__), "end_of_turn": self.end_of_turn}
         if hasattr(self.llm, "stats"):   # the in-process LLM's batch: steps, most rows in one step, rows now
             health["llm_batch"] = self.llm.stats()
         return health
@@ -82,7 +87,8 @@ class CascadeEngine(Engine):
     def open(self, config: dict, sink: Sink) -> "CascadeStream":
         stream = CascadeStream(self, sink)
         stream.configure(config)
-        stream.user = self.transcriber(sink, on_speech_start=stream.on_user_speech, on_turn=stream.on_user_turn)
+        stream.user = self.transcriber(sink, on_speech_start=stream.on_user_speech, on_turn=stream.on_user_turn,
+                                       on_barge_in=stream.on_barge_in, assistant_speaking=stream.speaking)
         return stream
 
     def transcriber(self, sink: Sink, **callbacks) -> UserTranscriber:
@@ -189,8 +195,19 @@ class CascadeStream(EngineStream):
         self.user.push(frame)
 
     def on_user_speech(self) -> None:
+        """The user started speaking (energy). With the pause rule, speech over the assistant's audio is the
+        pause head's to judge (`on_barge_in`); speech while it is still thinking cuts it either way."""
+        if self.busy and not (self.engine.pause is not None and self.speaking()):
+            self._cancel_turn(barge_in=True)
+
+    def on_barge_in(self) -> None:
+        """The pause rule: the user's pause probability fell while the assistant spoke, past the grace."""
         if self.busy:
             self._cancel_turn(barge_in=True)
+
+    def speaking(self) -> bool:
+        """Whether the assistant's audio is playing (its turn sent a first frame and is not over)."""
+        return self.turn is not None and self.turn.speaking and not self.turn.ended
 
     def on_user_turn(self, text: str) -> None:
         assert self.user is not None

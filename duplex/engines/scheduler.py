@@ -201,8 +201,10 @@ class BatchScheduler(tp.Generic[OwnerT]):
         self._wakeup.set()
 
     def reset(self, slot: Slot[OwnerT]) -> None:
-        """Wipe the slot's model state at the next tick; frames not yet consumed are discarded."""
+        """Wipe the slot's model state at the next tick; frames not yet consumed are discarded, and so is the
+        result of a frame in the model now (it belongs to the stream the reset ended)."""
         self._clear_queue(slot)
+        slot.generation += 1
         slot.needs_reset = True
         slot.first_frame = True
         self._wakeup.set()

@@ -64,13 +64,17 @@ class UserTranscriber:
 
     def __init__(self, scheduler: BatchScheduler[SttSlotOwner], sink: Sink, turn_options: dict, flush_frames: int,
                  on_speech_start: tp.Callable[[], None] = lambda: None,
-                 on_turn: tp.Callable[[str], None] = lambda text: None, flush: bool = True):
+                 on_turn: tp.Callable[[str], None] = lambda text: None, flush: bool = True,
+                 on_barge_in: tp.Callable[[], None] = lambda: None,
+                 assistant_speaking: tp.Callable[[], bool] = lambda: False):
         self.scheduler = scheduler
         self.sink = sink
         self.flush_frames = flush_frames    # STT steps after the last speech that bring out all its text
         self.flush = flush                  # False: wait for the user's own audio (the real-time path)
         self.on_speech_start = on_speech_start
         self.on_turn = on_turn
+        self.on_barge_in = on_barge_in                  # the pause rule's barge-in (turns.PauseRule)
+        self.assistant_speaking = assistant_speaking    # whether the assistant's audio is playing now
         self.detector = EndOfTurnDetector(**turn_options)
         self.slot = scheduler.acquire(self)
         if self.slot is None:
@@ -81,7 +85,6 @@ class UserTranscriber:
         self.frames_pushed = 0                        # user frames (the conversation clock)
         self.frames_queued = 0                        # frames the STT will consume: not dropped, flush included
         self.stt_frames = 0                           # frames the STT has consumed
-        self._last_pause = math.nan
         self._text = ""
         self._turn: tuple[int, int] | None = None     # (start_ms, end_ms) of the turn being finalised
         self._final_at: int | None = None             # STT frame count at which that turn is final
@@ -91,11 +94,13 @@ class UserTranscriber:
     def push(self, frame: UserFrame) -> None:
         self._queue(frame.pcm)
         self.frames_pushed += 1
-        event = self.detector.update(frame.level_dbfs, self._last_pause)
+        event = self.detector.update(frame.level_dbfs, assistant_speaking=self.assistant_speaking())
         if event is None:
             return
         if event.kind == "speech_start":
             self.on_speech_start()
+        elif event.kind == "barge_in":
+            self.on_barge_in()
         else:  # turn_end: final once the STT has heard its delay past the end of the speech
             self.turn_detected_at = time.monotonic()
             self._turn = (event.start_ms, event.end_ms)
@@ -132,7 +137,7 @@ class UserTranscriber:
     def on_stt(self, text: str | None, pause_prob: float) -> None:
         """The scheduler's delivery for this slot: one call per frame the STT consumed."""
         self.stt_frames += 1
-        self._last_pause = pause_prob
+        self.detector.observe_pause(pause_prob)
         if text and (self.detector.in_turn or self._final_at is not None):
             start_ms = self._turn[0] if self._turn else self.detector.turn_start_ms
             self._text += text.replace("\u2581", " ")

@@ -21,6 +21,7 @@ if tp.TYPE_CHECKING:  # torch and the models load at run time only (fast `--help
     import torch
 
     from ..engines.cascade import CascadeEngine
+    from ..engines.turns import PauseRule
     from ..models.moshi_batch import MoshiBatch
     from ..models.persona import VoiceLibrary
 
@@ -122,9 +123,38 @@ def build_cascade_engine(options: ServeOptions, device: str, dtype: torch.dtype)
         bar.set_postfix_str(f"LLM {llm_spec}")
         llm = load_llm(llm_spec, device, model=options.llm_model, token_timeout=options.llm_timeout)
         bar.update()
+    pause, why = end_of_turn_rule(options, stt_spec, stt.has_pause)
     return CascadeEngine(stt, llm, tts, max_tokens=options.llm_max_tokens, speech_threshold_dbfs=options.speech_threshold_dbfs,
                          end_of_turn_silence_ms=options.end_of_turn_silence_ms, max_wait_ms=options.max_wait_ms,
-                         max_queue_frames=options.max_queue_frames)
+                         max_queue_frames=options.max_queue_frames, pause=pause, end_of_turn_why=why)
+
+
+def end_of_turn_rule(options: ServeOptions, stt_spec: str, has_pause_head: bool) -> tuple[PauseRule | None, str]:
+    """The cascade's end-of-turn rule: a `PauseRule` (semantic) or None (energy), and why, for /health.
+    auto takes the pause head when the STT has one and its weights are trained: a tiny preset's random head
+    says nothing about the user (docs/stt.md), and an STT exported without its extra heads has none."""
+    from ..engines.turns import PauseRule
+
+    for name in ("pause_end_threshold", "pause_barge_in_threshold"):
+        if not 0.0 <= getattr(options, name) <= 1.0:
+            raise StartupError(f"--{name.replace('_', '-')} is a probability: give a number from 0 to 1")
+    if not 0.0 < options.pause_ema <= 1.0:
+        raise StartupError("--pause-ema is a weight: give a number above 0 and at most 1 (1 = no smoothing)")
+    random_weights = stt_spec.startswith("tiny:")
+    if options.end_of_turn_rule == "energy":
+        return None, "--end-of-turn-rule energy"
+    if not has_pause_head:
+        if options.end_of_turn_rule == "pause":
+            raise StartupError(f"--end-of-turn-rule pause: the STT {stt_spec} has no pause head (its extra heads); "
+                               "use --end-of-turn-rule auto or energy")
+        return None, f"the STT {stt_spec} has no pause head"
+    if options.end_of_turn_rule == "auto" and random_weights:
+        return None, f"the STT {stt_spec} has random weights: its pause head says nothing"
+    rule = PauseRule(ema=options.pause_ema, end_threshold=options.pause_end_threshold,
+                     barge_in_threshold=options.pause_barge_in_threshold, min_pause_ms=options.min_pause_ms,
+                     grace_ms=options.barge_in_grace_ms)
+    return rule, f"--end-of-turn-rule {options.end_of_turn_rule}: the STT {stt_spec} has a pause head" + (
+        " (random weights)" if random_weights else "")
 
 
 def set_cpu_threads(requested: int, device: str) -> int:

@@ -78,7 +78,22 @@ class ServeOptions:
     prefix_cache_mb: float = field(default=256.0, metadata=flag(
         "memory for prefilled persona prompts (least recently used evicted); 0 = no cache"))
     end_of_turn_silence_ms: float = field(default=640.0, metadata=flag(
-        "cascade: user silence that ends a turn (the STT's pause head may end it sooner)"))
+        "cascade: user silence that ends a turn (the energy rule; with the pause rule, the longest quiet before an end)"))
+    end_of_turn_rule: str = field(default="auto", metadata=flag(
+        "cascade: how a user turn ends. pause: the STT's pause head (smoothed) ends it and calls barge-ins; energy: "
+        "--end-of-turn-silence-ms of quiet, and speech over the assistant is a barge-in; auto: pause when the STT has "
+        "a pause head and trained weights (not a tiny preset's random ones), else energy. /health says which is live",
+        choices=("auto", "pause", "energy")))
+    pause_ema: float = field(default=0.5, metadata=flag(
+        "pause rule: weight of each new pause probability in its exponential moving average (1 = no smoothing)"))
+    pause_end_threshold: float = field(default=0.6, metadata=flag(
+        "pause rule: the smoothed pause probability at or above this, after --min-pause-ms of quiet, ends the turn"))
+    pause_barge_in_threshold: float = field(default=0.4, metadata=flag(
+        "pause rule: the smoothed pause probability below this while the assistant speaks is a barge-in"))
+    min_pause_ms: float = field(default=160.0, metadata=flag(
+        "pause rule: the least quiet before the pause head may end a turn"))
+    barge_in_grace_ms: float = field(default=3000.0, metadata=flag(
+        "pause rule: no barge-in by the pause head in the first this-many ms of the assistant's speech"))
     # --- listening ---
     host: str = field(default="127.0.0.1", metadata=flag("interface to listen on (0.0.0.0 for every interface)"))
     port: int = field(default=8998, metadata=flag("TCP port (0 picks a free one, printed at start)"))
