@@ -26,7 +26,8 @@ from . import events as rt
 from ...auth import token_ok
 from ...capacity import admitted_engine
 from ...connection import Refusal, serve_socket
-from .session import RealtimeSession, Response
+from .core import Response
+from .session import RealtimeSession
 from ...state import ENGINES, METRICS, SETTINGS
 from ..session_codec import SessionCodec
 
