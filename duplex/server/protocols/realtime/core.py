@@ -29,6 +29,7 @@ class Response:
     """One response: its ids and what the client got of it (`sent_frames` is counted by the codec)."""
     id: str
     item_id: str
+    metadata: dict | None = None    # the response.create's, echoed in response.created and response.done
     transcript: str = ""
     sent_frames: int = 0            # audio frames (80 ms) encoded and sent to the client
     cancel_reason: str | None = None
@@ -46,6 +47,7 @@ class RealtimeBase(Session):
         self.last_error: str | None = None
         self.heard_client = False                 # a first client event came (the start timeout is over)
         self.items: list[str] = []                # conversation item ids, in order
+        self.wire_items: dict[str, dict] = {}     # each item as the client sees it (conversation.item.retrieve)
         self.assistant_items: dict[str, Response] = {}
         self.response: Response | None = None
         self.buffer_item: str | None = None       # the user item the input buffer will become

@@ -50,7 +50,8 @@ class InputBuffer(RealtimeBase):
 
     def _on_input_audio_buffer_commit(self, body: dict) -> None:
         if self.buffer_item is None or self.buffer_ms < MIN_COMMIT_MS:
-            return self.send_error("bad_message", f"the input audio buffer holds {self.buffer_ms} ms since the last "
+            return self.send_error("input_audio_buffer_commit_empty", f"the input audio buffer holds {self.buffer_ms} ms "
+                                   "since the last "
                                    f"commit; at least {MIN_COMMIT_MS} ms are needed")
         self._commit()
 
@@ -61,7 +62,7 @@ class InputBuffer(RealtimeBase):
         self.items.append(item_id)
         self.transcript_item = item_id
         self.emit("input_audio_buffer.committed", item_id=item_id, previous_item_id=previous)
-        item = rt.user_audio_item(item_id)
+        item = self.wire_items[item_id] = rt.user_audio_item(item_id)
         self.emit("conversation.item.added", previous_item_id=previous, item=item)
         self.emit("conversation.item.done", previous_item_id=previous, item=item)
 

@@ -30,18 +30,22 @@ class Responses(RealtimeBase):
             return self.send_error("unsupported", "response.create takes no per-response options here "
                                    f"({', '.join(extra) or 'conversation / output_modalities'}); use session.update",
                                    "response")
+        metadata = params.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):
+            return self.send_error("bad_message", "`metadata` must be an object", "response.metadata")
         stream = self._stream()
         if stream.mode == "duplex":
             raise Unsupported("the duplex model speaks when it decides to: its responses come from its own turns")
         if self.response is not None:
-            return self.send_error("bad_message", "a response is in progress; cancel it first (response.cancel)")
+            return self.send_error("conversation_already_has_active_response", f"response {self.response.id} is in "
+                                   "progress; wait for its response.done or cancel it (response.cancel)")
         stream.respond()        # first: a turn it cuts (answering before LLMProcessing) closes no response of ours
-        self._open_response()
+        self._open_response(metadata)
 
     def _on_response_cancel(self, body: dict) -> None:
         wanted = body.get("response_id")
         if self.response is None or wanted not in (None, self.response.id):
-            return self.send_error("bad_message", "no response in progress" if self.response is None else
+            return self.send_error("response_cancel_not_active", "no response in progress" if self.response is None else
                                    f"response {wanted} is not the one in progress", "response_id")
         self._cancel_response("client_cancelled")
 
@@ -77,13 +81,14 @@ class Responses(RealtimeBase):
         elif isinstance(frame, AssistantTurnDone) and self.response is not None:
             self._close_response(frame.interrupted)
 
-    def _open_response(self) -> None:
-        response = self.response = Response(rt.new_id("resp"), rt.new_id("item"))
+    def _open_response(self, metadata: dict | None = None) -> None:
+        response = self.response = Response(rt.new_id("resp"), rt.new_id("item"), metadata)
         previous = self.items[-1] if self.items else None
         self.items.append(response.item_id)
         self.assistant_items[response.item_id] = response
-        item = rt.assistant_item(response.item_id, "in_progress", None)
-        self.emit("response.created", response=rt.response_object(response.id, "in_progress", [], self.config.voice))
+        item = self.wire_items[response.item_id] = rt.assistant_item(response.item_id, "in_progress", None)
+        self.emit("response.created", response=rt.response_object(response.id, "in_progress", [], self.config.voice,
+                                                                   metadata=response.metadata))
         self.emit("response.output_item.added", response_id=response.id, output_index=0, item=item)
         self.emit("conversation.item.added", previous_item_id=previous, item=item)
         self._response_event(response, "response.content_part.added", part={"type": "audio", "transcript": ""})
@@ -101,10 +106,15 @@ class Responses(RealtimeBase):
         self._response_event(response, "response.content_part.done", part={"type": "audio", "transcript": transcript})
         item = rt.assistant_item(response.item_id, "incomplete" if status == "cancelled" else "completed", transcript)
         self.emit("response.output_item.done", response_id=response.id, output_index=0, item=item)
-        index = self.items.index(response.item_id)
-        self.emit("conversation.item.done", previous_item_id=self.items[index - 1] if index else None, item=item)
+        if response.item_id in self.wire_items:   # not deleted while it played
+            self.wire_items[response.item_id] = item
+            index = self.items.index(response.item_id)
+            self.emit("conversation.item.done", previous_item_id=self.items[index - 1] if index else None, item=item)
+            if self.conversation is not None:
+                self.conversation.stream.name_reply(response.item_id)   # its words in the context: deletable
         reason = (response.cancel_reason or "client_cancelled") if status == "cancelled" else None
-        self.emit("response.done", response=rt.response_object(response.id, status, [item], self.config.voice, reason))
+        self.emit("response.done", response=rt.response_object(response.id, status, [item], self.config.voice, reason,
+                                                               response.metadata, rt.usage_object()))
 
     def _response_event(self, response: Response, type_: str, **fields: tp.Any) -> None:
         self.emit(type_, response_id=response.id, item_id=response.item_id, output_index=0, content_index=0, **fields)

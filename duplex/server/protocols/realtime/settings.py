@@ -6,7 +6,7 @@ from __future__ import annotations
 import typing as tp
 
 from ....config import default_of
-from ....engines.base import Unsupported
+from ....engines.base import BadChoice, Unsupported
 from . import events as rt
 from .core import RealtimeBase
 
@@ -29,8 +29,13 @@ class SessionSettings(RealtimeBase):
             if self._configure("session.instructions", system_prompt=prompt):
                 self.config.instructions = changes["instructions"]
         if "voice" in persona:
-            if self._configure("session.audio.output.voice", voice=changes["voice"]):
+            try:
+                self._stream().configure({"voice": changes["voice"]})
                 self.config.voice = changes["voice"]
+            except BadChoice:
+                pass   # a voice this server does not have (alloy, marin, …): the voice stays as it is, as shown
+            except Unsupported as exc:
+                self.send_error(exc.code, str(exc), "session.audio.output.voice")
         if "transcription" in changes:
             on = changes["transcription"] is not None
             if self.config.model == "cascade" or self._configure("session.audio.input.transcription",
@@ -72,8 +77,10 @@ class SessionSettings(RealtimeBase):
         try:
             self.engines["duplex"].check_config(new)
         except Unsupported as exc:
-            param = "session.instructions" if "instructions" in changes else "session.audio.output.voice"
-            return self.send_error("unsupported", str(exc), param)
+            if "voice" in changes:   # a voice the model does not have (alloy, marin, …): the voice stays as it is
+                rest = {k: v for k, v in changes.items() if k != "voice"}
+                return self._set_duplex_persona(rest) if rest else None
+            return self.send_error("unsupported", str(exc), "session.instructions")
         self._restart("duplex", new)
         if self.conversation is None:   # refused (capacity): back to the previous persona
             self._on_start({"mode": "duplex", "config": old})
