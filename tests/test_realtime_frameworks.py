@@ -46,3 +46,47 @@ async def test_livekit_realtime_model_answers_a_plain_turn(cascade_server, llm_s
         finally:
             await session.aclose()
             await model.aclose()
+
+
+async def test_pipecat_realtime_service_answers_a_plain_turn(cascade_server, llm_standin):
+    """pipecat's OpenAIRealtimeLLMService in a pipeline of its own: a context with a user message in, the
+    spoken reply (audio frames and its transcript) out, ended by LLMFullResponseEndFrame."""
+    realtime_llm = pytest.importorskip("pipecat.services.openai.realtime.llm")
+    from pipecat.frames.frames import (EndFrame, ErrorFrame, LLMContextFrame, LLMFullResponseEndFrame,
+                                       TTSAudioRawFrame, TTSTextFrame)
+    from pipecat.pipeline.pipeline import Pipeline
+    from pipecat.pipeline.runner import PipelineRunner
+    from pipecat.pipeline.task import PipelineTask
+    from pipecat.processors.aggregators.llm_context import LLMContext
+    from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+
+    service = realtime_llm.OpenAIRealtimeLLMService(
+        api_key="unused", base_url=cascade_server.http_url.replace("http://", "ws://") + "/v1/realtime",
+        settings=realtime_llm.OpenAIRealtimeLLMService.Settings(model="cascade", system_instruction="Be brief."))
+    seen: list = []
+    ended = asyncio.Event()
+
+    class Collector(FrameProcessor):
+        async def process_frame(self, frame, direction: FrameDirection) -> None:
+            await super().process_frame(frame, direction)
+            if isinstance(frame, (TTSAudioRawFrame, TTSTextFrame, ErrorFrame)):
+                seen.append(frame)
+            if isinstance(frame, LLMFullResponseEndFrame):
+                ended.set()
+            await self.push_frame(frame, direction)
+
+    task = PipelineTask(Pipeline([service, Collector()]))
+    runner = asyncio.create_task(PipelineRunner(handle_sigint=False).run(task))
+    n = len(llm_standin.requests)
+    context = LLMContext(messages=[{"role": "user", "content": "hello there"}])
+    await task.queue_frames([LLMContextFrame(context)])
+    request = await next_request(llm_standin, n, timeout=30)
+    assert request[0] == {"role": "system", "content": "Be brief."}
+    assert request[-1] == {"role": "user", "content": "hello there"}
+    await asyncio.wait_for(ended.wait(), 45)
+    await task.queue_frame(EndFrame())
+    await asyncio.wait_for(runner, 30)
+    assert not [f for f in seen if isinstance(f, ErrorFrame)], seen
+    assert sum(isinstance(f, TTSAudioRawFrame) for f in seen) > 0
+    text = " ".join(f.text for f in seen if isinstance(f, TTSTextFrame))
+    assert text.split() == reply_for(2, long=False).split()
