@@ -255,7 +255,7 @@ async def test_bad_events_each_get_an_error_naming_them_and_the_connection_lives
         bad: list[tuple[str | bytes, str, str | None]] = [
             ("{not json", "bad_message", None),
             (json.dumps({"event_id": "e1", "type": "no.such.event"}), "unknown_type", "e1"),
-            (json.dumps({"event_id": "e2", "type": "conversation.item.delete", "item_id": "x"}), "unsupported", "e2"),
+            (json.dumps({"event_id": "e2", "type": "output_audio_buffer.clear"}), "unsupported", "e2"),
             (json.dumps({"event_id": "e3", "type": "input_audio_buffer.append", "audio": "%%%"}), "bad_audio", "e3"),
             (json.dumps({"event_id": "e4", "type": "input_audio_buffer.append",
                          "audio": base64.b64encode(b"abc").decode()}), "bad_audio", "e4"),   # odd byte count
@@ -263,10 +263,10 @@ async def test_bad_events_each_get_an_error_naming_them_and_the_connection_lives
                 "type": "realtime", "audio": {"input": {"format": {"type": "audio/pcmu"}}}}}), "bad_audio", "e5"),
             (json.dumps({"event_id": "e6", "type": "input_audio_buffer.append", "audio": "A" * 600_000}),
              "too_large", None),   # refused before it is parsed
-            (json.dumps({"event_id": "e7", "type": "response.cancel"}), "bad_message", "e7"),   # nothing to cancel
+            (json.dumps({"event_id": "e7", "type": "response.cancel"}), "response_cancel_not_active", "e7"),
             (json.dumps({"event_id": "e8", "type": "conversation.item.truncate", "item_id": "nope",
-                         "content_index": 0, "audio_end_ms": 10}), "bad_message", "e8"),
-            (json.dumps({"event_id": "e9", "type": "input_audio_buffer.commit"}), "bad_message", "e9"),   # empty
+                         "content_index": 0, "audio_end_ms": 10}), "item_truncate_invalid_item_id", "e8"),
+            (json.dumps({"event_id": "e9", "type": "input_audio_buffer.commit"}), "input_audio_buffer_commit_empty", "e9"),
             (b"\x01binary", "bad_message", None),
         ]
         for message, _, _ in bad:
@@ -335,8 +335,8 @@ def test_the_session_update_livekit_sends_by_default_is_taken_whole():
                               "turn_detection": {"type": "semantic_vad", "create_response": True,
                                                  "interrupt_response": True}}
     refused = parse_session_update({"type": "realtime", "tools": [{"type": "function", "name": "f"}], "temperature": 1,
-                                    "audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 0.9}}}},
+                                    "audio": {"input": {"turn_detection": {"type": "server_vad", "idle_timeout_ms": 900}}}},
                                    ("cascade", "auto")).refused
     assert [(param, code) for param, code, _ in refused] == [
         ("session.tools", "unsupported"), ("session.temperature", "bad_message"),
-        ("session.audio.input.turn_detection.threshold", "unsupported")]
+        ("session.audio.input.turn_detection.idle_timeout_ms", "unsupported")]

@@ -150,6 +150,20 @@ class EngineStream(abc.ABC):
         """A user message joins the conversation without being answered (`respond` answers it)."""
         raise Unsupported(f"{self.mode} mode takes no text input")
 
+    def add_message(self, role: str, text: str, key: str, after: list[str] | None = None) -> None:
+        """A message (`user`, `system` or `assistant`) joins the conversation's context unanswered, known as
+        `key`. `after`: None puts it at the end; else the keys of the messages it follows, nearest first:
+        it goes after the first of them the engine knows, or at the start when it knows none (`[]`)."""
+        raise Unsupported(f"{self.mode} mode takes no messages into its context")
+
+    def delete_message(self, key: str) -> None:
+        """The message known as `key` leaves the conversation's context (one it does not know: nothing)."""
+        raise Unsupported(f"{self.mode} mode cannot take anything out of its context")
+
+    def name_reply(self, key: str) -> None:
+        """The latest assistant turn's reply (as the context keeps it) is known as `key` from now on."""
+        return None
+
     def respond(self) -> None:
         """Answer the conversation as it stands now."""
         raise Unsupported(f"{self.mode} mode answers by itself; it takes no request for an answer")

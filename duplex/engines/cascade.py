@@ -19,6 +19,7 @@ import concurrent.futures
 import contextlib
 import logging
 import time
+import typing as tp
 
 from ..audio import FRAME_MS
 from ..config import CASCADE_CONFIG_KEYS, DEFAULT_SYSTEM_PROMPT, default_of
@@ -159,6 +160,7 @@ class CascadeStream(EngineStream):
         self.temperature: float = default_of("text_temperature")
         self.seed: int | None = None
         self.history: list[ChatMessage] = []
+        self.keyed: dict[str, tp.Callable[[], ChatMessage | None]] = {}   # add_message / name_reply: key -> entry
         self.turn: AssistantTurn | None = None   # the current (or last) assistant turn
         self.auto_respond = True                 # a spoken user turn is answered when it ends
 
@@ -227,6 +229,32 @@ class CascadeStream(EngineStream):
     def add_user_text(self, text: str) -> None:
         self.history.append(ChatMessage("user", text))
 
+    def add_message(self, role: str, text: str, key: str, after: list[str] | None = None) -> None:
+        message = ChatMessage(role, text)
+        self.keyed[key] = lambda: message
+        if after is None:
+            self.history.append(message)
+            return
+        positions = (self._position(k) for k in after)
+        index = next((i for i in positions if i is not None), -1)
+        self.history.insert(index + 1, message)
+
+    def delete_message(self, key: str) -> None:
+        index = self._position(key)
+        if index is not None:
+            del self.history[index]
+        self.keyed.pop(key, None)
+
+    def name_reply(self, key: str) -> None:
+        turn = self.turn
+        if turn is not None:
+            self.keyed[key] = lambda: turn.reply_entry
+
+    def _position(self, key: str) -> int | None:
+        """Where the message known as `key` is in the history (by identity), if it is there."""
+        entry = self.keyed[key]() if key in self.keyed else None
+        return next((i for i, message in enumerate(self.history) if message is entry), None)
+
     def respond(self) -> None:
         if self.busy:
             self._cancel_turn(barge_in=False)
@@ -272,6 +300,7 @@ class CascadeStream(EngineStream):
     def reset(self) -> None:
         self._cancel_turn(barge_in=False)
         self.history.clear()
+        self.keyed.clear()
         if self.user is not None:
             self.user.reset()
 

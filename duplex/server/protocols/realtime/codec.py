@@ -4,7 +4,8 @@
 events both ways, read and written by a `RealtimeSession`. The `openai` SDK connects to
 `{websocket_base_url}/realtime?model=...` with `Authorization: Bearer <api key>`, so a client pointed
 at `ws://HOST:PORT/v1` with the server's token as its key lands here. `model` picks the engine
-(`duplex`, `cascade`, `auto`; default `auto`). Browsers, which cannot set headers, give the key as
+(`duplex`, `cascade`, `auto`; default, and any other name such as `gpt-realtime`: `auto`).
+Browsers, which cannot set headers, give the key as
 OpenAI's browser clients do: subprotocols `realtime` and `openai-insecure-api-key.<key>` (the server
 selects `realtime`). The conversation starts when the socket opens
 (`session.created`); the start timeout runs until the client's first event. Assistant audio is queued as
@@ -26,7 +27,8 @@ from . import events as rt
 from ...auth import token_ok
 from ...capacity import admitted_engine
 from ...connection import Refusal, serve_socket
-from .session import RealtimeSession, Response
+from .core import Response
+from .session import RealtimeSession
 from ...state import ENGINES, METRICS, SETTINGS
 from ..session_codec import SessionCodec
 
@@ -46,13 +48,12 @@ class RealtimeCodec(SessionCodec):
     def on_open(self, request: web.Request) -> Refusal | None:
         app = request.app
         model = request.query.get("model", "auto")
+        if model not in protocol.MODES:
+            model = "auto"   # an OpenAI model name (gpt-realtime, …): the server's default engine
         refusal = None
         if not (token_ok(request) or _subprotocol_key_ok(request)):
             refusal = ("unauthorized", "a valid token is required: Authorization: Bearer <the server's token> "
                                        "(the openai SDK's api_key)", "unauthorized", 1008)
-        elif model not in protocol.MODES:
-            refusal = ("bad_message", f"model must be one of {', '.join(protocol.MODES)} (the engine), got {model!r}",
-                       "bad_query", 1008)
         if refusal is not None:
             code, text, label, close = refusal
             app[METRICS].error(code)

@@ -24,10 +24,11 @@ SERVER_VAD = {"type": "server_vad", "create_response": True, "interrupt_response
 
 CLIENT_EVENTS = (
     "session.update", "input_audio_buffer.append", "input_audio_buffer.commit", "input_audio_buffer.clear",
-    "conversation.item.create", "conversation.item.truncate", "response.create", "response.cancel",
+    "conversation.item.create", "conversation.item.truncate", "conversation.item.delete", "conversation.item.retrieve",
+    "response.create", "response.cancel",
 )
 # GA client events this server knows and answers with `error` `unsupported` (docs/realtime.md says why).
-UNSUPPORTED_EVENTS = ("conversation.item.delete", "conversation.item.retrieve", "output_audio_buffer.clear")
+UNSUPPORTED_EVENTS = ("output_audio_buffer.clear",)
 
 
 def new_id(prefix: str) -> str:
@@ -87,9 +88,11 @@ def user_audio_item(item_id: str, transcript: str | None = None) -> dict:
             "content": [{"type": "input_audio", "transcript": transcript}]}
 
 
-def user_text_item(item_id: str, text: str) -> dict:
-    return {"id": item_id, "object": "realtime.item", "type": "message", "role": "user", "status": "completed",
-            "content": [{"type": "input_text", "text": text}]}
+def text_item(item_id: str, role: str, text: str) -> dict:
+    """A message added as text: `input_text` for the user and system, `output_text` for the assistant."""
+    kind = "output_text" if role == "assistant" else "input_text"
+    return {"id": item_id, "object": "realtime.item", "type": "message", "role": role, "status": "completed",
+            "content": [{"type": kind, "text": text}]}
 
 
 def assistant_item(item_id: str, status: str, transcript: str | None) -> dict:
@@ -99,12 +102,22 @@ def assistant_item(item_id: str, status: str, transcript: str | None) -> dict:
 
 
 def response_object(response_id: str, status: str, output: list[dict], voice: str | None,
-                    reason: str | None = None) -> dict:
+                    reason: str | None = None, metadata: dict | None = None, usage: dict | None = None) -> dict:
+    """`metadata` is the `response.create`'s, echoed (LiveKit finds its response by it)."""
     details = None if status == "in_progress" else {"type": status, "reason": reason, "error": None}
     return {"id": response_id, "object": "realtime.response", "status": status, "status_details": details,
             "output": output, "conversation_id": None, "output_modalities": ["audio"],
             "audio": {"output": {"format": PCM_FORMAT, "voice": voice}}, "max_output_tokens": "inf",
-            "metadata": None, "usage": None}   # token counts: not known here (docs/realtime.md)
+            "metadata": metadata, "usage": usage}
+
+
+def usage_object(input_tokens: int = 0, output_tokens: int = 0) -> dict:
+    """`response.done`'s `usage`: text tokens as counted where known, 0 where not; no audio tokens here."""
+    return {"total_tokens": input_tokens + output_tokens, "input_tokens": input_tokens, "output_tokens": output_tokens,
+            "input_token_details": {"text_tokens": input_tokens, "audio_tokens": 0, "image_tokens": 0,
+                                    "cached_tokens": 0,
+                                    "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 0, "image_tokens": 0}},
+            "output_token_details": {"text_tokens": output_tokens, "audio_tokens": 0}}
 
 
 # --- the session object and `session.update` -------------------------------------------------------
@@ -144,7 +157,7 @@ _DEFAULT_ONLY: dict[str, tuple[tp.Any, ...]] = {
     "truncation": ("auto",), "parallel_tool_calls": (True, False),
 }
 _READ_ONLY = ("object", "id", "expires_at")
-_VAD_FIELDS = ("threshold", "prefix_padding_ms", "silence_duration_ms", "idle_timeout_ms", "eagerness")
+NOISE_REDUCTION = ("near_field", "far_field")
 
 
 def parse_session_update(session: tp.Any, modes: tp.Iterable[str]) -> SessionUpdate:
@@ -155,10 +168,10 @@ def parse_session_update(session: tp.Any, modes: tp.Iterable[str]) -> SessionUpd
         return update
     for name, value in session.items():
         if name == "model":
-            if value not in modes:
+            if not isinstance(value, str):
                 update.refuse("session.model", "bad_message", f"model must be one of {', '.join(modes)}")
-            else:
-                update.changes["model"] = value
+            else:   # another name (an OpenAI model's, e.g. `gpt-realtime`): the server's default engine, kept
+                update.changes["model"] = value if value in modes else "auto"
         elif name == "instructions":
             if not isinstance(value, str):
                 update.refuse("session.instructions", "bad_message", "instructions must be a string")
@@ -205,18 +218,16 @@ def _audio(audio: tp.Any, update: SessionUpdate) -> None:
 def _audio_input(part: tp.Any, update: SessionUpdate) -> None:
     if not isinstance(part, dict):
         return
-    if part.get("noise_reduction") is not None:
-        update.refuse("session.audio.input.noise_reduction", "unsupported", "there is no noise reduction here")
+    reduction = part.get("noise_reduction")   # near_field / far_field: taken, ignored (shown as null)
+    if reduction is not None and not (isinstance(reduction, dict) and reduction.get("type") in NOISE_REDUCTION):
+        update.refuse("session.audio.input.noise_reduction", "bad_message",
+                      f"noise_reduction must be null or of type {' / '.join(NOISE_REDUCTION)}")
     if "transcription" in part:
         transcription = part["transcription"]
         if transcription is not None and not isinstance(transcription, dict):
             update.refuse("session.audio.input.transcription", "bad_message", "transcription must be an object or null")
         else:
-            if transcription:
-                for name in ("language", "prompt", "keywords"):
-                    if transcription.get(name):
-                        update.refuse(f"session.audio.input.transcription.{name}", "unsupported",
-                                      f"the server's own recogniser takes no {name}")
+            # `language` and `prompt` are hints: the server's own recogniser takes none, and transcribes anyway
             update.changes["transcription"] = ({"model": str(transcription.get("model") or "duplex-stt")}
                                                if transcription is not None else None)
     if "turn_detection" in part:
@@ -230,12 +241,13 @@ def _turn_detection(detection: tp.Any, update: SessionUpdate) -> None:
         return
     if not isinstance(detection, dict) or detection.get("type") not in ("server_vad", "semantic_vad"):
         return update.refuse(param, "bad_message", "turn_detection must be null or of type server_vad / semantic_vad")
-    # eagerness "medium" is OpenAI's "auto": the detector's one setting, as is the server's
-    tuned = [name for name in _VAD_FIELDS if detection.get(name) not in (None, "auto", "medium")]
-    if tuned:
-        update.refuse(f"{param}.{tuned[0]}", "unsupported", f"{', '.join(tuned)}: the server's end-of-turn "
-                      "detector is set for the whole server (`duplex serve --speech-threshold-dbfs`, "
-                      "`--end-of-turn-silence-ms`)")
+    # The detector's tuning (threshold, prefix_padding_ms, silence_duration_ms, eagerness) is taken and
+    # ignored: the server's end-of-turn detector is set for the whole server (`--speech-threshold-dbfs`,
+    # `--end-of-turn-silence-ms`), and session.updated shows the detector without them. An idle timeout
+    # would promise events this server does not send: refused.
+    if detection.get("idle_timeout_ms") is not None:
+        update.refuse(f"{param}.idle_timeout_ms", "unsupported", "there is no idle timeout here "
+                      "(input_audio_buffer.timeout_triggered is not sent)")
     if detection.get("interrupt_response") is False:
         update.refuse(f"{param}.interrupt_response", "unsupported", "the user's speech always cuts the assistant")
     update.changes["turn_detection"] = {"type": detection["type"],

@@ -1,0 +1,92 @@
+"""The voice-agent frameworks as real clients of /v1/realtime (test-only dependencies, the `frameworks`
+extra): LiveKit's `RealtimeModel.session()` driven directly, as LiveKit's AgentSession drives it
+(instructions, the chat context, generate_reply), with a plain typed turn."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+
+from .llm_standin import reply_for
+from .test_cascade import next_request
+
+
+async def test_livekit_realtime_model_answers_a_plain_turn(cascade_server, llm_standin):
+    lk_openai = pytest.importorskip("livekit.plugins.openai")
+    from livekit.agents import llm
+
+    async with aiohttp.ClientSession() as http:
+        model = lk_openai.realtime.RealtimeModel(model="cascade", base_url=cascade_server.http_url + "/v1",
+                                                 api_key="unused", http_session=http)
+        session = model.session()
+        errors: list = []
+        session.on("error", errors.append)
+        try:
+            await session.update_instructions("Be brief.")
+            chat_ctx = llm.ChatContext()
+            chat_ctx.add_message(role="user", content="hello there")
+            await session.update_chat_ctx(chat_ctx)
+            n = len(llm_standin.requests)
+            generation = await asyncio.wait_for(session.generate_reply(), 30)
+            request = await next_request(llm_standin, n)
+            assert request[0] == {"role": "system", "content": "Be brief."}
+            assert request[-1] == {"role": "user", "content": "hello there"}
+            text, frames = "", 0
+            async for message in generation.message_stream:
+                async def audio(stream=message.audio_stream) -> int:
+                    return sum([1 async for _ in stream])
+                counting = asyncio.create_task(audio())
+                async for delta in message.text_stream:
+                    text += delta
+                frames = await asyncio.wait_for(counting, 30)
+            assert text.strip() == reply_for(2, long=False) and frames > 0
+            assert not errors, errors
+        finally:
+            await session.aclose()
+            await model.aclose()
+
+
+async def test_pipecat_realtime_service_answers_a_plain_turn(cascade_server, llm_standin):
+    """pipecat's OpenAIRealtimeLLMService in a pipeline of its own: a context with a user message in, the
+    spoken reply (audio frames and its transcript) out, ended by LLMFullResponseEndFrame."""
+    realtime_llm = pytest.importorskip("pipecat.services.openai.realtime.llm")
+    from pipecat.frames.frames import (EndFrame, ErrorFrame, LLMContextFrame, LLMFullResponseEndFrame,
+                                       TTSAudioRawFrame, TTSTextFrame)
+    from pipecat.pipeline.pipeline import Pipeline
+    from pipecat.pipeline.runner import PipelineRunner
+    from pipecat.pipeline.task import PipelineTask
+    from pipecat.processors.aggregators.llm_context import LLMContext
+    from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+
+    service = realtime_llm.OpenAIRealtimeLLMService(
+        api_key="unused", base_url=cascade_server.http_url.replace("http://", "ws://") + "/v1/realtime",
+        settings=realtime_llm.OpenAIRealtimeLLMService.Settings(model="cascade", system_instruction="Be brief."))
+    seen: list = []
+    ended = asyncio.Event()
+
+    class Collector(FrameProcessor):
+        async def process_frame(self, frame, direction: FrameDirection) -> None:
+            await super().process_frame(frame, direction)
+            if isinstance(frame, (TTSAudioRawFrame, TTSTextFrame, ErrorFrame)):
+                seen.append(frame)
+            if isinstance(frame, LLMFullResponseEndFrame):
+                ended.set()
+            await self.push_frame(frame, direction)
+
+    task = PipelineTask(Pipeline([service, Collector()]))
+    runner = asyncio.create_task(PipelineRunner(handle_sigint=False).run(task))
+    n = len(llm_standin.requests)
+    context = LLMContext(messages=[{"role": "user", "content": "hello there"}])
+    await task.queue_frames([LLMContextFrame(context)])
+    request = await next_request(llm_standin, n, timeout=30)
+    assert request[0] == {"role": "system", "content": "Be brief."}
+    assert request[-1] == {"role": "user", "content": "hello there"}
+    await asyncio.wait_for(ended.wait(), 45)
+    await task.queue_frame(EndFrame())
+    await asyncio.wait_for(runner, 30)
+    assert not [f for f in seen if isinstance(f, ErrorFrame)], seen
+    assert sum(isinstance(f, TTSAudioRawFrame) for f in seen) > 0
+    text = " ".join(f.text for f in seen if isinstance(f, TTSTextFrame))
+    assert text.split() == reply_for(2, long=False).split()
