@@ -179,7 +179,9 @@ class AssistantTurn:
 
     def _say_before_calls(self, tts: TtsTurn, calls: list[ToolCall]) -> None:
         """The text before the calls is spoken whole (its last word too) and joins the history with them."""
-        if self.round_text and not self.round_text[-1].isspace():
+        if self.round_text and not self.round_text[-1].isspace():   # the text after the result is a new sentence
+            self.reply += " "
+            self.sink(AssistantText(" "))
             tts.push_text(" ")
             self._words_given(tts)
             self._text_changed()
