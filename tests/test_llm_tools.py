@@ -203,3 +203,25 @@ async def test_the_endpoint_backend_passes_tools_and_reads_streamed_tool_calls(l
 async def _body_without_tools(llm: OpenAICompatibleLLM, llm_standin) -> dict:
     [d async for d in llm.stream([ChatMessage("user", "hi")], temperature=0.0, max_tokens=5, cancel=asyncio.Event())]
     return llm_standin.bodies[-1]
+
+
+async def test_a_turn_that_does_not_wait_ends_at_its_calls() -> None:
+    """The Realtime API's way (`set_tool_wait(False)`): the response that made the call ends with it."""
+    engine = FakeEngine(FakeLLM(["one moment", ToolCallDelta(0, "c1", "get_weather", '{"city":'),   # type: ignore[list-item]
+                                 ToolCallDelta(0, None, None, ' "Rome"}')]))
+    out: list = []
+    history = [ChatMessage("user", "weather?")]
+    turn = AssistantTurn(engine, out.append, history, {"user_end": 0.0}, system_prompt="s", voice=None,
+                         temperature=0.0, seed=None, tools=TurnTools((WEATHER,), wait=False))
+    while not engine.turn.ended:
+        await asyncio.sleep(0.01)
+    engine.turn.finished = True
+    turn.on_tts_frames([], turn.text_version)
+    await asyncio.wait_for(turn.task, 5)
+    call = ToolCall("c1", "get_weather", '{"city": "Rome"}')
+    assert [f for f in out if type(f).__name__.startswith("ToolCall")] == [
+        ToolCallStarted("c1", "get_weather"), ToolCallArguments("c1", '{"city":'), ToolCallArguments("c1", ' "Rome"}'),
+        ToolCallReady(call)]
+    assert out[-1] == AssistantTurnDone(tool_calls=(call,))
+    assert history == [ChatMessage("user", "weather?"), ChatMessage("assistant", "one moment", tool_calls=(call,))]
+    assert not turn.tool_result("c1", "sunny")      # nothing waits: the stream adds it to the history instead
