@@ -26,6 +26,15 @@ WEATHER = {"type": "function", "function": {"name": "get_weather", "description"
                                                            "required": ["city"]}}}
 
 
+async def until(check, timeout: float = 60.0) -> None:
+    """Waits for `check()` (bounded by an event of the turn, with a generous deadline for a loaded machine)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
 def parse(chunks: list[str]) -> tuple[str, list[tuple[str, dict]]]:
     """Spoken text and (name, arguments) of the calls, feeding `chunks` one by one."""
     ids = iter(f"c{i}" for i in range(10))
@@ -41,7 +50,8 @@ def parse(chunks: list[str]) -> tuple[str, list[tuple[str, dict]]]:
 QWEN_ONE = 'Let me look that up.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
 QWEN_TWO = ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
             '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>')
-SMOLLM2 = '<tool_call>[{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "get_time", "arguments": {}}]</tool_call>'
+SMOLLM2 = ('<tool_call>[{"name": "get_weather", "arguments": {"city": "Paris"}}, '
+           '{"name": "get_time", "arguments": {}}]</tool_call>')
 
 
 @pytest.mark.parametrize("split", ["whole", "by character", "by 3"])
@@ -118,8 +128,7 @@ async def test_a_turn_with_the_tiny_llm_calling_a_tool_through_its_chat_template
     assert "<tools>" in prompt and '"get_weather"' in prompt          # the template rendered the tools
     turn = AssistantTurn(engine, out.append, history, {"user_end": 0.0}, system_prompt="s", voice=None,
                          temperature=0.0, seed=None, tools=TurnTools((WEATHER,), "get_weather", timeout_s=60))
-    while not any(isinstance(f, ToolCallReady) for f in out):
-        await asyncio.sleep(0.01)
+    await until(lambda: any(isinstance(f, ToolCallReady) for f in out))
     ready = next(f for f in out if isinstance(f, ToolCallReady))
     assert ready.call.name == "get_weather" and json.loads(ready.call.arguments) == {"city": "Paris"}
     assert [type(f) for f in out if type(f).__name__.startswith("ToolCall")] == [ToolCallStarted, ToolCallArguments,
@@ -127,14 +136,12 @@ async def test_a_turn_with_the_tiny_llm_calling_a_tool_through_its_chat_template
     assert history[-1].tool_calls == (ready.call,)
     assert turn.tool_result(ready.call.call_id, "sunny, 21 degrees")
     assert not turn.tool_result(ready.call.call_id, "twice")          # answered already
-    while len(history) < 3:          # the turn takes the result in and asks the LLM again
-        await asyncio.sleep(0.01)
+    await until(lambda: not (len(history) < 3))          # the turn takes the result in and asks the LLM again
     # the second response: the call and its result through the template, answered in words (tool_choice auto)
     rendered = forced_llm.render_prompt([ChatMessage("system", "s"), *history], [WEATHER])
     assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in rendered
     assert "<tool_response>\nsunny, 21 degrees\n</tool_response>" in rendered
-    while not engine.turn.ended:
-        await asyncio.sleep(0.01)
+    await until(lambda: engine.turn.ended)
     engine.turn.finished = True
     turn.on_tts_frames([], turn.text_version)
     await asyncio.wait_for(turn.task, 30)
@@ -144,30 +151,30 @@ async def test_a_turn_with_the_tiny_llm_calling_a_tool_through_its_chat_template
     assert not any(isinstance(f, EngineFailure) for f in out)
 
 
-async def test_a_waiting_turn_times_out_and_a_cancelled_one_records_the_cancel() -> None:
+@pytest.mark.parametrize("ending", ["timeout", "cancel"])
+async def test_a_waiting_turn_times_out_and_a_cancelled_one_records_the_cancel(ending: str) -> None:
     calls = [ToolCallDelta(0, "c1", "get_weather", '{"city": "Paris"}')]
-    for ending in ("timeout", "cancel"):
-        engine = FakeEngine(FakeLLM(["checking ", *calls]))   # type: ignore[list-item]
-        out: list = []
-        history = [ChatMessage("user", "weather?")]
-        turn = AssistantTurn(engine, out.append, history, {"user_end": 0.0}, system_prompt="s", voice=None,
-                             temperature=0.0, seed=None, tools=TurnTools((WEATHER,), timeout_s=0.2 if ending == "timeout" else 60))
-        while not any(isinstance(f, ToolCallReady) for f in out):
-            await asyncio.sleep(0.01)
-        assert engine.turn.text == "checking "      # what came before the call went to the TTS whole
-        if ending == "cancel":
-            turn.cancel()
-        else:
-            while not any(isinstance(f, EngineFailure) for f in out):
-                await asyncio.sleep(0.01)
-            assert "no result within 0.2 s" in next(f for f in out if isinstance(f, EngineFailure)).message
-            engine.turn.finished = True
-            turn.on_tts_frames([], turn.text_version)
-        await asyncio.gather(turn.task, return_exceptions=True)
-        assert not turn.tool_result("c1", "late")
-        assert history[1] == ChatMessage("assistant", "checking", tool_calls=(ToolCall("c1", "get_weather", '{"city": "Paris"}'),))
-        assert history[2].role == "tool" and history[2].tool_call_id == "c1" and history[2].content.startswith("error:")
-        assert len(history) == 3
+    engine = FakeEngine(FakeLLM(["checking ", *calls]))
+    out: list = []
+    history = [ChatMessage("user", "weather?")]
+    turn = AssistantTurn(engine, out.append, history, {"user_end": 0.0}, system_prompt="s", voice=None,
+                         temperature=0.0, seed=None,
+                         tools=TurnTools((WEATHER,), timeout_s=0.2 if ending == "timeout" else 60.0))
+    await until(lambda: any(isinstance(f, ToolCallReady) for f in out))
+    assert engine.turn.text == "checking "      # what came before the call went to the TTS whole
+    if ending == "cancel":
+        turn.cancel()
+    else:
+        await until(lambda: any(isinstance(f, EngineFailure) for f in out))
+        assert "no result within 0.2 s" in next(f for f in out if isinstance(f, EngineFailure)).message
+        engine.turn.finished = True
+        turn.on_tts_frames([], turn.text_version)
+    await asyncio.gather(turn.task, return_exceptions=True)
+    assert not turn.tool_result("c1", "late")
+    call = ToolCall("c1", "get_weather", '{"city": "Paris"}')
+    assert history[1] == ChatMessage("assistant", "checking", tool_calls=(call,))
+    assert history[2].role == "tool" and history[2].tool_call_id == "c1" and history[2].content.startswith("error:")
+    assert len(history) == 3
 
 
 async def test_the_endpoint_backend_passes_tools_and_reads_streamed_tool_calls(llm_standin) -> None:
@@ -190,7 +197,7 @@ async def test_the_endpoint_backend_passes_tools_and_reads_streamed_tool_calls(l
         history += [ChatMessage("assistant", "let me check", tool_calls=(call,)),
                     ChatMessage("tool", "sunny", tool_call_id=call.call_id)]
         text = "".join([d async for d in llm.stream(history, temperature=0.0, max_tokens=50, cancel=asyncio.Event(),
-                                                    tools=[WEATHER])])   # type: ignore[misc]
+                                                    tools=[WEATHER])]) 
         assert text == "the tool said sunny"
         assert llm_standin.requests[-1][2:] == [
             {"role": "assistant", "content": "let me check", "tool_calls": [call.to_openai()]},
@@ -207,14 +214,13 @@ async def _body_without_tools(llm: OpenAICompatibleLLM, llm_standin) -> dict:
 
 async def test_a_turn_that_does_not_wait_ends_at_its_calls() -> None:
     """The Realtime API's way (`set_tool_wait(False)`): the response that made the call ends with it."""
-    engine = FakeEngine(FakeLLM(["one moment", ToolCallDelta(0, "c1", "get_weather", '{"city":'),   # type: ignore[list-item]
+    engine = FakeEngine(FakeLLM(["one moment", ToolCallDelta(0, "c1", "get_weather", '{"city":'),
                                  ToolCallDelta(0, None, None, ' "Rome"}')]))
     out: list = []
     history = [ChatMessage("user", "weather?")]
     turn = AssistantTurn(engine, out.append, history, {"user_end": 0.0}, system_prompt="s", voice=None,
                          temperature=0.0, seed=None, tools=TurnTools((WEATHER,), wait=False))
-    while not engine.turn.ended:
-        await asyncio.sleep(0.01)
+    await until(lambda: engine.turn.ended)
     engine.turn.finished = True
     turn.on_tts_frames([], turn.text_version)
     await asyncio.wait_for(turn.task, 5)

@@ -9,6 +9,8 @@ import json
 from duplex.bench.latency import LiveMic
 from duplex.client import DuplexClient
 
+from .test_cascade import next_request
+
 
 async def get_weather(city: str) -> str:
     """The weather in a city."""
@@ -28,12 +30,6 @@ async def tool_conversation(server, handler=get_weather, **config) -> tuple[Dupl
 def assistant_final(client: DuplexClient, after: int = 0):
     return client.wait_for("final_transcript", timeout=60,
                            predicate=lambda e: e.data["role"] == "assistant" and len(client.events) > after)
-
-
-async def next_request(llm_standin, n: int) -> list[dict]:
-    while len(llm_standin.requests) <= n:
-        await asyncio.sleep(0.02)
-    return llm_standin.requests[n]
 
 
 async def test_a_call_round_trip_with_a_client_handler(cascade_server, llm_standin):
