@@ -31,7 +31,7 @@ class ConfigKey:
     """One config key. `kind` float also takes a JSON integer; numbers are checked against [low, high]."""
 
     name: str
-    kind: type                       # str, float, int or bool
+    kind: type                       # str, float, int, bool or list
     doc: str                         # one line: what it does (also the `duplex client` flag's help)
     engines: frozenset[str]          # the engines that take it; the others answer `unsupported`
     default: tp.Any = None           # what applies when the key is not given; None: see default_doc
@@ -40,6 +40,7 @@ class ConfigKey:
     high: float | None = None
     high_open: bool = False          # the range is [low, high) rather than [low, high]
     wraps: bool = False              # out-of-range values wrap (abs, modulo) rather than clamp: any seed is as good
+    shape: tp.Callable[[tp.Any], None] | None = None   # a further check of the value (raises ConfigError)
 
     @property
     def types(self) -> tuple[type, ...]:
@@ -67,6 +68,8 @@ class ConfigKey:
             self._finite(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not self.in_range(value):
             raise ConfigError(f"config.{self.name} must be in {self.range_text}")
+        if self.shape is not None:
+            self.shape(value)
         return value
 
     def _finite(self, value: float) -> None:
@@ -84,6 +87,29 @@ class ConfigKey:
         if self.wraps:
             return type(value)(abs(value) % self.high)
         return type(value)(min(max(value, self.low), self.high))
+
+
+def _check_tools(tools: list) -> None:
+    """Function tools in the chat-completions format, names unique."""
+    names = set()
+    for i, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not (isinstance(tool, dict) and tool.get("type") == "function" and isinstance(function, dict)):
+            raise ConfigError(f'config.tools[{i}] must be {{"type": "function", "function": {{"name", "description", '
+                              '"parameters"}}')
+        name = function.get("name")
+        if not (isinstance(name, str) and name and len(name) <= 64 and all(c.isalnum() or c in "_-" for c in name)):
+            raise ConfigError(f"config.tools[{i}].function.name must be 1-64 letters, digits, _ or -")
+        if name in names:
+            raise ConfigError(f"config.tools: {name!r} is named twice")
+        names.add(name)
+        if not isinstance(function.get("description", ""), str) or not isinstance(function.get("parameters", {}), dict):
+            raise ConfigError(f"config.tools[{i}]: description must be a string and parameters a JSON schema object")
+
+
+def _check_tool_choice(choice: str) -> None:
+    if not choice:
+        raise ConfigError('config.tool_choice must be "auto", "none", "required" or a function name')
 
 
 def _number(x: float) -> str:
@@ -114,6 +140,14 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {key.name: key for key in (
     ConfigKey("record", bool,
               "false: do not keep this conversation when the server records (`--record`); applies at `start`",
               BOTH, default=True),
+    ConfigKey("tools", list, "function tools the cascade's LLM may call, in the OpenAI chat-completions format "
+              '(`{"type": "function", "function": {"name", "description", "parameters"}}`); each call comes as '
+              "`tool_call`, answered with `tool_result`. `duplex client --tools FILE.py`: its functions",
+              frozenset({CASCADE}), default_doc="none", shape=_check_tools),
+    ConfigKey("tool_choice", str, '`auto`: the LLM decides; `none`: no calls; `required`: a call first; a function '
+              "name: a call of that function first", frozenset({CASCADE}), default="auto", shape=_check_tool_choice),
+    ConfigKey("tool_timeout_s", float, "the longest wait for a `tool_result`; past it the turn ends with `error` "
+              "and the conversation goes on", frozenset({CASCADE}), default=30.0, low=0.1, high=600),
 )}
 
 CONFIG_KEYS: dict[str, tuple[type, ...]] = {name: key.types for name, key in CONFIG_SCHEMA.items()}
@@ -158,7 +192,7 @@ def markdown_table() -> str:
             default = f'"{key.default}"'
         else:
             default = f"`{key.default}`"
-        kind = {str: "string", float: "number", int: "integer", bool: "boolean"}[key.kind]
+        kind = {str: "string", float: "number", int: "integer", bool: "boolean", list: "array"}[key.kind]
         engines = ", ".join(e for e in (DUPLEX, CASCADE) if e in key.engines)
         rows.append(f"| `{key.name}` | {kind} | {key.range_text} | {default} | {engines} | {key.doc} |")
     return "\n".join(rows) + "\n"

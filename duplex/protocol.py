@@ -43,7 +43,7 @@ ERROR_CODES = (
 # handed to the TTS, the TTS's first frame back on the event loop, and that frame sent (queued to the socket).
 CASCADE_STAGES = ("stt_final", "llm_first_token", "tts_first_words", "tts_first_frame", "tts_first_audio")
 
-CLIENT_TYPES = ("start", "stop", "reset", "interrupt", "text_input", "configure")
+CLIENT_TYPES = ("start", "stop", "reset", "interrupt", "text_input", "configure", "tool_result")
 
 
 class ProtocolError(Exception):
@@ -93,6 +93,8 @@ def parse_client_text(data: str) -> ClientMessage:
         raise ProtocolError("bad_message", f"mode must be one of {', '.join(MODES)}")
     if kind == "text_input" and not (isinstance(body.get("text"), str) and body["text"].strip()):
         raise ProtocolError("bad_message", "`text_input` needs a non-empty string `text`")
+    if kind == "tool_result" and not (isinstance(body.get("call_id"), str) and isinstance(body.get("output"), str)):
+        raise ProtocolError("bad_message", "`tool_result` needs a string `call_id` and a string `output`")
     return ClientMessage(kind, body)
 
 

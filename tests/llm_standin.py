@@ -2,7 +2,12 @@
 the project does not own (vLLM, llama.cpp server, Ollama...). It records every request, and its answer
 depends on the last user message: FAIL -> HTTP 500, STALL -> stops after one token, GARBAGE -> not
 SSE JSON; otherwise it streams back a reply, word by word, that names how many messages it got
-(a long one when the message asks for something long)."""
+(a long one when the message asks for something long).
+
+When tools are offered (and `tool_choice` is not "none") it answers as a tool-calling model does, with
+streamed `delta.tool_calls` (id and name first, the arguments in pieces): a user message gets "let me
+check" and a call of the first tool (two calls when it says TWO) with {"city": "Paris"}; a tool result
+gets "the tool said <result>", or, when the result says CHAIN, one more call."""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from aiohttp import web
 class LLMStandIn:
     def __init__(self) -> None:
         self.requests: list[list[dict]] = []
+        self.bodies: list[dict] = []           # every request body whole (tools, tool_choice, ...)
         self.url = ""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -42,6 +48,9 @@ class LLMStandIn:
         body = await request.json()
         messages = body["messages"]
         self.requests.append(messages)
+        self.bodies.append(body)
+        if body.get("tools") and body.get("tool_choice") != "none":
+            return await self._tool_answer(request, messages, body["tools"])
         last = messages[-1]["content"]
         if "FAIL" in last:
             return web.json_response({"error": {"message": "model is overloaded"}}, status=500)
@@ -57,6 +66,34 @@ class LLMStandIn:
             chunk = {"choices": [{"delta": {"content": ("" if i == 0 else " ") + word}, "index": 0}]}
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
             await asyncio.sleep(0.01)
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+
+    async def _tool_answer(self, request: web.Request, messages: list[dict], tools: list[dict]) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        last = messages[-1]
+
+        async def send(delta: dict, finish: str | None = None) -> None:
+            chunk = {"choices": [{"delta": delta, "index": 0, "finish_reason": finish}]}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            await asyncio.sleep(0.01)
+
+        if last["role"] == "tool" and "CHAIN" not in last["content"]:
+            for i, word in enumerate(f"the tool said {last['content']}".split()):
+                await send({"content": ("" if i == 0 else " ") + word})
+            await send({}, "stop")
+        else:
+            await send({"content": "let me check"})
+            name = tools[0]["function"]["name"]
+            for index in range(2 if "TWO" in str(last.get("content")) else 1):
+                call_id = f"call_{len(self.requests)}_{index}"
+                await send({"tool_calls": [{"index": index, "id": call_id, "type": "function",
+                                            "function": {"name": name, "arguments": ""}}]})
+                for piece in ('{"city"', ': "Par', 'is"}'):
+                    await send({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+            await send({}, "tool_calls")
         await response.write(b"data: [DONE]\n\n")
         return response
 

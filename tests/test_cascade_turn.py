@@ -19,7 +19,7 @@ class FakeLLM:
     def __init__(self, deltas: list[str], hold: bool = False):
         self.deltas, self.hold = deltas, hold
 
-    async def stream(self, messages, *, temperature, max_tokens, cancel, seed=None):
+    async def stream(self, messages, *, temperature, max_tokens, cancel, seed=None, tools=None, tool_choice=None):
         for delta in self.deltas:
             yield delta
         if self.hold:                    # a long answer still being written

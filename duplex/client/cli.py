@@ -24,6 +24,7 @@ from .connection import DuplexClient, Event, ServerClosed
 from .mic import open_mic_or_explain
 from .report import EventPrinter, HumanPrinter, JsonPrinter, Transfer, summarize
 from .timing import FramePacer, align_assistant_audio, split_frames
+from .tools import ToolSet
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 STOP_ACK_TIMEOUT_S = 10.0
@@ -85,13 +86,16 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         help_text = key.doc + (f"; range {key.range_text}" if key.range_text else "")
         if key.kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif key.kind is list:   # `--tools FILE.py`: the file's functions, offered and run by the client
+            group.add_argument(flag, metavar="FILE.py", default=None, help=help_text)
         else:
             group.add_argument(flag, type=key.kind, default=None, help=help_text)
 
 
 def build_config(args: argparse.Namespace) -> dict[str, tp.Any] | None:
     """The `config` object of `start`, from the flags that were given (None when none were)."""
-    config = {name: getattr(args, name) for name in CONFIG_SCHEMA if getattr(args, name) is not None}
+    config = {name: getattr(args, name) for name, key in CONFIG_SCHEMA.items()
+              if getattr(args, name) is not None and key.kind is not list}   # --tools: the client registers them
     return config or None
 
 
@@ -133,10 +137,17 @@ async def _converse(args: argparse.Namespace, user_pcm: np.ndarray | None, mic: 
     printer: EventPrinter = JsonPrinter() if args.json else HumanPrinter(sys.stdout.isatty())
     began = time.monotonic()
     try:
+        tools = ToolSet.from_file(args.tools) if args.tools else None
+    except Exception as exc:  # noqa: BLE001 - whatever the user's file raises, say so and stop
+        print(f"duplex client: cannot load tools from {args.tools}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
         client = await DuplexClient.connect(args.url, mode=args.mode, codec=args.codec, token=args.token)
     except (ServerClosed, TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
         print(f"duplex client: cannot connect to {args.url}: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    if tools is not None:
+        client.tools = tools
     stop_requested = asyncio.Event()
     _install_ctrl_c(stop_requested)
     transfer = Transfer()

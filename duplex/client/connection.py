@@ -4,6 +4,10 @@ One `DuplexClient` is one WebSocket connection. A background reader task records
 message in arrival order (`events`, `audio`) and wakes anyone waiting in `wait_for` /
 `wait_audio_frames` / `stream()`. JSON `error` messages are ordinary events: the client never
 raises because the server reported a problem, only when the connection itself is gone.
+
+Tools (cascade): `register_tool(handler)` adds a function the LLM may call (`tools.ToolSet`); `start` then
+offers every registered one (unless its config names `tools` itself), and each `tool_call` for a
+registered name is run by the client, which sends the `tool_result` itself.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from yarl import URL
 
 from ..audio import make_codec
 from ..protocol import CODECS, KIND_AUDIO, MODES
+from .tools import ToolHandler, ToolSet
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +137,8 @@ class DuplexClient:
         self._changed = asyncio.Condition()
         self._cursors: dict[str, int] = {}  # per event type: index in self.events to search from
         self._subscribers: list[asyncio.Queue] = []
+        self.tools = ToolSet()                          # handlers this client runs for `tool_call`s
+        self._tool_tasks: set[asyncio.Task] = set()     # calls running (cancelled at close)
         self._reader = asyncio.create_task(self._read_loop(), name="duplex-client-reader")
 
     # ---- connecting ---------------------------------------------------------------------------
@@ -173,6 +180,9 @@ class DuplexClient:
 
     async def close(self) -> None:
         """Closes the socket (normal closure) and waits for the reader to finish. Idempotent."""
+        for task in list(self._tool_tasks):
+            task.cancel()
+        await asyncio.gather(*self._tool_tasks, return_exceptions=True)
         if not self._ws.closed:
             await self._ws.close()
         _, pending = await asyncio.wait({self._reader}, timeout=5.0)
@@ -189,9 +199,27 @@ class DuplexClient:
         msg: dict[str, tp.Any] = {"type": "start"}
         if mode is not None:
             msg["mode"] = mode
+        if self.tools and "tools" not in (config or {}):
+            config = {**(config or {}), "tools": self.tools.tools()}
         if config is not None:
             msg["config"] = config
         await self.send_json(msg)
+
+    def register_tool(self, handler: ToolHandler, name: str | None = None, description: str | None = None,
+                      parameters: dict | None = None) -> None:
+        """A function the LLM may call (its definition read from the function where not given); `start`
+        offers it and the client answers its calls."""
+        self.tools.add(handler, name, description, parameters)
+
+    async def tool_result(self, call_id: str, output: str) -> None:
+        await self.send_json({"type": "tool_result", "call_id": call_id, "output": output})
+
+    async def _answer_call(self, call_id: str, name: str, arguments: str) -> None:
+        output = await self.tools.run(name, arguments)
+        try:
+            await self.tool_result(call_id, output)
+        except ServerClosed:
+            logger.info("tool %s finished after the connection closed; its result is dropped", name)
 
     async def stop(self) -> None:
         """Sends `stop`; the answer (`stop_acknowledged`) arrives as an event."""
@@ -284,6 +312,11 @@ class DuplexClient:
         event = Event(type=str(data.get("type", "")), data=data, received_at=time.monotonic())
         self.events.append(event)
         self._publish(event)
+        if event.type == "tool_call" and data.get("name") in self.tools.handlers:
+            task = asyncio.create_task(self._answer_call(str(data.get("call_id")), str(data["name"]),
+                                                         str(data.get("arguments", ""))), name="duplex-client-tool")
+            self._tool_tasks.add(task)
+            task.add_done_callback(self._tool_tasks.discard)
 
     def _on_binary(self, data: bytes) -> None:
         now = time.monotonic()

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..audio import rms_dbfs
+from ..models.llm.base import ToolCall, ToolChoice
+
+__all__ = ["ToolCall", "ToolChoice"]   # the history's call item, re-exported for the layers above (no models import there)
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,38 @@ class AssistantTurnDone:
     assistant turn, after `AssistantTurnEnded` when it spoke. Lets a protocol close a response that never
     produced audio (an empty reply, a turn cut before its first frame, a failure)."""
     interrupted: bool = False
+    tool_calls: tuple[ToolCall, ...] = ()   # the turn ended at these calls (`set_tool_wait(False)`): their
+                                            # results join with `tool_result`, `respond` goes on
+
+
+# A tool call inside an assistant turn (cascade): announced as it streams, then ready for the client to run.
+@dataclass
+class ToolCallStarted:
+    """The LLM began a call (Realtime: `response.output_item.added` of a `function_call` item)."""
+    call_id: str
+    name: str
+
+
+@dataclass
+class ToolCallArguments:
+    """The next stretch of a call's arguments, JSON text as it arrives (`response.function_call_arguments.delta`)."""
+    call_id: str
+    delta: str
+
+
+@dataclass
+class ToolCallReady:
+    """A call is complete: the client runs it and answers with `EngineStream.tool_result` (/ws: `tool_call`;
+    Realtime: `.arguments.done` and `response.output_item.done`). The turn waits for every call of a response."""
+    call: ToolCall
+
+
+@dataclass(frozen=True)
+class ResponseOptions:
+    """One answer's overrides of the conversation's settings (Realtime `response.create`); None keeps them."""
+    instructions: str | None = None
+    tools: list[dict] | None = None
+    tool_choice: ToolChoice | None = None
 
 
 @dataclass
@@ -85,7 +120,7 @@ class EngineFailure:
 
 EngineFrame = tp.Union[
     AssistantAudio, AssistantText, AssistantTurnStarted, AssistantTurnEnded, AssistantTurnDone,
-    UserTranscript, LLMProcessing, EngineFailure, StreamReady,
+    UserTranscript, LLMProcessing, EngineFailure, StreamReady, ToolCallStarted, ToolCallArguments, ToolCallReady,
 ]
 Sink = tp.Callable[[EngineFrame], None]
 
@@ -164,9 +199,26 @@ class EngineStream(abc.ABC):
         """The latest assistant turn's reply (as the context keeps it) is known as `key` from now on."""
         return None
 
-    def respond(self) -> None:
-        """Answer the conversation as it stands now."""
+    def respond(self, options: ResponseOptions | None = None) -> None:
+        """Answer the conversation as it stands now (with this answer's own instructions or tools)."""
         raise Unsupported(f"{self.mode} mode answers by itself; it takes no request for an answer")
+
+    # Function calling (cascade). Tools and tool choice are config keys (`configure`), per answer `respond`'s.
+    def tool_result(self, call_id: str, output: str) -> None:
+        """The result of a `ToolCallReady` call. A waiting turn goes on with it; with `set_tool_wait(False)` it
+        joins the history for the next `respond`. Raises BadChoice (`bad_message`) for a call id nothing
+        waits for (unknown, already answered, or given up after a timeout, interrupt or barge-in)."""
+        raise Unsupported(f"{self.mode} mode makes no tool calls")
+
+    def set_tool_wait(self, on: bool) -> None:
+        """On (default, /ws): a turn that makes calls waits for their results and answers on by itself. Off
+        (Realtime): the turn ends at its calls (`AssistantTurnDone.tool_calls`); results join the history."""
+        if not on:
+            raise Unsupported(f"{self.mode} mode makes no tool calls")
+
+    def add_tool_call(self, call: ToolCall) -> None:
+        """A call the client puts in the history itself (a Realtime client replaying a `function_call` item)."""
+        raise Unsupported(f"{self.mode} mode makes no tool calls")
 
     def set_auto_respond(self, on: bool) -> None:
         """Whether the end of a spoken user turn starts an answer by itself (on by default)."""

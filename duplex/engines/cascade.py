@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import time
 import typing as tp
@@ -26,8 +27,10 @@ from ..config import CASCADE_CONFIG_KEYS, DEFAULT_SYSTEM_PROMPT, default_of
 from ..models.llm import ChatMessage, LLMBackend
 from ..models.stt import SttBatch
 from ..models.tts import TtsEngineModel, TtsFrame, TtsTurn, UnknownVoice
-from .base import BadChoice, Engine, EngineFailure, EngineStream, Sink, Unsupported, UserFrame, UserTranscript
+from .base import (BadChoice, Engine, EngineFailure, EngineStream, ResponseOptions, Sink, ToolCall, Unsupported,
+                   UserFrame, UserTranscript)
 from .cascade_turn import AssistantTurn
+from .tool_calls import TurnTools
 from .scheduler import BatchScheduler
 from .transcriber import SttRunner, UserTranscriber
 from .turns import PauseRule
@@ -163,6 +166,7 @@ class CascadeStream(EngineStream):
         self.keyed: dict[str, tp.Callable[[], ChatMessage | None]] = {}   # add_message / name_reply: key -> entry
         self.turn: AssistantTurn | None = None   # the current (or last) assistant turn
         self.auto_respond = True                 # a spoken user turn is answered when it ends
+        self.tools = TurnTools(timeout_s=default_of("tool_timeout_s"))   # what turns may call (tool_calls.py)
 
     @property
     def mode(self) -> str:
@@ -190,6 +194,7 @@ class CascadeStream(EngineStream):
         self.system_prompt = config.get("system_prompt", self.system_prompt)
         self.temperature = config.get("text_temperature", config.get("temperature", self.temperature))
         self.seed = config.get("seed", self.seed)
+        self.tools = self.tools.configured(config)
 
     # --- user audio (the UserTranscriber calls back) --------------------------------------------
     def push_audio(self, frame: UserFrame) -> None:
@@ -255,11 +260,30 @@ class CascadeStream(EngineStream):
         entry = self.keyed[key]() if key in self.keyed else None
         return next((i for i, message in enumerate(self.history) if message is entry), None)
 
-    def respond(self) -> None:
+    def respond(self, options: ResponseOptions | None = None) -> None:
         if self.busy:
             self._cancel_turn(barge_in=False)
         now = time.monotonic()
-        self._begin_turn({"user_end": now, "stt_final": now})
+        self._begin_turn({"user_end": now, "stt_final": now}, options)
+
+    # --- tool calls (a pause inside a turn: cascade_turn.py, tool_calls.py) ----------------------
+    def tool_result(self, call_id: str, output: str) -> None:
+        if self.turn is not None and self.turn.tool_result(call_id, output):
+            return
+        if not self.tools.wait and self._unanswered_call(call_id):   # the turn ended at it: the next `respond` goes on
+            self.history.append(ChatMessage("tool", output, tool_call_id=call_id))
+            return
+        raise BadChoice(f"no tool call {call_id!r} is waiting for a result (unknown, answered, timed out or cancelled)")
+
+    def _unanswered_call(self, call_id: str) -> bool:
+        called = any(call.call_id == call_id for m in self.history for call in m.tool_calls)
+        return called and not any(m.tool_call_id == call_id for m in self.history)
+
+    def set_tool_wait(self, on: bool) -> None:
+        self.tools = dataclasses.replace(self.tools, wait=on)
+
+    def add_tool_call(self, call: ToolCall) -> None:
+        self.history.append(ChatMessage("assistant", "", tool_calls=(call,)))
 
     def set_auto_respond(self, on: bool) -> None:
         self.auto_respond = on
@@ -280,10 +304,14 @@ class CascadeStream(EngineStream):
         self.history.append(ChatMessage("user", user_text))
         self._begin_turn(stages)
 
-    def _begin_turn(self, stages: dict[str, float]) -> None:
-        """An assistant turn answering the history as it stands."""
-        self.turn = AssistantTurn(self.engine, self.sink, self.history, stages, system_prompt=self.system_prompt,
-                                  voice=self.voice, temperature=self.temperature, seed=self.seed)
+    def _begin_turn(self, stages: dict[str, float], options: ResponseOptions | None = None) -> None:
+        """An assistant turn answering the history as it stands (with one answer's overrides)."""
+        options = options or ResponseOptions()
+        tools = self.tools.configured({key: value for key, value in (("tools", options.tools),
+                                                                     ("tool_choice", options.tool_choice)) if value is not None})
+        self.turn = AssistantTurn(self.engine, self.sink, self.history, stages,
+                                  system_prompt=options.instructions or self.system_prompt, voice=self.voice,
+                                  temperature=self.temperature, seed=self.seed, tools=tools)
         self.engine.keep(self.turn)
 
     def _cancel_turn(self, barge_in: bool) -> None:

@@ -12,7 +12,15 @@ stage timestamps. A turn ends in one of two ways, each in one method:
   played (`TtsTurn.text_until`), and `AssistantTurnEnded(interrupted=True, barge_in=...)` is
   emitted if audio had started.
 
-Either way `AssistantTurnDone` follows, spoken or not. `truncate` (the OpenAI Realtime endpoint's
+Either way `AssistantTurnDone` follows, spoken or not.
+
+A tool call is a pause inside the turn (`tool_calls.py`): the text said before the call is spoken, the
+calls of the LLM's response go out as typed frames, the assistant's message with its `tool_calls` joins
+the history, and the turn waits for every result (at most `TurnTools.timeout_s`; then an `EngineFailure`
+and the turn ends) before it asks the LLM again with the results as `tool` messages, as often as the
+LLM calls again (up to `tool_calls.MAX_ROUNDS` responses). `cancel` gives up a waiting call the same way
+it cuts anything else; the history then says the call was cancelled. With `TurnTools.wait` off (the
+Realtime API) the turn ends at its calls instead, and the client's `respond` goes on. `truncate` (the OpenAI Realtime endpoint's
 `conversation.item.truncate`) cuts the turn at the time the client says it played to, or, once the turn
 is over, shortens the reply it left in the history to the words heard by then.
 
@@ -32,9 +40,11 @@ import typing as tp
 
 from ..audio import FRAME_S
 from ..models.llm import ChatMessage, LLMBackend, LLMError
+from ..models.llm.base import ToolCall, ToolCallDelta
 from ..models.tts import TtsCapacity, TtsEngineModel, TtsFrame, TtsTurn, UnknownVoice
 from .base import (AssistantAudio, AssistantText, AssistantTurnDone, AssistantTurnEnded, AssistantTurnStarted,
                    EngineFailure, LLMProcessing, Sink)
+from .tool_calls import CallAssembler, TurnTools, Waiting
 
 
 class TurnEngine(tp.Protocol):
@@ -63,12 +73,19 @@ class AssistantTurn:
     """
 
     def __init__(self, engine: TurnEngine, sink: Sink, history: list[ChatMessage], stages: dict[str, float], *,
-                 system_prompt: str, voice: str | None, temperature: float, seed: int | None):
+                 system_prompt: str, voice: str | None, temperature: float, seed: int | None,
+                 tools: TurnTools | None = None):
         self.engine = engine
         self.sink = sink
         self.history = history
         self.stages = stages
         self.system_prompt, self.voice, self.temperature, self.seed = system_prompt, voice, temperature, seed
+        self.tools = tools or TurnTools()
+        self.round_text = ""               # the text of the LLM's current response (the reply since the last call)
+        self.said_before_calls = 0         # words of the reply already in the history with its calls
+        self.made_calls = False
+        self.waiting = Waiting()           # results the turn waits for
+        self.ended_at: tuple[ToolCall, ...] = ()   # the calls the turn ended at (TurnTools.wait off)
         self.tts: TtsTurn | None = None    # set once the TTS slot is taken
         self.reply = ""                    # the LLM's text so far
         self.pending: collections.deque[TtsFrame] = collections.deque()   # produced, not yet played
@@ -106,20 +123,26 @@ class AssistantTurn:
                 await self._llm
 
     async def _read_llm(self, tts: TtsTurn) -> None:
-        """The LLM task: streams the reply to the sink and, word by word, into the TTS turn."""
-        messages = [ChatMessage("system", self.system_prompt), *self.history]
+        """The LLM task: streams the reply to the sink and, word by word, into the TTS turn; waits for the
+        results of the calls the LLM makes and asks it again with them."""
         try:
-            async for delta in self.engine.llm.stream(messages, temperature=self.temperature,
-                                                      max_tokens=self.engine.max_tokens, cancel=self._llm_cancel,
-                                                      seed=self.seed):
-                if self.ended:
+            rounds = 0
+            while not self.ended:
+                calls = await self._one_response(tts, rounds)
+                rounds += 1
+                if not calls or self.ended:
                     break
-                self.stages.setdefault("llm_first_token", time.monotonic())
-                self.reply += delta
-                self.sink(AssistantText(delta))
-                tts.push_text(delta)
-                self._words_given(tts)
-                self._text_changed()
+                self._say_before_calls(tts, calls)
+                if not self.tools.wait:
+                    self.ended_at = tuple(calls)
+                    break
+                self.waiting.expect(calls)
+                results = await self.waiting.results(self.tools.timeout_s)
+                self._add_results(calls, results, f"error: no result within {self.tools.timeout_s:g} s")
+                if len(results) < len(calls):
+                    late = ", ".join(c.name for c in calls if c.call_id not in results)
+                    self.fail("internal", f"tool call {late}: no result within {self.tools.timeout_s:g} s; the turn ends")
+                    break
         except LLMError as exc:
             if not self.ended:
                 self.fail("internal", f"the language model failed: {exc}")
@@ -131,14 +154,63 @@ class AssistantTurn:
             self._reply_done = True
             self._wake.set()
 
+    async def _one_response(self, tts: TtsTurn, rounds: int) -> list[ToolCall]:
+        """One LLM response: its text spoken as it streams, its calls (complete, in order) returned."""
+        tools, choice = self.tools.offered(rounds)
+        calls = CallAssembler(self.sink)
+        messages = [ChatMessage("system", self.system_prompt), *self.history]
+        self.round_text = ""
+        async for delta in self.engine.llm.stream(messages, temperature=self.temperature,
+                                                  max_tokens=self.engine.max_tokens, cancel=self._llm_cancel,
+                                                  seed=self.seed, tools=tools, tool_choice=choice):
+            if self.ended:
+                break
+            self.stages.setdefault("llm_first_token", time.monotonic())
+            if isinstance(delta, ToolCallDelta):
+                calls.add(delta)
+                continue
+            self.reply += delta
+            self.round_text += delta
+            self.sink(AssistantText(delta))
+            tts.push_text(delta)
+            self._words_given(tts)
+            self._text_changed()
+        return [] if self.ended else calls.complete()
+
+    def _say_before_calls(self, tts: TtsTurn, calls: list[ToolCall]) -> None:
+        """The text before the calls is spoken whole (its last word too) and joins the history with them."""
+        if self.round_text and not self.round_text[-1].isspace():   # the text after the result is a new sentence
+            self.reply += " "
+            self.sink(AssistantText(" "))
+            tts.push_text(" ")
+            self._words_given(tts)
+            self._text_changed()
+        self.made_calls = True
+        self.said_before_calls += len(self.round_text.split())
+        self.reply_entry = ChatMessage("assistant", self.round_text.strip(), tool_calls=tuple(calls))
+        self.history.append(self.reply_entry)
+        self.round_text = ""
+
+    def _add_results(self, calls: list[ToolCall], results: dict[str, str], missing: str) -> None:
+        """A `tool` message per call, in the calls' order; `missing` for a call without a result, so that the
+        history stays one the chat-completions API takes (every call answered)."""
+        for call in calls:
+            self.history.append(ChatMessage("tool", results.get(call.call_id, missing), tool_call_id=call.call_id))
+
+    def tool_result(self, call_id: str, output: str) -> bool:
+        """A result for a call this turn waits for; False when it waits for no such call."""
+        return not self.ended and self.waiting.give(call_id, output)
+
     async def _play(self, tts: TtsTurn) -> None:
         """Sends frames no further than `ahead_frames` ahead of real time, then ends the turn."""
         ahead = self.engine.ahead_frames
         started: float | None = None       # time.monotonic() when the first frame was there to play
         while not self.ended:
             if self.pending:
-                if started is None:
-                    started = time.monotonic()
+                if started is None or time.monotonic() > started + self.played * FRAME_S:
+                    # the first frame, or the client's audio ran out (the turn waited for a tool call):
+                    # pace from now, so that no burst of catching-up frames runs ahead of real time
+                    started = time.monotonic() - self.played * FRAME_S
                 delay = started + (self.played - ahead) * FRAME_S - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)   # pacing to real time
@@ -189,12 +261,13 @@ class AssistantTurn:
     def _finish(self) -> None:
         """The turn ended by itself: the whole reply joins the history."""
         self.ended = True
-        self.reply_entry = ChatMessage("assistant", self.reply.strip())
-        self.history.append(self.reply_entry)
+        if not self.made_calls or self.round_text.strip():   # (after calls, an empty last response adds nothing)
+            self.reply_entry = ChatMessage("assistant", self.round_text.strip())
+            self.history.append(self.reply_entry)
         self._release()
         if self.speaking:
             self.sink(AssistantTurnEnded(stages=self.stage_ms()))
-        self.sink(AssistantTurnDone())
+        self.sink(AssistantTurnDone(tool_calls=self.ended_at))
 
     def cancel(self, barge_in: bool = False, heard_s: float | None = None) -> None:
         """Cuts the turn now (interrupt, barge-in, reset, close, truncate): cancels the LLM request and the
@@ -208,9 +281,15 @@ class AssistantTurn:
         if self.ended:
             return
         self.ended = True
+        waited = self.waiting.unanswered()
+        if waited:       # a cancelled wait: the history says so, and a late result finds nothing waiting
+            self.history.extend(ChatMessage("tool", "error: cancelled before its result came (the user interrupted)",
+                                            tool_call_id=call_id) for call_id in waited)
+            self.waiting.clear()
         if self.tts is not None:
             heard_until = self.played * FRAME_S if heard_s is None else min(heard_s, self.played * FRAME_S)
-            self._keep_reply(self.tts.text_until(heard_until).strip())
+            heard = self.tts.text_until(heard_until).split()[self.said_before_calls:]   # past what is in with calls
+            self._keep_reply(" ".join(heard))
         self._release()
         if self.speaking:
             self.sink(AssistantTurnEnded(interrupted=True, barge_in=barge_in, stages=self.stage_ms()))

@@ -18,7 +18,7 @@ from .. import protocol
 from ..audio import FRAME_MS, SAMPLE_RATE, BadAudio, FrameAssembler, make_decoder
 from ..engines.base import (AssistantAudio, AssistantText, AssistantTurnEnded, AssistantTurnStarted,
                             CapacityError, Engine, EngineFailure, EngineFrame, EngineStream, LLMProcessing,
-                            Unsupported, UserFrame, UserTranscript)
+                            ToolCallReady, Unsupported, UserFrame, UserTranscript)
 from ..engines.turns import ActivityDetector
 from ..protocol import ProtocolError
 from .outbox import Outbox
@@ -297,6 +297,11 @@ class Session:
             conv.stream.text_input(body["text"])
             conv.user_speech_end = time.monotonic()  # a typed turn ends when it arrives
 
+    def _on_tool_result(self, body: dict) -> None:
+        conv = self._require_conversation("tool_result")
+        if conv is not None:
+            conv.stream.tool_result(body["call_id"], body["output"])
+
     # --- engine frames -------------------------------------------------------------------------
     def _on_engine_frame(self, frame: EngineFrame) -> None:
         conv = self.conversation
@@ -321,6 +326,8 @@ class Session:
             self.send("llm_status", status="processing")
         elif isinstance(frame, EngineFailure):
             self.send_error(frame.code, frame.message)
+        elif isinstance(frame, ToolCallReady):
+            self.send("tool_call", call_id=frame.call.call_id, name=frame.call.name, arguments=frame.call.arguments)
 
     def _assistant_audio(self, conv: Conversation, frame: AssistantAudio) -> tp.Any:
         """An assistant frame counted (clock, metrics); returns its recording receipt. Every frame the engine

@@ -6,6 +6,10 @@ lines carrying `choices[0].delta.content`, ended by `data: [DONE]`. Every way th
 becomes an `LLMError` whose message names the endpoint and the cause: the session reports it and
 lives on. Setting `cancel` or closing the generator drops the connection at once, which is how
 these servers learn to stop generating.
+
+Tools go through as the chat-completions API has them (`tools`, `tool_choice`, the history's assistant
+`tool_calls` and `tool` messages), and the streamed `delta.tool_calls` pieces come back as `ToolCallDelta`s
+(vLLM with a tool-call parser, llama.cpp with --jinja, Ollama and OpenAI emit them).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any, AsyncIterator
 
 import aiohttp
 
-from .base import ChatMessage, LLMError
+from .base import ChatMessage, LLMDelta, LLMError, ToolCallDelta, ToolChoice, tool_choice_wire
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +66,16 @@ class OpenAICompatibleLLM:
         return self._session
 
     def request_body(self, messages: list[ChatMessage], temperature: float, max_tokens: int,
-                     seed: int | None) -> dict[str, Any]:
+                     seed: int | None, tools: list[dict] | None = None,
+                     tool_choice: ToolChoice | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "messages": [m.to_openai() for m in messages],
             "stream": True, "temperature": temperature, "max_tokens": max_tokens,
         }
+        if tools:
+            body["tools"] = tools
+            if tool_choice is not None:
+                body["tool_choice"] = tool_choice_wire(tool_choice)
         if self.model:  # vLLM and llama.cpp serve one model and accept none; Ollama/OpenAI need it
             body["model"] = self.model
         if seed is not None:
@@ -74,13 +83,14 @@ class OpenAICompatibleLLM:
         return body
 
     async def stream(self, messages: list[ChatMessage], *, temperature: float, max_tokens: int,
-                     cancel: asyncio.Event, seed: int | None = None) -> AsyncIterator[str]:
+                     cancel: asyncio.Event, seed: int | None = None, tools: list[dict] | None = None,
+                     tool_choice: ToolChoice | None = None) -> AsyncIterator[LLMDelta]:
         headers = {"Accept": "text/event-stream"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         if cancel.is_set():
             return
-        body = self.request_body(messages, temperature, max_tokens, seed)
+        body = self.request_body(messages, temperature, max_tokens, seed, tools, tool_choice)
         deadline = _Deadline(self.token_timeout)
         response = await self._post(body, headers, cancel, deadline)
         if response is None:
@@ -88,9 +98,8 @@ class OpenAICompatibleLLM:
         try:
             await self._check_status(response)
             if response.content_type == "application/json":  # the server ignored `stream: true`
-                text = await self._whole_answer(response, cancel, deadline)
-                if text:
-                    yield text
+                for item in await self._whole_answer(response, cancel, deadline):
+                    yield item
                 return
             async for delta in self._events(response, cancel, deadline):
                 yield delta
@@ -118,8 +127,8 @@ class OpenAICompatibleLLM:
         raise LLMError(f"LLM endpoint {self.url} answered HTTP {response.status}: {detail}".rstrip(": "))
 
     async def _events(self, response: aiohttp.ClientResponse, cancel: asyncio.Event,
-                      deadline: "_Deadline") -> AsyncIterator[str]:
-        """Text deltas from the SSE body, until [DONE], the end of a finished answer, or cancel."""
+                      deadline: "_Deadline") -> AsyncIterator[LLMDelta]:
+        """Text and tool-call deltas from the SSE body, until [DONE], the end of a finished answer, or cancel."""
         finished = False  # a chunk said finish_reason: a server that then omits [DONE] is fine
         while True:
             line = await self._read_line(response, cancel, deadline)
@@ -132,9 +141,10 @@ class OpenAICompatibleLLM:
                 if item is _DONE:
                     return
                 continue
-            delta, finished = item
-            if delta:
+            deltas, finished = item
+            if deltas:
                 deadline.restart()
+            for delta in deltas:
                 yield delta
         if not finished:
             raise LLMError(f"LLM endpoint {self.url} closed the stream before the answer was complete")
@@ -154,7 +164,7 @@ class OpenAICompatibleLLM:
         return raw.decode("utf-8", errors="replace").strip()
 
     def _parse_event(self, line: str) -> object:
-        """(delta, finished) for a chunk; None for lines to skip; `_DONE` for `data: [DONE]`."""
+        """(deltas, finished) for a chunk; None for lines to skip; `_DONE` for `data: [DONE]`."""
         if not line or line.startswith(":") or line.startswith(("event:", "id:", "retry:")):
             return None  # blank separators, keep-alive comments, SSE fields we do not need
         if not line.startswith("data:"):
@@ -170,17 +180,40 @@ class OpenAICompatibleLLM:
         content = delta.get("content") if isinstance(delta, dict) else None
         if content is not None and not isinstance(content, str):
             raise LLMError(f"LLM endpoint {self.url} sent a non-text delta: {data[:120]!r}")
-        return content or "", choice.get("finish_reason") is not None
+        deltas: list[LLMDelta] = [content] if content else []
+        if isinstance(delta, dict) and delta.get("tool_calls"):
+            deltas.extend(self._tool_call_deltas(delta["tool_calls"], data))
+        return deltas, choice.get("finish_reason") is not None
+
+    def _tool_call_deltas(self, pieces: Any, data: str) -> list[ToolCallDelta]:
+        """`delta.tool_calls`: per piece an `index`, with `id` and `function.name` on a call's first piece and
+        `function.arguments` text on any (OpenAI's streaming shape; a missing index means the first call)."""
+        if not isinstance(pieces, list):
+            raise LLMError(f"LLM endpoint {self.url} sent tool_calls that are not a list: {data[:120]!r}")
+        out = []
+        for i, piece in enumerate(pieces):
+            function = piece.get("function") if isinstance(piece, dict) else None
+            function = function if isinstance(function, dict) else {}
+            index, call_id = piece.get("index", i) if isinstance(piece, dict) else i, None
+            if isinstance(piece, dict) and isinstance(piece.get("id"), str):
+                call_id = piece["id"]
+            name, arguments = function.get("name"), function.get("arguments") or ""
+            if not isinstance(index, int) or not isinstance(name, (str, type(None))) or not isinstance(arguments, str):
+                raise LLMError(f"LLM endpoint {self.url} sent a malformed tool call: {data[:120]!r}")
+            out.append(ToolCallDelta(index, call_id, name, arguments))
+        return out
 
     async def _whole_answer(self, response: aiohttp.ClientResponse, cancel: asyncio.Event,
-                            deadline: "_Deadline") -> str | None:
+                            deadline: "_Deadline") -> list[LLMDelta]:
         body = await _unless_cancelled(response.text(), cancel, deadline, self._stalled("the answer"))
         if body is None:
-            return None
+            return []
         message = self._first_choice(self._json(body), body).get("message")
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+        calls = message.get("tool_calls") if isinstance(message, dict) else None
+        if not isinstance(message, dict) or not (isinstance(message.get("content"), str) or calls):
             raise LLMError(f"LLM endpoint {self.url} sent an answer without message.content: {body[:120]!r}")
-        return message["content"]
+        out: list[LLMDelta] = [message["content"]] if message.get("content") else []
+        return out + (self._tool_call_deltas(calls, body) if calls else [])
 
     def _json(self, data: str) -> dict:
         try:

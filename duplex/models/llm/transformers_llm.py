@@ -4,6 +4,10 @@ A hub repo id, a local directory in the hub layout, or the tiny preset, all thro
 All conversations' turns decode together on the model's one thread (continuous batching,
 `batch.DecodeBatch`): a turn joins at the next step and leaves at the next step once it ends or its
 `cancel` is set (or its async generator is closed), freeing its cache rows.
+
+Tools: the chat template renders them (`chat_prompt.py`), and the model's calls are read out of its text
+as it streams (`tool_parse.ToolCallParser`: the Hermes/Qwen and SmolLM2 formats); a `tool_choice` that
+requires a call, or names a function, forces the start of the answer.
 """
 
 from __future__ import annotations
@@ -15,13 +19,15 @@ import logging
 import threading
 import typing as tp
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncGenerator, AsyncIterator
 
 import torch
 
 from ..spec import WEIGHTS_DIR, WeightsUnavailable
 from ..tiny.llm import ensure_tiny_llm
-from .base import ChatMessage, LLMError
+from .base import ChatMessage, LLMDelta, LLMError, ToolChoice
+from .chat_prompt import forced_prefix, template_knows_tools, template_messages
+from .tool_parse import ToolCallParser
 from .batch import _DONE, MAX_AHEAD, DecodeBatch, TurnRequest
 
 log = logging.getLogger(__name__)
@@ -95,19 +101,20 @@ class TransformersLLM:
             await asyncio.wrap_future(self._run)
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-    def render_prompt(self, messages: list[ChatMessage]) -> str:
-        """The exact text the model sees: history and system prompt through the chat template."""
+    def render_prompt(self, messages: list[ChatMessage], tools: list[dict] | None = None) -> str:
+        """The exact text the model sees: history, system prompt and tools through the chat template."""
+        native = template_knows_tools(self.tokenizer.chat_template)
+        extra = {"tools": tools} if tools and native else {}
         return self.tokenizer.apply_chat_template(
-            [{"role": m.role, "content": m.content} for m in messages],
-            tokenize=False, add_generation_prompt=True,
+            template_messages(messages, tools, native), tokenize=False, add_generation_prompt=True, **extra,
         )
 
-    def prompt_ids(self, messages: list[ChatMessage], max_tokens: int) -> list[int]:
+    def prompt_ids(self, messages: list[ChatMessage], max_tokens: int, tools: list[dict] | None = None) -> list[int]:
         """Token ids of the prompt, dropping the oldest turns (never the system prompt) to fit."""
         messages = list(messages)
         budget = self.max_positions - max_tokens if self.max_positions else None
         while True:
-            ids = self.tokenizer(self.render_prompt(messages), add_special_tokens=False)["input_ids"]
+            ids = self.tokenizer(self.render_prompt(messages, tools), add_special_tokens=False)["input_ids"]
             if budget is None or len(ids) <= budget:
                 return ids
             droppable = [i for i, m in enumerate(messages) if m.role != "system"]
@@ -115,10 +122,37 @@ class TransformersLLM:
                 return ids[-max(1, budget):]  # a single huge turn: keep its end, nearest the answer
             del messages[droppable[0]]
 
+    def forced_prefix(self, tools: list[dict] | None, tool_choice: ToolChoice | None) -> str:
+        """The text the answer is made to start with (a `tool_choice` that requires or names a call)."""
+        return forced_prefix(tools, tool_choice)
+
     async def stream(self, messages: list[ChatMessage], *, temperature: float, max_tokens: int,
-                     cancel: asyncio.Event, seed: int | None = None) -> AsyncIterator[str]:
+                     cancel: asyncio.Event, seed: int | None = None, tools: list[dict] | None = None,
+                     tool_choice: ToolChoice | None = None) -> AsyncIterator[LLMDelta]:
         if cancel.is_set() or self._closed:
             return
+        if tool_choice == "none":
+            tools = None
+        parser = ToolCallParser() if tools else None
+        prefix = self.forced_prefix(tools, tool_choice)
+        # aclosing: a reader that goes away closes the inner generator at once, so its turn leaves the batch
+        async with contextlib.aclosing(self._text(messages, temperature, max_tokens, cancel, seed, tools, prefix)) as text:
+            if parser is None:
+                async for delta in text:
+                    yield delta
+                return
+            for item in parser.feed(prefix):
+                yield item
+            async for delta in text:
+                for item in parser.feed(delta):
+                    yield item
+        if not cancel.is_set():
+            for item in parser.finish():
+                yield item
+
+    async def _text(self, messages: list[ChatMessage], temperature: float, max_tokens: int, cancel: asyncio.Event,
+                    seed: int | None, tools: list[dict] | None, prefix: str) -> AsyncGenerator[str, None]:
+        """The model's text deltas, after `prefix` (already part of the answer, fed as prompt)."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         gone = threading.Event()   # set when the reader goes away (generator closed or cancelled)
@@ -135,7 +169,9 @@ class TransformersLLM:
         if self.max_positions:  # room for at least half a context of prompt
             max_tokens = min(max_tokens, self.max_positions // 2)
         turn = TurnRequest(
-            ids=self.prompt_ids(messages, max_tokens), temperature=temperature, max_tokens=max(1, max_tokens),
+            ids=self.prompt_ids(messages, max_tokens, tools)
+            + (self.tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []),
+            temperature=temperature, max_tokens=max(1, max_tokens),
             generator=_make_generator(seed if seed is not None else self.seed, self.device),
             # asyncio.Event.is_set only reads a bool: safe from the model thread, which then sees an
             # interruption at the very next step without a hop through the loop.

@@ -19,16 +19,40 @@ from .common import WORDS, ensure_generated
 log = logging.getLogger(__name__)
 
 TINY_LLM_SEED = 42
-TINY_LLM_FORMAT = 2  # bump when the tiny architecture or tokenizer changes, so stale files are regenerated
+TINY_LLM_FORMAT = 3  # bump when the tiny architecture or tokenizer changes, so stale files are regenerated
 TINY_LLM_VOCAB = 512
 
-# ChatML, as Qwen2.5 and SmolLM2 use it: the tiny preset renders prompts the way real models do.
+# ChatML, as Qwen2.5 and SmolLM2 use it, with Qwen2.5's tool rendering: the tools block at the end of the
+# system prompt, the assistant's calls as `<tool_call>` JSON, results as user turns in `<tool_response>`.
+# Without tools it renders exactly plain ChatML. The tiny preset renders prompts the way real models do.
 CHATML_TEMPLATE = (
+    "{% if tools and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.' + tools_block + '<|im_end|>\n' }}{% endif %}"
     "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% if message['role'] == 'tool' %}"
+    "{{ '<|im_start|>user\n<tool_response>\n' + message['content'] + '\n</tool_response><|im_end|>\n' }}"
+    "{% else %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] }}"
+    "{% if loop.first and message['role'] == 'system' and tools %}{{ tools_block }}{% endif %}"
+    "{% for call in message['tool_calls'] or [] %}"
+    "{{ '\n<tool_call>\n{\"name\": \"' + call['function']['name'] + '\", \"arguments\": ' }}"
+    "{{ call['function']['arguments'] | tojson }}{{ '}\n</tool_call>' }}{% endfor %}"
+    "{{ '<|im_end|>\n' }}{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+# `tools_block` (Qwen2.5's wording), set at the top of the template so both places above can use it.
+_TOOLS_BLOCK = (
+    "{% set tools_block %}"
+    "{{ '\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n'"
+    " + 'You are provided with function signatures within <tools></tools> XML tags:\n<tools>' }}"
+    "{% for tool in tools or [] %}{{ '\n' }}{{ tool | tojson }}{% endfor %}"
+    "{{ '\n</tools>\n\nFor each function call, return a json object with function name and arguments within '"
+    " + '<tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": '"
+    " + '<args-json-object>}\n</tool_call>' }}"
+    "{% endset %}"
+)
+CHATML_TEMPLATE = _TOOLS_BLOCK + CHATML_TEMPLATE
 TINY_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # Byte-level BPE writes space and newline as these two characters.
 _TINY_ALPHABET = string.ascii_letters + string.digits + ".,?!'-:;" + "\u0120\u010a"
