@@ -264,6 +264,10 @@ async def test_v1_realtime_is_recorded_through_the_same_seam(tmp_path):
         assert np.array_equal(kept[:, 0], np.frombuffer(float_to_pcm16(pcm), dtype="<i2"))   # the user's track is what was sent
         assert "session.created" in wire_types(events, "out") and "error" in wire_types(events, "out")
         assert {"input_audio_buffer.append", "no.such.event"} <= set(wire_types(events, "in"))
+        # the audio once, in the WAV: the append is logged with its size, not its base64 (a third larger than the audio)
+        assert audio[:64] not in (folder / "events.jsonl").read_text()
+        [append] = [e for e in events if e.get("dir") == "in" and e.get("msg", {}).get("type") == "input_audio_buffer.append"]
+        assert append["msg"].get("audio_bytes") == 4 * FRAME_SAMPLES * 2, append
 
 
 async def test_a_stalled_disk_drops_recording_data_counted_never_the_conversation(tmp_path):

@@ -127,36 +127,6 @@ async def test_a_tick_runs_at_once_when_every_active_slot_has_a_frame_whatever_t
         await sched.stop()
 
 
-async def test_a_realtime_recording_keeps_the_users_audio_once_in_the_wav_not_as_base64_in_events(tmp_path):
-    """Every `input_audio_buffer.append` was written whole into events.jsonl: the audio twice, a third larger."""
-    import base64
-    import json
-
-    from duplex.audio import FRAME_SAMPLES, float_to_pcm16
-
-    from .test_recording import folders, read_recording, recording
-    from .test_server_inprocess import receive_json
-
-    async with recording(tmp_path) as (client, store):
-        ws = await client.ws_connect("/v1/realtime?model=duplex")
-        assert (await receive_json(ws))["type"] == "session.created"
-        pcm = np.random.default_rng(1).uniform(-0.3, 0.3, 4 * FRAME_SAMPLES).astype(np.float32)
-        audio = base64.b64encode(float_to_pcm16(pcm)).decode()
-        await ws.send_json({"type": "input_audio_buffer.append", "event_id": "e1", "audio": audio})
-        await ws.send_json({"type": "no.such.event", "event_id": "e2"})
-        while (await receive_json(ws))["type"] != "error":
-            pass
-        await ws.close()
-        await store.synced()
-        [folder] = folders(store)
-        kept, events, _ = read_recording(folder)
-    assert len(kept) == 4 * FRAME_SAMPLES   # the audio: in the WAV
-    lines = (folder / "events.jsonl").read_text()
-    assert audio[:64] not in lines
-    [append] = [e for e in events if e.get("dir") == "in" and "input_audio_buffer.append" in json.dumps(e)]
-    assert "input_audio_buffer.append" in json.dumps(append) and str(4 * FRAME_SAMPLES * 2) in json.dumps(append)
-
-
 def test_persona_doc_says_what_the_prefill_queue_holds():
     """docs/persona.md said no frame is dropped while a persona goes in; the slot's queue holds --max-queue-frames
     (10 s) like any other, and past it drops the oldest, counted (scheduler.push)."""
