@@ -34,6 +34,7 @@ from hypothesis import strategies as st
 from duplex import protocol
 from duplex.audio import FRAME_SAMPLES, float_to_pcm16
 from duplex.server.app import create_app
+from duplex.server.protocols.realtime import events as realtime_events
 from duplex.server.settings import ServerSettings
 from duplex.server.state import SOCKETS
 
@@ -46,7 +47,7 @@ FUZZ_SETTINGS = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], print_blob=True)
 MAX_MESSAGE_BYTES = 64 * 1024
 WAIT_S = 3.0
-REALTIME_CODES = (*protocol.ERROR_CODES, "unknown_type")
+REALTIME_CODES = (*protocol.ERROR_CODES, *realtime_events.ERROR_CODES)
 POLICY_CLOSES = {1000, 1008, 1009}
 PER_CONNECTION = ("Session", "RealtimeSession", "DuplexCodec", "MoshiCodec", "RealtimeCodec", "Outbox", "FakeStream")
 

@@ -28,6 +28,14 @@ CLIENT_EVENTS = (
     "response.create", "response.cancel",
 )
 # GA client events this server knows and answers with `error` `unsupported` (docs/realtime.md says why).
+# the error codes of OpenAI's reference this server sends besides the /ws protocol's (protocol.ERROR_CODES),
+# where a client keys on them (pipecat ignores the first two instead of ending its session)
+ERROR_CODES = ("response_cancel_not_active", "conversation_already_has_active_response",
+               "input_audio_buffer_commit_empty", "item_delete_invalid_item_id", "item_retrieve_invalid_item_id",
+               "item_truncate_invalid_item_id", "unknown_type")
+# OpenAI's own voice names, which frameworks send by default (LiveKit: marin; pipecat: alloy): taken as the
+# server's default voice (session.updated shows what is used); any other unknown voice is an `error`
+OPENAI_VOICES = ("alloy", "ash", "ballad", "cedar", "coral", "echo", "marin", "sage", "shimmer", "verse")
 UNSUPPORTED_EVENTS = ("output_audio_buffer.clear",)
 
 

@@ -32,8 +32,9 @@ class SessionSettings(RealtimeBase):
             try:
                 self._stream().configure({"voice": changes["voice"]})
                 self.config.voice = changes["voice"]
-            except BadChoice:
-                pass   # a voice this server does not have (alloy, marin, …): the voice stays as it is, as shown
+            except BadChoice as exc:
+                if changes["voice"] not in rt.OPENAI_VOICES:   # alloy, marin, …: the voice stays as it is, as shown
+                    self.send_error(exc.code, str(exc), "session.audio.output.voice")
             except Unsupported as exc:
                 self.send_error(exc.code, str(exc), "session.audio.output.voice")
         if "transcription" in changes:
@@ -77,10 +78,11 @@ class SessionSettings(RealtimeBase):
         try:
             self.engines["duplex"].check_config(new)
         except Unsupported as exc:
-            if "voice" in changes:   # a voice the model does not have (alloy, marin, …): the voice stays as it is
+            if changes.get("voice") in rt.OPENAI_VOICES:   # alloy, marin, …: the voice stays as it is, as shown
                 rest = {k: v for k, v in changes.items() if k != "voice"}
                 return self._set_duplex_persona(rest) if rest else None
-            return self.send_error("unsupported", str(exc), "session.instructions")
+            param = "session.instructions" if "instructions" in changes else "session.audio.output.voice"
+            return self.send_error("unsupported", str(exc), param)
         self._restart("duplex", new)
         if self.conversation is None:   # refused (capacity): back to the previous persona
             self._on_start({"mode": "duplex", "config": old})
