@@ -14,9 +14,14 @@ import base64
 import typing as tp
 
 from ....engines.base import (AssistantAudio, AssistantText, AssistantTurnDone, AssistantTurnEnded,
-                            AssistantTurnStarted, EngineFrame, LLMProcessing, Unsupported, UserTranscript)
+                            AssistantTurnStarted, EngineFrame, LLMProcessing, ResponseOptions, Unsupported,
+                            UserTranscript)
 from . import events as rt
 from .core import RealtimeBase, Response
+from .functions import ToolsError, engine_tool_choice, engine_tools
+
+# response.create's fields taken here (`conversation` auto, `output_modalities` audio and `audio` as the session's)
+RESPONSE_PARAMS = ("metadata", "conversation", "output_modalities", "audio", "instructions", "tools", "tool_choice")
 
 
 class Responses(RealtimeBase):
@@ -24,22 +29,29 @@ class Responses(RealtimeBase):
         params = body.get("response") or {}
         if not isinstance(params, dict):
             return self.send_error("bad_message", "`response` must be an object", "response")
-        extra = sorted(name for name, value in params.items()
-                       if value is not None and name not in ("metadata", "conversation", "output_modalities", "audio"))
+        extra = sorted(name for name, value in params.items() if value is not None and name not in RESPONSE_PARAMS)
         if extra or params.get("conversation") not in (None, "auto") or params.get("output_modalities") not in (None, ["audio"]):
-            return self.send_error("unsupported", "response.create takes no per-response options here "
-                                   f"({', '.join(extra) or 'conversation / output_modalities'}); use session.update",
-                                   "response")
+            return self.send_error("unsupported", "response.create takes only instructions, tools, tool_choice and "
+                                   f"metadata here ({', '.join(extra) or 'conversation / output_modalities'}); "
+                                   "use session.update", "response")
         metadata = params.get("metadata")
         if metadata is not None and not isinstance(metadata, dict):
             return self.send_error("bad_message", "`metadata` must be an object", "response.metadata")
+        if params.get("instructions") is not None and not isinstance(params["instructions"], str):
+            return self.send_error("bad_message", "`instructions` must be a string", "response.instructions")
         stream = self._stream()
         if stream.mode == "duplex":
             raise Unsupported("the duplex model speaks when it decides to: its responses come from its own turns")
+        try:   # a response's own tools and choice, in the engine's shape (functions.py)
+            tools = engine_tools(params["tools"]) if params.get("tools") is not None else None
+            choice = engine_tool_choice(params["tool_choice"]) if params.get("tool_choice") is not None else None
+        except ToolsError as exc:
+            return self.send_error("bad_message", str(exc), "response.tools")
         if self.response is not None:
             return self.send_error("conversation_already_has_active_response", f"response {self.response.id} is in "
                                    "progress; wait for its response.done or cancel it (response.cancel)")
-        stream.respond()        # first: a turn it cuts (answering before LLMProcessing) closes no response of ours
+        # first: a turn it cuts (answering before LLMProcessing) closes no response of ours
+        stream.respond(ResponseOptions(params.get("instructions") or None, tools, choice))
         self._open_response(metadata)
 
     def _on_response_cancel(self, body: dict) -> None:
@@ -112,8 +124,10 @@ class Responses(RealtimeBase):
             self.emit("conversation.item.done", previous_item_id=self.items[index - 1] if index else None, item=item)
             if self.conversation is not None:
                 self.conversation.stream.name_reply(response.item_id)   # its words in the context: deletable
+        self._end_calls(response.id, response.calls)
         reason = (response.cancel_reason or "client_cancelled") if status == "cancelled" else None
-        self.emit("response.done", response=rt.response_object(response.id, status, [item], self.config.voice, reason,
+        output = [item, *(dict(call) for call in response.calls)]
+        self.emit("response.done", response=rt.response_object(response.id, status, output, self.config.voice, reason,
                                                                response.metadata, rt.usage_object()))
 
     def _response_event(self, response: Response, type_: str, **fields: tp.Any) -> None:

@@ -36,6 +36,8 @@ class SessionSettings(RealtimeBase):
                 pass   # a voice this server does not have (alloy, marin, …): the voice stays as it is, as shown
             except Unsupported as exc:
                 self.send_error(exc.code, str(exc), "session.audio.output.voice")
+        if "tools" in changes or "tool_choice" in changes:
+            self._set_tools(changes)
         if "transcription" in changes:
             on = changes["transcription"] is not None
             if self.config.model == "cascade" or self._configure("session.audio.input.transcription",
