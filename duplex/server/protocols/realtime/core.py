@@ -52,6 +52,7 @@ class RealtimeBase(Session):
         self.wire_items: dict[str, dict] = {}     # each item as the client sees it (conversation.item.retrieve)
         self.assistant_items: dict[str, Response] = {}
         self.response: Response | None = None
+        self.queued: tuple[tp.Any, dict | None] | None = None   # a response.create for after this one (responses.py)
         self.buffer_item: str | None = None       # the user item the input buffer will become
         self.buffer_ms = 0                        # audio appended since the last commit
         self.transcript_item: str | None = None   # the committed user item whose transcript is still coming

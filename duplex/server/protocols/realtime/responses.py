@@ -47,11 +47,19 @@ class Responses(RealtimeBase):
             choice = engine_tool_choice(params["tool_choice"]) if params.get("tool_choice") is not None else None
         except ToolsError as exc:
             return self.send_error("bad_message", str(exc), "response.tools")
-        if self.response is not None:
+        options = ResponseOptions(params.get("instructions") or None, tools, choice)
+        response = self.response
+        if response is not None and response.calls and all(c["status"] == "completed" for c in response.calls):
+            # OpenAI's response is done once generated; this one still plays what was said before its calls.
+            # A client that answers at once (pipecat runs a function at its arguments.done) has its next
+            # response start when this one is over.
+            self.queued = (options, metadata)
+            return
+        if response is not None:
             return self.send_error("conversation_already_has_active_response", f"response {self.response.id} is in "
                                    "progress; wait for its response.done or cancel it (response.cancel)")
         # first: a turn it cuts (answering before LLMProcessing) closes no response of ours
-        stream.respond(ResponseOptions(params.get("instructions") or None, tools, choice))
+        stream.respond(options)
         self._open_response(metadata)
 
     def _on_response_cancel(self, body: dict) -> None:
@@ -92,6 +100,10 @@ class Responses(RealtimeBase):
             self._close_response(frame.interrupted)
         elif isinstance(frame, AssistantTurnDone) and self.response is not None:
             self._close_response(frame.interrupted)
+        if isinstance(frame, AssistantTurnDone) and self.queued is not None and self.response is None:
+            (options, metadata), self.queued = self.queued, None   # the turn's last frame: the next one may start
+            conv.stream.respond(options)
+            self._open_response(metadata)
 
     def _open_response(self, metadata: dict | None = None) -> None:
         response = self.response = Response(rt.new_id("resp"), rt.new_id("item"), metadata)

@@ -91,6 +91,7 @@ class SessionSettings(RealtimeBase):
 
     def _restart(self, mode: str, config: dict) -> None:
         """The conversation ends (a response under way is cancelled) and a new one starts on `mode`."""
+        self.queued = None
         if self.response is not None:
             self._cancel_response("client_cancelled")
         self._end_conversation()
