@@ -56,7 +56,7 @@ class Responses(RealtimeBase):
             self.queued = (options, metadata)
             return
         if response is not None:
-            return self.send_error("conversation_already_has_active_response", f"response {self.response.id} is in "
+            return self.send_error("conversation_already_has_active_response", f"response {response.id} is in "
                                    "progress; wait for its response.done or cancel it (response.cancel)")
         # first: a turn it cuts (answering before LLMProcessing) closes no response of ours
         stream.respond(options)
