@@ -6,7 +6,8 @@ SSE JSON; otherwise it streams back a reply, word by word, that names how many m
 
 When tools are offered (and `tool_choice` is not "none") it answers as a tool-calling model does, with
 streamed `delta.tool_calls` (id and name first, the arguments in pieces): a user message gets "let me
-check" and a call of the first tool (two calls when it says TWO) with {"city": "Paris"}; a tool result
+check" (a long sentence more when it says long) and a call of the first tool (two calls when it says TWO)
+with {"city": "Paris"}; a tool result
 gets "the tool said <result>", or, when the result says CHAIN, one more call."""
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ class LLMStandIn:
                 await send({"content": ("" if i == 0 else " ") + word})
             await send({}, "stop")
         else:
-            await send({"content": "let me check"})
+            await send({"content": "let me check" + (LONG_PREAMBLE if "long" in str(last.get("content")) else "")})
             name = tools[0]["function"]["name"]
             for index in range(2 if "TWO" in str(last.get("content")) else 1):
                 call_id = f"call_{len(self.requests)}_{index}"
@@ -96,6 +97,9 @@ class LLMStandIn:
             await send({}, "tool_calls")
         await response.write(b"data: [DONE]\n\n")
         return response
+
+
+LONG_PREAMBLE = " and while I look it up let me tell you a long story about the weather" * 3
 
 
 def reply_for(n_messages: int, long: bool) -> str:

@@ -5,6 +5,7 @@ extra): LiveKit's `RealtimeModel.session()` driven directly, as LiveKit's AgentS
 from __future__ import annotations
 
 import asyncio
+import json
 import importlib
 import os
 import types
@@ -101,3 +102,64 @@ async def test_pipecat_realtime_service_answers_a_plain_turn(cascade_server, llm
     assert sum(isinstance(f, TTSAudioRawFrame) for f in seen) > 0
     text = " ".join(f.text for f in seen if isinstance(f, TTSTextFrame))
     assert text.split() == reply_for(2, long=False).split()
+
+
+WEATHER_PARAMS = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+
+
+async def test_pipecat_realtime_service_runs_a_registered_function(cascade_server, llm_standin):
+    """pipecat's usual function-calling pipeline (context aggregators around the service): the call reaches
+    the registered handler, its result goes back as a function_call_output with a response.create, and the
+    spoken answer uses it."""
+    realtime_llm = framework("pipecat.services.openai.realtime.llm")
+    from pipecat.adapters.schemas.function_schema import FunctionSchema
+    from pipecat.adapters.schemas.tools_schema import ToolsSchema
+    from pipecat.frames.frames import EndFrame, ErrorFrame, LLMRunFrame, TTSTextFrame
+    from pipecat.pipeline.pipeline import Pipeline
+    from pipecat.pipeline.runner import PipelineRunner
+    from pipecat.pipeline.task import PipelineTask
+    from pipecat.processors.aggregators.llm_context import LLMContext
+    from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
+    from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+
+    service = realtime_llm.OpenAIRealtimeLLMService(
+        api_key="unused", base_url=cascade_server.http_url.replace("http://", "ws://") + "/v1/realtime",
+        settings=realtime_llm.OpenAIRealtimeLLMService.Settings(model="cascade", system_instruction="Be brief."))
+    calls: list = []
+
+    async def get_weather(params) -> None:
+        calls.append(params.arguments)
+        await params.result_callback({"forecast": f"sunny in {params.arguments['city']}"})
+
+    service.register_function("get_weather", get_weather)
+    tools = ToolsSchema(standard_tools=[FunctionSchema(name="get_weather", description="The weather in a city.",
+                                                       properties=WEATHER_PARAMS["properties"], required=["city"])])
+    context = LLMContext(messages=[{"role": "user", "content": "what is the weather"}], tools=tools)
+    aggregators = LLMContextAggregatorPair(context)
+    seen: list = []
+    answered = asyncio.Event()
+
+    class Collector(FrameProcessor):
+        async def process_frame(self, frame, direction: FrameDirection) -> None:
+            await super().process_frame(frame, direction)
+            if isinstance(frame, (TTSTextFrame, ErrorFrame)):
+                seen.append(frame)
+                if "the tool said" in " ".join("".join(f.text for f in seen if isinstance(f, TTSTextFrame)).split()):
+                    answered.set()
+            await self.push_frame(frame, direction)
+
+    task = PipelineTask(Pipeline([aggregators.user(), service, Collector(), aggregators.assistant()]))
+    runner = asyncio.create_task(PipelineRunner(handle_sigint=False).run(task))
+    n = len(llm_standin.requests)
+    try:
+        await task.queue_frames([LLMRunFrame()])
+        await asyncio.wait_for(answered.wait(), 60)
+        await task.queue_frame(EndFrame())
+        await asyncio.wait_for(runner, 30)
+    finally:
+        runner.cancel()
+    assert calls == [{"city": "Paris"}]
+    assert [t["function"]["name"] for t in llm_standin.bodies[n]["tools"]] == ["get_weather"]
+    result = next(m for m in llm_standin.requests[-1] if m["role"] == "tool")
+    assert json.loads(result["content"]) == {"forecast": "sunny in Paris"}
+    assert not [f for f in seen if isinstance(f, ErrorFrame)], seen

@@ -30,7 +30,7 @@ from ..models.tts import TtsEngineModel, TtsFrame, TtsTurn, UnknownVoice
 from .base import (BadChoice, Engine, EngineFailure, EngineStream, ResponseOptions, Sink, ToolCall, Unsupported,
                    UserFrame, UserTranscript)
 from .cascade_turn import AssistantTurn
-from .tool_calls import TurnTools
+from .tool_calls import NO_RESULT, TurnTools
 from .scheduler import BatchScheduler
 from .transcriber import SttRunner, UserTranscriber
 from .turns import PauseRule
@@ -270,14 +270,35 @@ class CascadeStream(EngineStream):
     def tool_result(self, call_id: str, output: str) -> None:
         if self.turn is not None and self.turn.tool_result(call_id, output):
             return
-        if not self.tools.wait and self._unanswered_call(call_id):   # the turn ended at it: the next `respond` goes on
-            self.history.append(ChatMessage("tool", output, tool_call_id=call_id))
-            return
+        if not self.tools.wait:   # the turn ended at its calls: the result joins the history, the next `respond` goes on
+            answered = next((i for i, m in enumerate(self.history) if m.tool_call_id == call_id), None)
+            if answered is not None and self.history[answered].content == NO_RESULT:   # late: it replaces the stand-in
+                self.history[answered] = ChatMessage("tool", output, tool_call_id=call_id)
+                return
+            if answered is None and self._place_result(ChatMessage("tool", output, tool_call_id=call_id)):
+                return
         raise BadChoice(f"no tool call {call_id!r} is waiting for a result (unknown, answered, timed out or cancelled)")
 
-    def _unanswered_call(self, call_id: str) -> bool:
-        called = any(call.call_id == call_id for m in self.history for call in m.tool_calls)
-        return called and not any(m.tool_call_id == call_id for m in self.history)
+    def _place_result(self, result: ChatMessage) -> bool:
+        """A `tool` message right after its call's assistant message (and the results already there), where
+        the chat-completions API wants it, whatever was said since; False when no such call is in the history."""
+        index = next((i for i, m in enumerate(self.history)
+                      if any(call.call_id == result.tool_call_id for call in m.tool_calls)), None)
+        if index is None:
+            return False
+        index += 1
+        while index < len(self.history) and self.history[index].role == "tool":
+            index += 1
+        self.history.insert(index, result)
+        return True
+
+    def _answer_open_calls(self) -> None:
+        """Before a new answer (`set_tool_wait(False)`): each call still without a result gets NO_RESULT, so
+        that the history stays one an OpenAI-style endpoint takes; a result that comes later replaces it."""
+        answered = {m.tool_call_id for m in self.history if m.tool_call_id is not None}
+        open_calls = [call.call_id for m in self.history for call in m.tool_calls if call.call_id not in answered]
+        for call_id in open_calls:
+            self._place_result(ChatMessage("tool", NO_RESULT, tool_call_id=call_id))
 
     def set_tool_wait(self, on: bool) -> None:
         self.tools = dataclasses.replace(self.tools, wait=on)
@@ -307,6 +328,8 @@ class CascadeStream(EngineStream):
     def _begin_turn(self, stages: dict[str, float], options: ResponseOptions | None = None) -> None:
         """An assistant turn answering the history as it stands (with one answer's overrides)."""
         options = options or ResponseOptions()
+        if not self.tools.wait:
+            self._answer_open_calls()
         tools = self.tools.configured({key: value for key, value in (("tools", options.tools),
                                                                      ("tool_choice", options.tool_choice)) if value is not None})
         self.turn = AssistantTurn(self.engine, self.sink, self.history, stages,

@@ -20,6 +20,8 @@ from ..models.llm.tool_parse import new_call_id
 from .base import EngineFailure, Sink, ToolCallArguments, ToolCallReady, ToolCallStarted
 
 MAX_ROUNDS = 8   # LLM responses in one turn: past this many chained calls, the LLM is asked without tools
+# The result a call gets when a new answer starts before the client gave one (`set_tool_wait(False)`: Realtime)
+NO_RESULT = "error: no result was given before the conversation went on"
 
 
 @dataclass(frozen=True)

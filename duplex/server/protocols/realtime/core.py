@@ -8,13 +8,14 @@ of `RealtimeBase` and each in its own module:
 - settings.py: `session.update` (instructions, voice, transcription, turn detection, engine switch);
 - input_buffer.py: `input_audio_buffer.*`, server VAD's commits and the user's transcripts;
 - items.py: the conversation's items (`conversation.item.*`);
-- responses.py: `response.create` / `.cancel`, and engine frames -> responses and their audio.
+- responses.py: `response.create` / `.cancel`, and engine frames -> responses and their audio;
+- functions.py: function calling (`tools`, a response's `function_call` items, `function_call_output`).
 """
 
 from __future__ import annotations
 
 import typing as tp
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ....engines.base import Engine, EngineStream, UserTranscript
 from . import events as rt
@@ -33,6 +34,7 @@ class Response:
     transcript: str = ""
     sent_frames: int = 0            # audio frames (80 ms) encoded and sent to the client
     cancel_reason: str | None = None
+    calls: list[dict] = field(default_factory=list)   # its function_call items (output_index 1, 2, ...)
 
 
 class RealtimeBase(Session):
@@ -50,6 +52,7 @@ class RealtimeBase(Session):
         self.wire_items: dict[str, dict] = {}     # each item as the client sees it (conversation.item.retrieve)
         self.assistant_items: dict[str, Response] = {}
         self.response: Response | None = None
+        self.queued: tuple[tp.Any, dict | None] | None = None   # a response.create for after this one (responses.py)
         self.buffer_item: str | None = None       # the user item the input buffer will become
         self.buffer_ms = 0                        # audio appended since the last commit
         self.transcript_item: str | None = None   # the committed user item whose transcript is still coming
@@ -79,4 +82,13 @@ class RealtimeBase(Session):
         raise NotImplementedError
 
     def _user_transcript(self, frame: UserTranscript) -> None:
+        raise NotImplementedError
+
+    def _set_tools(self, changes: dict) -> None:
+        raise NotImplementedError
+
+    def _create_function_item(self, item: dict, item_id: str) -> dict | None:
+        raise NotImplementedError
+
+    def _end_calls(self, response_id: str, calls: list[dict]) -> None:
         raise NotImplementedError

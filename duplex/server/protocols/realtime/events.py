@@ -137,6 +137,8 @@ class RealtimeConfig:
     voice: str | None = None
     turn_detection: dict | None = field(default_factory=lambda: dict(SERVER_VAD))
     transcription: dict | None = None
+    tools: list[dict] = field(default_factory=list)   # as the client gave them (Realtime's flat shape)
+    tool_choice: tp.Any = "auto"
 
     def wire(self, session_id: str) -> dict:
         return {"type": "realtime", "object": "realtime.session", "id": session_id, "model": self.model,
@@ -144,14 +146,15 @@ class RealtimeConfig:
                 "audio": {"input": {"format": PCM_FORMAT, "transcription": self.transcription,
                                     "noise_reduction": None, "turn_detection": self.turn_detection},
                           "output": {"format": PCM_FORMAT, "voice": self.voice, "speed": 1.0}},
-                "tools": [], "tool_choice": "auto", "max_output_tokens": "inf", "tracing": None,
+                "tools": self.tools, "tool_choice": self.tool_choice, "max_output_tokens": "inf", "tracing": None,
                 "truncation": "auto", "prompt": None, "include": None}
 
 
 @dataclass
 class SessionUpdate:
     """The fields of a `session.update` this server can apply, and what it refuses (param, code, message)."""
-    changes: dict[str, tp.Any] = field(default_factory=dict)   # model, instructions, voice, turn_detection, transcription
+    changes: dict[str, tp.Any] = field(default_factory=dict)   # model, instructions, voice, turn_detection,
+                                                               # transcription, tools, tool_choice (functions.py reads these)
     refused: list[tuple[str, str, str]] = field(default_factory=list)
 
     def refuse(self, param: str, code: str, message: str) -> None:
@@ -160,7 +163,7 @@ class SessionUpdate:
 
 # Fields that only have their default value here: anything else is refused with `unsupported`.
 _DEFAULT_ONLY: dict[str, tuple[tp.Any, ...]] = {
-    "type": ("realtime",), "output_modalities": (["audio"],), "tools": ([],), "tool_choice": ("auto", "none"),
+    "type": ("realtime",), "output_modalities": (["audio"],),
     "max_output_tokens": ("inf",), "tracing": (), "prompt": (), "include": ([],), "reasoning": (),
     "truncation": ("auto",), "parallel_tool_calls": (True, False),
 }
@@ -185,6 +188,9 @@ def parse_session_update(session: tp.Any, modes: tp.Iterable[str]) -> SessionUpd
                 update.refuse("session.instructions", "bad_message", "instructions must be a string")
             else:
                 update.changes["instructions"] = value
+        elif name in ("tools", "tool_choice"):
+            if value is not None:
+                update.changes[name] = value
         elif name == "audio":
             _audio(value, update)
         elif name in _READ_ONLY:

@@ -3,40 +3,53 @@
 
 from __future__ import annotations
 
+import typing as tp
+
 from ....audio import FRAME_MS
 from ....engines.base import Unsupported
 from . import events as rt
 from .core import RealtimeBase
 
 TEXT_PARTS = ("input_text", "output_text", "text")   # a text message's content parts, as clients send them
+FUNCTION_ITEMS = ("function_call", "function_call_output")   # functions.py
 
 
 class ConversationItems(RealtimeBase):
     def _on_conversation_item_create(self, body: dict) -> None:
         """A text message (user, system or assistant) joins the context unanswered, where `previous_item_id`
-        says: absent, at the end; `root`, at the start; an item's id, after that item."""
+        says: absent, at the end; `root`, at the start; an item's id, after that item. A function item is
+        functions.py's (a result, or a call replayed)."""
         item = body.get("item")
         content = item.get("content") if isinstance(item, dict) else None
-        if not (isinstance(item, dict) and item.get("type", "message") == "message"
+        function = isinstance(item, dict) and item.get("type") in FUNCTION_ITEMS
+        if not (function or isinstance(item, dict) and item.get("type", "message") == "message"
                 and item.get("role") in ("user", "system", "assistant") and isinstance(content, list) and content
                 and all(isinstance(c, dict) and c.get("type") in TEXT_PARTS and isinstance(c.get("text"), str)
                         for c in content)):
             return self.send_error("unsupported", "conversation.item.create takes messages of text content here "
-                                   "(user, system or assistant; no audio, image or function items)", "item")
+                                   "(user, system or assistant; no audio or image), function_call and "
+                                   "function_call_output items", "item")
+        assert isinstance(item, dict)
         given, previous = item.get("id"), body.get("previous_item_id")
         if given is not None and (not isinstance(given, str) or not given or given in self.wire_items):
             return self.send_error("bad_message", f"item.id must be a new item's id, got {given!r}", "item.id")
         if previous is not None and previous != "root" and previous not in self.wire_items:
             return self.send_error("bad_message", f"no item {previous!r} in this conversation", "previous_item_id")
-        text = " ".join(c["text"] for c in content).strip()
-        if not text:
-            return self.send_error("bad_message", "the message's text is empty", "item.content")
         item_id = given or rt.new_id("item")
         index = len(self.items) if previous is None else 0 if previous == "root" else self.items.index(previous) + 1
-        after = None if index == len(self.items) else self.items[:index][::-1]
-        self._stream().add_message(item["role"], text, item_id, after)
+        if function:   # the engine places a result after its call, and a replayed call at the end
+            made = self._create_function_item(item, item_id)
+            if made is None:
+                return
+            wire = self.wire_items[item_id] = made
+        else:
+            text = " ".join(c["text"] for c in tp.cast(list, content)).strip()
+            if not text:
+                return self.send_error("bad_message", "the message's text is empty", "item.content")
+            after = None if index == len(self.items) else self.items[:index][::-1]
+            self._stream().add_message(item["role"], text, item_id, after)
+            wire = self.wire_items[item_id] = rt.text_item(item_id, item["role"], text)
         self.items.insert(index, item_id)
-        wire = self.wire_items[item_id] = rt.text_item(item_id, item["role"], text)
         previous = self.items[index - 1] if index else None
         self.emit("conversation.item.added", previous_item_id=previous, item=wire)
         self.emit("conversation.item.done", previous_item_id=previous, item=wire)

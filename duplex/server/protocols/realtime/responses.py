@@ -14,9 +14,14 @@ import base64
 import typing as tp
 
 from ....engines.base import (AssistantAudio, AssistantText, AssistantTurnDone, AssistantTurnEnded,
-                            AssistantTurnStarted, EngineFrame, LLMProcessing, Unsupported, UserTranscript)
+                            AssistantTurnStarted, EngineFrame, LLMProcessing, ResponseOptions, Unsupported,
+                            UserTranscript)
 from . import events as rt
 from .core import RealtimeBase, Response
+from .functions import ToolsError, engine_tool_choice, engine_tools
+
+# response.create's fields taken here (`conversation` auto, `output_modalities` audio and `audio` as the session's)
+RESPONSE_PARAMS = ("metadata", "conversation", "output_modalities", "audio", "instructions", "tools", "tool_choice")
 
 
 class Responses(RealtimeBase):
@@ -24,22 +29,37 @@ class Responses(RealtimeBase):
         params = body.get("response") or {}
         if not isinstance(params, dict):
             return self.send_error("bad_message", "`response` must be an object", "response")
-        extra = sorted(name for name, value in params.items()
-                       if value is not None and name not in ("metadata", "conversation", "output_modalities", "audio"))
+        extra = sorted(name for name, value in params.items() if value is not None and name not in RESPONSE_PARAMS)
         if extra or params.get("conversation") not in (None, "auto") or params.get("output_modalities") not in (None, ["audio"]):
-            return self.send_error("unsupported", "response.create takes no per-response options here "
-                                   f"({', '.join(extra) or 'conversation / output_modalities'}); use session.update",
-                                   "response")
+            return self.send_error("unsupported", "response.create takes only instructions, tools, tool_choice and "
+                                   f"metadata here ({', '.join(extra) or 'conversation / output_modalities'}); "
+                                   "use session.update", "response")
         metadata = params.get("metadata")
         if metadata is not None and not isinstance(metadata, dict):
             return self.send_error("bad_message", "`metadata` must be an object", "response.metadata")
+        if params.get("instructions") is not None and not isinstance(params["instructions"], str):
+            return self.send_error("bad_message", "`instructions` must be a string", "response.instructions")
         stream = self._stream()
         if stream.mode == "duplex":
             raise Unsupported("the duplex model speaks when it decides to: its responses come from its own turns")
-        if self.response is not None:
-            return self.send_error("conversation_already_has_active_response", f"response {self.response.id} is in "
+        try:   # a response's own tools and choice, in the engine's shape (functions.py)
+            tools = engine_tools(params["tools"]) if params.get("tools") is not None else None
+            choice = engine_tool_choice(params["tool_choice"]) if params.get("tool_choice") is not None else None
+        except ToolsError as exc:
+            return self.send_error("bad_message", str(exc), "response.tools")
+        options = ResponseOptions(params.get("instructions") or None, tools, choice)
+        response = self.response
+        if response is not None and response.calls and all(c["status"] == "completed" for c in response.calls):
+            # OpenAI's response is done once generated; this one still plays what was said before its calls.
+            # A client that answers at once (pipecat runs a function at its arguments.done) has its next
+            # response start when this one is over.
+            self.queued = (options, metadata)
+            return
+        if response is not None:
+            return self.send_error("conversation_already_has_active_response", f"response {response.id} is in "
                                    "progress; wait for its response.done or cancel it (response.cancel)")
-        stream.respond()        # first: a turn it cuts (answering before LLMProcessing) closes no response of ours
+        # first: a turn it cuts (answering before LLMProcessing) closes no response of ours
+        stream.respond(options)
         self._open_response(metadata)
 
     def _on_response_cancel(self, body: dict) -> None:
@@ -80,6 +100,10 @@ class Responses(RealtimeBase):
             self._close_response(frame.interrupted)
         elif isinstance(frame, AssistantTurnDone) and self.response is not None:
             self._close_response(frame.interrupted)
+        if isinstance(frame, AssistantTurnDone) and self.queued is not None and self.response is None:
+            (options, metadata), self.queued = self.queued, None   # the turn's last frame: the next one may start
+            conv.stream.respond(options)
+            self._open_response(metadata)
 
     def _open_response(self, metadata: dict | None = None) -> None:
         response = self.response = Response(rt.new_id("resp"), rt.new_id("item"), metadata)
@@ -112,8 +136,10 @@ class Responses(RealtimeBase):
             self.emit("conversation.item.done", previous_item_id=self.items[index - 1] if index else None, item=item)
             if self.conversation is not None:
                 self.conversation.stream.name_reply(response.item_id)   # its words in the context: deletable
+        self._end_calls(response.id, response.calls)
         reason = (response.cancel_reason or "client_cancelled") if status == "cancelled" else None
-        self.emit("response.done", response=rt.response_object(response.id, status, [item], self.config.voice, reason,
+        output = [item, *(dict(call) for call in response.calls)]
+        self.emit("response.done", response=rt.response_object(response.id, status, output, self.config.voice, reason,
                                                                response.metadata, rt.usage_object()))
 
     def _response_event(self, response: Response, type_: str, **fields: tp.Any) -> None:

@@ -15,6 +15,7 @@ import logging
 from ....engines.base import Unsupported
 from . import events as rt
 from .core import Response
+from .functions import FunctionCalls
 from .input_buffer import InputBuffer
 from .items import ConversationItems
 from .responses import Responses
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 __all__ = ["RealtimeSession", "Response"]
 
 
-class RealtimeSession(SessionSettings, InputBuffer, ConversationItems, Responses):
+class RealtimeSession(SessionSettings, InputBuffer, ConversationItems, FunctionCalls, Responses):
     def begin(self) -> bool:
         """Starts the conversation (the socket is open); False when refused (the error is `last_error`)."""
         self._on_start({"mode": self.default_mode, "config": {}})

@@ -37,6 +37,8 @@ class SessionSettings(RealtimeBase):
                     self.send_error(exc.code, str(exc), "session.audio.output.voice")
             except Unsupported as exc:
                 self.send_error(exc.code, str(exc), "session.audio.output.voice")
+        if "tools" in changes or "tool_choice" in changes:
+            self._set_tools(changes)
         if "transcription" in changes:
             on = changes["transcription"] is not None
             if self.config.model == "cascade" or self._configure("session.audio.input.transcription",
@@ -91,6 +93,7 @@ class SessionSettings(RealtimeBase):
 
     def _restart(self, mode: str, config: dict) -> None:
         """The conversation ends (a response under way is cancelled) and a new one starts on `mode`."""
+        self.queued = None
         if self.response is not None:
             self._cancel_response("client_cancelled")
         self._end_conversation()
