@@ -73,8 +73,11 @@ class FunctionCalls(RealtimeBase):
     # --- the conversation follows OpenAI's: a response ends at its calls ------------------------------
     def _on_start(self, body: dict) -> None:
         super()._on_start(body)
-        if self.conversation is not None and self.conversation.mode != "duplex":
-            self.conversation.stream.set_tool_wait(False)
+        if self.conversation is not None:
+            try:
+                self.conversation.stream.set_tool_wait(False)
+            except Unsupported:   # an engine that makes no tool calls (a duplex model): `tools` is refused when set
+                pass
 
     def _set_tools(self, changes: dict) -> None:
         """`session.update`'s `tools` / `tool_choice`: the conversation's config keys (an `error` when refused;
