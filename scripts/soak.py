@@ -24,6 +24,7 @@ import os
 import random
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -245,7 +246,8 @@ def main() -> int:
     parser.add_argument("--max-message-bytes", type=int, default=1024 * 1024, help="the server's message limit")
     parser.add_argument("--sample-s", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=None, help="write the report (JSON) here too")
-    parser.add_argument("--log", type=Path, default=Path("soak-server.log"))
+    parser.add_argument("--log", type=Path, default=Path(tempfile.gettempdir()) / "duplex-soak-server.log",
+                        help="the server's log (outside the checkout: it grows to megabytes)")
     args = parser.parse_args()
     server = None
     if args.url is None:
