@@ -51,7 +51,7 @@ def simulate(clients: int, slots: int, a: float, c: float, policy: str, periods:
             hold = PERIOD - MARGIN
         else:
             hold = 20.0 if step_avg is None else (
-                max(0.0, PERIOD - step_avg - MARGIN) if step_avg <= PERIOD / 2 else PERIOD - MARGIN)
+                max(0.0, PERIOD - step_avg - MARGIN))
         due = oldest + hold if len(waiting_clients) < clients else now
         next_arrival = arrivals[index][0] if index < len(arrivals) else math.inf
         if due > now:
