@@ -80,7 +80,7 @@ async def test_bad_voice_names_are_refused(persona_server, voice) -> None:
     async with await DuplexClient.connect(persona_server.ws_url) as client:
         await client.start(mode="duplex", config={"voice": voice})
         error = await client.wait_for("error")
-        assert error.data["code"] == "unsupported" and "voice" in error.data["message"]
+        assert error.data["code"] == "bad_message" and "voice" in error.data["message"]   # as the cascade's voices
         await client.start(mode="duplex", config={"voice": "NATF2.wav"})   # the socket still works
         await client.wait_for("status", predicate=lambda e: e.data["status"] == "listening")
         await client.configure({"system_prompt": "now be someone else"})

@@ -20,7 +20,7 @@ from ..audio import FRAME_MS, FRAME_SAMPLES, rms_dbfs
 from ..config import DUPLEX_CONFIG_KEYS
 from ..models.moshi_batch import MoshiBatch, StepInput, StepOutput
 from ..models.persona import PersonaError, VoiceLibrary
-from .base import (AssistantAudio, AssistantText, AssistantTurnEnded, AssistantTurnStarted,
+from .base import (AssistantAudio, AssistantText, AssistantTurnEnded, AssistantTurnStarted, BadChoice,
                    CapacityError, Engine, EngineFailure, EngineStream, Sink, StreamReady, Unsupported, UserFrame)
 from .persona import Persona, PersonaWork
 from .scheduler import BatchScheduler, Delivery, Slot, TickEntry
@@ -178,7 +178,7 @@ class DuplexEngine(Engine):
             try:
                 self.voices.path(config["voice"])
             except PersonaError as exc:
-                raise Unsupported(f"voice: {exc}") from None
+                raise BadChoice(f"voice: {exc}") from None   # a value outside the server's list: bad_message
         if config.get("transcribe_user") and self.transcribers is None:
             raise Unsupported("transcribe_user needs a speech recogniser, and this server loaded none "
                               "(start it without --no-cascade)")
