@@ -139,6 +139,10 @@ async def test_livekit_realtime_model_runs_a_registered_function(cascade_server,
             assert tool_message["tool_call_id"] == call_message["tool_calls"][0]["id"]
             assert tool_message["content"] == "sunny in Paris"
             assert " ".join(text.split()) == "the tool said sunny in Paris" and frames > 0 and not calls
+            # each response.done's usage, as LiveKit reports it (the stand-in counts its chunks as tokens)
+            sent = llm_standin.usages[n]
+            assert any((m.input_tokens, m.output_tokens, m.total_tokens) ==
+                       (sent["prompt_tokens"], sent["completion_tokens"], sent["total_tokens"]) for m in metrics), metrics
             assert not errors, errors
         finally:
             await session.aclose()

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 
-from .base import ChatMessage, LLMBackend, LLMError
+from .base import ChatMessage, LLMBackend, LLMError, TokenUsage
 from .openai_compatible import OpenAICompatibleLLM
 from .transformers_llm import TransformersLLM
 
-__all__ = ["ChatMessage", "LLMBackend", "LLMError", "OpenAICompatibleLLM", "TransformersLLM", "load_llm"]
+__all__ = ["ChatMessage", "LLMBackend", "LLMError", "OpenAICompatibleLLM", "TokenUsage", "TransformersLLM", "load_llm"]
 
 
 def load_llm(spec_or_url: str, device: str = "cpu", *, model: str | None = None,

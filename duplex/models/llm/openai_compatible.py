@@ -10,6 +10,11 @@ these servers learn to stop generating.
 Tools go through as the chat-completions API has them (`tools`, `tool_choice`, the history's assistant
 `tool_calls` and `tool` messages), and the streamed `delta.tool_calls` pieces come back as `ToolCallDelta`s
 (vLLM with a tool-call parser, llama.cpp with --jinja, Ollama and OpenAI emit them).
+
+Token usage: the request asks `stream_options: {"include_usage": true}`, and the `usage` the server sends
+(`prompt_tokens`, `completion_tokens`; in its last chunk, or in a whole answer) is what `usage` gets. This
+backend has no tokenizer of the server's model, so a response whose server sends no usage (one that
+ignores the option, or a response cut before its end) counts 0 tokens.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any, AsyncIterator
 
 import aiohttp
 
-from .base import ChatMessage, LLMDelta, LLMError, ToolCallDelta, ToolChoice, tool_choice_wire
+from .base import ChatMessage, LLMDelta, LLMError, TokenUsage, ToolCallDelta, ToolChoice, tool_choice_wire
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +76,7 @@ class OpenAICompatibleLLM:
         body: dict[str, Any] = {
             "messages": [m.to_openai() for m in messages],
             "stream": True, "temperature": temperature, "max_tokens": max_tokens,
+            "stream_options": {"include_usage": True},   # a last chunk with the token counts
         }
         if tools:
             body["tools"] = tools
@@ -84,7 +90,18 @@ class OpenAICompatibleLLM:
 
     async def stream(self, messages: list[ChatMessage], *, temperature: float, max_tokens: int,
                      cancel: asyncio.Event, seed: int | None = None, tools: list[dict] | None = None,
-                     tool_choice: ToolChoice | None = None) -> AsyncIterator[LLMDelta]:
+                     tool_choice: ToolChoice | None = None, usage: TokenUsage | None = None) -> AsyncIterator[LLMDelta]:
+        counts = _Counts()
+        try:
+            async for delta in self._stream(messages, temperature, max_tokens, cancel, seed, tools, tool_choice, counts):
+                yield delta
+        finally:
+            if usage is not None:
+                usage.add(counts.input_tokens, counts.output_tokens)
+
+    async def _stream(self, messages: list[ChatMessage], temperature: float, max_tokens: int, cancel: asyncio.Event,
+                      seed: int | None, tools: list[dict] | None, tool_choice: ToolChoice | None,
+                      counts: "_Counts") -> AsyncIterator[LLMDelta]:
         headers = {"Accept": "text/event-stream"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -98,10 +115,10 @@ class OpenAICompatibleLLM:
         try:
             await self._check_status(response)
             if response.content_type == "application/json":  # the server ignored `stream: true`
-                for item in await self._whole_answer(response, cancel, deadline):
+                for item in await self._whole_answer(response, cancel, deadline, counts):
                     yield item
                 return
-            async for delta in self._events(response, cancel, deadline):
+            async for delta in self._events(response, cancel, deadline, counts):
                 yield delta
         finally:
             # Closing (not releasing) drops the connection: the server sees it and stops generating.
@@ -127,7 +144,7 @@ class OpenAICompatibleLLM:
         raise LLMError(f"LLM endpoint {self.url} answered HTTP {response.status}: {detail}".rstrip(": "))
 
     async def _events(self, response: aiohttp.ClientResponse, cancel: asyncio.Event,
-                      deadline: "_Deadline") -> AsyncIterator[LLMDelta]:
+                      deadline: "_Deadline", counts: "_Counts") -> AsyncIterator[LLMDelta]:
         """Text and tool-call deltas from the SSE body, until [DONE], the end of a finished answer, or cancel."""
         finished = False  # a chunk said finish_reason: a server that then omits [DONE] is fine
         while True:
@@ -136,7 +153,7 @@ class OpenAICompatibleLLM:
                 return
             if not isinstance(line, str):  # _DONE
                 break
-            item = self._parse_event(line)
+            item = self._parse_event(line, counts)
             if not isinstance(item, tuple):  # None: a keep-alive or empty chunk; _DONE: the end
                 if item is _DONE:
                     return
@@ -163,8 +180,9 @@ class OpenAICompatibleLLM:
             return _DONE
         return raw.decode("utf-8", errors="replace").strip()
 
-    def _parse_event(self, line: str) -> object:
-        """(deltas, finished) for a chunk; None for lines to skip; `_DONE` for `data: [DONE]`."""
+    def _parse_event(self, line: str, counts: "_Counts") -> object:
+        """(deltas, finished) for a chunk; None for lines to skip; `_DONE` for `data: [DONE]`. A chunk's
+        `usage` (the last one's, with `include_usage`) goes into `counts`."""
         if not line or line.startswith(":") or line.startswith(("event:", "id:", "retry:")):
             return None  # blank separators, keep-alive comments, SSE fields we do not need
         if not line.startswith("data:"):
@@ -175,6 +193,7 @@ class OpenAICompatibleLLM:
         chunk = self._json(data)
         if "error" in chunk:
             raise LLMError(f"LLM endpoint {self.url} reported an error: {_error_message(data)}")
+        counts.read(chunk.get("usage"))
         choice = self._first_choice(chunk, data)
         delta = choice.get("delta") or {}
         content = delta.get("content") if isinstance(delta, dict) else None
@@ -204,11 +223,13 @@ class OpenAICompatibleLLM:
         return out
 
     async def _whole_answer(self, response: aiohttp.ClientResponse, cancel: asyncio.Event,
-                            deadline: "_Deadline") -> list[LLMDelta]:
+                            deadline: "_Deadline", counts: "_Counts") -> list[LLMDelta]:
         body = await _unless_cancelled(response.text(), cancel, deadline, self._stalled("the answer"))
         if body is None:
             return []
-        message = self._first_choice(self._json(body), body).get("message")
+        answer = self._json(body)
+        counts.read(answer.get("usage"))
+        message = self._first_choice(answer, body).get("message")
         calls = message.get("tool_calls") if isinstance(message, dict) else None
         if not isinstance(message, dict) or not (isinstance(message.get("content"), str) or calls):
             raise LLMError(f"LLM endpoint {self.url} sent an answer without message.content: {body[:120]!r}")
@@ -232,6 +253,22 @@ class OpenAICompatibleLLM:
 
     def _stalled(self, what: str) -> str:
         return f"LLM endpoint {self.url} stalled: no {what} within {self.token_timeout:g} s"
+
+
+class _Counts:
+    """The token counts a server reported for one response (0 until it does)."""
+
+    def __init__(self) -> None:
+        self.input_tokens = 0
+        self.output_tokens = 0
+
+    def read(self, usage: Any) -> None:
+        """A chat-completions `usage` object; anything else (absent, null, malformed) leaves the counts."""
+        if not isinstance(usage, dict):
+            return
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if isinstance(prompt, int) and isinstance(completion, int):
+            self.input_tokens, self.output_tokens = prompt, completion
 
 
 class _Deadline:
