@@ -14,6 +14,9 @@ import pytest
 from aiohttp import web
 
 from duplex.models.llm import OpenAICompatibleLLM, TokenUsage, TransformersLLM, load_llm
+from duplex.models.llm.token_count import TokenCounter
+from duplex.models.spec import WEIGHTS_DIR
+from duplex.models.tiny.llm import ensure_tiny_llm
 from duplex.server.process import ServerProcess
 
 from .test_cascade import next_request
@@ -101,6 +104,28 @@ async def test_the_in_process_backend_counts_the_prompt_it_feeds_and_the_tokens_
     await asyncio.gather(drain(tiny_llm, together[0], max_tokens=5), drain(tiny_llm, together[1], max_tokens=9))
     assert together == alone
     assert sum(u.output_tokens for u in together) == tiny_llm.tokens_generated - before
+
+
+async def test_a_server_without_usage_is_counted_with_the_models_tokenizer_when_it_is_here(tiny_llm):
+    """The endpoint serves a model whose tokenizer this machine has (here the tiny preset's directory as the
+    model name): a response without `usage` is counted with it, as the in-process backend counts the same
+    prompt; a server's own usage wins; a model whose tokenizer is not here counts 0 (the test above)."""
+    directory = str(ensure_tiny_llm(WEIGHTS_DIR / "tiny-llm"))
+    assert TokenCounter.load("no-such-org/no-such-model") is None and TokenCounter.load(None) is None
+    usage = TokenUsage()
+    async with StandIn(answer_without_usage) as server:
+        llm = load_llm(server.url, model=directory)
+        assert isinstance(llm, OpenAICompatibleLLM) and llm.counter is not None
+        assert await drain(llm, usage) == "Hi."
+        await llm.close()
+    assert usage.input_tokens == len(tiny_llm.prompt_ids(HISTORY, 12))
+    assert usage.output_tokens == len(tiny_llm.tokenizer("Hi.", add_special_tokens=False)["input_ids"]) > 0
+    async with StandIn(answer_with_usage) as server:
+        llm = load_llm(server.url, model=directory)
+        reported = TokenUsage()
+        await drain(llm, reported)
+        await llm.close()
+    assert (reported.input_tokens, reported.output_tokens) == (17, 4)
 
 
 # --- through the server: the stand-in's counts, summed per answer ----------------------------------

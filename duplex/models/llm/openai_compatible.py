@@ -12,9 +12,10 @@ Tools go through as the chat-completions API has them (`tools`, `tool_choice`, t
 (vLLM with a tool-call parser, llama.cpp with --jinja, Ollama and OpenAI emit them).
 
 Token usage: the request asks `stream_options: {"include_usage": true}`, and the `usage` the server sends
-(`prompt_tokens`, `completion_tokens`; in its last chunk, or in a whole answer) is what `usage` gets. This
-backend has no tokenizer of the server's model, so a response whose server sends no usage (one that
-ignores the option, or a response cut before its end) counts 0 tokens.
+(`prompt_tokens`, `completion_tokens`; in its last chunk, or in a whole answer) is what `usage` gets. A
+response whose server sends no usage (one that ignores the option, or a response cut before its end) is
+counted here with the served model's tokenizer when this machine has it (`token_count.TokenCounter`), else
+counts 0 tokens.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any, AsyncIterator
 import aiohttp
 
 from .base import ChatMessage, LLMDelta, LLMError, TokenUsage, ToolCallDelta, ToolChoice, tool_choice_wire
+from .token_count import TokenCounter
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +48,13 @@ def completions_url(url: str) -> str:
 
 class OpenAICompatibleLLM:
     def __init__(self, url: str, model: str | None = None, api_key: str | None = None,
-                 connect_timeout: float = 5.0, token_timeout: float = 10.0):
+                 connect_timeout: float = 5.0, token_timeout: float = 10.0, counter: TokenCounter | None = None):
         self.url = completions_url(url)
         self.model = model
         self.api_key = api_key
         self.connect_timeout = connect_timeout
         self.token_timeout = token_timeout  # the longest wait for the first or the next token
+        self.counter = counter              # counts a response's tokens when the server reports none
         self.name = f"openai:{self.url}" + (f" ({model})" if model else "")
         self._session: aiohttp.ClientSession | None = None
 
@@ -97,6 +100,9 @@ class OpenAICompatibleLLM:
                 yield delta
         finally:
             if usage is not None:
+                if counts.sent and not counts.reported and self.counter is not None:
+                    counts.input_tokens = self.counter.prompt([m.to_openai() for m in messages], tools)
+                    counts.output_tokens = self.counter.text(counts.text)
                 usage.add(counts.input_tokens, counts.output_tokens)
 
     async def _stream(self, messages: list[ChatMessage], temperature: float, max_tokens: int, cancel: asyncio.Event,
@@ -112,6 +118,7 @@ class OpenAICompatibleLLM:
         response = await self._post(body, headers, cancel, deadline)
         if response is None:
             return
+        counts.sent = True
         try:
             await self._check_status(response)
             if response.content_type == "application/json":  # the server ignored `stream: true`
@@ -202,6 +209,7 @@ class OpenAICompatibleLLM:
         deltas: list[LLMDelta] = [content] if content else []
         if isinstance(delta, dict) and delta.get("tool_calls"):
             deltas.extend(self._tool_call_deltas(delta["tool_calls"], data))
+        counts.came(deltas)
         return deltas, choice.get("finish_reason") is not None
 
     def _tool_call_deltas(self, pieces: Any, data: str) -> list[ToolCallDelta]:
@@ -234,7 +242,9 @@ class OpenAICompatibleLLM:
         if not isinstance(message, dict) or not (isinstance(message.get("content"), str) or calls):
             raise LLMError(f"LLM endpoint {self.url} sent an answer without message.content: {body[:120]!r}")
         out: list[LLMDelta] = [message["content"]] if message.get("content") else []
-        return out + (self._tool_call_deltas(calls, body) if calls else [])
+        out += self._tool_call_deltas(calls, body) if calls else []
+        counts.came(out)
+        return out
 
     def _json(self, data: str) -> dict:
         try:
@@ -256,11 +266,15 @@ class OpenAICompatibleLLM:
 
 
 class _Counts:
-    """The token counts a server reported for one response (0 until it does)."""
+    """One response's token counts as the server reported them (0 until it does), and what came back
+    (its text and call arguments, for a `TokenCounter` when the server reports nothing)."""
 
     def __init__(self) -> None:
         self.input_tokens = 0
         self.output_tokens = 0
+        self.sent = False          # the request reached the server (a response cancelled before costs nothing)
+        self.reported = False      # the server sent `usage`
+        self.text = ""
 
     def read(self, usage: Any) -> None:
         """A chat-completions `usage` object; anything else (absent, null, malformed) leaves the counts."""
@@ -268,7 +282,11 @@ class _Counts:
             return
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         if isinstance(prompt, int) and isinstance(completion, int):
-            self.input_tokens, self.output_tokens = prompt, completion
+            self.input_tokens, self.output_tokens, self.reported = prompt, completion, True
+
+    def came(self, deltas: list[LLMDelta]) -> None:
+        for delta in deltas:
+            self.text += delta if isinstance(delta, str) else (delta.name or "") + delta.arguments
 
 
 class _Deadline:
