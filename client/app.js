@@ -19,6 +19,7 @@ const ERROR_TEXT = {
   bad_audio: 'The server could not decode the microphone audio.',
   too_large: 'A message was too large for the server.',
   internal: 'The server hit an internal error.',
+  timeout: 'A tool call got no result in time; the assistant\'s turn ended.',
 };
 
 const params = new URLSearchParams(location.search);

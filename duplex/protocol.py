@@ -35,6 +35,7 @@ CODECS = ("opus", "pcm16")
 ERROR_CODES = (
     "bad_message", "bad_audio", "not_started", "unsupported",
     "capacity", "unauthorized", "too_large", "internal",
+    "timeout",   # beyond PROTOCOL.md's list (docs/protocol.md): what a turn waited for (a tool result) never came
 )
 
 # The cascade's stages of a turn, in the order they happen, each a `<stage>_ms` field of the turn's `metrics`

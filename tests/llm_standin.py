@@ -8,7 +8,11 @@ When tools are offered (and `tool_choice` is not "none") it answers as a tool-ca
 streamed `delta.tool_calls` (id and name first, the arguments in pieces): a user message gets "let me
 check" (a long sentence more when it says long) and a call of the first tool (two calls when it says TWO)
 with {"city": "Paris"}; a tool result
-gets "the tool said <result>", or, when the result says CHAIN, one more call."""
+gets "the tool said <result>", or, when the result says CHAIN, one more call.
+
+Asked for `stream_options: {"include_usage": true}`, it ends each answer with a usage-only chunk
+(`choices: []`), as OpenAI and vLLM do: `prompt_tokens` is the words of the request's messages and
+`completion_tokens` the chunks it streamed (one token each), both recorded in `usages`."""
 
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ class LLMStandIn:
     def __init__(self) -> None:
         self.requests: list[list[dict]] = []
         self.bodies: list[dict] = []           # every request body whole (tools, tool_choice, ...)
+        self.usages: dict[int, dict] = {}      # request number -> the usage its answer ended with (if asked)
         self.url = ""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -51,7 +56,7 @@ class LLMStandIn:
         self.requests.append(messages)
         self.bodies.append(body)
         if body.get("tools") and body.get("tool_choice") != "none":
-            return await self._tool_answer(request, messages, body["tools"])
+            return await self._tool_answer(request, body)
         last = messages[-1]["content"]
         if "FAIL" in last:
             return web.json_response({"error": {"message": "model is overloaded"}}, status=500)
@@ -67,16 +72,29 @@ class LLMStandIn:
             chunk = {"choices": [{"delta": {"content": ("" if i == 0 else " ") + word}, "index": 0}]}
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
             await asyncio.sleep(0.01)
+        await self._usage(response, body, len(words))
         await response.write(b"data: [DONE]\n\n")
         return response
 
+    async def _usage(self, response: web.StreamResponse, body: dict, chunks: int) -> None:
+        if not (body.get("stream_options") or {}).get("include_usage"):
+            return
+        prompt = sum(len(str(m.get("content") or "").split()) for m in body["messages"])
+        usage = {"prompt_tokens": prompt, "completion_tokens": chunks, "total_tokens": prompt + chunks}
+        self.usages[next(i for i, b in enumerate(self.bodies) if b is body)] = usage
+        await response.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
 
-    async def _tool_answer(self, request: web.Request, messages: list[dict], tools: list[dict]) -> web.StreamResponse:
+
+    async def _tool_answer(self, request: web.Request, body: dict) -> web.StreamResponse:
+        messages, tools = body["messages"], body["tools"]
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         last = messages[-1]
+        sent = 0
 
         async def send(delta: dict, finish: str | None = None) -> None:
+            nonlocal sent
+            sent += bool(delta)
             chunk = {"choices": [{"delta": delta, "index": 0, "finish_reason": finish}]}
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
             await asyncio.sleep(0.01)
@@ -95,6 +113,7 @@ class LLMStandIn:
                 for piece in ('{"city"', ': "Par', 'is"}'):
                     await send({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
             await send({}, "tool_calls")
+        await self._usage(response, body, sent)
         await response.write(b"data: [DONE]\n\n")
         return response
 

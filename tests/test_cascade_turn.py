@@ -9,7 +9,7 @@ import numpy as np
 from duplex.engines.base import (AssistantAudio, AssistantText, AssistantTurnDone, AssistantTurnEnded,
                                  AssistantTurnStarted, LLMProcessing)
 from duplex.engines.cascade_turn import AssistantTurn
-from duplex.models.llm import ChatMessage
+from duplex.models.llm import ChatMessage, TokenUsage
 from duplex.models.tts import TtsFrame
 
 
@@ -19,7 +19,8 @@ class FakeLLM:
     def __init__(self, deltas: list[str], hold: bool = False):
         self.deltas, self.hold = deltas, hold
 
-    async def stream(self, messages, *, temperature, max_tokens, cancel, seed=None, tools=None, tool_choice=None):
+    async def stream(self, messages, *, temperature, max_tokens, cancel, seed=None, tools=None, tool_choice=None,
+                     usage=None):
         for delta in self.deltas:
             yield delta
         if self.hold:                    # a long answer still being written
@@ -89,7 +90,7 @@ async def test_a_turn_that_ends_by_itself_keeps_the_whole_reply():
     assert [type(f) for f in out] == [LLMProcessing, AssistantText, AssistantText, AssistantText,
                                       AssistantTurnStarted, AssistantAudio, AssistantAudio, AssistantAudio,
                                       AssistantTurnEnded, AssistantTurnDone]
-    assert out[-1] == AssistantTurnDone(interrupted=False)
+    assert out[-1] == AssistantTurnDone(interrupted=False, usage=TokenUsage())   # (a fake LLM counts nothing)
     assert not out[-2].interrupted and list(out[-2].stages) == ["llm_first_token_ms", "tts_first_words_ms",
                                                                  "tts_first_frame_ms", "tts_first_audio_ms"]
     assert history[-1] == ChatMessage("assistant", "hello there friend")
@@ -103,8 +104,8 @@ async def test_cancel_keeps_the_heard_words_and_awaits_both_tasks():
     await asyncio.sleep(0.01)
     llm_task = turn._llm
     turn.cancel(barge_in=True)
-    assert out[-2] == AssistantTurnEnded(interrupted=True, barge_in=True, stages=out[-2].stages)
-    assert out[-1] == AssistantTurnDone(interrupted=True)
+    assert out[-2] == AssistantTurnEnded(interrupted=True, barge_in=True, stages=out[-2].stages, usage=TokenUsage())
+    assert out[-1] == AssistantTurnDone(interrupted=True, usage=TokenUsage())
     assert history[-1] == ChatMessage("assistant", "one two")     # two frames played
     assert engine.turn.cancelled and not turn.pending
     await asyncio.gather(turn.task, return_exceptions=True)
@@ -127,7 +128,7 @@ async def test_a_starved_turn_waits_for_new_text():
     turn.cancel()
     await asyncio.gather(turn.task, return_exceptions=True)
     assert history[-1].role == "user"              # nothing played, nothing kept
-    assert out[-1] == AssistantTurnDone(interrupted=True)   # never spoke: no AssistantTurnEnded, still over
+    assert out[-1] == AssistantTurnDone(interrupted=True, usage=TokenUsage())   # never spoke: no AssistantTurnEnded, still over
     assert AssistantTurnEnded not in [type(f) for f in out]
 
 
@@ -138,8 +139,8 @@ async def test_truncate_cuts_a_playing_turn_at_the_time_heard():
     await asyncio.sleep(0.01)                        # three frames played: "one two three"
     turn.truncate(0.08)                              # but the client played only the first 80 ms
     assert history[-1] == ChatMessage("assistant", "one")
-    assert out[-2] == AssistantTurnEnded(interrupted=True, barge_in=False, stages=out[-2].stages)
-    assert out[-1] == AssistantTurnDone(interrupted=True)
+    assert out[-2] == AssistantTurnEnded(interrupted=True, barge_in=False, stages=out[-2].stages, usage=TokenUsage())
+    assert out[-1] == AssistantTurnDone(interrupted=True, usage=TokenUsage())
     await asyncio.gather(turn.task, return_exceptions=True)
 
 

@@ -152,7 +152,11 @@ def test_summary_reports_turnaround_only_for_duplex_and_latency_from_metrics() -
     assert duplex["response_latency_ms"]["p50"] == pytest.approx(200.0)
     assert duplex["response_latency_ms"]["max"] == pytest.approx(300.0)
     assert duplex["responses"] == 2 and duplex["frames_dropped"] == 2 and duplex["errors"] == 1
+    assert duplex["llm_tokens"] is None                   # no turn reported LLM tokens (the duplex model)
     assert summarize(fake, transfer, "cascade", 1.0)["frame_turnaround_ms"] is None
+    for i in range(2):                                    # cascade turns: their LLM tokens, summed
+        events[i].data.update(input_tokens=40 + i, output_tokens=7 * (i + 1))
+    assert summarize(fake, transfer, "cascade", 1.0)["llm_tokens"] == {"input": 81, "output": 21}
 
 
 # ---- CLI arguments --------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 from duplex.engines.base import AssistantTurnDone, EngineFailure, ToolCallArguments, ToolCallReady, ToolCallStarted
 from duplex.engines.cascade_turn import AssistantTurn
 from duplex.engines.tool_calls import TurnTools
-from duplex.models.llm import ChatMessage, OpenAICompatibleLLM, TransformersLLM, load_llm
+from duplex.models.llm import ChatMessage, OpenAICompatibleLLM, TokenUsage, TransformersLLM, load_llm
 from duplex.models.llm.base import ToolCall, ToolCallDelta
 from duplex.models.llm.chat_prompt import template_messages
 from duplex.models.llm.tool_parse import ToolCallParser
@@ -126,6 +126,7 @@ async def test_a_turn_with_the_tiny_llm_calling_a_tool_through_its_chat_template
     history = [ChatMessage("user", "what is the weather in paris")]
     prompt = forced_llm.render_prompt([ChatMessage("system", "s"), *history], [WEATHER])
     assert "<tools>" in prompt and '"get_weather"' in prompt          # the template rendered the tools
+    before = forced_llm.tokens_generated
     turn = AssistantTurn(engine, out.append, history, {"user_end": 0.0}, system_prompt="s", voice=None,
                          temperature=0.0, seed=None, tools=TurnTools((WEATHER,), "get_weather", timeout_s=60))
     await until(lambda: any(isinstance(f, ToolCallReady) for f in out))
@@ -145,7 +146,13 @@ async def test_a_turn_with_the_tiny_llm_calling_a_tool_through_its_chat_template
     engine.turn.finished = True
     turn.on_tts_frames([], turn.text_version)
     await asyncio.wait_for(turn.task, 30)
-    assert out[-1] == AssistantTurnDone()
+    usage = out[-1].usage                    # both LLM responses of the turn: the call, then the answer
+    assert out[-1] == AssistantTurnDone(usage=usage) and usage.responses == 2
+    assert usage.output_tokens == forced_llm.tokens_generated - before
+    system = ChatMessage("system", "s")
+    first = forced_llm.prompt_ids([system, history[0]], 6, [WEATHER]) + forced_llm.tokenizer(
+        forced_llm.forced_prefix([WEATHER], "get_weather"), add_special_tokens=False)["input_ids"]
+    assert usage.input_tokens == len(first) + len(forced_llm.prompt_ids([system, *history[:3]], 6, [WEATHER]))
     assert [m.role for m in history][:3] == ["user", "assistant", "tool"]
     assert history[2] == ChatMessage("tool", "sunny, 21 degrees", tool_call_id=ready.call.call_id)
     assert not any(isinstance(f, EngineFailure) for f in out)
@@ -228,6 +235,6 @@ async def test_a_turn_that_does_not_wait_ends_at_its_calls() -> None:
     assert [f for f in out if type(f).__name__.startswith("ToolCall")] == [
         ToolCallStarted("c1", "get_weather"), ToolCallArguments("c1", '{"city":'), ToolCallArguments("c1", ' "Rome"}'),
         ToolCallReady(call)]
-    assert out[-1] == AssistantTurnDone(tool_calls=(call,))
+    assert out[-1] == AssistantTurnDone(tool_calls=(call,), usage=TokenUsage())   # (a fake LLM counts nothing)
     assert history == [ChatMessage("user", "weather?"), ChatMessage("assistant", "one moment", tool_calls=(call,))]
     assert not turn.tool_result("c1", "sunny")      # nothing waits: the stream adds it to the history instead

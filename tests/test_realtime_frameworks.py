@@ -1,6 +1,7 @@
 """The voice-agent frameworks as real clients of /v1/realtime (test-only dependencies, the `frameworks`
 extra): LiveKit's `RealtimeModel.session()` driven directly, as LiveKit's AgentSession drives it
-(instructions, the chat context, generate_reply), with a plain typed turn."""
+(instructions, the chat context, tools, generate_reply), and pipecat's `OpenAIRealtimeLLMService` in a
+pipeline; each with a plain typed turn and with a registered function whose result reaches the answer."""
 
 from __future__ import annotations
 
@@ -54,6 +55,94 @@ async def test_livekit_realtime_model_answers_a_plain_turn(cascade_server, llm_s
                     text += delta
                 frames = await asyncio.wait_for(counting, 30)
             assert text.strip() == reply_for(2, long=False) and frames > 0
+            assert not errors, errors
+        finally:
+            await session.aclose()
+            await model.aclose()
+
+
+async def _livekit_reply(generation) -> tuple[str, int, list]:
+    """A LiveKit generation read as AgentSession reads it: the spoken message (its transcript and how many
+    audio frames) and the function calls of the response."""
+    text, frames, calls = "", 0, []
+
+    async def functions() -> None:
+        async for call in generation.function_stream:
+            calls.append(call)
+
+    reading = asyncio.create_task(functions())
+    async for message in generation.message_stream:
+        async def audio(stream=message.audio_stream) -> int:
+            return sum([1 async for _ in stream])
+        counting = asyncio.create_task(audio())
+        async for delta in message.text_stream:
+            text += delta
+        frames += await asyncio.wait_for(counting, 30)
+    await asyncio.wait_for(reading, 30)
+    return text, frames, calls
+
+
+async def test_livekit_realtime_model_runs_a_registered_function(cascade_server, llm_standin):
+    """LiveKit's RealtimeModel session with a `function_tool`, driven as AgentSession drives it (the plugin
+    says `auto_tool_reply_generation=False`, `manual_function_calls=True`): the call comes out of the
+    response's function stream; the tool runs with the arguments LiveKit prepares; its output joins the
+    chat context (update_chat_ctx) and a second generate_reply speaks the answer that uses it. The
+    response.done usage reaches LiveKit's metrics as token counts."""
+    lk_openai = framework("livekit.plugins.openai")
+    from livekit.agents import llm
+
+    runs: list[str] = []
+
+    @llm.function_tool
+    async def get_weather(city: str) -> str:
+        """The weather in a city."""
+        runs.append(city)
+        return f"sunny in {city}"     # (LiveKit sends a tool's output as str(output))
+
+    async with aiohttp.ClientSession() as http:
+        model = lk_openai.realtime.RealtimeModel(model="cascade", base_url=cascade_server.http_url + "/v1",
+                                                 api_key="unused", http_session=http)
+        session = model.session()
+        errors: list = []
+        metrics: list = []
+        session.on("error", errors.append)
+        session.on("metrics_collected", metrics.append)
+        try:
+            await session.update_instructions("Be brief.")
+            await session.update_tools([get_weather])
+            chat_ctx = llm.ChatContext()
+            chat_ctx.add_message(role="user", content="what is the weather")
+            await session.update_chat_ctx(chat_ctx)
+            n = len(llm_standin.requests)
+            text, frames, calls = await _livekit_reply(await asyncio.wait_for(session.generate_reply(), 30))
+            assert [t["function"]["name"] for t in llm_standin.bodies[n]["tools"]] == ["get_weather"]
+            assert text.strip() == "let me check" and frames > 0
+            assert [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", {"city": "Paris"})]
+
+            # what AgentSession does with a call (voice/generation.py, agent_activity.py): run the tool ...
+            args, kwargs = llm.utils.prepare_function_arguments(fnc=get_weather, json_arguments=calls[0].arguments)
+            result = llm.utils.make_function_call_output(fnc_call=calls[0], output=await get_weather(*args, **kwargs),
+                                                         exception=None)
+            assert runs == ["Paris"] and result.fnc_call_out is not None
+            # ... put its output in the session's chat context, and ask for the reply
+            chat_ctx = session.chat_ctx.copy()
+            chat_ctx.items.append(result.fnc_call_out)
+            await session.update_chat_ctx(chat_ctx)
+            n = len(llm_standin.requests)
+            text, frames, calls = await _livekit_reply(
+                await asyncio.wait_for(session.generate_reply(tool_choice="auto"), 30))
+            request = await next_request(llm_standin, n)
+            call_message = next(m for m in request if m.get("tool_calls"))
+            assert call_message["tool_calls"][0]["function"]["name"] == "get_weather"
+            tool_message = request[-1]
+            assert tool_message["role"] == "tool"
+            assert tool_message["tool_call_id"] == call_message["tool_calls"][0]["id"]
+            assert tool_message["content"] == "sunny in Paris"
+            assert " ".join(text.split()) == "the tool said sunny in Paris" and frames > 0 and not calls
+            # each response.done's usage, as LiveKit reports it (the stand-in counts its chunks as tokens)
+            sent = llm_standin.usages[n]
+            assert any((m.input_tokens, m.output_tokens, m.total_tokens) ==
+                       (sent["prompt_tokens"], sent["completion_tokens"], sent["total_tokens"]) for m in metrics), metrics
             assert not errors, errors
         finally:
             await session.aclose()

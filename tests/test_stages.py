@@ -32,7 +32,8 @@ class ScriptedLLM:
     def __init__(self):
         self.deltas: asyncio.Queue[str | None] = asyncio.Queue()
 
-    async def stream(self, messages, *, temperature, max_tokens, cancel, seed=None, tools=None, tool_choice=None):
+    async def stream(self, messages, *, temperature, max_tokens, cancel, seed=None, tools=None, tool_choice=None,
+                     usage=None):
         while (delta := await self.deltas.get()) is not None:
             yield delta
 

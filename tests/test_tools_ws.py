@@ -122,7 +122,7 @@ async def test_a_call_without_a_result_times_out_and_the_conversation_goes_on(ca
         await client.text_input("what is the weather")
         call = await client.wait_for("tool_call", timeout=30)
         error = await client.wait_for("error", timeout=30)
-        assert "no result within 0.5 s" in error.data["message"]
+        assert error.data["code"] == "timeout" and "no result within 0.5 s" in error.data["message"]
         await client.wait_for("metrics", timeout=30)                   # the turn ended (what it said was played)
         await client.tool_result(call.data["call_id"], "late")
         late = await client.wait_for("error", timeout=10, predicate=lambda e: e is not error)

@@ -45,9 +45,18 @@ def summarize(client: DuplexClient, transfer: Transfer, mode: str | None, durati
         "response_latency_ms": _percentiles(latencies),
         "responses": len(latencies),
         "frames_dropped": metrics[-1].get("frames_dropped") if metrics else None,
+        "llm_tokens": _llm_tokens(metrics),
         "errors": sum(1 for e in client.events if e.type == "error"),
         "duration_s": round(duration_s, 2),
     }
+
+
+def _llm_tokens(metrics: list[dict]) -> dict[str, int] | None:
+    """The cascade LLM's tokens over every turn (its turns' `metrics` carry them); None when none did."""
+    turns = [m for m in metrics if isinstance(m.get("input_tokens"), int) and isinstance(m.get("output_tokens"), int)]
+    if not turns:
+        return None
+    return {"input": sum(m["input_tokens"] for m in turns), "output": sum(m["output_tokens"] for m in turns)}
 
 
 # ---- printing -------------------------------------------------------------------------------------
@@ -114,6 +123,8 @@ class HumanPrinter:
             r = s["response_latency_ms"]
             lines.append(f"response latency ms ({s['responses']} replies): p50 {r['p50']}, p90 {r['p90']}, "
                          f"max {r['max']}")
+        if s["llm_tokens"]:
+            lines.append(f"LLM tokens: {s['llm_tokens']['input']} in, {s['llm_tokens']['output']} out")
         if s["errors"]:
             lines.append(f"errors from server: {s['errors']}")
         for line in lines:

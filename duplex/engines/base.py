@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..audio import rms_dbfs
-from ..models.llm.base import ToolCall, ToolChoice
+from ..models.llm.base import TokenUsage, ToolCall, ToolChoice
 
-__all__ = ["ToolCall", "ToolChoice"]   # the history's call item, re-exported for the layers above (no models import there)
+# the history's call item and the LLM's token counts, re-exported for the layers above (no models import there)
+__all__ = ["TokenUsage", "ToolCall", "ToolChoice"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class AssistantTurnEnded:
     interrupted: bool = False
     barge_in: bool = False     # cut by the user's speech (the session announces it with tts_stop)
     stages: dict | None = None  # per-stage times for `metrics` (cascade: `<stage>_ms` of protocol.CASCADE_STAGES)
+    usage: TokenUsage | None = None   # cascade: the LLM's tokens for this answer, all its LLM calls summed
 
 
 @dataclass
@@ -63,6 +65,7 @@ class AssistantTurnDone:
     interrupted: bool = False
     tool_calls: tuple[ToolCall, ...] = ()   # the turn ended at these calls (`set_tool_wait(False)`): their
                                             # results join with `tool_result`, `respond` goes on
+    usage: TokenUsage | None = None         # cascade: as in AssistantTurnEnded
 
 
 # A tool call inside an assistant turn (cascade): announced as it streams, then ready for the client to run.

@@ -12,7 +12,8 @@ stage timestamps. A turn ends in one of two ways, each in one method:
   played (`TtsTurn.text_until`), and `AssistantTurnEnded(interrupted=True, barge_in=...)` is
   emitted if audio had started.
 
-Either way `AssistantTurnDone` follows, spoken or not.
+Either way `AssistantTurnDone` follows, spoken or not. Both carry the turn's `usage`: the tokens of every
+LLM response of the turn, summed (`TokenUsage`, filled by the backend at the end of each response).
 
 A tool call is a pause inside the turn (`tool_calls.py`): the text said before the call is spoken, the
 calls of the LLM's response go out as typed frames, the assistant's message with its `tool_calls` joins
@@ -35,11 +36,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import time
 import typing as tp
 
 from ..audio import FRAME_S
-from ..models.llm import ChatMessage, LLMBackend, LLMError
+from ..models.llm import ChatMessage, LLMBackend, LLMError, TokenUsage
 from ..models.llm.base import ToolCall, ToolCallDelta
 from ..models.tts import TtsCapacity, TtsEngineModel, TtsFrame, TtsTurn, UnknownVoice
 from .base import (AssistantAudio, AssistantText, AssistantTurnDone, AssistantTurnEnded, AssistantTurnStarted,
@@ -85,6 +87,7 @@ class AssistantTurn:
         self.said_before_calls = 0         # words of the reply already in the history with its calls
         self.made_calls = False
         self.waiting = Waiting()           # results the turn waits for
+        self.usage = TokenUsage()          # every LLM response of the turn adds its tokens here
         self.ended_at: tuple[ToolCall, ...] = ()   # the calls the turn ended at (TurnTools.wait off)
         self.tts: TtsTurn | None = None    # set once the TTS slot is taken
         self.reply = ""                    # the LLM's text so far
@@ -141,7 +144,7 @@ class AssistantTurn:
                 self._add_results(calls, results, f"error: no result within {self.tools.timeout_s:g} s")
                 if len(results) < len(calls):
                     late = ", ".join(c.name for c in calls if c.call_id not in results)
-                    self.fail("internal", f"tool call {late}: no result within {self.tools.timeout_s:g} s; the turn ends")
+                    self.fail("timeout", f"tool call {late}: no result within {self.tools.timeout_s:g} s; the turn ends")
                     break
         except LLMError as exc:
             if not self.ended:
@@ -162,7 +165,8 @@ class AssistantTurn:
         self.round_text = ""
         async for delta in self.engine.llm.stream(messages, temperature=self.temperature,
                                                   max_tokens=self.engine.max_tokens, cancel=self._llm_cancel,
-                                                  seed=self.seed, tools=tools, tool_choice=choice):
+                                                  seed=self.seed, tools=tools, tool_choice=choice,
+                                                  usage=self.usage):
             if self.ended:
                 break
             self.stages.setdefault("llm_first_token", time.monotonic())
@@ -266,8 +270,8 @@ class AssistantTurn:
             self.history.append(self.reply_entry)
         self._release()
         if self.speaking:
-            self.sink(AssistantTurnEnded(stages=self.stage_ms()))
-        self.sink(AssistantTurnDone(tool_calls=self.ended_at))
+            self.sink(AssistantTurnEnded(stages=self.stage_ms(), usage=self.usage_so_far()))
+        self.sink(AssistantTurnDone(tool_calls=self.ended_at, usage=self.usage_so_far()))
 
     def cancel(self, barge_in: bool = False, heard_s: float | None = None) -> None:
         """Cuts the turn now (interrupt, barge-in, reset, close, truncate): cancels the LLM request and the
@@ -292,8 +296,9 @@ class AssistantTurn:
             self._keep_reply(" ".join(heard))
         self._release()
         if self.speaking:
-            self.sink(AssistantTurnEnded(interrupted=True, barge_in=barge_in, stages=self.stage_ms()))
-        self.sink(AssistantTurnDone(interrupted=True))
+            self.sink(AssistantTurnEnded(interrupted=True, barge_in=barge_in, stages=self.stage_ms(),
+                                         usage=self.usage_so_far()))
+        self.sink(AssistantTurnDone(interrupted=True, usage=self.usage_so_far()))
 
     def truncate(self, heard_s: float) -> None:
         """The user heard the first `heard_s` of this turn's audio: a running turn is cut there; an ended
@@ -329,6 +334,10 @@ class AssistantTurn:
         if start is None:
             return {}
         return {f"{name}_ms": round((t - start) * 1000.0, 1) for name, t in self.stages.items() if name != "user_end"}
+
+    def usage_so_far(self) -> TokenUsage:
+        """A copy of the turn's token counts (a cut response's own call adds its counts after the cut, if at all)."""
+        return dataclasses.replace(self.usage)
 
     def fail(self, code: str, message: str) -> None:
         self.sink(EngineFailure(code, message))

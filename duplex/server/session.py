@@ -18,7 +18,7 @@ from .. import protocol
 from ..audio import FRAME_MS, SAMPLE_RATE, BadAudio, FrameAssembler, make_decoder
 from ..engines.base import (AssistantAudio, AssistantText, AssistantTurnEnded, AssistantTurnStarted,
                             CapacityError, Engine, EngineFailure, EngineFrame, EngineStream, LLMProcessing,
-                            ToolCallReady, Unsupported, UserFrame, UserTranscript)
+                            TokenUsage, ToolCallReady, Unsupported, UserFrame, UserTranscript)
 from ..engines.turns import ActivityDetector
 from ..protocol import ProtocolError
 from .outbox import Outbox
@@ -317,7 +317,7 @@ class Session:
             if frame.barge_in:
                 self._cut_queued_audio(conv, "barge_in")
                 self.send("tts_stop")
-            self._turn_ended(conv, frame.interrupted, frame.stages or {})
+            self._turn_ended(conv, frame.interrupted, frame.stages or {}, frame.usage)
         elif isinstance(frame, UserTranscript):
             kind = "final_transcript" if frame.end_ms is not None else "partial_transcript"
             extra = {"end_ms": frame.end_ms} if frame.end_ms is not None else {}
@@ -379,7 +379,7 @@ class Session:
         self.send("status", status="speaking", mode=conv.mode)
         self.send("tts_start", format=self.codec, sample_rate=SAMPLE_RATE)
 
-    def _turn_ended(self, conv: Conversation, interrupted: bool, stages: dict) -> None:
+    def _turn_ended(self, conv: Conversation, interrupted: bool, stages: dict, usage: TokenUsage | None = None) -> None:
         turn = conv.turn
         if not interrupted:
             self.send("tts_end")
@@ -388,7 +388,8 @@ class Session:
         self._final_assistant_segment(conv)
         if stages:
             self.observer.turn_stages(stages)
-        self._send_metrics(conv, turn.response_latency_ms, stages)
+        tokens = {} if usage is None else {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
+        self._send_metrics(conv, turn.response_latency_ms, {**stages, **tokens})
         conv.turn = TurnState()
         self.send("status", status="listening", mode=conv.mode)
 
@@ -397,12 +398,13 @@ class Session:
         count runs on over every conversation of the socket)."""
         return conv.stream.frames_dropped + self.outbox.dropped_audio - conv.outbox_dropped_before
 
-    def _send_metrics(self, conv: Conversation, response_latency_ms: float | None, stages: dict | None = None,
+    def _send_metrics(self, conv: Conversation, response_latency_ms: float | None, extra: dict | None = None,
                       dropped: int | None = None) -> None:
+        """`extra`: a cascade turn's stage times and its LLM token counts."""
         if dropped is None:
             dropped = self._frames_dropped(conv)
         self.send("metrics", response_latency_ms=None if response_latency_ms is None else round(response_latency_ms, 1),
-                  frames_in=conv.frames_in, frames_out=conv.frames_out, frames_dropped=dropped, **(stages or {}))
+                  frames_in=conv.frames_in, frames_out=conv.frames_out, frames_dropped=dropped, **(extra or {}))
 
     # --- teardown ------------------------------------------------------------------------------
     def close(self) -> None:

@@ -8,6 +8,11 @@ Function calling (docs/llm.md): a turn may offer `tools` (OpenAI chat-completion
 OpenAI streaming format (an `index` per call; its id and name once, its arguments as they arrive). A call
 is complete when the stream ends. The history carries calls and results as typed items in the OpenAI
 message shapes: an assistant `ChatMessage` with `tool_calls`, then a `tool` message with `tool_call_id`.
+
+Token usage: a caller that passes `usage` (a `TokenUsage`) gets the response's prompt and generated token
+counts added to it when the response ends, so one object passed to each LLM call of an answer sums them
+(the Realtime `usage` of `response.done`, the `/ws` turn `metrics`). See docs/llm.md for how each backend
+counts.
 """
 
 from __future__ import annotations
@@ -80,6 +85,21 @@ def tool_choice_wire(choice: ToolChoice | None) -> ToolChoice | None:
     return {"type": "function", "function": {"name": name}} if name is not None else choice
 
 
+@dataclass
+class TokenUsage:
+    """Tokens the LLM read and wrote, summed over the responses it was passed to (an answer with tool calls
+    is several LLM responses). `responses` counts them; a backend adds once per response, at its end."""
+
+    input_tokens: int = 0       # prompt tokens (the whole history, tools and system prompt), per response
+    output_tokens: int = 0      # tokens generated
+    responses: int = 0
+
+    def add(self, input_tokens: int, output_tokens: int) -> None:
+        self.input_tokens += input_tokens
+        self.output_tokens += output_tokens
+        self.responses += 1
+
+
 class LLMError(RuntimeError):
     """A turn's generation failed (endpoint down, HTTP error, stall, garbage, model failure).
     The session turns it into an `error` event and goes on; the message says what happened."""
@@ -90,9 +110,10 @@ class LLMBackend(Protocol):
 
     def stream(self, messages: list[ChatMessage], *, temperature: float, max_tokens: int,
                cancel: asyncio.Event, seed: int | None = None, tools: list[dict] | None = None,
-               tool_choice: ToolChoice | None = None) -> AsyncIterator[LLMDelta]:
+               tool_choice: ToolChoice | None = None, usage: TokenUsage | None = None) -> AsyncIterator[LLMDelta]:
         """Yields text deltas (str) of the assistant's answer and, when `tools` are offered, `ToolCallDelta`s;
-        returns early once `cancel` is set. Without `tools` (or with `tool_choice` "none") only text."""
+        returns early once `cancel` is set. Without `tools` (or with `tool_choice` "none") only text.
+        At the end of the response (however it ends) its token counts are added to `usage`, if given."""
         ...
 
     async def close(self) -> None:

@@ -43,6 +43,7 @@ class TurnRequest:
     emit: Callable[[object], None]
     room: Callable[[], bool]            # false while the reader holds MAX_AHEAD undelivered deltas
     decoder: Any = None                 # an _IncrementalDecoder (set by the backend)
+    generated: int = 0                  # tokens sampled for this turn, its end-of-turn token included
 
 
 @dataclass(eq=False)
@@ -251,6 +252,7 @@ class DecodeBatch:
         token = sample(logits.float(), row.turn.temperature, row.turn.generator)
         self.tokens_generated += 1
         row.generated += 1
+        row.turn.generated = row.generated   # read by the turn's reader once it has the end marker
         row.next_token = token
         if token in self.eos_ids:
             row.finished = True

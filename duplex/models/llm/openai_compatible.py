@@ -10,6 +10,12 @@ these servers learn to stop generating.
 Tools go through as the chat-completions API has them (`tools`, `tool_choice`, the history's assistant
 `tool_calls` and `tool` messages), and the streamed `delta.tool_calls` pieces come back as `ToolCallDelta`s
 (vLLM with a tool-call parser, llama.cpp with --jinja, Ollama and OpenAI emit them).
+
+Token usage: the request asks `stream_options: {"include_usage": true}`, and the `usage` the server sends
+(`prompt_tokens`, `completion_tokens`; in its last chunk, or in a whole answer) is what `usage` gets. A
+response whose server sends no usage (one that ignores the option, or a response cut before its end) is
+counted here with the served model's tokenizer when this machine has it (`token_count.TokenCounter`), else
+counts 0 tokens.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from typing import Any, AsyncIterator
 
 import aiohttp
 
-from .base import ChatMessage, LLMDelta, LLMError, ToolCallDelta, ToolChoice, tool_choice_wire
+from .base import ChatMessage, LLMDelta, LLMError, TokenUsage, ToolCallDelta, ToolChoice, tool_choice_wire
+from .token_count import TokenCounter
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +48,13 @@ def completions_url(url: str) -> str:
 
 class OpenAICompatibleLLM:
     def __init__(self, url: str, model: str | None = None, api_key: str | None = None,
-                 connect_timeout: float = 5.0, token_timeout: float = 10.0):
+                 connect_timeout: float = 5.0, token_timeout: float = 10.0, counter: TokenCounter | None = None):
         self.url = completions_url(url)
         self.model = model
         self.api_key = api_key
         self.connect_timeout = connect_timeout
         self.token_timeout = token_timeout  # the longest wait for the first or the next token
+        self.counter = counter              # counts a response's tokens when the server reports none
         self.name = f"openai:{self.url}" + (f" ({model})" if model else "")
         self._session: aiohttp.ClientSession | None = None
 
@@ -71,6 +79,7 @@ class OpenAICompatibleLLM:
         body: dict[str, Any] = {
             "messages": [m.to_openai() for m in messages],
             "stream": True, "temperature": temperature, "max_tokens": max_tokens,
+            "stream_options": {"include_usage": True},   # a last chunk with the token counts
         }
         if tools:
             body["tools"] = tools
@@ -84,7 +93,21 @@ class OpenAICompatibleLLM:
 
     async def stream(self, messages: list[ChatMessage], *, temperature: float, max_tokens: int,
                      cancel: asyncio.Event, seed: int | None = None, tools: list[dict] | None = None,
-                     tool_choice: ToolChoice | None = None) -> AsyncIterator[LLMDelta]:
+                     tool_choice: ToolChoice | None = None, usage: TokenUsage | None = None) -> AsyncIterator[LLMDelta]:
+        counts = _Counts()
+        try:
+            async for delta in self._stream(messages, temperature, max_tokens, cancel, seed, tools, tool_choice, counts):
+                yield delta
+        finally:
+            if usage is not None:
+                if counts.sent and not counts.reported and self.counter is not None:
+                    counts.input_tokens = self.counter.prompt([m.to_openai() for m in messages], tools)
+                    counts.output_tokens = self.counter.text(counts.text)
+                usage.add(counts.input_tokens, counts.output_tokens)
+
+    async def _stream(self, messages: list[ChatMessage], temperature: float, max_tokens: int, cancel: asyncio.Event,
+                      seed: int | None, tools: list[dict] | None, tool_choice: ToolChoice | None,
+                      counts: "_Counts") -> AsyncIterator[LLMDelta]:
         headers = {"Accept": "text/event-stream"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -95,13 +118,14 @@ class OpenAICompatibleLLM:
         response = await self._post(body, headers, cancel, deadline)
         if response is None:
             return
+        counts.sent = True
         try:
             await self._check_status(response)
             if response.content_type == "application/json":  # the server ignored `stream: true`
-                for item in await self._whole_answer(response, cancel, deadline):
+                for item in await self._whole_answer(response, cancel, deadline, counts):
                     yield item
                 return
-            async for delta in self._events(response, cancel, deadline):
+            async for delta in self._events(response, cancel, deadline, counts):
                 yield delta
         finally:
             # Closing (not releasing) drops the connection: the server sees it and stops generating.
@@ -127,7 +151,7 @@ class OpenAICompatibleLLM:
         raise LLMError(f"LLM endpoint {self.url} answered HTTP {response.status}: {detail}".rstrip(": "))
 
     async def _events(self, response: aiohttp.ClientResponse, cancel: asyncio.Event,
-                      deadline: "_Deadline") -> AsyncIterator[LLMDelta]:
+                      deadline: "_Deadline", counts: "_Counts") -> AsyncIterator[LLMDelta]:
         """Text and tool-call deltas from the SSE body, until [DONE], the end of a finished answer, or cancel."""
         finished = False  # a chunk said finish_reason: a server that then omits [DONE] is fine
         while True:
@@ -136,7 +160,7 @@ class OpenAICompatibleLLM:
                 return
             if not isinstance(line, str):  # _DONE
                 break
-            item = self._parse_event(line)
+            item = self._parse_event(line, counts)
             if not isinstance(item, tuple):  # None: a keep-alive or empty chunk; _DONE: the end
                 if item is _DONE:
                     return
@@ -163,8 +187,9 @@ class OpenAICompatibleLLM:
             return _DONE
         return raw.decode("utf-8", errors="replace").strip()
 
-    def _parse_event(self, line: str) -> object:
-        """(deltas, finished) for a chunk; None for lines to skip; `_DONE` for `data: [DONE]`."""
+    def _parse_event(self, line: str, counts: "_Counts") -> object:
+        """(deltas, finished) for a chunk; None for lines to skip; `_DONE` for `data: [DONE]`. A chunk's
+        `usage` (the last one's, with `include_usage`) goes into `counts`."""
         if not line or line.startswith(":") or line.startswith(("event:", "id:", "retry:")):
             return None  # blank separators, keep-alive comments, SSE fields we do not need
         if not line.startswith("data:"):
@@ -175,6 +200,7 @@ class OpenAICompatibleLLM:
         chunk = self._json(data)
         if "error" in chunk:
             raise LLMError(f"LLM endpoint {self.url} reported an error: {_error_message(data)}")
+        counts.read(chunk.get("usage"))
         choice = self._first_choice(chunk, data)
         delta = choice.get("delta") or {}
         content = delta.get("content") if isinstance(delta, dict) else None
@@ -183,6 +209,7 @@ class OpenAICompatibleLLM:
         deltas: list[LLMDelta] = [content] if content else []
         if isinstance(delta, dict) and delta.get("tool_calls"):
             deltas.extend(self._tool_call_deltas(delta["tool_calls"], data))
+        counts.came(deltas)
         return deltas, choice.get("finish_reason") is not None
 
     def _tool_call_deltas(self, pieces: Any, data: str) -> list[ToolCallDelta]:
@@ -204,16 +231,20 @@ class OpenAICompatibleLLM:
         return out
 
     async def _whole_answer(self, response: aiohttp.ClientResponse, cancel: asyncio.Event,
-                            deadline: "_Deadline") -> list[LLMDelta]:
+                            deadline: "_Deadline", counts: "_Counts") -> list[LLMDelta]:
         body = await _unless_cancelled(response.text(), cancel, deadline, self._stalled("the answer"))
         if body is None:
             return []
-        message = self._first_choice(self._json(body), body).get("message")
+        answer = self._json(body)
+        counts.read(answer.get("usage"))
+        message = self._first_choice(answer, body).get("message")
         calls = message.get("tool_calls") if isinstance(message, dict) else None
         if not isinstance(message, dict) or not (isinstance(message.get("content"), str) or calls):
             raise LLMError(f"LLM endpoint {self.url} sent an answer without message.content: {body[:120]!r}")
         out: list[LLMDelta] = [message["content"]] if message.get("content") else []
-        return out + (self._tool_call_deltas(calls, body) if calls else [])
+        out += self._tool_call_deltas(calls, body) if calls else []
+        counts.came(out)
+        return out
 
     def _json(self, data: str) -> dict:
         try:
@@ -232,6 +263,30 @@ class OpenAICompatibleLLM:
 
     def _stalled(self, what: str) -> str:
         return f"LLM endpoint {self.url} stalled: no {what} within {self.token_timeout:g} s"
+
+
+class _Counts:
+    """One response's token counts as the server reported them (0 until it does), and what came back
+    (its text and call arguments, for a `TokenCounter` when the server reports nothing)."""
+
+    def __init__(self) -> None:
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.sent = False          # the request reached the server (a response cancelled before costs nothing)
+        self.reported = False      # the server sent `usage`
+        self.text = ""
+
+    def read(self, usage: Any) -> None:
+        """A chat-completions `usage` object; anything else (absent, null, malformed) leaves the counts."""
+        if not isinstance(usage, dict):
+            return
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if isinstance(prompt, int) and isinstance(completion, int):
+            self.input_tokens, self.output_tokens, self.reported = prompt, completion, True
+
+    def came(self, deltas: list[LLMDelta]) -> None:
+        for delta in deltas:
+            self.text += delta if isinstance(delta, str) else (delta.name or "") + delta.arguments
 
 
 class _Deadline:

@@ -8,6 +8,10 @@ All conversations' turns decode together on the model's one thread (continuous b
 Tools: the chat template renders them (`chat_prompt.py`), and the model's calls are read out of its text
 as it streams (`tool_parse.ToolCallParser`: the Hermes/Qwen and SmolLM2 formats); a `tool_choice` that
 requires a call, or names a function, forces the start of the answer.
+
+Token usage: input tokens are the prompt's ids as the model is fed them (the rendered template, trimmed to
+the context, plus a forced prefix); output tokens are the tokens sampled, the end-of-turn token included
+(as vLLM counts `completion_tokens`). A cut turn counts what was sampled by the time its reader left.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import torch
 
 from ..spec import WEIGHTS_DIR, WeightsUnavailable
 from ..tiny.llm import ensure_tiny_llm
-from .base import ChatMessage, LLMDelta, LLMError, ToolChoice
+from .base import ChatMessage, LLMDelta, LLMError, TokenUsage, ToolChoice
 from .chat_prompt import forced_prefix, template_knows_tools, template_messages
 from .tool_parse import ToolCallParser
 from .batch import _DONE, MAX_AHEAD, DecodeBatch, TurnRequest
@@ -128,15 +132,18 @@ class TransformersLLM:
 
     async def stream(self, messages: list[ChatMessage], *, temperature: float, max_tokens: int,
                      cancel: asyncio.Event, seed: int | None = None, tools: list[dict] | None = None,
-                     tool_choice: ToolChoice | None = None) -> AsyncIterator[LLMDelta]:
+                     tool_choice: ToolChoice | None = None, usage: TokenUsage | None = None) -> AsyncIterator[LLMDelta]:
         if cancel.is_set() or self._closed:
+            if usage is not None:
+                usage.add(0, 0)
             return
         if tool_choice == "none":
             tools = None
         parser = ToolCallParser() if tools else None
         prefix = self.forced_prefix(tools, tool_choice)
         # aclosing: a reader that goes away closes the inner generator at once, so its turn leaves the batch
-        async with contextlib.aclosing(self._text(messages, temperature, max_tokens, cancel, seed, tools, prefix)) as text:
+        text_deltas = self._text(messages, temperature, max_tokens, cancel, seed, tools, prefix, usage)
+        async with contextlib.aclosing(text_deltas) as text:
             if parser is None:
                 async for delta in text:
                     yield delta
@@ -151,8 +158,10 @@ class TransformersLLM:
                 yield item
 
     async def _text(self, messages: list[ChatMessage], temperature: float, max_tokens: int, cancel: asyncio.Event,
-                    seed: int | None, tools: list[dict] | None, prefix: str) -> AsyncGenerator[str, None]:
-        """The model's text deltas, after `prefix` (already part of the answer, fed as prompt)."""
+                    seed: int | None, tools: list[dict] | None, prefix: str,
+                    usage: TokenUsage | None = None) -> AsyncGenerator[str, None]:
+        """The model's text deltas, after `prefix` (already part of the answer, fed as prompt); the turn's
+        token counts go into `usage` when it ends."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         gone = threading.Event()   # set when the reader goes away (generator closed or cancelled)
@@ -193,6 +202,8 @@ class TransformersLLM:
         finally:
             gone.set()
             self._wake.set()
+            if usage is not None:
+                usage.add(len(turn.ids), turn.generated)
 
     def _submit(self, turn: TurnRequest) -> None:
         """Queues `turn` to join the batch; starts the step loop on the model thread if it is idle."""

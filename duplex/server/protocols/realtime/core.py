@@ -17,7 +17,7 @@ from __future__ import annotations
 import typing as tp
 from dataclasses import dataclass, field
 
-from ....engines.base import Engine, EngineStream, UserTranscript
+from ....engines.base import Engine, EngineStream, TokenUsage, UserTranscript
 from . import events as rt
 from ...recording import NULL_RECORDER, ConversationRecorder
 from ...session import Session, SessionLimits, SessionObserver
@@ -35,6 +35,7 @@ class Response:
     sent_frames: int = 0            # audio frames (80 ms) encoded and sent to the client
     cancel_reason: str | None = None
     calls: list[dict] = field(default_factory=list)   # its function_call items (output_index 1, 2, ...)
+    usage: TokenUsage = field(default_factory=TokenUsage)   # the LLM's tokens (cascade), for response.done
 
 
 class RealtimeBase(Session):

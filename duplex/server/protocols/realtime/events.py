@@ -120,7 +120,8 @@ def response_object(response_id: str, status: str, output: list[dict], voice: st
 
 
 def usage_object(input_tokens: int = 0, output_tokens: int = 0) -> dict:
-    """`response.done`'s `usage`: text tokens as counted where known, 0 where not; no audio tokens here."""
+    """`response.done`'s `usage` in OpenAI's GA shape: the LLM's text tokens (cascade: as its backend counts them,
+    docs/llm.md; the duplex model has no such count: 0); no audio, image or cached tokens here (0)."""
     return {"total_tokens": input_tokens + output_tokens, "input_tokens": input_tokens, "output_tokens": output_tokens,
             "input_token_details": {"text_tokens": input_tokens, "audio_tokens": 0, "image_tokens": 0,
                                     "cached_tokens": 0,

@@ -93,6 +93,8 @@ class Responses(RealtimeBase):
         if isinstance(frame, AssistantText) and self.response is not None:
             self.response.transcript += frame.text
             self._response_event(self.response, "response.output_audio_transcript.delta", delta=frame.text)
+        if isinstance(frame, (AssistantTurnEnded, AssistantTurnDone)) and frame.usage and self.response is not None:
+            self.response.usage = frame.usage   # the answer's LLM calls, summed by the turn
         super()._on_engine_frame(frame)   # clock, latency and metrics, barge-in's cut of queued audio, errors
         if isinstance(frame, AssistantTurnEnded) and self.response is not None:
             if frame.barge_in:
@@ -140,7 +142,9 @@ class Responses(RealtimeBase):
         reason = (response.cancel_reason or "client_cancelled") if status == "cancelled" else None
         output = [item, *(dict(call) for call in response.calls)]
         self.emit("response.done", response=rt.response_object(response.id, status, output, self.config.voice, reason,
-                                                               response.metadata, rt.usage_object()))
+                                                               response.metadata,
+                                                               rt.usage_object(response.usage.input_tokens,
+                                                                               response.usage.output_tokens)))
 
     def _response_event(self, response: Response, type_: str, **fields: tp.Any) -> None:
         self.emit(type_, response_id=response.id, item_id=response.item_id, output_index=0, content_index=0, **fields)
