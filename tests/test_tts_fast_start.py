@@ -115,8 +115,9 @@ def test_a_turn_says_exactly_what_the_full_step_says(engines, greedy):
 
 def test_first_frame_in_one_round_of_first_audio_steps_beside_speaking_turns(engines):
     """With three turns speaking, a new turn whose text is there gets its first frame in one `produce`
-    round of exactly `first_audio_steps` steps; the speaking turns join only the steps they take their
-    frames from (two each), so the starting turn's delay steps run alone, without the depformer."""
+    call of exactly `first_audio_steps` steps, which returns with it; the speaking turns join only the
+    steps they take their frames from (two each), so the starting turn's delay steps run alone, without
+    the depformer."""
     lean, _ = engines
     speaking = [lean.start_turn(seed=30 + i) for i in range(3)]
     for t in speaking:
@@ -127,14 +128,14 @@ def test_first_frame_in_one_round_of_first_audio_steps_beside_speaking_turns(eng
     turn.push_text(TEXT + " ")
     lean.stats.update(steps=0, codebooks=0)
     steps_before = {t: t.gen.steps for t in speaking}
-    produced = lean.produce([*speaking, turn], frames_each=1)
-    assert [f.index for f in produced[turn]] == [0]
+    produced = lean.produce([*speaking, turn], frames_each=2)
+    assert [f.index for f in produced[turn]] == [0]             # the first frame returns at once
     assert lean.stats["steps"] == lean.first_audio_steps
-    assert all(t.gen.steps - steps_before[t] == 1 and len(produced[t]) == 1 for t in speaking)
-    # codebooks sampled: every codebook in the one step the speaking turns joined, then only the new
+    assert all(t.gen.steps - steps_before[t] == 2 and len(produced[t]) == 2 for t in speaking)
+    # codebooks sampled: every codebook in the two steps the speaking turns joined, then only the new
     # turn's started ones (none in its first delay_steps steps)
     q = lean.tts.n_q
-    assert lean.stats["codebooks"] <= q + (lean.first_audio_steps - lean.delay_steps) * q
+    assert lean.stats["codebooks"] <= 2 * q + (lean.first_audio_steps - lean.delay_steps) * q
     for t in [*speaking, turn]:
         t.cancel()
 

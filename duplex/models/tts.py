@@ -4,30 +4,34 @@ The TTS is a delayed-streams LM: it reads text and writes Mimi codes one 80 ms s
 the audio lagging the text by `delay_steps` (1.28 s on the real model). moshi's `StateMachine`
 decides, from the model's own "pad"/"new word" choices, when the next word is fed in; with a
 lookahead stream it also needs to see `second_stream_ahead` words beyond the current one. So a
-turn may step only while that many words are queued, or once the text is complete (as Kyutai's
-own streaming script does): speech starts after a handful of words, long before the LLM is done.
+step that may take a word runs only while that many words are queued, or once the text is complete
+(as Kyutai's own streaming script does); the steps the machine forces to a pad run at once. Speech
+starts after a handful of words, long before the LLM is done.
 
 Batching mirrors `moshi_batch.MoshiBatch`: one `LMGen` in streaming mode for `slots` turns,
 `set_exec_mask` so that slots with nothing to say keep their state, per-slot randomness
 (`sampling.BatchedLMGen`), per-slot reset when a slot is reused, and each slot's voice written
-into its row of the cross-attention source. Everything here runs on the model thread, except
-`TtsEngineModel.start_turn` and `TtsTurn.push_text`/`end_text`/`cancel`, which only queue work.
+into its row of the cross-attention source. A step computes only the rows between its lowest and
+highest slot, and only the codebooks whose audio has started (`tts_rows.py`). `produce` runs the
+steps of a starting turn (`first_audio_steps` before its first frame) back to back, batched with
+the turns that start with it, without dragging the speaking turns along. Everything here runs on
+the model thread, except `TtsEngineModel.start_turn` and `TtsTurn.push_text`/`end_text`/`cancel`,
+which only queue work.
 
 The seam with a turn (`tts_turn.TtsTurn`, whose needs are the `TtsTurnEngine` protocol): the turn
-owns its text queue and its buffered frames; the engine owns each turn's generation state
-(`TurnGenState`: state machine, step count, frames produced), which it alone writes. They meet
-through public calls only: `word_entries` (a word as state-machine entries), `ready(turn)` (model
-thread: takes the turn's words with `turn.take_text()`, says whether it may step), `step()` (model
-thread: one batched step, returning each running turn's new frame or None) and `release(turn)`.
+owns its text queue; the engine owns each turn's generation state (`TurnGenState`: state machine,
+step count, frames produced), which it alone writes. They meet through public calls only:
+`word_entries` (a word as state-machine entries), `ready(turn)` (model thread: takes the turn's
+words with `turn.take_text()`, says whether it may step), `step(turns)` (model thread: one batched
+step of those turns, returning each one's new frame or None) and `release(turn)`.
 
-Shapes: B = slots, Q = n_q audio codebooks (all generated: no user stream), F = 1920 samples.
+Shapes: B = slots, R = the rows a step computes, Q = n_q audio codebooks (all generated: no user stream), F = 1920 samples.
 """
 
 from __future__ import annotations
 
 import collections
 import functools
-import logging
 import threading
 import weakref
 from pathlib import Path
@@ -35,7 +39,7 @@ from pathlib import Path
 import torch
 from moshi.models import loaders
 from moshi.conditioners import ConditionType
-from moshi.models.tts import DEFAULT_DSM_TTS_VOICE_REPO, Entry, TTSModel, script_to_entries
+from moshi.models.tts import Entry, TTSModel, script_to_entries
 from moshi.modules.transformer import StreamingMultiheadAttention
 
 from ..audio import FRAME_SAMPLES
@@ -43,10 +47,10 @@ from .inference import inference
 from .sampling import BatchedLMGen, SlotRandomness
 from .tts_rows import TtsRows
 from .tts_turn import TtsFrame, TtsTurn, TurnGenState
+from .tts_voices import hub_voices, shown, voice_repo_of
 
 __all__ = ["TtsCapacity", "TtsEngineModel", "TtsFrame", "TtsTurn", "TurnGenState", "UnknownVoice"]
 
-log = logging.getLogger(__name__)
 
 DEFAULT_VOICE = "expresso/ex03-ex01_happy_001_channel1_334s.wav"  # Kyutai's own default in their scripts
 CFG_COEF = 2.0          # the real model is CFG-distilled: this is a condition value, not a second batch
@@ -74,7 +78,7 @@ class TtsEngineModel:
         lm_config = checkpoint.lm_config or {}
         self.tts = TTSModel.from_checkpoint_info(
             checkpoint, n_q=n_q or lm_config.get("n_q", 32), device=self.device, dtype=dtype,
-            voice_repo=voice_repo or _voice_repo(checkpoint))
+            voice_repo=voice_repo or voice_repo_of(checkpoint))
         self._check_supported()
         self.voice_repo = self.tts.voice_repo
         self.default_voice = voice or DEFAULT_VOICE
@@ -136,7 +140,7 @@ class TtsEngineModel:
         A lookup in the list made at start: no path, URL or hub name a client sends reaches the disk or the hub."""
         path = self.voices.get(voice)
         if path is None:
-            raise UnknownVoice(f"unknown voice {voice!r}; available: {_shown(sorted(self.voices))}")
+            raise UnknownVoice(f"unknown voice {voice!r}; available: {shown(sorted(self.voices))}")
         return path
 
     def available_voices(self) -> list[str]:
@@ -150,7 +154,7 @@ class TtsEngineModel:
         suffix = self.tts.voice_suffix
         folder: Path | None = Path(self.voice_repo)
         if not Path(self.voice_repo).is_dir():
-            folder = _hub_voices(self.voice_repo, suffix)
+            folder = hub_voices(self.voice_repo, suffix)
         voices = {}
         if folder is not None:
             voices = {str(p.relative_to(folder))[: -len(suffix)]: p for p in sorted(folder.rglob(f"*{suffix}"))}
@@ -164,7 +168,7 @@ class TtsEngineModel:
         if voice.endswith(".safetensors") and Path(voice).is_file():
             return Path(voice)
         if listed or Path(self.voice_repo).is_dir():
-            raise UnknownVoice(f"unknown voice {voice!r}; available: {_shown(sorted(listed))}")
+            raise UnknownVoice(f"unknown voice {voice!r}; available: {shown(sorted(listed))}")
         try:
             return self.tts.get_voice_path(voice)
         except Exception as exc:  # hub errors: missing entry, network, auth
@@ -260,12 +264,15 @@ class TtsEngineModel:
         """Model thread: steps `turns` until each has `frames_each` new frames or cannot step (it waits
         for words, or it is over). Each step is one batched step of the turns that still need a frame:
         a starting turn runs its `first_audio_steps` steps back to back, batched with the turns that start
-        with it, and a speaking turn joins only the steps it takes a frame from."""
+        with it, and a speaking turn joins only the steps it takes a frame from. A turn's first frame
+        ends the call at once, so that it plays without waiting for a second one."""
         out: dict[TtsTurn, list[TtsFrame]] = {turn: [] for turn in turns}
         while produced := self.step([turn for turn in turns if len(out[turn]) < frames_each]):
             for turn, frame in produced.items():
                 if frame is not None and not turn.cancelled:
                     out[turn].append(frame)
+            if any(frame is not None and frame.index == 0 for frame in produced.values()):
+                break
         return out
 
     def _step(self, running: list["TtsTurn"]) -> dict["TtsTurn", TtsFrame | None]:
@@ -382,31 +389,3 @@ class TtsEngineModel:
     def _finish(self, turn: "TtsTurn") -> None:
         turn.gen.finished = True
         self.release(turn)
-
-
-def _hub_voices(repo: str, suffix: str) -> Path | None:
-    """The voice embeddings of a hub repo (`kyutai/tts-voices`), fetched once at start (cached); None when they
-    cannot be had (offline without a cached copy): then only `--voice` is offered."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo, allow_patterns=[f"*{suffix}"]))
-    except Exception as exc:  # network, auth, offline: the server still serves its default voice
-        log.warning("the voices of %s could not be listed (%s: %s); only --voice is offered", repo,
-                    type(exc).__name__, exc)
-        return None
-
-
-def _shown(names: list[str], most: int = 40) -> str:
-    """A refusal names the choices (the hub's voices repo has hundreds: the first `most`, and the count)."""
-    if len(names) <= most:
-        return ", ".join(names) or "none"
-    return ", ".join(names[:most]) + f", ... ({len(names)} in all)"
-
-
-def _voice_repo(checkpoint: loaders.CheckpointInfo) -> str:
-    """`tts_config.voice_repo` (a folder beside the weights: the tiny preset) or Kyutai's voices repo."""
-    local = checkpoint.tts_config.get("voice_repo")
-    if local:
-        return str(Path(checkpoint.moshi_weights).parent / local)
-    return DEFAULT_DSM_TTS_VOICE_REPO
