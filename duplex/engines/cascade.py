@@ -128,7 +128,8 @@ class CascadeEngine(Engine):
                 await self._wakeup.wait()
                 continue
             try:
-                produced = await loop.run_in_executor(self.tts_worker, _produce_frames, [tts for _, tts, _ in wanted])
+                produced = await loop.run_in_executor(self.tts_worker, _produce_frames, self.tts,
+                                                      [tts for _, tts, _ in wanted])
             except Exception:
                 log.exception("TTS step failed")
                 for turn, _, version in wanted:
@@ -139,18 +140,11 @@ class CascadeEngine(Engine):
                 turn.on_tts_frames(frames, version)
 
 
-def _produce_frames(turns: list[TtsTurn]) -> list[list[TtsFrame]]:
-    """Model thread: up to two frames per turn (enough to stay ahead of a real-time playout)."""
-    out = []
-    for turn in turns:
-        frames = []
-        for _ in range(2):
-            frame = turn.step()
-            if frame is None:
-                break
-            frames.append(frame)
-        out.append(frames)
-    return out
+def _produce_frames(tts: TtsEngineModel, turns: list[TtsTurn]) -> list[list[TtsFrame]]:
+    """Model thread: up to two frames per turn (enough to stay ahead of a real-time playout), in batched
+    steps of the turns that still need one; a starting turn's delay steps run back to back (`produce`)."""
+    produced = tts.produce(turns, frames_each=2)
+    return [produced[turn] for turn in turns]
 
 
 class CascadeStream(EngineStream):

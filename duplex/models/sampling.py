@@ -96,7 +96,7 @@ class BatchedLMGen(LMGen):
                 previous = token
         audio = torch.stack(tokens, dim=1)
         # A forced-silent slot says the silence codes, so what it "hears itself say" agrees.
-        audio = torch.where(self.force_silence[:, None], self.silence_codes[None, :], audio)
+        audio = torch.where(self.force_silence[:, None], self.silence_codes[None, : self.agent_q], audio)
         if lm_model.dep_q > self.agent_q:
             audio = torch.cat([audio, audio.new_zeros(batch_size, lm_model.dep_q - self.agent_q)], dim=1)
         return audio

@@ -4,30 +4,34 @@ The TTS is a delayed-streams LM: it reads text and writes Mimi codes one 80 ms s
 the audio lagging the text by `delay_steps` (1.28 s on the real model). moshi's `StateMachine`
 decides, from the model's own "pad"/"new word" choices, when the next word is fed in; with a
 lookahead stream it also needs to see `second_stream_ahead` words beyond the current one. So a
-turn may step only while that many words are queued, or once the text is complete (as Kyutai's
-own streaming script does): speech starts after a handful of words, long before the LLM is done.
+step that may take a word runs only while that many words are queued, or once the text is complete
+(as Kyutai's own streaming script does); the steps the machine forces to a pad run at once. Speech
+starts after a handful of words, long before the LLM is done.
 
 Batching mirrors `moshi_batch.MoshiBatch`: one `LMGen` in streaming mode for `slots` turns,
 `set_exec_mask` so that slots with nothing to say keep their state, per-slot randomness
 (`sampling.BatchedLMGen`), per-slot reset when a slot is reused, and each slot's voice written
-into its row of the cross-attention source. Everything here runs on the model thread, except
-`TtsEngineModel.start_turn` and `TtsTurn.push_text`/`end_text`/`cancel`, which only queue work.
+into its row of the cross-attention source. A step computes only the rows between its lowest and
+highest slot, and only the codebooks whose audio has started (`tts_rows.py`). `produce` runs the
+steps of a starting turn (`first_audio_steps` before its first frame) back to back, batched with
+the turns that start with it, without dragging the speaking turns along. Everything here runs on
+the model thread, except `TtsEngineModel.start_turn` and `TtsTurn.push_text`/`end_text`/`cancel`,
+which only queue work.
 
 The seam with a turn (`tts_turn.TtsTurn`, whose needs are the `TtsTurnEngine` protocol): the turn
-owns its text queue and its buffered frames; the engine owns each turn's generation state
-(`TurnGenState`: state machine, step count, frames produced), which it alone writes. They meet
-through public calls only: `word_entries` (a word as state-machine entries), `ready(turn)` (model
-thread: takes the turn's words with `turn.take_text()`, says whether it may step), `step()` (model
-thread: one batched step, returning each running turn's new frame or None) and `release(turn)`.
+owns its text queue; the engine owns each turn's generation state (`TurnGenState`: state machine,
+step count, frames produced), which it alone writes. They meet through public calls only:
+`word_entries` (a word as state-machine entries), `ready(turn)` (model thread: takes the turn's
+words with `turn.take_text()`, says whether it may step), `step(turns)` (model thread: one batched
+step of those turns, returning each one's new frame or None) and `release(turn)`.
 
-Shapes: B = slots, Q = n_q audio codebooks (all generated: no user stream), F = 1920 samples.
+Shapes: B = slots, R = the rows a step computes, Q = n_q audio codebooks (all generated: no user stream), F = 1920 samples.
 """
 
 from __future__ import annotations
 
 import collections
 import functools
-import logging
 import threading
 import weakref
 from pathlib import Path
@@ -35,17 +39,18 @@ from pathlib import Path
 import torch
 from moshi.models import loaders
 from moshi.conditioners import ConditionType
-from moshi.models.tts import DEFAULT_DSM_TTS_VOICE_REPO, Entry, TTSModel, script_to_entries
+from moshi.models.tts import Entry, TTSModel, script_to_entries
 from moshi.modules.transformer import StreamingMultiheadAttention
 
 from ..audio import FRAME_SAMPLES
 from .inference import inference
 from .sampling import BatchedLMGen, SlotRandomness
+from .tts_rows import TtsRows
 from .tts_turn import TtsFrame, TtsTurn, TurnGenState
+from .tts_voices import hub_voices, shown, voice_repo_of
 
 __all__ = ["TtsCapacity", "TtsEngineModel", "TtsFrame", "TtsTurn", "TurnGenState", "UnknownVoice"]
 
-log = logging.getLogger(__name__)
 
 DEFAULT_VOICE = "expresso/ex03-ex01_happy_001_channel1_334s.wav"  # Kyutai's own default in their scripts
 CFG_COEF = 2.0          # the real model is CFG-distilled: this is a condition value, not a second batch
@@ -65,13 +70,15 @@ class TtsEngineModel:
 
     def __init__(self, checkpoint: loaders.CheckpointInfo, slots: int = 1, device: str = "cpu",
                  dtype: torch.dtype = torch.float32, voice: str | None = None, *,
-                 voice_repo: str | None = None, n_q: int | None = None, temperature: float | None = None):
+                 voice_repo: str | None = None, n_q: int | None = None, temperature: float | None = None,
+                 lean_steps: bool | None = None):
+        """`lean_steps`: compute only the rows and codebooks a step needs (tts_rows.py; None: on CPU)."""
         self.slots = slots
         self.device = torch.device(device)
         lm_config = checkpoint.lm_config or {}
         self.tts = TTSModel.from_checkpoint_info(
             checkpoint, n_q=n_q or lm_config.get("n_q", 32), device=self.device, dtype=dtype,
-            voice_repo=voice_repo or _voice_repo(checkpoint))
+            voice_repo=voice_repo or voice_repo_of(checkpoint))
         self._check_supported()
         self.voice_repo = self.tts.voice_repo
         self.default_voice = voice or DEFAULT_VOICE
@@ -105,6 +112,12 @@ class TtsEngineModel:
         self._steps = torch.zeros(slots, dtype=torch.long, device=self.device)
         self._no_depformer = torch.full((slots, lm.dep_q, 1), self.machine.token_ids.zero,
                                         dtype=torch.long, device=self.device)
+        self._row_start = 0                  # the first slot of the rows the current step computes
+        # Narrow each step to its rows and its started codebooks (CPU: tts_rows.py); CUDA graphs need the full batch.
+        lean = self.device.type == "cpu" if lean_steps is None else lean_steps
+        self.rows = TtsRows(self.gen, mimi, slots, self._audio_start.tolist(), enabled=lean)
+        # model work done: steps, rows computed, codebooks sampled (summed over steps), Mimi decodes
+        self.stats = {"steps": 0, "rows": 0, "codebooks": 0, "decoded": 0}
 
     # ---- set-up -------------------------------------------------------------------------------
 
@@ -127,7 +140,7 @@ class TtsEngineModel:
         A lookup in the list made at start: no path, URL or hub name a client sends reaches the disk or the hub."""
         path = self.voices.get(voice)
         if path is None:
-            raise UnknownVoice(f"unknown voice {voice!r}; available: {_shown(sorted(self.voices))}")
+            raise UnknownVoice(f"unknown voice {voice!r}; available: {shown(sorted(self.voices))}")
         return path
 
     def available_voices(self) -> list[str]:
@@ -141,7 +154,7 @@ class TtsEngineModel:
         suffix = self.tts.voice_suffix
         folder: Path | None = Path(self.voice_repo)
         if not Path(self.voice_repo).is_dir():
-            folder = _hub_voices(self.voice_repo, suffix)
+            folder = hub_voices(self.voice_repo, suffix)
         voices = {}
         if folder is not None:
             voices = {str(p.relative_to(folder))[: -len(suffix)]: p for p in sorted(folder.rglob(f"*{suffix}"))}
@@ -155,7 +168,7 @@ class TtsEngineModel:
         if voice.endswith(".safetensors") and Path(voice).is_file():
             return Path(voice)
         if listed or Path(self.voice_repo).is_dir():
-            raise UnknownVoice(f"unknown voice {voice!r}; available: {_shown(sorted(listed))}")
+            raise UnknownVoice(f"unknown voice {voice!r}; available: {shown(sorted(listed))}")
         try:
             return self.tts.get_voice_path(voice)
         except Exception as exc:  # hub errors: missing entry, network, auth
@@ -218,59 +231,81 @@ class TtsEngineModel:
             if ref is not None and ref() is None:
                 self._turns[slot] = None
 
-    def _live_turns(self) -> list["TtsTurn"]:
-        with self._lock:
-            self._free_released()
-            turns = [ref() for ref in self._turns if ref is not None]
-        return [t for t in turns if t is not None]
-
     # ---- the batched step (model thread) ------------------------------------------------------
 
     def ready(self, turn: "TtsTurn") -> bool:
-        """Whether `turn` may step now: more than `second_stream_ahead` words queued, or its text is
-        complete. Moves the turn's queued words into its state machine; ends a turn with no words."""
+        """Whether `turn` may step now. Moves the turn's queued words into its state machine; ends a turn
+        with no words. A step that may take the next word needs `second_stream_ahead` words beyond it
+        queued, or the text complete (the lookahead stream reads them when the word is taken); a step the
+        state machine forces to a pad (between words, while a word's tokens are fed) takes no word and
+        may run before they come, so the text-to-audio delay runs while the LLM is still writing."""
         gen = turn.gen
         if turn.cancelled or gen.finished:
             return False
         entries, ended = turn.take_text()
-        gen.machine.entries.extend(entries)
-        if ended and gen.steps == 0 and not gen.machine.entries:
+        machine = gen.machine
+        machine.entries.extend(entries)
+        if ended and gen.steps == 0 and not machine.entries:
             self._finish(turn)              # nothing to say at all
             return False
-        return ended or len(gen.machine.entries) > self.machine.second_stream_ahead
+        if ended or len(machine.entries) > self.machine.second_stream_ahead:
+            return True
+        started = gen.steps > 0 or bool(machine.entries)
+        return started and (bool(machine.queued) or machine.forced_padding > 0)
 
-    def step(self) -> dict["TtsTurn", TtsFrame | None]:
-        """One batched step for every turn that may step; returns, per turn that ran, its new 80 ms
-        frame, or None while its audio has not started yet. The caller hands frames to their turns."""
+    def step(self, turns: "list[TtsTurn]") -> dict["TtsTurn", TtsFrame | None]:
+        """One batched step for those of `turns` that may step; returns, per turn that ran, its new 80 ms
+        frame, or None while its audio has not started yet."""
         with inference(self.device):
-            return self._step()
+            running = [t for t in turns if self.ready(t)]
+            return self._step(running) if running else {}
 
-    def _step(self) -> dict["TtsTurn", TtsFrame | None]:
-        running = [t for t in self._live_turns() if self.ready(t)]
-        if not running:
-            return {}
+    def produce(self, turns: "list[TtsTurn]", frames_each: int = 2) -> dict["TtsTurn", list[TtsFrame]]:
+        """Model thread: steps `turns` until each has `frames_each` new frames or cannot step (it waits
+        for words, or it is over). Each step is one batched step of the turns that still need a frame:
+        a starting turn runs its `first_audio_steps` steps back to back, batched with the turns that start
+        with it, and a speaking turn joins only the steps it takes a frame from. A turn's first frame
+        ends the call at once, so that it plays without waiting for a second one."""
+        out: dict[TtsTurn, list[TtsFrame]] = {turn: [] for turn in turns}
+        while produced := self.step([turn for turn in turns if len(out[turn]) < frames_each]):
+            for turn, frame in produced.items():
+                if frame is not None and not turn.cancelled:
+                    out[turn].append(frame)
+            if any(frame is not None and frame.index == 0 for frame in produced.values()):
+                break
+        return out
+
+    def _step(self, running: list["TtsTurn"]) -> dict["TtsTurn", TtsFrame | None]:
         for turn in running:
             if turn.gen.fresh:
                 self._prepare_slot(turn.gen)
+        slots = [t.slot for t in running]
         self._running = {t.slot: t.gen for t in running}
-        execute = torch.zeros(self.slots, dtype=torch.bool)
-        execute[[t.slot for t in running]] = True
-        execute = execute.to(self.device)
         for t in running:
             self._steps[t.slot] = t.gen.steps
-        self.gen.noise.copy_(self.randomness.draw([t.slot for t in running]), non_blocking=True)
-        lm = self.tts.lm
-        inputs = torch.full((self.slots, lm.n_q - lm.dep_q, 1), self.machine.token_ids.zero,
-                            dtype=torch.long, device=self.device)                     # [B, 0, 1] unless n_q was cut
-        # While every running turn is still inside the text-to-audio delay, its audio is all "zero":
-        # skip the depformer then, as TTSModel.generate does.
-        skip_depformer = all(t.gen.steps < self.delay_steps for t in running)
-        self.gen.set_exec_mask(execute)
-        tokens = self.gen.step(inputs, depformer_replace_tokens=self._no_depformer if skip_depformer else None)
-        assert tokens is not None  # support_out_of_sync: never None                  # [B, 1 + Q, 1]
-        for t in running:
-            t.gen.steps += 1
-        frames = self._decode(running, tokens)
+        self.gen.noise.copy_(self.randomness.draw(slots), non_blocking=True)
+        start, rows = self.rows.span(slots)
+        self._row_start = start
+        self.stats["steps"] += 1
+        self.stats["rows"] += rows
+        codebooks = self.rows.sampled_codebooks(t.gen.steps for t in running)
+        with self.rows.narrowed(start, rows):
+            execute = torch.zeros(rows, dtype=torch.bool)
+            execute[[slot - start for slot in slots]] = True
+            lm = self.tts.lm
+            inputs = torch.full((rows, lm.n_q - lm.dep_q, 1), self.machine.token_ids.zero,
+                                dtype=torch.long, device=self.device)                 # [R, 0, 1] unless n_q was cut
+            self.gen.set_exec_mask(execute.to(self.device))
+            # While every running turn is still inside the text-to-audio delay, its audio is all "zero":
+            # skip the depformer then, as TTSModel.generate does (and sample only started codebooks after).
+            replace = self._no_depformer[start: start + rows] if codebooks == 0 else None
+            with self.rows.sampling(codebooks):
+                tokens = self.gen.step(inputs, depformer_replace_tokens=replace)
+            assert tokens is not None  # support_out_of_sync: never None              # [R, 1 + Q, 1]
+            self.stats["codebooks"] += codebooks
+            for t in running:
+                t.gen.steps += 1
+            frames = self._decode(running, tokens, start, rows)
         return {t: frames.get(t) for t in running}
 
     def _prepare_slot(self, gen: TurnGenState) -> None:
@@ -310,36 +345,41 @@ class TtsEngineModel:
 
     def _on_text(self, text_tokens: torch.Tensor) -> None:
         """LMGen hook, after the text token is sampled: the state machine turns the model's "pad"/"new
-        word" choice into the token actually fed back (the next word's pieces, muxed with lookahead)."""
+        word" choice into the token actually fed back (the next word's pieces, muxed with lookahead).
+        text_tokens: [R], row r = slot start + r of the step's rows."""
         sampled = text_tokens.tolist()
         fed = [self.machine.token_ids.pad] * len(sampled)
         for slot, gen in self._running.items():
-            fed[slot], _ = self.machine.process(gen.steps, gen.machine, sampled[slot])
+            row = slot - self._row_start
+            fed[row], _ = self.machine.process(gen.steps, gen.machine, sampled[row])
         text_tokens[:] = torch.tensor(fed, dtype=torch.long, device=text_tokens.device)
 
     def _on_audio(self, audio_tokens: torch.Tensor) -> None:
         """LMGen hook: before a slot's audio starts (text-to-audio delay plus acoustic delays) its
-        codes are the "zero" token, as in TTSModel.generate, but per slot. audio_tokens: [B, Q]."""
-        before = self._steps[:, None] < self._audio_start[None, :]
+        codes are the "zero" token, as in TTSModel.generate, but per slot. audio_tokens: [R, Q]."""
+        steps = self._steps[self._row_start: self._row_start + audio_tokens.shape[0]]
+        before = steps[:, None] < self._audio_start[None, :]
         audio_tokens.masked_fill_(before, self.machine.token_ids.zero)
 
-    def _decode(self, running: list["TtsTurn"], tokens: torch.Tensor) -> dict["TtsTurn", TtsFrame]:
-        """Mimi-decodes the slots whose output frame is real audio: each such turn's new frame. A turn
-        whose audio is all produced (its last word, then `final_padding`) is finished and released."""
+    def _decode(self, running: list["TtsTurn"], tokens: torch.Tensor, start: int,
+                rows: int) -> dict["TtsTurn", TtsFrame]:
+        """Mimi-decodes the rows whose output frame is real audio (tokens: [R, 1 + Q, 1], rows from slot
+        `start`): each such turn's new frame. A turn whose audio is all produced (its last word, then
+        `final_padding`) is finished and released."""
         lag = self.first_audio_steps   # after n steps, the output frame holds audio of text step n - lag
         speaking = [t for t in running if t.gen.steps >= lag and not t.gen.finished]
         if not speaking:
             return {}
-        has_audio = torch.zeros(self.slots, dtype=torch.bool)
-        has_audio[[t.slot for t in speaking]] = True
-        has_audio = has_audio.to(self.device)
-        codes = tokens[:, 1:, :].clamp(min=0)                                        # [B, Q, 1]
-        self.tts.mimi.set_exec_mask(has_audio)
-        pcm = self.tts.mimi.decode(codes)[:, 0, :].clamp(-1, 1).float().cpu().numpy()  # [B, F]
+        has_audio = torch.zeros(rows, dtype=torch.bool)
+        has_audio[[t.slot - start for t in speaking]] = True
+        codes = tokens[:, 1:, :].clamp(min=0)                                        # [R, Q, 1]
+        self.tts.mimi.set_exec_mask(has_audio.to(self.device))
+        pcm = self.tts.mimi.decode(codes)[:, 0, :].clamp(-1, 1).float().cpu().numpy()  # [R, F]
+        self.stats["decoded"] += 1
         frames = {}
         for turn in speaking:
             gen = turn.gen
-            frames[turn] = TtsFrame(pcm[gen.slot].copy(), gen.steps - lag)
+            frames[turn] = TtsFrame(pcm[gen.slot - start].copy(), gen.steps - lag)
             gen.emitted = gen.steps - lag + 1
             end = gen.machine.end_step
             if end is not None and gen.emitted >= end + self.tts.final_padding:
@@ -349,31 +389,3 @@ class TtsEngineModel:
     def _finish(self, turn: "TtsTurn") -> None:
         turn.gen.finished = True
         self.release(turn)
-
-
-def _hub_voices(repo: str, suffix: str) -> Path | None:
-    """The voice embeddings of a hub repo (`kyutai/tts-voices`), fetched once at start (cached); None when they
-    cannot be had (offline without a cached copy): then only `--voice` is offered."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo, allow_patterns=[f"*{suffix}"]))
-    except Exception as exc:  # network, auth, offline: the server still serves its default voice
-        log.warning("the voices of %s could not be listed (%s: %s); only --voice is offered", repo,
-                    type(exc).__name__, exc)
-        return None
-
-
-def _shown(names: list[str], most: int = 40) -> str:
-    """A refusal names the choices (the hub's voices repo has hundreds: the first `most`, and the count)."""
-    if len(names) <= most:
-        return ", ".join(names) or "none"
-    return ", ".join(names[:most]) + f", ... ({len(names)} in all)"
-
-
-def _voice_repo(checkpoint: loaders.CheckpointInfo) -> str:
-    """`tts_config.voice_repo` (a folder beside the weights: the tiny preset) or Kyutai's voices repo."""
-    local = checkpoint.tts_config.get("voice_repo")
-    if local:
-        return str(Path(checkpoint.moshi_weights).parent / local)
-    return DEFAULT_DSM_TTS_VOICE_REPO

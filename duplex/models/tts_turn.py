@@ -50,8 +50,9 @@ class TtsTurnEngine(tp.Protocol):
         """Model thread: takes the turn's queued words; whether it may step now."""
         ...
 
-    def step(self) -> dict["TtsTurn", TtsFrame | None]:
-        """Model thread: one batched step; each running turn's new frame, or None before its audio."""
+    def step(self, turns: list["TtsTurn"]) -> dict["TtsTurn", TtsFrame | None]:
+        """Model thread: one batched step of those of `turns` that may step; each one's new frame, or None
+        before its audio."""
         ...
 
     def release(self, turn: "TtsTurn") -> None:
@@ -72,7 +73,6 @@ class TtsTurn:
         self._partial = ""                 # text after the last whitespace: maybe half a word
         self._first_word = True
         self._text_ended = False           # set by end_text (any thread)
-        self._frames: collections.deque[TtsFrame] = collections.deque()  # produced, not yet handed out
         self._cancelled = False
 
     @property
@@ -108,7 +108,6 @@ class TtsTurn:
 
     def cancel(self) -> None:
         self._cancelled = True
-        self._frames.clear()
         self.engine.release(self)
 
     @property
@@ -139,19 +138,19 @@ class TtsTurn:
     # ---- frames out (model thread) ------------------------------------------------------------
 
     def step(self) -> TtsFrame | None:
-        """The next 80 ms frame, running batched engine steps until this turn has one (the first
-        takes `first_audio_steps` steps); None when the turn waits for more words, or is over.
-        Frames an engine step makes for other turns are buffered in those turns."""
-        while not self._frames and self.engine.ready(self):
-            for turn, frame in self.engine.step().items():
-                if frame is not None and not turn.cancelled:
-                    turn._frames.append(frame)
-        return self._frames.popleft() if self._frames else None
+        """The next 80 ms frame, running engine steps of this turn alone until it has one (the first
+        takes `first_audio_steps` steps); None when the turn waits for more words, or is over. (The
+        cascade steps its turns together: `TtsEngineModel.produce`.)"""
+        while produced := self.engine.step([self]):
+            frame = produced[self]
+            if frame is not None and not self._cancelled:
+                return frame
+        return None
 
     @property
     def done(self) -> bool:
-        """All text spoken, flushed, and every frame handed out (or the turn was cancelled)."""
-        return self._cancelled or (self.gen.finished and not self._frames)
+        """All text spoken and every frame handed out (or the turn was cancelled)."""
+        return self._cancelled or self.gen.finished
 
     @property
     def word_times(self) -> list[tuple[str, float]]:
