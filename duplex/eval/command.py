@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         elif args.offline:
             try:
                 played, results["meta"]["offline"] = play_offline(args, [pcm for _, pcm in scenarios])
-            except RuntimeError as exc:     # the server's StartupError, WeightsUnavailable: a message that says how
+            except (RuntimeError, ValueError) as exc:   # StartupError, WeightsUnavailable, a bad preset: says how
                 print(f"duplex eval --offline: {exc}", file=sys.stderr)
                 return 2
             entries = [judge(args.out, mode, scenario, outcome, detector) for (scenario, _), outcome in zip(scenarios, played)]

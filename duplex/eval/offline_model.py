@@ -41,8 +41,12 @@ def load_rows(preset: str, moshi_spec: str | None, rows: int, device: str, dtype
               quiet: bool = False) -> tuple[MoshiRows, dict]:
     """The preset's duplex model (or `moshi_spec`) with `rows` slots, as `duplex serve` would load it with
     `--slots rows`; and what it is, for results.json. Raises the server's StartupError / WeightsUnavailable."""
+    from ..models.spec import PRESETS
     from ..server.loading import load_duplex_model, pick_device, pick_dtype, set_cpu_threads
     from ..server.options import ServeOptions
+
+    if preset not in PRESETS:
+        raise ValueError(f"no preset {preset!r}; known: {', '.join(sorted(PRESETS))}")
 
     options = ServeOptions(preset=preset, moshi_spec=moshi_spec, slots=rows, device=device, dtype=dtype,
                            threads=threads, no_cascade=True, quiet_progress=quiet)
