@@ -132,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
                 continue
             entries = [recorded(args.score, mode, scenario, detector) for scenario, _ in scenarios]
         elif args.offline:
+            played: list[Played | str]
             try:
                 played, results["meta"]["offline"] = play_offline(args, [pcm for _, pcm in scenarios])
             except (RuntimeError, ValueError) as exc:   # StartupError, WeightsUnavailable, a bad preset: says how

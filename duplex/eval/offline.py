@@ -101,19 +101,19 @@ def run_offline(model: FrameModel, inputs: tp.Sequence[np.ndarray], *, seed: int
         for r in range(model.rows):            # free rows take the next scenarios (one with no frame ends at once)
             while rows[r] is None and waiting:
                 i = waiting.popleft()
-                row = _Row(i, ahead.pop(i).result())
-                if len(row.frames):
+                joining = _Row(i, ahead.pop(i).result())
+                if len(joining.frames):
                     model.start(r, seed)
-                    rows[r] = row
+                    rows[r] = joining
                 else:
-                    finish(row)
+                    finish(joining)
         if not any(rows):
             break
         pcm[:] = 0.0
         active[:] = False
-        for r, row in enumerate(rows):
-            if row is not None:
-                pcm[r] = row.frames[row.position]
+        for r, stepping in enumerate(rows):
+            if stepping is not None:
+                pcm[r] = stepping.frames[stepping.position]
                 active[r] = True
         out = model.step(pcm, active)
         run.steps += 1

@@ -8,7 +8,6 @@ import multiprocessing
 import os
 import sys
 import time
-import typing as tp
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -36,7 +35,7 @@ def offline_problem(args: argparse.Namespace, modes: list[str]) -> str | None:
     return None
 
 
-def play_offline(args: argparse.Namespace, inputs: list[np.ndarray]) -> tuple[list[Played], dict]:
+def play_offline(args: argparse.Namespace, inputs: list[np.ndarray]) -> tuple[list[Played | str], dict]:
     """Every scenario (its input, then --tail-s of silence) through the preset's model in this process;
     the recordings and what the run was (results.json's meta.offline)."""
     from .offline_model import load_rows
@@ -59,7 +58,7 @@ def play_offline(args: argparse.Namespace, inputs: list[np.ndarray]) -> tuple[li
         if isinstance(pool, ProcessPoolExecutor):
             pool.shutdown(cancel_futures=True)
     wall = time.perf_counter() - started
-    played = [Played(output=rec, frames_sent=len(split_frames(t)), chunks_received=frames)
+    played: list[Played | str] = [Played(output=rec, frames_sent=len(split_frames(t)), chunks_received=frames)
               for rec, t, frames in zip(run.recordings, totals, run.frames)]
     about |= {"codec_workers": workers, "wall_s": round(wall, 2), "audio_s": round(audio_s, 2),
               "scenarios_per_min": round(60.0 * len(totals) / wall, 1), "times_real_time": round(audio_s / wall, 1),
