@@ -63,11 +63,16 @@ async def play(url: str, mode: str, pcm: np.ndarray, *, tail_s: float = 0.0, tok
         # is heard until the end of the window
         if clock == "audio":   # every frame the model will answer, however late (the server's decoder, replayed)
             expected = len(uplink(total, codec))
-            try:
-                await client.wait_audio_frames(expected, timeout=max(30.0, total.size / SAMPLE_RATE))
-            except TimeoutError:
-                raise ScenarioRunError(f"the server sent {client.binary_messages} of the {expected} audio frames "
-                                       "its model answers") from None
+            while client.binary_messages < expected:      # a server behind real time catches up: wait while it does
+                before = client.binary_messages
+                try:
+                    await client.wait_audio_frames(expected, timeout=30.0)
+                except TimeoutError:
+                    if client.binary_messages == before:
+                        raise ScenarioRunError(
+                            f"the server sent {before} of the {expected} audio frames its model answers, none for 30 s "
+                            "(a server far behind real time drops the oldest input frames past --max-queue-frames)"
+                        ) from None
         elif mode == "duplex":
             try:
                 await client.wait_audio_frames(len(frames), timeout=2.0)
