@@ -4,6 +4,8 @@
   plumbing (audio, protocol, config, stats) imports no layer. No import circle.
 - The server meets the models in one place: its composition root (`server/loading.py`, and
   `server/options.py` for the presets in `--help`); every other server module talks to engines.
+- Eval meets the model in one place too: `eval/offline_model.py` (`duplex eval --offline` loads the
+  duplex model through the server's composition root and steps it); the rest of eval is a client.
 - A package under `server/` never imports another package's private name (`_name`).
 - No module over 450 lines; no tracked file over 1 MB outside `client/vendor/` and `docs/`.
 
@@ -30,9 +32,10 @@ ALLOWED = {
     "duplex.server": {"duplex.engines", "duplex.models"},
     "duplex.client": set(),
     "duplex.bench": {"duplex.client", "duplex.server"},
-    "duplex.eval": {"duplex.client"},
+    "duplex.eval": {"duplex.client", "duplex.server", "duplex.models"},
 }
 COMPOSITION_ROOT = {"duplex.server.loading", "duplex.server.options"}   # the server modules that may import models
+EVAL_MODEL_ROOT = {"duplex.eval.offline_model"}   # the eval module that may import the server and the models
 MAX_MODULE_LINES = 450
 MAX_FILE_BYTES = 1_000_000
 LARGE_FILES_ALLOWED = ("client/vendor/", "docs/")
@@ -99,6 +102,9 @@ def upward_imports(graph: dict[str, set[str]]) -> list[str]:
             elif layer == "duplex.server" and target_layer == "duplex.models" and module not in COMPOSITION_ROOT:
                 wrong.append(f"{module} imports {target}: only the composition root ({', '.join(sorted(COMPOSITION_ROOT))}) "
                              "meets the models; take what it built")
+            elif layer == "duplex.eval" and target_layer != "duplex.client" and module not in EVAL_MODEL_ROOT:
+                wrong.append(f"{module} imports {target}: in eval only {', '.join(sorted(EVAL_MODEL_ROOT))} meets the "
+                             "server and the models (the rest is a client)")
     return wrong
 
 
@@ -231,6 +237,15 @@ def test_a_server_module_importing_models_outside_the_composition_root_is_caught
                             "server/recording/meta.py": "def f():\n    from ...models.spec import PRESETS\n"})
     wrong = upward_imports(import_graph(root))
     assert len(wrong) == 1 and wrong[0].startswith("duplex.server.recording.meta imports duplex.models.spec"), wrong
+
+
+def test_an_eval_module_importing_the_model_outside_offline_model_is_caught(tmp_path: Path) -> None:
+    root = plant(tmp_path, {"models/moshi_batch.py": "", "server/loading.py": "", "client/timing.py": "",
+                            "eval/offline_model.py": "from ..server.loading import f\nfrom ..models.moshi_batch import M\n",
+                            "eval/runner.py": "from ..client.timing import t\n",
+                            "eval/command.py": "def f():\n    from ..server import loading\n"})
+    wrong = upward_imports(import_graph(root))
+    assert len(wrong) == 1 and wrong[0].startswith("duplex.eval.command imports duplex.server.loading"), wrong
 
 
 def test_an_import_upwards_is_caught(tmp_path: Path) -> None:

@@ -32,10 +32,12 @@ from ..protocol import MODES
 from .fdb import convert_fdb
 from .generate import generate_set
 from .metrics import aggregate, score
+from .offline_cli import offline_problem, play_offline
 from .report import compare_table, markdown_table, plot
-from .runner import Played, ScenarioRunError, play
+from .runner import CLOCKS, Played, ScenarioRunError, play
 from .scenarios import ANNOTATIONS, INPUT_WAV, KINDS, Scenario, ScenarioError, load_set, read_audio
 from .vad import DETECTORS, SpeechDetector, make_detector
+from .wire import CODECS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--per-kind", type=int, default=2, help="generated scenarios of each kind")
     p.add_argument("--kinds", default=",".join(KINDS), help="kinds to generate, comma-separated")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated set and of the server's sampling")
-    p.add_argument("--modes", default="duplex,cascade", help="modes to evaluate, comma-separated")
+    p.add_argument("--modes", help="modes to evaluate, comma-separated (default: duplex,cascade; duplex with --offline)")
     p.add_argument("--vad", choices=sorted(DETECTORS), default="silero",
                    help="speech detector for the returned audio (silero-vad, or energy rules)")
     p.add_argument("--concurrency", type=int, default=1,
@@ -68,6 +70,28 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "command writes; another system's recordings work too), scenarios from --set or DIR/scenarios")
     p.add_argument("--compare", nargs=2, type=Path, metavar=("A", "B"),
                    help="compare two results.json files (B - A) instead of running; with --out, also writes compare.md")
+    p.add_argument("--codec", choices=CODECS, default="opus",
+                   help="audio on the wire (Ogg Opus, as browsers send, or raw pcm16); --offline replays the same codec")
+    p.add_argument("--clock", choices=CLOCKS, default="arrival",
+                   help="where returned audio goes on the scenario's timeline: arrival (what a user hears: turnaround, "
+                        "network and codec included) or audio (duplex only: output frame k at the end of input frame k, "
+                        "a zero turnaround; what --offline records, so scores compare exactly)")
+    offline = p.add_argument_group("offline (--offline): the duplex model in this process, no server, no real-time pacing")
+    offline.add_argument("--offline", action="store_true",
+                         help="feed the scenarios to the batched duplex model as fast as it steps, --rows at a time; "
+                              "scores equal a server's under --clock audio (docs/eval.md)")
+    offline.add_argument("--preset", default="tiny", help="duplex model preset, as `duplex serve --preset`")
+    offline.add_argument("--moshi-spec", metavar="SPEC", help="duplex model instead of the preset's (repo id or directory)")
+    offline.add_argument("--rows", type=int, default=16,
+                         help="scenarios per batched step (the model's slots); for bit-identical scores with a server, "
+                              "use its --slots (docs/eval.md)")
+    offline.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    offline.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
+                         help="model dtype (auto: bfloat16 on CUDA, float32 on CPU)")
+    offline.add_argument("--threads", type=int, default=0,
+                         help="torch CPU threads (0: as `duplex serve` picks them, all cores but one on CPU)")
+    offline.add_argument("--codec-workers", type=int, default=0,
+                         help="processes that run the Opus codecs beside the model (0: one per CPU core); pcm16 needs none")
     p.add_argument("--log-level", default="warning", help="log verbosity")
     p.set_defaults(func=run)
 
@@ -83,13 +107,17 @@ def run(args: argparse.Namespace) -> int:
             return 2
         print(f"duplex eval: run it with --url URL --set {set_folder(args)}", file=sys.stderr)
         return 0
-    if not args.out or not (args.url or args.score):
-        print("duplex eval: --url (a running server) or --score (recordings) and --out (a folder) are needed, "
-              "or --compare A B", file=sys.stderr)
+    if not args.out or not (args.url or args.score or args.offline):
+        print("duplex eval: --url (a running server), --offline (the model in this process) or --score (recordings) "
+              "and --out (a folder) are needed, or --compare A B", file=sys.stderr)
         return 2
-    modes = [m for m in args.modes.split(",") if m]
+    modes_arg = args.modes or ("duplex" if args.offline else "duplex,cascade")
+    modes = [m for m in modes_arg.split(",") if m]
     if not modes or any(m not in MODES or m == "auto" for m in modes):
-        print(f"duplex eval: --modes takes duplex and/or cascade, got {args.modes!r}", file=sys.stderr)
+        print(f"duplex eval: --modes takes duplex and/or cascade, got {modes_arg!r}", file=sys.stderr)
+        return 2
+    if problem := offline_problem(args, modes):
+        print(f"duplex eval: {problem}", file=sys.stderr)
         return 2
     try:
         scenarios = prepare_set(args)
@@ -103,6 +131,14 @@ def run(args: argparse.Namespace) -> int:
             if not (args.score / mode).is_dir():
                 continue
             entries = [recorded(args.score, mode, scenario, detector) for scenario, _ in scenarios]
+        elif args.offline:
+            played: list[Played | str]
+            try:
+                played, results["meta"]["offline"] = play_offline(args, [pcm for _, pcm in scenarios])
+            except (RuntimeError, ValueError) as exc:   # StartupError, WeightsUnavailable, a bad preset: says how
+                print(f"duplex eval --offline: {exc}", file=sys.stderr)
+                return 2
+            entries = [judge(args.out, mode, scenario, outcome, detector) for (scenario, _), outcome in zip(scenarios, played)]
         else:
             try:
                 played = asyncio.run(play_all(args, mode, scenarios))
@@ -171,7 +207,8 @@ async def play_all(args: argparse.Namespace, mode: str, scenarios: list[tuple[Sc
     async def one(pcm) -> Played | str:
         async with gate:
             try:
-                return await play(args.url, mode, pcm, tail_s=args.tail_s, token=args.token, config={"seed": args.seed})
+                return await play(args.url, mode, pcm, tail_s=args.tail_s, token=args.token, config={"seed": args.seed},
+                                  codec=args.codec, clock=args.clock)
             except (ScenarioRunError, ServerClosed, TimeoutError) as exc:
                 return str(exc)
             finally:
@@ -182,7 +219,7 @@ async def play_all(args: argparse.Namespace, mode: str, scenarios: list[tuple[Sc
         print(f"eval {mode}: {args.warmup} warm-up conversation(s), not scored", file=sys.stderr)
         for _ in range(args.warmup):
             try:
-                await play(args.url, mode, shortest, token=args.token, config={"seed": args.seed})
+                await play(args.url, mode, shortest, token=args.token, config={"seed": args.seed}, codec=args.codec)
             except (ScenarioRunError, ServerClosed, TimeoutError) as exc:
                 print(f"eval {mode}: the warm-up failed ({exc}); going on", file=sys.stderr)
     tasks = [asyncio.create_task(one(pcm), name=f"eval-{mode}-{scenario.id}") for scenario, pcm in scenarios]
@@ -229,7 +266,9 @@ def scored(mode: str, scenario: Scenario, recording: np.ndarray, detector: Speec
 def meta(args: argparse.Namespace, scenarios: list, detector: SpeechDetector) -> dict:
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs)",
-            "load_1m": round(os.getloadavg()[0], 2), "server": args.url or f"recordings in {args.score}", "vad": detector.name,
+            "load_1m": round(os.getloadavg()[0], 2), "vad": detector.name,
+            "server": args.url or ("offline, in process" if args.offline else f"recordings in {args.score}"),
+            "codec": args.codec, "clock": "audio" if args.offline else args.clock,
             "set": str(set_folder(args)), "recordings": str(args.score or args.out),
             "scenarios": len(scenarios),
             "tail_s": args.tail_s, "seed": args.seed, "concurrency": args.concurrency,

@@ -18,6 +18,9 @@ import numpy as np
 
 from ..audio import FRAME_S, SAMPLE_RATE
 from ..client import DuplexClient, FramePacer, align_assistant_audio, split_frames
+from .wire import on_audio_clock, uplink
+
+CLOCKS = ("arrival", "audio")
 
 
 class ScenarioRunError(RuntimeError):
@@ -35,11 +38,19 @@ class Played:
 
 
 async def play(url: str, mode: str, pcm: np.ndarray, *, tail_s: float = 0.0, token: str | None = None,
-               config: dict | None = None, start_timeout_s: float = 30.0) -> Played:
-    """Connects, starts a conversation in `mode`, sends `pcm` then `tail_s` of silence in real time, stops."""
+               config: dict | None = None, start_timeout_s: float = 30.0, codec: str = "opus",
+               clock: str = "arrival") -> Played:
+    """Connects, starts a conversation in `mode`, sends `pcm` then `tail_s` of silence in real time, stops.
+
+    `clock`: where the returned audio goes on the scenario's timeline. `arrival` (what a user hears):
+    each chunk at its arrival time. `audio` (duplex only): the chunks end to end from 80 ms on, output
+    frame k where input frame k was complete, i.e. with a zero turnaround; what `duplex eval --offline`
+    records, so the two can be compared sample for sample."""
+    if clock not in CLOCKS or (clock == "audio" and mode != "duplex"):
+        raise ValueError(f"clock {clock!r}: arrival, or audio for the duplex mode (the cascade speaks when it decides to)")
     total = np.concatenate([np.asarray(pcm, dtype=np.float32), np.zeros(int(round(tail_s * SAMPLE_RATE)), np.float32)])
     frames = split_frames(total)
-    async with await DuplexClient.connect(url, token=token) as client:
+    async with await DuplexClient.connect(url, token=token, codec=codec) as client:
         await client.start(mode=mode, config=config)
         status = await client.wait_until(_started(client), timeout=start_timeout_s, what=f"the {mode} conversation to start")
         if status.type == "error" or status.data.get("mode") != mode:
@@ -50,7 +61,19 @@ async def play(url: str, mode: str, pcm: np.ndarray, *, tail_s: float = 0.0, tok
             await client.send_audio(frame)
         # what is still on its way for the last frames: duplex sends one frame per input frame; the cascade
         # is heard until the end of the window
-        if mode == "duplex":
+        if clock == "audio":   # every frame the model will answer, however late (the server's decoder, replayed)
+            expected = len(uplink(total, codec))
+            while client.binary_messages < expected:      # a server behind real time catches up: wait while it does
+                before = client.binary_messages
+                try:
+                    await client.wait_audio_frames(expected, timeout=30.0)
+                except TimeoutError:
+                    if client.binary_messages == before:
+                        raise ScenarioRunError(
+                            f"the server sent {before} of the {expected} audio frames its model answers, none for 30 s "
+                            "(a server far behind real time drops the oldest input frames past --max-queue-frames)"
+                        ) from None
+        elif mode == "duplex":
             try:
                 await client.wait_audio_frames(len(frames), timeout=2.0)
             except TimeoutError:
@@ -63,8 +86,11 @@ async def play(url: str, mode: str, pcm: np.ndarray, *, tail_s: float = 0.0, tok
             await client.wait_for("stop_acknowledged", timeout=10.0)
         except TimeoutError:
             pass
-    output = align_assistant_audio(received, by_arrival=True, stream_start=pacer.start - FRAME_S,
-                                   min_samples=total.size)[:total.size]
+    if clock == "audio":
+        output = on_audio_clock(align_assistant_audio(received, by_arrival=False), total.size)
+    else:
+        output = align_assistant_audio(received, by_arrival=True, stream_start=pacer.start - FRAME_S,
+                                       min_samples=total.size)[:total.size]
     return Played(output=output, frames_sent=len(frames), chunks_received=len(received),
                   errors=[e.data for e in client.events_of("error")])
 
