@@ -26,11 +26,10 @@ from .persona import PersonaPrompt, VoiceLibrary, build_prompt, wrap_system_tags
 from .persona_gen import PersonaLMGen
 from .prefill import Prefill, PrefixCache, RowStates
 from .sampling import BatchedLMGen, SamplingSettings, SlotRandomness
+from .text_pieces import TextPieces
 
 log = logging.getLogger(__name__)
 
-# Text pieces with these ids are control tokens (unk, bos, eos, pad) and are never shown.
-SPECIAL_TEXT_IDS = frozenset({0, 1, 2, 3})
 # Steps compute a multiple of this many leading slots (CPU): on this project's CPUs batches of 8 rows or
 # fewer round differently from larger ones, which would break a row's bit-identity as the prefix changes.
 ROW_BUCKET = 16
@@ -81,7 +80,7 @@ class MoshiBatch:
         self.gen.streaming_forever(slots)
         for slot in range(slots):
             self.configure_slot(slot, self.defaults)
-        self._pieces = [self._piece(i) for i in range(self.tokenizer.vocab_size())]
+        self.text_pieces = TextPieces(self.tokenizer, slots)   # ids -> text, byte-fallback pieces joined per slot
         use_rows = self.device.type == "cpu" if active_rows is None else active_rows
         gen = self.gen
         extra = [(gen, "slot_temp_audio"), (gen, "slot_temp_text"), (gen, "noise"),
@@ -123,11 +122,6 @@ class MoshiBatch:
                 codes = self.mimi.encode(zeros)
         return codes[0, : self.agent_q, 0].clone()
 
-    def _piece(self, token: int) -> str | None:
-        if token in SPECIAL_TEXT_IDS:
-            return None
-        return self.tokenizer.id_to_piece(token).replace("\u2581", " ")
-
     def configure_slot(self, slot: int, settings: SamplingSettings) -> None:
         """Sets one slot's sampling; a new seed restarts its random stream."""
         self.settings[slot] = settings
@@ -152,6 +146,8 @@ class MoshiBatch:
 
     def _step(self, batch: StepInput) -> StepOutput:
         if batch.reset.any():
+            for slot in np.flatnonzero(batch.reset):
+                self.text_pieces.reset(int(slot))
             reset = torch.from_numpy(batch.reset).to(self.device)
             self.mimi.reset_streaming(reset)
             self.gen.reset_streaming(reset)
@@ -200,8 +196,8 @@ class MoshiBatch:
         # text ids (< 2^24) are exact in float32
         packed = torch.cat([out, has_output[:, None].float(), tokens[:, 0, :].float()], dim=1).cpu().numpy()
         has_output_np = packed[:, frames] > 0.5
-        text = [self._pieces[t] if ok and 0 <= t < len(self._pieces) else None
-                for t, ok in zip(packed[:, frames + 1].astype(np.int64).tolist(), has_output_np)]
+        text = [self.text_pieces.text(slot, t) if ok else None
+                for slot, (t, ok) in enumerate(zip(packed[:, frames + 1].astype(np.int64).tolist(), has_output_np))]
         return StepOutput(np.ascontiguousarray(packed[:, :frames]), text, has_output_np)
 
     def _pack_inputs(self, batch: StepInput, rows: int) -> torch.Tensor:
@@ -288,6 +284,7 @@ class MoshiBatch:
     def reset_slot(self, slot: int) -> None:
         mask = torch.zeros(self.slots, dtype=torch.bool, device=self.device)
         mask[slot] = True
+        self.text_pieces.reset(slot)
         self.mimi.reset_streaming(mask)
         self.gen.reset_streaming(mask)
 

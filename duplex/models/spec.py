@@ -14,7 +14,7 @@ from pathlib import Path
 
 from moshi.models import loaders
 
-from . import personaplex, tiny
+from . import legacy_layout, personaplex, tiny
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,19 @@ PRESETS: dict[str, Preset] = {
     "personaplex": Preset("personaplex", f"personaplex:{personaplex.REPO}",
                           "NVIDIA's PersonaPlex 7B (Moshi with persona prompts: --voices, config system_prompt/voice), "
                           "bf16; the same cascade as moshiko"),
+    "hibiki-zero": Preset("hibiki-zero", "kyutai/hibiki-zero-3b-pytorch-bf16",
+                          "Kyutai's Hibiki-Zero 3B: speech translation FR/ES/PT/DE -> EN (the text stream is the "
+                          "English translation), bf16; the same cascade as moshiko"),
+    "j-moshi": Preset("j-moshi", "nu-dialogue/j-moshi-ext",
+                      "J-Moshi (Nagoya University): Moshi 7B for Japanese dialogue, repo without config.json, "
+                      "bf16; the cascade stays English (moshiko's)"),
+    "tiny-hibiki-zero": Preset("tiny-hibiki-zero", "tiny:hibiki-zero",
+                               "random-weight Hibiki-Zero in its layout (16+16 codebooks, kv_repeat 2, rope_concat, "
+                               "9 depformer weight sets); the tiny cascade",
+                               stt_spec="tiny:stt", tts_spec="tiny:tts", llm_spec="tiny"),
+    "tiny-jmoshi": Preset("tiny-jmoshi", "tiny:jmoshi",
+                          "random-weight J-Moshi in its layout (no config.json, Japanese SentencePiece with byte "
+                          "fallback); the tiny cascade", stt_spec="tiny:stt", tts_spec="tiny:tts", llm_spec="tiny"),
     "tiny-personaplex": Preset("tiny-personaplex", "tiny:personaplex",
                                "random-weight PersonaPlex (dep_q 16) in PersonaPlex's published layout, with tiny "
                                "voices; the tiny cascade", stt_spec="tiny:stt", tts_spec="tiny:tts", llm_spec="tiny"),
@@ -111,7 +124,10 @@ def personaplex_directory(spec: str) -> Path:
 
 def checkpoint_from_dir(directory: Path) -> loaders.CheckpointInfo:
     """A local directory laid out like a hub repo: config.json naming its files, which sit beside it
-    (or PersonaPlex's published layout, whose file names are fixed: models/personaplex.py)."""
+    (or PersonaPlex's published layout, whose file names are fixed: models/personaplex.py; or a repo with
+    no config.json at all, like J-Moshi's, read as moshi reads it: models/legacy_layout.py)."""
+    if legacy_layout.is_legacy(directory, other_markers=(personaplex.VOICES_ARCHIVE,)):
+        return legacy_layout.checkpoint_from_legacy(directory)   # J-Moshi's layout: moshi's 7B rules
     if (directory / personaplex.MIMI_FILE).exists():
         try:
             return personaplex.checkpoint_from_layout(directory)
