@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from pathlib import Path
+import os
 
 import aiohttp
 import numpy as np
@@ -131,9 +131,37 @@ async def test_persona_keys_are_refused_with_unsupported(family_server, config) 
 
 
 def test_presets_name_the_real_repos() -> None:
+    from duplex.models.spec import HIBIKI_ZERO_REVISION
     from duplex.models.spec import PRESETS as ALL
 
-    assert ALL["hibiki-zero"].duplex_spec.startswith("kyutai/hibiki-zero-3b-pytorch-bf16")
+    assert ALL["hibiki-zero"].duplex_spec == f"kyutai/hibiki-zero-3b-pytorch-bf16@{HIBIKI_ZERO_REVISION}"
     assert ALL["j-moshi"].duplex_spec == "nu-dialogue/j-moshi-ext"
     assert {ALL[name].duplex_spec for name in PRESETS} == set(PRESETS.values())
-    assert Path(__file__).exists()
+
+
+def test_the_j_moshi_preset_loads_a_hub_cache_without_config_json_as_moshi_does(tmp_path) -> None:
+    """`--preset j-moshi` offline, its three files (the tiny ones) in a Hugging Face cache: moshi's own
+    `from_hf_repo` finds no config.json and reads them as a Moshi 7B (lm_config None), through our spec."""
+    import subprocess
+    import sys
+
+    from duplex.models.spec import model_directory
+    from duplex.server.process import REPO
+
+    source = model_directory("tiny:jmoshi")
+    assert source is not None
+    repo = tmp_path / "hub" / "models--nu-dialogue--j-moshi-ext"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    for name in ("model.safetensors", "tokenizer-e351c8d8-checkpoint125.safetensors", "tokenizer_spm_32k_3.model"):
+        (snapshot / name).symlink_to(source / name)
+    code = ("from duplex.models.spec import PRESETS, resolve_checkpoint\n"
+            "c = resolve_checkpoint(PRESETS['j-moshi'].duplex_spec)\n"
+            "print(c.lm_config, c.model_type, c.moshi_weights.name, c.tokenizer.name)")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["None", "moshi", "model.safetensors", "tokenizer_spm_32k_3.model"]
+    assert "Assuming this is a Moshi 7B" in done.stderr     # moshi's own warning for a repo without config.json

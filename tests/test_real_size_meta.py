@@ -66,3 +66,23 @@ def test_stt_1b_architecture():
 def test_unknown_random_spec_says_what_is_known():
     with pytest.raises(WeightsUnavailable, match="random:moshi7b"):
         resolve_checkpoint("random:nope")
+
+
+FAMILY = (Path(__file__).resolve().parents[1] / "docs" / "moshi-family.md").read_text()
+
+
+def test_hibiki_zero_3b_parameters_and_grouped_kv_cache():
+    """Hibiki-Zero's reconstructed config builds the published "3B" (3.13 B) and, with kv_repeat 2, a KV cache
+    half as wide as its queries: docs/moshi-family.md's per-slot figure."""
+    batch = MoshiBatch(resolve_checkpoint("random:hibikizero3b"), SLOTS, "meta", torch.bfloat16)
+    assert batch.checkpoint.model_type == "hibiki" and (batch.lm.n_q, batch.lm.dep_q, batch.agent_q) == (32, 16, 16)
+    assert parameters(batch.lm) == 3_131_686_912 and batch.mimi.num_codebooks == 16
+    assert batch.lm.transformer.layers[0].self_attn.kv_repeat == 2
+    # "2 (K, V) x 28 layers x 3,000 positions x 1,024 (8 of 16 heads x 128) x 2 bytes = 0.34 GB per slot"
+    kv_gb = _state_bytes_per_slot(batch.lm.transformer) / 1e9
+    assert round(kv_gb, 2) == float(re.search(r"= \*\*([\d.]+) GB per slot\*\* \(Hibiki-Zero", FAMILY).group(1))
+
+
+def test_jmoshi_7b_is_moshi_7b():
+    batch = MoshiBatch(resolve_checkpoint("random:jmoshi7b"), SLOTS, "meta", torch.bfloat16)
+    assert parameters(batch.lm) == 7_687_729_152 and batch.tokenizer.vocab_size() < 32000

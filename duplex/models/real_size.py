@@ -9,6 +9,9 @@ preset's (its ids cover fewer than the real 32,000 text tokens: a random model's
     random:moshi7b        moshi's default 7B LM config (32 layers, dim 4096, dep_q 8) + moshi's Mimi
     random:personaplex7b  the same LM with dep_q 16 (models/personaplex.py)
     random:stt1b          Kyutai STT 1B's architecture (16 layers, dim 2048, 32 codebooks, no depformer)
+    random:hibikizero3b   Hibiki-Zero 3B as reconstructed in docs/moshi-family.md (28 layers, dim 2048,
+                          kv_repeat 2, 16 + 16 codebooks), in the tiny Hibiki-Zero's layout
+    random:jmoshi7b       J-Moshi: moshi's 7B config (its repo has none), the tiny J-Moshi's tokenizer
 
 On the `meta` device these build in seconds with no memory: tests/test_real_size_meta.py counts their
 parameters and KV caches against docs/deploy.md's arithmetic.
@@ -22,6 +25,7 @@ import typing as tp
 from moshi.models import loaders
 
 from . import personaplex
+from .tiny.hibiki_zero import TINY_HIBIKI_ZERO_LM_CONFIG
 from .tiny.stt import TINY_STT_CONFIG, TINY_STT_LM_CONFIG
 
 MOSHI_7B: dict = dict(loaders._lm_kwargs)
@@ -29,12 +33,17 @@ PERSONAPLEX_7B: dict = dict(personaplex.LM_CONFIG)
 # Kyutai STT 1B (kyutai/stt-1b-en_fr): the tiny STT's keys at their real values.
 STT_1B: dict = dict(TINY_STT_LM_CONFIG, dim=2048, text_card=8000, num_heads=16, num_layers=16, context=750,
                     depformer_dim=1024, depformer_num_heads=16, depformer_num_layers=6)
+# Hibiki-Zero 3B: the tiny layout's keys at the sizes of docs/moshi-family.md (not all checked against its
+# config.json, which no hub here could give: see there); moshi builds 3.13 B parameters from it.
+HIBIKI_ZERO_3B: dict = dict(TINY_HIBIKI_ZERO_LM_CONFIG, dim=2048, text_card=48000, num_heads=16, num_layers=28,
+                            context=3000, depformer_dim=1024, depformer_num_heads=16, depformer_num_layers=6)
 # The preset LLM's architecture (HuggingFaceTB/SmolLM2-360M-Instruct's config.json), for transformers' LlamaConfig.
 SMOLLM2_360M: dict = dict(hidden_size=960, intermediate_size=2560, num_hidden_layers=32, num_attention_heads=15,
                           num_key_value_heads=5, vocab_size=49152, max_position_embeddings=8192, rope_theta=100000.0,
                           rms_norm_eps=1e-5, tie_word_embeddings=True)
 
-_LMS = {"moshi7b": (MOSHI_7B, "moshi"), "personaplex7b": (PERSONAPLEX_7B, "moshi"), "stt1b": (STT_1B, "stt")}
+_LMS = {"moshi7b": (MOSHI_7B, "moshi"), "personaplex7b": (PERSONAPLEX_7B, "moshi"), "stt1b": (STT_1B, "stt"),
+        "hibikizero3b": (HIBIKI_ZERO_3B, "hibiki-zero"), "jmoshi7b": (MOSHI_7B, "jmoshi")}
 NAMES = tuple(_LMS)
 
 

@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 WEIGHTS_DIR = Path(os.environ.get("DUPLEX_WEIGHTS_DIR", Path(__file__).resolve().parents[2] / "weights"))
 
 
+# The revision hibiki-zero's own CLI pins (kyutai-labs/hibiki-zero, hibiki_zero/run.py).
+HIBIKI_ZERO_REVISION = "23b3e0b41782026c81dd5283a034107b01f9e513"
+
+
 @dataclass(frozen=True)
 class Preset:
     name: str
@@ -41,7 +45,7 @@ PRESETS: dict[str, Preset] = {
     "personaplex": Preset("personaplex", f"personaplex:{personaplex.REPO}",
                           "NVIDIA's PersonaPlex 7B (Moshi with persona prompts: --voices, config system_prompt/voice), "
                           "bf16; the same cascade as moshiko"),
-    "hibiki-zero": Preset("hibiki-zero", "kyutai/hibiki-zero-3b-pytorch-bf16",
+    "hibiki-zero": Preset("hibiki-zero", f"kyutai/hibiki-zero-3b-pytorch-bf16@{HIBIKI_ZERO_REVISION}",
                           "Kyutai's Hibiki-Zero 3B: speech translation FR/ES/PT/DE -> EN (the text stream is the "
                           "English translation), bf16; the same cascade as moshiko"),
     "j-moshi": Preset("j-moshi", "nu-dialogue/j-moshi-ext",
@@ -159,16 +163,18 @@ def checkpoint_from_dir(directory: Path) -> loaders.CheckpointInfo:
     )
 
 
-def checkpoint_from_hub(repo: str) -> loaders.CheckpointInfo:
-    """Downloads (with huggingface_hub's progress bars) into the HF cache, or reuses the cache."""
+def checkpoint_from_hub(spec: str) -> loaders.CheckpointInfo:
+    """Downloads (with huggingface_hub's progress bars) into the HF cache, or reuses the cache.
+    `owner/name@revision` pins a revision (a commit, branch or tag), as hibiki-zero's own CLI does."""
     from huggingface_hub.utils import HfHubHTTPError
 
-    log.info("fetching %s from the Hugging Face hub (cached under %s)", repo, _hf_cache_dir())
+    repo, _, revision = spec.partition("@")
+    log.info("fetching %s from the Hugging Face hub (cached under %s)", spec, _hf_cache_dir())
     try:
-        return loaders.CheckpointInfo.from_hf_repo(repo)
+        return loaders.CheckpointInfo.from_hf_repo(repo, revision=revision or None)
     except (HfHubHTTPError, OSError, ValueError) as exc:
         raise WeightsUnavailable(
-            f"could not get {repo!r} from the Hugging Face hub ({type(exc).__name__}: {exc}).\n"
+            f"could not get {spec!r} from the Hugging Face hub ({type(exc).__name__}: {exc}).\n"
             "  - check the network, or set HF_HUB_OFFLINE=1 to use what is already cached;\n"
             "  - or pass a local directory in the hub layout (--moshi-spec /path/to/dir);\n"
             "  - or try `--preset tiny` (random weights generated locally, no download)."
