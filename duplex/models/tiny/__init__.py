@@ -9,6 +9,7 @@ from __future__ import annotations
 import typing as tp
 from pathlib import Path
 
+from .hibiki import ensure_tiny_hibiki
 from .moshi import ensure_tiny_moshi
 from .personaplex import ensure_tiny_personaplex
 from .stt import ensure_tiny_stt
@@ -16,5 +17,5 @@ from .tts import ensure_tiny_tts
 
 GENERATORS: dict[str, tp.Callable[[Path], Path]] = {
     "moshi": ensure_tiny_moshi, "stt": ensure_tiny_stt, "tts": ensure_tiny_tts,
-    "personaplex": ensure_tiny_personaplex,
+    "personaplex": ensure_tiny_personaplex, "hibiki": ensure_tiny_hibiki,
 }
