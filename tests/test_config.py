@@ -28,9 +28,10 @@ def test_docs_table_is_the_generated_one() -> None:
 
 def test_engine_key_sets_come_from_the_schema() -> None:
     # system_prompt and voice: a persona duplex model's (PersonaPlex); others answer them `unsupported`
+    # cfg_coef and condition: a guided duplex model's (Hibiki); others, and the cascade, answer them `unsupported`
     assert DUPLEX_CONFIG_KEYS == {"temperature", "text_temperature", "top_k", "text_top_k", "seed", "transcribe_user",
-                                  "system_prompt", "voice", "record"}
-    assert CASCADE_CONFIG_KEYS == set(CONFIG_SCHEMA)
+                                  "system_prompt", "voice", "record", "cfg_coef", "condition"}
+    assert CASCADE_CONFIG_KEYS == set(CONFIG_SCHEMA) - {"cfg_coef", "condition"}
 
 
 def test_sampling_defaults_are_the_schemas() -> None:

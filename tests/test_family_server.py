@@ -5,7 +5,8 @@ Per preset: /ws (the text stream is the model's: the translation for Hibiki-Zero
 whose byte-fallback pieces arrive joined into characters, never as `<0xE3>`), the recording of it replayed
 bit for bit through the server, /api/chat with Kyutai's protocol (handshake, Opus both ways, UTF-8 text),
 /v1/realtime (audio deltas and the transcript inside responses), four conversations at once each
-answered frame for frame, and the persona keys refused with `unsupported` (neither model takes one).
+answered frame for frame, and the persona and guidance keys refused with `unsupported` (neither model
+takes one: Hibiki-Zero has no conditioner and no source-language input).
 """
 
 from __future__ import annotations
@@ -120,8 +121,10 @@ async def test_four_conversations_at_once_are_each_answered_frame_for_frame(fami
     assert await asyncio.gather(*(one(s) for s in range(4))) == [len(frames)] * 4
 
 
-@pytest.mark.parametrize("config", [{"voice": "NATF2"}, {"system_prompt": "translate politely"}])
-async def test_persona_keys_are_refused_with_unsupported(family_server, config) -> None:
+@pytest.mark.parametrize("config", [{"voice": "NATF2"}, {"system_prompt": "translate politely"},
+                                    {"cfg_coef": 3.0}, {"condition": "very_good"}])
+async def test_persona_and_guidance_keys_are_refused_with_unsupported(family_server, config) -> None:
+    """Neither model has a persona prompt nor a conditioner (Hibiki-Zero runs at cfg_coef 1, unconditioned)."""
     async with await DuplexClient.connect(family_server.ws_url) as client:
         await client.start(mode="duplex", config=config)
         error = await client.wait_for("error")

@@ -61,6 +61,14 @@ PRESETS: dict[str, Preset] = {
     "tiny-personaplex": Preset("tiny-personaplex", "tiny:personaplex",
                                "random-weight PersonaPlex (dep_q 16) in PersonaPlex's published layout, with tiny "
                                "voices; the tiny cascade", stt_spec="tiny:stt", tts_spec="tiny:tts", llm_spec="tiny"),
+    "hibiki": Preset("hibiki", "kyutai/hibiki-2b-pytorch-bf16",
+                     "Kyutai's Hibiki 2B (French -> English speech translation, guided: config cfg_coef, condition), "
+                     "bf16; the text stream is the translation; the same cascade as moshiko"),
+    "hibiki-1b": Preset("hibiki-1b", "kyutai/hibiki-1b-pytorch-bf16",
+                        "Kyutai's Hibiki 1B (French -> English, 8 codebooks per side), bf16; the same cascade"),
+    "tiny-hibiki": Preset("tiny-hibiki", "tiny:hibiki",
+                          "random-weight Hibiki in Hibiki 2B's layout (dep_q 16, its conditioner, guided), generated "
+                          "locally; the tiny cascade", stt_spec="tiny:stt", tts_spec="tiny:tts", llm_spec="tiny"),
 }
 
 
