@@ -156,3 +156,12 @@ def test_jmoshi_directory_has_no_config_and_loads_as_moshi_does(tmp_path):
         (copy / name).symlink_to(directory / name)
     bare = resolve_checkpoint(str(copy))
     assert bare.lm_config is None and bare.mimi_config is None and bare.model_type == "moshi"
+    # PersonaPlex's files have the same three names: without config.json and voices.tgz its folder is still
+    # PersonaPlex's (its depformer predicts 16 codebooks), not a Moshi 7B
+    persona = model_directory("tiny:personaplex")
+    assert persona is not None
+    other = tmp_path / "personaplex"
+    other.mkdir()
+    for name in ("model.safetensors", "tokenizer-e351c8d8-checkpoint125.safetensors", "tokenizer_spm_32k_3.model"):
+        (other / name).symlink_to(persona / name)
+    assert resolve_checkpoint(str(other)).lm_config["dep_q"] == 16

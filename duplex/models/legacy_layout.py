@@ -24,10 +24,23 @@ TINY_MIMI_CONFIG_FILE = "mimi_config.json"        # tiny layouts only
 
 
 def is_legacy(directory: Path, other_markers: tuple[str, ...] = ()) -> bool:
-    """No config.json, moshi's three fixed file names, and none of `other_markers` (another layout's files)."""
+    """No config.json, moshi's three fixed file names, none of `other_markers` (another layout's files), and
+    an LM whose depformer predicts 8 codebooks, as moshi's 7B constants say (PersonaPlex, whose files have
+    the same names, predicts 16: its folder is not this layout even without its voices)."""
     if (directory / "config.json").exists() or any((directory / m).exists() for m in other_markers):
         return False
-    return all((directory / name).exists() for name in FILES)
+    if not all((directory / name).exists() for name in FILES):
+        return False
+    return depformer_codebooks(directory / loaders.MOSHI_NAME) == loaders._lm_kwargs["dep_q"]
+
+
+def depformer_codebooks(weights: Path) -> int:
+    """How many codebooks an LM's depformer predicts: its `linears.<i>` output heads, read from the
+    safetensors header only (no tensor is loaded)."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as f:
+        return sum(1 for key in f.keys() if key.startswith("linears.") and key.endswith(".weight"))
 
 
 def checkpoint_from_legacy(directory: Path) -> loaders.CheckpointInfo:
