@@ -10,8 +10,11 @@ that a busy machine loads them alike:
      at real-time pace, scripts/bench_capacity.py's load generator); turnaround p50 / p99 and whether
      the load is served (p99 <= 80 ms + the bare p99, every frame answered, no growing lag).
 Prints a table with each preset's figures as a ratio of the first preset's.
+`--cpu-sweep 1,8,16,24,32` instead measures only the CPU time of a step of a 32-slot batch with N slots
+executing, per preset (no servers): how the cost grows with the active rows.
 
     OMP_NUM_THREADS=1 python scripts/bench_family.py --conversations 16 --rounds 2 --threads 1
+    OMP_NUM_THREADS=1 python scripts/bench_family.py --cpu-sweep 1,8,16,24,32 --threads 1
 """
 
 from __future__ import annotations
@@ -61,8 +64,11 @@ def main() -> int:
     parser.add_argument("--bare-steps", type=int, default=60)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--cpu-sweep", help="comma-separated N: CPU ms per step with N of 32 slots executing")
     args = parser.parse_args()
     presets = args.presets.split(",")
+    if args.cpu_sweep:
+        return cpu_sweep(args, presets, [int(n) for n in args.cpu_sweep.split(",")])
     with tempfile.TemporaryDirectory() as tmp:
         payloads = cap.Payloads(cap.speech(Path(tmp), args.seconds + 2), int(args.seconds * cap.FRAMES_PER_SECOND))
         runs: dict[str, list[dict]] = {p: [] for p in presets}
@@ -82,6 +88,36 @@ def main() -> int:
     if args.out:
         args.out.write_text(json.dumps({"args": vars(args) | {"out": str(args.out)}, "runs": runs, "rows": rows},
                                        indent=2))
+    return 0
+
+
+def cpu_sweep(args: argparse.Namespace, presets: list[str], counts: list[int]) -> int:
+    import numpy as np
+
+    from duplex.audio import FRAME_SAMPLES
+    from duplex.models.moshi_batch import StepInput
+
+    slots = max(counts)
+    print(f"| preset | {' | '.join(f'N = {n}' for n in counts)} |  (CPU ms per step, {slots} slots)")
+    print("|---|" + "---|" * len(counts))
+    for preset in presets:
+        model_args = argparse.Namespace(preset=preset, moshi_spec=None, device="cpu", dtype="float32",
+                                        threads=args.threads)
+        model = load_model(model_args, slots)
+        none = np.zeros(slots, dtype=bool)
+        pcm = (np.random.default_rng(0).standard_normal((slots, FRAME_SAMPLES)) * 0.05).astype(np.float32)
+        row = []
+        for n in counts:
+            execute = np.zeros(slots, dtype=bool)
+            execute[:n] = True
+            for _ in range(3):
+                model.step(StepInput(pcm, execute, none, none, none))
+            cpu0 = time.process_time()
+            for _ in range(args.bare_steps):
+                model.step(StepInput(pcm, execute, none, none, none))
+            row.append((time.process_time() - cpu0) * 1000 / args.bare_steps)
+        print(f"| {preset} | {' | '.join(f'{ms:.1f}' for ms in row)} |", flush=True)
+        del model
     return 0
 
 
