@@ -4,8 +4,9 @@ One server for the module (4 slots, duplex only, recording). The guided model se
 once, each with its own `cfg_coef` and `condition` (config keys, at `start` and by `configure`): a greedy
 guided conversation is bit-identical alone and beside neighbours that join, reset and leave; its text stream
 (the translation) comes as `llm_response` on /ws, as 0x02 text on /api/chat (Kyutai's protocol) and as the
-output transcript on /v1/realtime; its recording replays bit for bit with `duplex replay`. A condition the
-model does not know is `unsupported` naming its values; a model without guidance refuses both keys.
+output transcript on /v1/realtime; Kyutai's `moshi.client` talks to it as to Moshi; its recording replays
+bit for bit with `duplex replay`. A condition the model does not know is `unsupported` naming its values;
+a model without guidance refuses both keys.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from duplex.server.process import REPO
 from .conftest import start_server
 from .helpers import GREEDY, frames_of, health, wait_until_idle
 from .test_duplex_batching import churning_neighbour, run_reference
+from .test_kyutai_clients import private_pulse, speech_for_mic  # noqa: F401 (fixtures)
+from .test_kyutai_clients import test_moshi_python_client_talks_to_api_chat as moshi_client_session
 from .test_realtime import realtime, send_audio
 
 GUIDED = {**GREEDY, "cfg_coef": 3.0, "condition": "good"}
@@ -115,6 +118,11 @@ async def test_api_chat_sends_the_translation_as_text(hibiki_server, speech) -> 
                 if message[0] == 2:
                     text.append(message[1:].decode())
     assert set(kinds) <= {1, 2} and "".join(text).strip()
+
+
+def test_kyutai_moshi_client_talks_to_a_hibiki_server(hibiki_server, private_pulse, speech_for_mic, tmp_path):  # noqa: F811
+    """`python -m moshi.client`, unchanged, with a private sound card: what it does against tiny Moshi."""
+    moshi_client_session(hibiki_server, private_pulse, speech_for_mic, tmp_path)
 
 
 async def test_realtime_transcript_is_the_translation(hibiki_server, speech) -> None:
