@@ -57,7 +57,8 @@ def test_bad_configs_are_refused_naming_the_key(config) -> None:
 def test_no_numeric_key_fits_a_non_finite_number(value) -> None:
     """`fit` (the lenient path: /api/chat's query) brings numbers into range, but NaN and infinity it refuses."""
     numeric = [key for key in CONFIG_SCHEMA.values() if key.kind in (int, float)]
-    assert {key.name for key in numeric} == {"temperature", "text_temperature", "top_k", "text_top_k", "seed", "tool_timeout_s"}
+    assert {key.name for key in numeric} == {"temperature", "text_temperature", "top_k", "text_top_k", "seed", "tool_timeout_s",
+                                              "cfg_coef"}
     for key in numeric:
         with pytest.raises(ConfigError, match=f"config.{key.name}"):
             key.fit(value)

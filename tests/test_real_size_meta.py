@@ -68,6 +68,24 @@ def test_unknown_random_spec_says_what_is_known():
         resolve_checkpoint("random:nope")
 
 
+@pytest.mark.parametrize("name,dim,layers,per_side,backbone_b", [("hibiki2b", 2560, 24, 16, 2), ("hibiki1b", 2048, 16, 8, 1)])
+def test_hibiki_architectures(name, dim, layers, per_side, backbone_b):
+    """Hibiki's README: "2B (for the backbone, a bit more with the depth transformer), 16 RVQ per stream";
+    "1B ..., 8 RVQ per stream". Loaded guided, through the loader a download takes."""
+    batch = MoshiBatch(resolve_checkpoint(f"random:{name}"), SLOTS, "meta", torch.bfloat16)
+    lm = batch.lm
+    assert (lm.dim, len(lm.transformer.layers), lm.dep_q, lm.n_q, batch.agent_q) == (dim, layers, per_side,
+                                                                                   2 * per_side, per_side)
+    assert batch.guidance is not None and batch.guidance.values == ("very_bad", "bad", "neutral", "good", "very_good")
+    backbone = parameters(lm) - parameters(lm.depformer) - sum(parameters(m) for m in lm.depformer_in)
+    assert round(backbone / 1e9) == backbone_b
+    assert parameters(lm.depformer) > 0 and batch.mimi.num_codebooks == per_side
+    # guided: the LM keeps two rows per slot (its KV cache: 2 x layers x context x dim per slot)
+    # (K, V) x layers x 3,000 positions x dim x 2 bytes, twice: 1.47 GB per conversation for Hibiki 2B
+    rows_kv = 2 * layers * 3000 * dim * 2
+    assert round(_state_bytes_per_slot(lm.transformer) / 1e9, 2) == round(2 * rows_kv / 1e9, 2)
+
+
 FAMILY = (Path(__file__).resolve().parents[1] / "docs" / "moshi-family.md").read_text()
 
 
