@@ -28,9 +28,10 @@ def test_docs_table_is_the_generated_one() -> None:
 
 def test_engine_key_sets_come_from_the_schema() -> None:
     # system_prompt and voice: a persona duplex model's (PersonaPlex); others answer them `unsupported`
+    # cfg_coef and condition: a guided duplex model's (Hibiki); others, and the cascade, answer them `unsupported`
     assert DUPLEX_CONFIG_KEYS == {"temperature", "text_temperature", "top_k", "text_top_k", "seed", "transcribe_user",
-                                  "system_prompt", "voice", "record"}
-    assert CASCADE_CONFIG_KEYS == set(CONFIG_SCHEMA)
+                                  "system_prompt", "voice", "record", "cfg_coef", "condition"}
+    assert CASCADE_CONFIG_KEYS == set(CONFIG_SCHEMA) - {"cfg_coef", "condition"}
 
 
 def test_sampling_defaults_are_the_schemas() -> None:
@@ -56,7 +57,8 @@ def test_bad_configs_are_refused_naming_the_key(config) -> None:
 def test_no_numeric_key_fits_a_non_finite_number(value) -> None:
     """`fit` (the lenient path: /api/chat's query) brings numbers into range, but NaN and infinity it refuses."""
     numeric = [key for key in CONFIG_SCHEMA.values() if key.kind in (int, float)]
-    assert {key.name for key in numeric} == {"temperature", "text_temperature", "top_k", "text_top_k", "seed", "tool_timeout_s"}
+    assert {key.name for key in numeric} == {"temperature", "text_temperature", "top_k", "text_top_k", "seed", "tool_timeout_s",
+                                              "cfg_coef"}
     for key in numeric:
         with pytest.raises(ConfigError, match=f"config.{key.name}"):
             key.fit(value)

@@ -66,3 +66,41 @@ def test_stt_1b_architecture():
 def test_unknown_random_spec_says_what_is_known():
     with pytest.raises(WeightsUnavailable, match="random:moshi7b"):
         resolve_checkpoint("random:nope")
+
+
+@pytest.mark.parametrize("name,dim,layers,per_side,backbone_b", [("hibiki2b", 2560, 24, 16, 2), ("hibiki1b", 2048, 16, 8, 1)])
+def test_hibiki_architectures(name, dim, layers, per_side, backbone_b):
+    """Hibiki's README: "2B (for the backbone, a bit more with the depth transformer), 16 RVQ per stream";
+    "1B ..., 8 RVQ per stream". Loaded guided, through the loader a download takes."""
+    batch = MoshiBatch(resolve_checkpoint(f"random:{name}"), SLOTS, "meta", torch.bfloat16)
+    lm = batch.lm
+    assert (lm.dim, len(lm.transformer.layers), lm.dep_q, lm.n_q, batch.agent_q) == (dim, layers, per_side,
+                                                                                   2 * per_side, per_side)
+    assert batch.guidance is not None and batch.guidance.values == ("very_bad", "bad", "neutral", "good", "very_good")
+    backbone = parameters(lm) - parameters(lm.depformer) - sum(parameters(m) for m in lm.depformer_in)
+    assert round(backbone / 1e9) == backbone_b
+    assert parameters(lm.depformer) > 0 and batch.mimi.num_codebooks == per_side
+    # guided: the LM keeps two rows per slot (its KV cache: 2 x layers x context x dim per slot)
+    # (K, V) x layers x 3,000 positions x dim x 2 bytes, twice: 1.47 GB per conversation for Hibiki 2B
+    rows_kv = 2 * layers * 3000 * dim * 2
+    assert round(_state_bytes_per_slot(lm.transformer) / 1e9, 2) == round(2 * rows_kv / 1e9, 2)
+
+
+FAMILY = (Path(__file__).resolve().parents[1] / "docs" / "moshi-family.md").read_text()
+
+
+def test_hibiki_zero_3b_parameters_and_grouped_kv_cache():
+    """Hibiki-Zero's reconstructed config builds the published "3B" (3.13 B) and, with kv_repeat 2, a KV cache
+    half as wide as its queries: docs/moshi-family.md's per-slot figure."""
+    batch = MoshiBatch(resolve_checkpoint("random:hibikizero3b"), SLOTS, "meta", torch.bfloat16)
+    assert batch.checkpoint.model_type == "hibiki" and (batch.lm.n_q, batch.lm.dep_q, batch.agent_q) == (32, 16, 16)
+    assert parameters(batch.lm) == 3_131_686_912 and batch.mimi.num_codebooks == 16
+    assert batch.lm.transformer.layers[0].self_attn.kv_repeat == 2
+    # "2 (K, V) x 28 layers x 3,000 positions x 1,024 (8 of 16 heads x 128) x 2 bytes = 0.34 GB per slot"
+    kv_gb = _state_bytes_per_slot(batch.lm.transformer) / 1e9
+    assert round(kv_gb, 2) == float(re.search(r"= \*\*([\d.]+) GB per slot\*\* \(Hibiki-Zero", FAMILY).group(1))
+
+
+def test_jmoshi_7b_is_moshi_7b():
+    batch = MoshiBatch(resolve_checkpoint("random:jmoshi7b"), SLOTS, "meta", torch.bfloat16)
+    assert parameters(batch.lm) == 7_687_729_152 and batch.tokenizer.vocab_size() < 32000

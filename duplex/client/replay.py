@@ -166,6 +166,10 @@ async def replay(rec: Recording, url: str, token: str | None = None, fast: bool 
                 # never so far ahead that the server's input queue (--max-queue-frames) drops a frame
                 await client.wait_audio_frames(sent - FAST_AHEAD_FRAMES, timeout=timeout)
             if isinstance(item, dict):
+                if fast and mode == "duplex":
+                    # a control applies on the model thread at once, not behind the queued frames: send it
+                    # once the frames before it are answered, where a real-time client's came
+                    await client.wait_audio_frames(sent, timeout=timeout)
                 await client.send_json(item)
             else:
                 start = rec.frame_starts[item]

@@ -5,6 +5,7 @@ typed frames for its session, detects assistant turns from the audio it speaks, 
 `interrupt` by forcing its slot silent (the model is fed silence codes as its own speech, so its
 state agrees with what the user hears). A model with persona support (PersonaPlex) takes the config's
 `system_prompt` and `voice` as its persona, put into the slot before the first frame (engines/persona.py).
+A guided model (Hibiki) takes `cfg_coef` and `condition`, at `start` or any time later (models/guidance.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 
 from ..audio import FRAME_MS, FRAME_SAMPLES, rms_dbfs
 from ..config import DUPLEX_CONFIG_KEYS
+from ..models.guidance import GuidanceError
 from ..models.moshi_batch import MoshiBatch, StepInput, StepOutput
 from ..models.persona import PersonaError, VoiceLibrary
 from .base import (AssistantAudio, AssistantText, AssistantTurnEnded, AssistantTurnStarted, BadChoice,
@@ -110,7 +112,8 @@ class DuplexEngine(Engine):
     def health(self) -> dict:
         health: dict[str, tp.Any] = {"slots": self.model.slots, "active": self.scheduler.active,
                   "ticks": self.scheduler.ticks, "last_step_ms": round(self.scheduler.last_step_ms, 2),
-                  "hold_ms": round(self.scheduler.policy.hold_s() * 1000.0, 1), "persona": self.model.persona}
+                  "hold_ms": round(self.scheduler.policy.hold_s() * 1000.0, 1), "persona": self.model.persona,
+                  "guided": self.model.guidance is not None}
         if self.model.persona:
             cache = self.model.prefix_cache
             health["voices"] = self.voices.names() if self.voices is not None else []
@@ -172,6 +175,16 @@ class DuplexEngine(Engine):
         if persona and not self.model.persona:
             raise Unsupported(f"this duplex model has no persona support ({', '.join(persona)}); a PersonaPlex "
                               "model has (--preset personaplex), and the cascade takes them (mode=cascade)")
+        guided = sorted({"cfg_coef", "condition"} & set(config))
+        guidance = self.model.guidance
+        if guided and guidance is None:
+            raise Unsupported(f"this duplex model takes no guidance ({', '.join(guided)}); a guided model does "
+                              "(--preset hibiki)")
+        if guidance is not None and config.get("condition") is not None:
+            try:
+                guidance.check(config["condition"])
+            except GuidanceError as exc:
+                raise Unsupported(str(exc)) from None
         if "voice" in config:
             if self.voices is None:
                 raise Unsupported("voice: this server has no voices folder (start it with --voices DIR)")

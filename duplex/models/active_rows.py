@@ -13,6 +13,9 @@ whose constructor has side effects, is read by its known layout: batch first). R
 before, so a slot's state never moves; a row's numbers do not depend on the other rows (the scheduler's
 bit-identity test checks it, with the prefix changing under a running conversation).
 
+A guided model (models/guidance.py) keeps two rows per slot in the LM's states (slot s: rows 2s, 2s + 1):
+those fields narrow to rows [2 start, 2 (start + rows)), found the same way with a fresh state of 2 (B + 1).
+
 Not used on CUDA: moshi's CUDA graphs are captured for the full batch, and a GPU step costs about the
 same for 1 row as for 64.
 """
@@ -39,6 +42,8 @@ class ActiveRows:
         self.states: list[object] = []
         seen: set[int] = set()   # by identity: states are dataclasses whose == compares tensors
         self.fields: list[_Field] = [(holder, name, 0) for holder, name in extra]
+        self.factors: list[int] = [1] * len(self.fields)   # rows per slot of each field (2: a guided model's LM)
+        self.state_factors: list[int] = []
         for root in roots:
             for module in root.modules():
                 state = getattr(module, "_streaming_state", None)
@@ -46,15 +51,21 @@ class ActiveRows:
                     continue
                 seen.add(id(state))
                 self.states.append(state)
+                factor = 2 if state.batch_size == 2 * batch_size and batch_size > 0 else 1
+                self.state_factors.append(factor)
                 if isinstance(module, LMGen):
                     # its state's constructor enters the LM's streaming mode: read its layout instead
-                    # (cache [B, K, T], offsets [B], exec_mask [B], conditions [B, ...] when present)
-                    self.fields += [(state, name, 0) for name in _attribute_names(state)
-                                    if isinstance(getattr(state, name), torch.Tensor)
-                                    and getattr(state, name).dim() > 0 and getattr(state, name).shape[0] == batch_size]
+                    # (cache [B, K, T], offsets [B], exec_mask [B], guided conditions [2B, ...] when present)
+                    for name in _attribute_names(state):
+                        value = getattr(state, name)
+                        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] in (batch_size, 2 * batch_size):
+                            self.fields.append((state, name, 0))
+                            self.factors.append(value.shape[0] // batch_size)
                 else:
-                    fresh = module._init_streaming_state(batch_size + 1)  # type: ignore[operator]
-                    self.fields += _batch_fields(state, fresh, batch_size)
+                    fresh = module._init_streaming_state(factor * (batch_size + 1))  # type: ignore[operator]
+                    found = _batch_fields(state, fresh, factor * batch_size, factor)
+                    self.fields += found
+                    self.factors += [factor] * len(found)
 
     @contextlib.contextmanager
     def narrowed(self, rows: int, start: int = 0) -> tp.Iterator[None]:
@@ -65,38 +76,39 @@ class ActiveRows:
             yield
             return
         full = [getattr(holder, name) for holder, name, _ in self.fields]
-        views = [tensor.narrow(dim, start, rows) for tensor, (_, _, dim) in zip(full, self.fields, strict=True)]
+        views = [tensor.narrow(dim, k * start, k * rows)
+                 for tensor, (_, _, dim), k in zip(full, self.fields, self.factors, strict=True)]
         for (holder, name, _), view in zip(self.fields, views, strict=True):
             setattr(holder, name, view)
-        for state in self.states:
-            state.batch_size = rows  # type: ignore[attr-defined]
+        for state, k in zip(self.states, self.state_factors, strict=True):
+            state.batch_size = k * rows  # type: ignore[attr-defined]
         try:
             yield
         finally:
-            for (holder, name, dim), tensor, view in zip(self.fields, full, views, strict=True):
+            for (holder, name, dim), k, tensor, view in zip(self.fields, self.factors, full, views, strict=True):
                 now = getattr(holder, name)
                 if now is not view:  # the module assigned a new tensor (e.g. `state.offsets = where(...)`)
-                    tensor.narrow(dim, start, rows).copy_(now)
+                    tensor.narrow(dim, k * start, k * rows).copy_(now)
                 setattr(holder, name, tensor)
-            for state in self.states:
-                state.batch_size = self.batch_size  # type: ignore[attr-defined]
+            for state, k in zip(self.states, self.state_factors, strict=True):
+                state.batch_size = k * self.batch_size  # type: ignore[attr-defined]
 
 
-def _batch_fields(state: object, fresh: object, batch_size: int) -> list[_Field]:
-    """The per-slot tensors of one state: those whose shape differs from the B + 1 state's in exactly
+def _batch_fields(state: object, fresh: object, batch_size: int, step: int = 1) -> list[_Field]:
+    """The per-slot tensors of one state: those whose shape differs from the B + `step` state's in exactly
     the dimension that holds B. Looks one level into non-tensor fields (the KV cache object)."""
     found: list[_Field] = []
     for name in _attribute_names(state):
         live, other = getattr(state, name), getattr(fresh, name, None)
         if isinstance(live, torch.Tensor) and isinstance(other, torch.Tensor):
-            dim = _batch_dim(live, other, batch_size)
+            dim = _batch_dim(live, other, batch_size, step)
             if dim is not None:
                 found.append((state, name, dim))
         elif live is not None and type(live) is type(other) and hasattr(live, "__dict__") and not callable(live):
             for inner in vars(live):
                 a, b = getattr(live, inner), getattr(other, inner)
                 if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-                    dim = _batch_dim(a, b, batch_size)
+                    dim = _batch_dim(a, b, batch_size, step)
                     if dim is not None:
                         found.append((live, inner, dim))
     return found
@@ -107,10 +119,10 @@ def _attribute_names(state: object) -> list[str]:
     return names + [name for name in vars(state) if name not in names]   # exec_mask is set in __post_init__
 
 
-def _batch_dim(live: torch.Tensor, fresh: torch.Tensor, batch_size: int) -> int | None:
+def _batch_dim(live: torch.Tensor, fresh: torch.Tensor, batch_size: int, step: int = 1) -> int | None:
     if live.dim() != fresh.dim():
         return None
     differing = [d for d in range(live.dim()) if live.shape[d] != fresh.shape[d]]
-    if len(differing) == 1 and live.shape[differing[0]] == batch_size and fresh.shape[differing[0]] == batch_size + 1:
+    if len(differing) == 1 and live.shape[differing[0]] == batch_size and fresh.shape[differing[0]] == batch_size + step:
         return differing[0]
     return None

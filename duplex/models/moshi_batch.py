@@ -5,7 +5,8 @@ Shapes: B = slots, F = 1920 samples (80 ms), K = 8 audio codebooks per side.
 
 A model whose depformer also predicts the user's stream (PersonaPlex, dep_q 16) runs through
 `PersonaLMGen` and takes persona prompts: `begin_prefill` fills a slot with one (models/prefill.py),
-between ticks, on this same thread.
+between ticks, on this same thread. A model that takes a condition (Hibiki) runs guided: two rows per
+slot, each slot with its own `cfg_coef` and condition (models/guidance.py).
 """
 
 from __future__ import annotations
@@ -21,16 +22,16 @@ from moshi.utils.compile import no_compile
 
 from ..audio import FRAME_SAMPLES
 from .active_rows import ActiveRows
+from .guidance import Guidance
 from .inference import inference
 from .persona import PersonaPrompt, VoiceLibrary, build_prompt, wrap_system_tags
 from .persona_gen import PersonaLMGen
 from .prefill import Prefill, PrefixCache, RowStates
 from .sampling import BatchedLMGen, SamplingSettings, SlotRandomness
+from .text_pieces import TextPieces
 
 log = logging.getLogger(__name__)
 
-# Text pieces with these ids are control tokens (unk, bos, eos, pad) and are never shown.
-SPECIAL_TEXT_IDS = frozenset({0, 1, 2, 3})
 # Steps compute a multiple of this many leading slots (CPU): on this project's CPUs batches of 8 rows or
 # fewer round differently from larger ones, which would break a row's bit-identity as the prefix changes.
 ROW_BUCKET = 16
@@ -73,21 +74,27 @@ class MoshiBatch:
         assert self.frame_samples == FRAME_SAMPLES, self.frame_samples
         self.defaults = SamplingSettings().updated(_lm_gen_defaults(checkpoint.lm_gen_config))
         self.silence_codes = self._silence_codes()
-        gen_class = PersonaLMGen if self.persona else BatchedLMGen
-        self.gen = gen_class(self.lm, slots, self.silence_codes)
+        self.guidance = Guidance(self.lm, slots) if Guidance.applies(self.lm) else None
+        if self.persona:
+            assert self.guidance is None, "a persona model with conditions is not supported"
+            self.gen: BatchedLMGen = PersonaLMGen(self.lm, slots, self.silence_codes)
+        else:
+            self.gen = BatchedLMGen(self.lm, slots, self.silence_codes, guidance=self.guidance)
         self.randomness = SlotRandomness(slots, 1 + self.lm.dep_q)
         self.settings = [self.defaults for _ in range(slots)]
         self.mimi.streaming_forever(slots)
         self.gen.streaming_forever(slots)
         for slot in range(slots):
             self.configure_slot(slot, self.defaults)
-        self._pieces = [self._piece(i) for i in range(self.tokenizer.vocab_size())]
+        self.text_pieces = TextPieces(self.tokenizer, slots)   # ids -> text, byte-fallback pieces joined per slot
         use_rows = self.device.type == "cpu" if active_rows is None else active_rows
         gen = self.gen
-        extra = [(gen, "slot_temp_audio"), (gen, "slot_temp_text"), (gen, "noise"),
+        extra: list[tuple[object, str]] = [(gen, "slot_temp_audio"), (gen, "slot_temp_text"), (gen, "noise"),
                  (gen, "slot_top_k_audio"), (gen, "slot_top_k_text"), (gen, "force_silence")]
         if isinstance(gen, PersonaLMGen):
             extra += [(gen, "forced"), (gen, "forced_tokens")]
+        if self.guidance is not None:
+            extra.append((self.guidance, "coef"))
         self.active_rows = ActiveRows([self.mimi, gen], slots, extra=extra) if use_rows and slots > ROW_BUCKET else None
         # Persona prompts (persona models only): prefill state, the prefix cache, the voice encoder.
         self.prefix_cache = PrefixCache(prefix_cache_bytes)
@@ -123,11 +130,6 @@ class MoshiBatch:
                 codes = self.mimi.encode(zeros)
         return codes[0, : self.agent_q, 0].clone()
 
-    def _piece(self, token: int) -> str | None:
-        if token in SPECIAL_TEXT_IDS:
-            return None
-        return self.tokenizer.id_to_piece(token).replace("\u2581", " ")
-
     def configure_slot(self, slot: int, settings: SamplingSettings) -> None:
         """Sets one slot's sampling; a new seed restarts its random stream."""
         self.settings[slot] = settings
@@ -136,6 +138,8 @@ class MoshiBatch:
         self.gen.slot_top_k_audio[slot] = settings.top_k
         self.gen.slot_top_k_text[slot] = settings.text_top_k
         self.randomness.reseed(slot, settings.seed)
+        if self.guidance is not None:
+            self.guidance.set_slot(self.gen._streaming_state, slot, settings.cfg_coef, settings.condition)
 
     def warmup(self, steps: int = 3) -> None:
         """Runs a few full-batch steps (CUDA graphs are captured here), then wipes every slot."""
@@ -152,6 +156,8 @@ class MoshiBatch:
 
     def _step(self, batch: StepInput) -> StepOutput:
         if batch.reset.any():
+            for slot in np.flatnonzero(batch.reset):
+                self.text_pieces.reset(int(slot))
             reset = torch.from_numpy(batch.reset).to(self.device)
             self.mimi.reset_streaming(reset)
             self.gen.reset_streaming(reset)
@@ -200,8 +206,8 @@ class MoshiBatch:
         # text ids (< 2^24) are exact in float32
         packed = torch.cat([out, has_output[:, None].float(), tokens[:, 0, :].float()], dim=1).cpu().numpy()
         has_output_np = packed[:, frames] > 0.5
-        text = [self._pieces[t] if ok and 0 <= t < len(self._pieces) else None
-                for t, ok in zip(packed[:, frames + 1].astype(np.int64).tolist(), has_output_np)]
+        text = [self.text_pieces.text(slot, t) if ok else None
+                for slot, (t, ok) in enumerate(zip(packed[:, frames + 1].astype(np.int64).tolist(), has_output_np))]
         return StepOutput(np.ascontiguousarray(packed[:, :frames]), text, has_output_np)
 
     def _pack_inputs(self, batch: StepInput, rows: int) -> torch.Tensor:
@@ -288,6 +294,7 @@ class MoshiBatch:
     def reset_slot(self, slot: int) -> None:
         mask = torch.zeros(self.slots, dtype=torch.bool, device=self.device)
         mask[slot] = True
+        self.text_pieces.reset(slot)
         self.mimi.reset_streaming(mask)
         self.gen.reset_streaming(mask)
 
@@ -302,5 +309,6 @@ class MoshiBatch:
 
 def _lm_gen_defaults(lm_gen_config: dict) -> dict:
     """Maps a checkpoint's optional lm_gen_config (moshi's names) to our config names."""
-    names = {"temp": "temperature", "temp_text": "text_temperature", "top_k": "top_k", "top_k_text": "text_top_k"}
+    names = {"temp": "temperature", "temp_text": "text_temperature", "top_k": "top_k", "top_k_text": "text_top_k",
+             "cfg_coef": "cfg_coef"}
     return {ours: lm_gen_config[theirs] for theirs, ours in names.items() if theirs in lm_gen_config}

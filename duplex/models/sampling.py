@@ -11,12 +11,14 @@ graph, so a slot's samples depend only on its seed and its own history, never on
 
 from __future__ import annotations
 
+import typing as tp
 from dataclasses import dataclass, fields
 
 import torch
 from moshi.models.lm import LMGen, LMModel
 
 from ..config import MAX_TOP_K, default_of
+from .guidance import LMGEN_GUIDED, Guidance
 
 
 @dataclass
@@ -28,6 +30,8 @@ class SamplingSettings:
     top_k: int = default_of("top_k")
     text_top_k: int = default_of("text_top_k")
     seed: int | None = default_of("seed")                     # None: fresh entropy
+    cfg_coef: float = default_of("cfg_coef")                  # guided models only (models/guidance.py)
+    condition: str | None = default_of("condition")           # None: the model's default
 
     def updated(self, config: dict) -> "SamplingSettings":
         known = {f.name: config[f.name] for f in fields(self) if f.name in config}
@@ -55,10 +59,17 @@ def sample_per_slot(logits: torch.Tensor, temp: torch.Tensor, top_k: torch.Tenso
 class BatchedLMGen(LMGen):
     """LMGen with per-slot sampling settings and a per-slot "forced silent" switch."""
 
-    def __init__(self, lm_model: LMModel, batch_size: int, silence_codes: torch.Tensor, agent_q: int | None = None):
+    def __init__(self, lm_model: LMModel, batch_size: int, silence_codes: torch.Tensor, agent_q: int | None = None,
+                 guidance: Guidance | None = None):
         """`agent_q`: the codebooks to sample (default all dep_q); PersonaPlex's depformer also predicts the
-        user's codebooks after its own 8, which generation never needs (models/persona_gen.py)."""
-        super().__init__(lm_model, use_sampling=False, support_out_of_sync=True)
+        user's codebooks after its own 8, which generation never needs (models/persona_gen.py).
+        `guidance`: per-slot classifier-free guidance, for a model that takes a condition (Hibiki)."""
+        self.guidance = guidance
+        if guidance is None:
+            super().__init__(lm_model, use_sampling=False, support_out_of_sync=True)
+        else:
+            super().__init__(lm_model, use_sampling=False, support_out_of_sync=True, cfg_coef=LMGEN_GUIDED,
+                             condition_tensors=guidance.condition_tensors())
         self.on_text_logits_hook = self._sample_text
         device = lm_model.device
         n_streams = 1 + lm_model.dep_q
@@ -72,6 +83,12 @@ class BatchedLMGen(LMGen):
         self.silence_codes = silence_codes.to(device=device, dtype=torch.long)   # [agent_q]
         self.agent_q = lm_model.dep_q if agent_q is None else agent_q
 
+    def _init_streaming_state(self, batch_size: int) -> tp.Any:
+        state = super()._init_streaming_state(batch_size)
+        if self.guidance is not None:
+            self.guidance.install(state)
+        return state
+
     def _sample_text(self, text_logits: torch.Tensor) -> None:
         """text_logits [B, 1, 1, V]: rewritten in place so that its argmax is our sampled token."""
         token = sample_per_slot(text_logits[:, 0, 0], self.slot_temp_text, self.slot_top_k_text, self.noise[:, 0])
@@ -84,13 +101,20 @@ class BatchedLMGen(LMGen):
         """Samples the model's agent_q audio codebooks, one after another, for every slot: [B, dep_q]
         (a depformer that also predicts the user's codebooks gets zeros there; the caller keeps the real ones)."""
         lm_model = self.lm_model
-        assert lm_model.depformer is not None and self.cfg_coef == 1.0
+        assert lm_model.depformer is not None
         batch_size = text_token.shape[0]
+        guidance = self.guidance
         previous = text_token
         tokens: list[torch.Tensor] = []
-        with lm_model.depformer.streaming(batch_size):
+        # guided: transformer_out holds each slot's two rows side by side ([2B, 1, D], models/guidance.py)
+        with lm_model.depformer.streaming(batch_size if guidance is None else 2 * batch_size):
             for codebook in range(self.agent_q):
-                logits = lm_model.forward_depformer(codebook, previous[:, None, None], transformer_out)
+                if guidance is None:
+                    logits = lm_model.forward_depformer(codebook, previous[:, None, None], transformer_out)
+                else:
+                    both = lm_model.forward_depformer(codebook, previous.repeat_interleave(2)[:, None, None],
+                                                      transformer_out)                       # [2B, 1, 1, card]
+                    logits = guidance.mix(both[0::2], both[1::2])
                 token = sample_per_slot(logits[:, 0, 0], self.slot_temp_audio, self.slot_top_k_audio, self.noise[:, 1 + codebook])
                 tokens.append(token)
                 previous = token

@@ -14,11 +14,15 @@ from pathlib import Path
 
 from moshi.models import loaders
 
-from . import personaplex, tiny
+from . import legacy_layout, personaplex, tiny
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(os.environ.get("DUPLEX_WEIGHTS_DIR", Path(__file__).resolve().parents[2] / "weights"))
+
+
+# The revision hibiki-zero's own CLI pins (kyutai-labs/hibiki-zero, hibiki_zero/run.py).
+HIBIKI_ZERO_REVISION = "23b3e0b41782026c81dd5283a034107b01f9e513"
 
 
 @dataclass(frozen=True)
@@ -41,9 +45,30 @@ PRESETS: dict[str, Preset] = {
     "personaplex": Preset("personaplex", f"personaplex:{personaplex.REPO}",
                           "NVIDIA's PersonaPlex 7B (Moshi with persona prompts: --voices, config system_prompt/voice), "
                           "bf16; the same cascade as moshiko"),
+    "hibiki-zero": Preset("hibiki-zero", f"kyutai/hibiki-zero-3b-pytorch-bf16@{HIBIKI_ZERO_REVISION}",
+                          "Kyutai's Hibiki-Zero 3B: speech translation FR/ES/PT/DE -> EN (the text stream is the "
+                          "English translation), bf16; the same cascade as moshiko"),
+    "j-moshi": Preset("j-moshi", "nu-dialogue/j-moshi-ext",
+                      "J-Moshi (Nagoya University): Moshi 7B for Japanese dialogue, repo without config.json, "
+                      "bf16; the cascade stays English (moshiko's)"),
+    "tiny-hibiki-zero": Preset("tiny-hibiki-zero", "tiny:hibiki-zero",
+                               "random-weight Hibiki-Zero in its layout (16+16 codebooks, kv_repeat 2, rope_concat, "
+                               "9 depformer weight sets); the tiny cascade",
+                               stt_spec="tiny:stt", tts_spec="tiny:tts", llm_spec="tiny"),
+    "tiny-jmoshi": Preset("tiny-jmoshi", "tiny:jmoshi",
+                          "random-weight J-Moshi in its layout (no config.json, Japanese SentencePiece with byte "
+                          "fallback); the tiny cascade", stt_spec="tiny:stt", tts_spec="tiny:tts", llm_spec="tiny"),
     "tiny-personaplex": Preset("tiny-personaplex", "tiny:personaplex",
                                "random-weight PersonaPlex (dep_q 16) in PersonaPlex's published layout, with tiny "
                                "voices; the tiny cascade", stt_spec="tiny:stt", tts_spec="tiny:tts", llm_spec="tiny"),
+    "hibiki": Preset("hibiki", "kyutai/hibiki-2b-pytorch-bf16",
+                     "Kyutai's Hibiki 2B (French -> English speech translation, guided: config cfg_coef, condition), "
+                     "bf16; the text stream is the translation; the same cascade as moshiko"),
+    "hibiki-1b": Preset("hibiki-1b", "kyutai/hibiki-1b-pytorch-bf16",
+                        "Kyutai's Hibiki 1B (French -> English, 8 codebooks per side), bf16; the same cascade"),
+    "tiny-hibiki": Preset("tiny-hibiki", "tiny:hibiki",
+                          "random-weight Hibiki in Hibiki 2B's layout (dep_q 16, its conditioner, guided), generated "
+                          "locally; the tiny cascade", stt_spec="tiny:stt", tts_spec="tiny:tts", llm_spec="tiny"),
 }
 
 
@@ -111,7 +136,10 @@ def personaplex_directory(spec: str) -> Path:
 
 def checkpoint_from_dir(directory: Path) -> loaders.CheckpointInfo:
     """A local directory laid out like a hub repo: config.json naming its files, which sit beside it
-    (or PersonaPlex's published layout, whose file names are fixed: models/personaplex.py)."""
+    (or PersonaPlex's published layout, whose file names are fixed: models/personaplex.py; or a repo with
+    no config.json at all, like J-Moshi's, read as moshi reads it: models/legacy_layout.py)."""
+    if legacy_layout.is_legacy(directory, other_markers=(personaplex.VOICES_ARCHIVE,)):
+        return legacy_layout.checkpoint_from_legacy(directory)   # J-Moshi's layout: moshi's 7B rules
     if (directory / personaplex.MIMI_FILE).exists():
         try:
             return personaplex.checkpoint_from_layout(directory)
@@ -143,16 +171,18 @@ def checkpoint_from_dir(directory: Path) -> loaders.CheckpointInfo:
     )
 
 
-def checkpoint_from_hub(repo: str) -> loaders.CheckpointInfo:
-    """Downloads (with huggingface_hub's progress bars) into the HF cache, or reuses the cache."""
+def checkpoint_from_hub(spec: str) -> loaders.CheckpointInfo:
+    """Downloads (with huggingface_hub's progress bars) into the HF cache, or reuses the cache.
+    `owner/name@revision` pins a revision (a commit, branch or tag), as hibiki-zero's own CLI does."""
     from huggingface_hub.utils import HfHubHTTPError
 
-    log.info("fetching %s from the Hugging Face hub (cached under %s)", repo, _hf_cache_dir())
+    repo, _, revision = spec.partition("@")
+    log.info("fetching %s from the Hugging Face hub (cached under %s)", spec, _hf_cache_dir())
     try:
-        return loaders.CheckpointInfo.from_hf_repo(repo)
+        return loaders.CheckpointInfo.from_hf_repo(repo, revision=revision or None)
     except (HfHubHTTPError, OSError, ValueError) as exc:
         raise WeightsUnavailable(
-            f"could not get {repo!r} from the Hugging Face hub ({type(exc).__name__}: {exc}).\n"
+            f"could not get {spec!r} from the Hugging Face hub ({type(exc).__name__}: {exc}).\n"
             "  - check the network, or set HF_HUB_OFFLINE=1 to use what is already cached;\n"
             "  - or pass a local directory in the hub layout (--moshi-spec /path/to/dir);\n"
             "  - or try `--preset tiny` (random weights generated locally, no download)."

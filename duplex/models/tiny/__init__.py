@@ -9,6 +9,9 @@ from __future__ import annotations
 import typing as tp
 from pathlib import Path
 
+from .hibiki import ensure_tiny_hibiki
+from .hibiki_zero import ensure_tiny_hibiki_zero
+from .jmoshi import ensure_tiny_jmoshi
 from .moshi import ensure_tiny_moshi
 from .personaplex import ensure_tiny_personaplex
 from .stt import ensure_tiny_stt
@@ -16,5 +19,6 @@ from .tts import ensure_tiny_tts
 
 GENERATORS: dict[str, tp.Callable[[Path], Path]] = {
     "moshi": ensure_tiny_moshi, "stt": ensure_tiny_stt, "tts": ensure_tiny_tts,
-    "personaplex": ensure_tiny_personaplex,
+    "personaplex": ensure_tiny_personaplex, "hibiki": ensure_tiny_hibiki,
+    "hibiki-zero": ensure_tiny_hibiki_zero, "jmoshi": ensure_tiny_jmoshi,
 }

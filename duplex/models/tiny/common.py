@@ -91,13 +91,16 @@ def ensure_generated(directory: Path, stamp: dict, write: tp.Callable[[Path], No
     return directory
 
 
-def write_tokenizer_and_mimi(directory: Path, seed: int, mimi_config: dict) -> tuple[int, MimiModel]:
-    """Writes the tokenizer, a tiny Mimi and its config (shared by every tiny Kyutai preset); returns
-    the tokenizer's real vocabulary size (which must be the LM's text card) and the Mimi."""
+def write_tokenizer_and_mimi(directory: Path, seed: int, mimi_config: dict,
+                             tokenizer: bytes | None = None) -> tuple[int, MimiModel]:
+    """Writes the tokenizer (`tokenizer`, or the English one trained here), a tiny Mimi and its config
+    (shared by every tiny Kyutai preset); returns the tokenizer's real vocabulary size (which must be
+    the LM's text card) and the Mimi."""
     import sentencepiece as spm
     from moshi.models import loaders
 
-    tokenizer = train_tokenizer(seed, TEXT_VOCAB)
+    if tokenizer is None:
+        tokenizer = train_tokenizer(seed, TEXT_VOCAB)
     (directory / TOKENIZER_FILE).write_bytes(tokenizer)
     # The corpus is small, so the vocabulary may come out smaller than asked: the LM's text card
     # must match what the tokenizer really has, or the model could sample ids it cannot decode.
@@ -136,18 +139,20 @@ def _shape_decoder_output(mimi: MimiModel, target_rms: float = 0.1) -> None:
         convs[-1].weight.mul_(target_rms / max(rms, 1e-8))
 
 
-def train_tokenizer(seed: int, vocab_size: int) -> bytes:
-    """A sentencepiece model with Moshi's special ids (0 unk, 1 bos, 2 eos, 3 pad), deterministic."""
+def train_tokenizer(seed: int, vocab_size: int, sentences: list[str] | None = None, **options: tp.Any) -> bytes:
+    """A sentencepiece model with Moshi's special ids (0 unk, 1 bos, 2 eos, 3 pad), deterministic; trained
+    on `sentences` (default: random English word strings), with extra trainer `options`."""
     import sentencepiece as spm
 
     rng = random.Random(seed)
-    sentences = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 14))) for _ in range(4000)]
+    if sentences is None:
+        sentences = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 14))) for _ in range(4000)]
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(sentences), model_writer=model, vocab_size=vocab_size,
         model_type="unigram", unk_id=0, bos_id=1, eos_id=2, pad_id=3, num_threads=1,
         hard_vocab_limit=False, minloglevel=2, seed_sentencepiece_size=100000,
-        shuffle_input_sentence=False,
+        shuffle_input_sentence=False, **options,
     )
     return model.getvalue()
 
