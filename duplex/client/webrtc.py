@@ -258,7 +258,7 @@ async def post_offer(http: aiohttp.ClientSession, base_url: str, sdp: str, key: 
     params = {"model": model} if model else {}
     data: tp.Any
     if session is not None:
-        data = aiohttp.FormData()
+        data = aiohttp.FormData(default_to_multipart=True)
         data.add_field("sdp", sdp)
         data.add_field("session", json.dumps(session))
     else:
