@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from aiortc import RTCPeerConnection
 
-from duplex.audio import FRAME_SAMPLES
+from duplex.audio import FRAME_SAMPLES, read_wav_mono24k, write_wav
 from duplex.client.webrtc import CallRefused, RealtimeCallClient, client_secret, post_offer
 from duplex.server.protocols.webrtc.secrets import ClientSecrets
 
@@ -265,3 +265,26 @@ async def test_a_peer_that_never_connects_is_dropped_after_the_connect_limit(rtc
     finally:
         await pc.close()   # the answer is never applied: no ICE, no DTLS
     await slots_free(rtc_server)   # --start-timeout-s 3
+
+
+async def test_the_python_client_cli_over_webrtc(cascade_server, hello, tmp_path):
+    """`duplex client --transport webrtc`: a spoken turn from a WAV file, the events as JSON lines, the summary,
+    and the assistant's audio written out."""
+    wav, out = tmp_path / "hello.wav", tmp_path / "reply.wav"
+    write_wav(str(wav), hello)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "duplex", "client", "--transport", "webrtc", "--url", cascade_server.http_url,
+        "--mode", "cascade", "--input", str(wav), "--transcribe-user", "--json", "--output", str(out),
+        "--reply-timeout", "60", stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    stdout, stderr = await asyncio.wait_for(child.communicate(), 180)
+    assert child.returncode == 0, stderr.decode()
+    lines = [json.loads(line) for line in stdout.decode().splitlines()]
+    types = [line["type"] for line in lines]
+    assert types[0] == "session.created" and types[-1] == "client_summary"
+    assert "conversation.item.input_audio_transcription.completed" in types   # --transcribe-user, as a session
+    assert types.index("response.done") < types.index("output_audio_buffer.stopped")
+    summary = lines[-1]
+    assert summary["transport"] == "webrtc" and summary["mode"] == "cascade" and summary["responses"] >= 1
+    assert summary["frames_sent"] >= len(hello) // FRAME_SAMPLES and summary["frames_received"] > 0
+    assert np.abs(read_wav_mono24k(str(out))).max() > 0.01

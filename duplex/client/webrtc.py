@@ -162,8 +162,8 @@ class RealtimeCallClient:
     async def stream(self) -> tp.AsyncIterator[dict]:
         """Every server event of the call (those already come first), in order, until the call ends."""
         queue: asyncio.Queue[dict | None] = asyncio.Queue()
-        for event in self.events:
-            queue.put_nowait(event)
+        for seen in self.events:
+            queue.put_nowait(seen)
         self._listeners.append(queue)
         if self.closed.is_set():
             queue.put_nowait(None)
