@@ -16,6 +16,9 @@ import typing as tp
 from .link import LinkModel, RelayStats
 
 Address = tuple[str, int]
+# tap(direction, datagram, received, delivered): each datagram the relay got, when (loop.time()), and
+# when it is handed on (None: lost); "up" is client -> server
+Tap = tp.Callable[[str, bytes, float, "float | None"], None]
 
 
 class _Side(asyncio.DatagramProtocol):
@@ -36,7 +39,8 @@ class UdpRelay:
     """`await UdpRelay.start(model, host)`; then `connect_server(addr)`, and the client's address is learnt
     from its first datagram (or set with `client`, for the server's checks that come first)."""
 
-    def __init__(self, model: LinkModel):
+    def __init__(self, model: LinkModel, tap: Tap | None = None):
+        self.tap = tap
         self.up = model.fork(0)      # client -> server
         self.down = model.fork(1)    # server -> client
         self.stats = RelayStats()
@@ -47,8 +51,8 @@ class UdpRelay:
         self._timers: set[asyncio.TimerHandle] = set()
 
     @classmethod
-    async def start(cls, model: LinkModel, host: str = "127.0.0.1") -> "UdpRelay":
-        relay = cls(model)
+    async def start(cls, model: LinkModel, host: str = "127.0.0.1", tap: Tap | None = None) -> "UdpRelay":
+        relay = cls(model, tap)
         loop = asyncio.get_running_loop()
         await loop.create_datagram_endpoint(lambda: relay._client_side, local_addr=(host, 0))
         await loop.create_datagram_endpoint(lambda: relay._server_side, local_addr=(host, 0))
@@ -82,10 +86,14 @@ class UdpRelay:
     def _forward(self, data: bytes, side: _Side, to: Address, model: LinkModel, name: str) -> None:
         self.stats.packets[name] += 1
         self.stats.bytes[name] += len(data)
+        loop = asyncio.get_running_loop()
         if model.lost():
             self.stats.lost[name] += 1
+            if self.tap is not None:
+                self.tap(name, data, loop.time(), None)
             return
-        loop = asyncio.get_running_loop()
+        if self.tap is not None:
+            self.tap(name, data, loop.time(), loop.time() + model.one_way_s)
         timer: asyncio.TimerHandle | None = None
 
         def send() -> None:

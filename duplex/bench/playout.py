@@ -1,16 +1,21 @@
-"""What a listener gets from the assistant's audio as it arrived: turnaround, playout gaps, lost packets.
+"""What a listener gets from the assistant's audio as it arrived: playout gaps, lateness, turnaround, losses.
 
 The input of every figure is the list of received pieces of the assistant's stream, each with its position
-in that stream (samples at 24 kHz from the stream's start; for the WebSocket the k-th binary message is
-frame k, for RTP the position comes from the packet's timestamp), its length and its arrival time. The same
-functions serve both transports, so their figures mean the same thing.
+in that stream (samples at 24 kHz; for the WebSocket the k-th binary message is frame k, for RTP the
+position comes from the packet's timestamp), its length, its arrival time, and whether it is audible
+(silence inside the stream is what a server sends when it had nothing ready). The same functions serve
+both transports, so their figures mean the same thing. The stream is taken from its first audible piece.
 
-The player (`playout_gaps`) is a fixed-delay jitter buffer: playout starts `delay_s` after the first piece
-arrived and then runs at the stream's pace, so sample p plays at first_arrival + delay_s + (p - p0) / rate.
-A piece that is not there when its first sample is due is not played (missing: lost, or late and
-discarded, as a real-time player does); each maximal run of playout with nothing to play is one gap.
-Loss concealment (Opus PLC, NetEq's expansion) would make short gaps hard to hear: the count and the
-longest gap say how much of that applies.
+The player (`playout_gaps`) is a fixed-delay jitter buffer: playout starts `delay_s` after the first
+audible piece arrived and then runs at the stream's pace, so sample p plays at t0 + delay_s + (p - p0) /
+rate. A piece that is not there when its first sample is due is not played (late: discarded, as a
+real-time player does), and a lost or silent piece has nothing to play; each maximal run of playout with
+nothing to play is one gap. Loss concealment (Opus PLC, NetEq's expansion) would make short gaps hard to
+hear: the count and the longest gap say how much of that applies.
+
+Lateness (`lateness_ms`): each audible piece's arrival minus its place on the stream's clock
+(t0 + (p - p0) / rate), less the smallest such value of the run: how much later than the earliest piece
+it came, relative to the stream's pace, i.e. the playout delay a gap-free player would have needed for it.
 """
 
 from __future__ import annotations
@@ -29,6 +34,14 @@ class Piece:
     position: int    # first sample's index in the assistant's stream (24 kHz)
     samples: int     # length, in 24 kHz samples
     arrival: float   # time.monotonic() when it arrived
+    audible: bool = True   # above the silence level
+
+
+def from_first_audible(pieces: tp.Sequence[Piece]) -> list[Piece]:
+    """The pieces in stream order, from the first audible one on (what came before is the stream's start)."""
+    ordered = sorted(pieces, key=lambda p: p.position)
+    first = next((i for i, p in enumerate(ordered) if p.audible and p.samples > 0), len(ordered))
+    return ordered[first:]
 
 
 def lost_packets(pieces: tp.Sequence[Piece]) -> tuple[int, int]:
@@ -49,33 +62,41 @@ def lost_packets(pieces: tp.Sequence[Piece]) -> tuple[int, int]:
 
 def playout_gaps(pieces: tp.Sequence[Piece], delay_s: float, rate: int = SAMPLE_RATE) -> list[float]:
     """Lengths (ms) of the gaps a fixed-delay player would leave, in playout order (module docstring)."""
-    if not pieces:
+    ordered = from_first_audible(pieces)
+    if not ordered:
         return []
-    ordered = sorted(pieces, key=lambda p: p.position)
-    start = min(p.arrival for p in pieces) + delay_s
-    p0 = ordered[0].position
+    start, p0 = ordered[0].arrival + delay_s, ordered[0].position
     gaps: list[float] = []
     gap = 0          # samples in the current run of nothing to play
     cursor = p0      # playout position reached
     for piece in ordered:
-        due = start + (piece.position - p0) / rate
-        on_time = piece.arrival <= due
         if piece.position > cursor:              # a hole before this piece: nothing was received there
             gap += piece.position - cursor
             cursor = piece.position
         end = piece.position + piece.samples
         if end <= cursor:                         # a duplicate or an overlap already played
             continue
-        if on_time:
+        if piece.audible and piece.arrival <= start + (piece.position - p0) / rate:
             if gap:
                 gaps.append(gap * 1000.0 / rate)
                 gap = 0
-        else:
+        else:                                     # late, or silence: nothing to play for its length
             gap += end - cursor
         cursor = end
     if gap:
         gaps.append(gap * 1000.0 / rate)
     return gaps
+
+
+def lateness_ms(pieces: tp.Sequence[Piece], rate: int = SAMPLE_RATE) -> list[float]:
+    """Per audible piece: its lateness against the stream's pace (module docstring), in ms."""
+    ordered = [p for p in from_first_audible(pieces) if p.audible]
+    if not ordered:
+        return []
+    p0 = ordered[0].position
+    offsets = [p.arrival - (p.position - p0) / rate for p in ordered]
+    least = min(offsets)
+    return [(o - least) * 1000.0 for o in offsets]
 
 
 def turnaround_ms(pieces: tp.Sequence[Piece], sent_at: tp.Sequence[float],
@@ -90,18 +111,20 @@ def turnaround_ms(pieces: tp.Sequence[Piece], sent_at: tp.Sequence[float],
     return out
 
 
-def summary(pieces: tp.Sequence[Piece], sent_at: tp.Sequence[float], delay_s: float) -> dict[str, tp.Any]:
-    """The figures of one run: turnaround percentiles, gaps, lost packets."""
+def summary(pieces: tp.Sequence[Piece], sent_at: tp.Sequence[float] | None, delay_s: float) -> dict[str, tp.Any]:
+    """The figures of one run; `sent_at` (input frame k's send time) where output frame k answers input
+    frame k and the positions say which is which (the WebSocket), else no turnaround."""
     gaps = playout_gaps(pieces, delay_s)
-    lost, lost_samples = lost_packets(pieces)
-    turn = percentiles(turnaround_ms(pieces, sent_at), (50, 99))
+    lost, lost_samples = lost_packets(from_first_audible(pieces))
     return {
         "pieces": len(pieces),
         "audio_ms": round(sum(p.samples for p in pieces) * 1000.0 / SAMPLE_RATE, 1),
-        "turnaround_ms": turn,
+        "turnaround_ms": percentiles(turnaround_ms(pieces, sent_at), (50, 99)) if sent_at is not None else None,
+        "lateness_ms": percentiles(lateness_ms(pieces), (50, 99)),
         "gaps": len(gaps),
         "gap_ms": round(sum(gaps), 1),
         "longest_gap_ms": round(max(gaps, default=0.0), 1),
+        "silent_ms": round(sum(p.samples for p in from_first_audible(pieces) if not p.audible) * 1000.0 / SAMPLE_RATE, 1),
         "packets_lost": lost,
         "lost_ms": round(lost_samples * 1000.0 / SAMPLE_RATE, 1),
     }
