@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                           "delay after the first audio")
     p.add_argument("--warmup-s", type=float, default=3.0, help="an unmeasured conversation of this length first "
                                                                 "(the server's warm-up); 0: none")
+    p.add_argument("--settle-s", type=float, default=4.0, help="after the conversation, how long the last answers "
+                                                              "may take (a stalled TCP stream delivers them late)")
     p.add_argument("--seed", type=int, default=1, help="seeds the link's losses and the model's sampling")
     p.add_argument("--json", type=Path, default=Path("bench-loss.json"), help="where to write the figures")
     args = p.parse_args(argv)
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  "--no-cascade")
     try:
         url = args.url or server.http_url   # type: ignore[union-attr]
-        results = asyncio.run(run_all(url, transports, losses, pcm, link, args.jitter_buffer_ms, args.warmup_s,
+        results = asyncio.run(run_all(url, transports, losses, pcm, link, args.jitter_buffer_ms, args.warmup_s, args.settle_s,
                                       log=lambda line: print(line, flush=True)))
     finally:
         if server is not None:

@@ -67,7 +67,7 @@ def figures(result: RunResult, jitter_buffer_ms: float) -> dict[str, tp.Any]:
 
 
 async def run_all(http_url: str, transports: tp.Sequence[LossTransport], losses: tp.Sequence[float], pcm: np.ndarray,
-                  link: LinkModel, jitter_buffer_ms: float, warmup_s: float = 3.0,
+                  link: LinkModel, jitter_buffer_ms: float, warmup_s: float = 3.0, settle_s: float = 4.0,
                   log: tp.Callable[[str], None] = print) -> dict[str, dict]:
     """{transport: {"<loss %>": figures}} for each transport and loss rate, in that order."""
     results: dict[str, dict] = {}
@@ -77,7 +77,7 @@ async def run_all(http_url: str, transports: tp.Sequence[LossTransport], losses:
     for transport in transports:
         for loss in losses:
             model = LinkModel(loss / 100.0, link.rtt_ms, link.rto_ms, link.mss, link.seed)
-            result = await transport.run(http_url, pcm, model, settle_s=2 + link.rto_ms / 1000 * 8)
+            result = await transport.run(http_url, pcm, model, settle_s=settle_s)
             figs = results.setdefault(transport.name, {})[f"{loss:g}"] = figures(result, jitter_buffer_ms)
             log(f"  {transport.name:9s} loss {loss:g} %: {figs['pieces']} pieces, turnaround {figs['turnaround_ms']}, "
                 f"lateness {figs['lateness_ms']}, gaps {figs['gaps']} ({figs['gap_ms']} ms), "
