@@ -12,9 +12,11 @@ from aiortc import RTCPeerConnection
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import HeaderExtensionsMap, RtcpSrPacket, RtcpSenderInfo, RtpPacket
 
-from duplex.bench.playout import Piece, lateness_ms, lost_packets, playout_gaps, summary, turnaround_ms
+from duplex.bench.playout import (Piece, lateness_ms, lost_packets, playout_gaps, summary, transport_delay_ms,
+                                  transport_gaps, turnaround_ms)
 from duplex.bench.rtp import AUDIO_LEVEL_URI, audio_level_id, parse_rtp
 from duplex.bench.sdp import NoCandidate, first_candidate, route_through
+from duplex.bench.wsframes import MessageCutter
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_loss.py"
 N = 480   # one 20 ms piece at 24 kHz
@@ -65,6 +67,41 @@ def test_turnaround_pairs_output_frame_k_with_input_frame_k():
     sent = [10.0, 10.08, 10.16]
     pieces = [Piece(k * 1920, 1920, sent[k] + 0.05 + 0.01 * k) for k in range(3)]
     assert turnaround_ms(pieces, sent) == pytest.approx([50.0, 60.0, 70.0])
+
+
+def test_path_figures_count_only_what_the_path_did():
+    # sent every 20 ms by the server, arriving 20 ms later; then the server is 1 s late (its own lateness,
+    # not the path's), one packet lost, one held 300 ms by the path
+    sent = [1.0 + 0.02 * k for k in range(30)]
+    sent[20:] = [s + 1.0 for s in sent[20:]]
+    arrivals: list[float | None] = [s + 0.02 for s in sent]
+    arrivals[7] = None
+    arrivals[12] = sent[12] + 0.32
+    pieces = [Piece(k * N, N, t, True, sent[k]) for k, t in enumerate(arrivals) if t is not None]
+    assert transport_gaps(pieces, allowance_s=0.02 + 0.1) == [20.0, 20.0]
+    delays = transport_delay_ms(pieces)
+    assert len(delays) == 29 and max(delays) == pytest.approx(320.0) and min(delays) == pytest.approx(20.0)
+    assert transport_gaps(stream([1.0]), 0.1) == []   # no send times (none known): no path gaps
+
+
+def _ws_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    head = bytes([(0x80 if fin else 0) | opcode])
+    if len(payload) < 126:
+        return head + bytes([len(payload)]) + payload
+    return head + bytes([126]) + len(payload).to_bytes(2, "big") + payload
+
+
+def test_the_server_stream_is_cut_into_messages_at_their_last_byte():
+    stream_bytes = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"
+                    + _ws_frame(0x1, b'{"type":"ready"}') + _ws_frame(0x2, b"\x01" + b"a" * 300)
+                    + _ws_frame(0x2, b"\x01" + b"b" * 20, fin=False) + _ws_frame(0x9, b"ping")
+                    + _ws_frame(0x0, b"c" * 10))
+    cutter = MessageCutter()
+    for i in range(0, len(stream_bytes), 7):   # in pieces that split headers and frames anywhere
+        cutter.feed(stream_bytes[i:i + 7], float(i))
+    last = float((len(stream_bytes) - 1) // 7 * 7)
+    assert [(op, first) for op, first, _ in cutter.messages] == [(0x1, ord("{")), (0x2, 1), (0x2, 1)]
+    assert cutter.messages[-1][2] == last   # the fragmented one ends with its last fragment
 
 
 async def _offer_sdp() -> str:
@@ -135,5 +172,6 @@ def test_the_script_runs_both_transports_through_the_relays(tiny_server, tmp_pat
         assert by_loss["0"]["relay"]["lost"] == {"up": 0, "down": 0}
     ws, rtc = data["results"]["websocket"], data["results"]["webrtc"]
     assert ws["0"]["turnaround_ms"] is not None and ws["0"]["frames_received"] > 0
+    assert ws["0"]["path_delay_ms"] is not None and rtc["0"]["path_delay_ms"] is not None   # send times seen
     assert rtc["0"]["rtp_down"] > 0 and rtc["0"]["events"] > 0   # audio and the data channel crossed the relay
     assert rtc["5"]["rtp_down_lost"] + rtc["5"]["rtp_up_lost"] > 0   # ~300 packets at 5 %

@@ -59,8 +59,8 @@ async def idle(http_url: str, timeout_s: float = 60.0) -> None:
     raise TimeoutError(f"the server still had a conversation {timeout_s:g} s after the run")
 
 
-def figures(result: RunResult, jitter_buffer_ms: float) -> dict[str, tp.Any]:
-    out = summary(result.pieces, result.sent_at, jitter_buffer_ms / 1000.0)
+def figures(result: RunResult, jitter_buffer_ms: float, one_way_s: float) -> dict[str, tp.Any]:
+    out = summary(result.pieces, result.sent_at, jitter_buffer_ms / 1000.0, one_way_s)
     out["relay"] = result.relay.as_dict()
     out.update(result.extra)
     return out
@@ -78,10 +78,10 @@ async def run_all(http_url: str, transports: tp.Sequence[LossTransport], losses:
         for loss in losses:
             model = LinkModel(loss / 100.0, link.rtt_ms, link.rto_ms, link.mss, link.seed)
             result = await transport.run(http_url, pcm, model, settle_s=settle_s)
-            figs = results.setdefault(transport.name, {})[f"{loss:g}"] = figures(result, jitter_buffer_ms)
-            log(f"  {transport.name:9s} loss {loss:g} %: {figs['pieces']} pieces, turnaround {figs['turnaround_ms']}, "
-                f"lateness {figs['lateness_ms']}, gaps {figs['gaps']} ({figs['gap_ms']} ms), "
-                f"lost {figs['packets_lost']}")
+            figs = results.setdefault(transport.name, {})[f"{loss:g}"] = figures(result, jitter_buffer_ms, model.one_way_s)
+            log(f"  {transport.name:9s} loss {loss:g} %: {figs['pieces']} pieces, path delay {figs['path_delay_ms']}, "
+                f"path gaps {figs['path_gaps']} ({figs['path_gap_ms']} ms), turnaround {figs['turnaround_ms']}, "
+                f"gaps {figs['gaps']} ({figs['gap_ms']} ms)")
             await idle(http_url)
     return results
 
@@ -94,20 +94,25 @@ def _ratio(value: float | None, base: float | None) -> str:
     return f"{value:g} (×{value / base:.1f})"
 
 
+def _pair(figure: dict | None, base: dict | None) -> str:
+    if not figure:
+        return "–"
+    return " / ".join(_ratio(figure.get(p), (base or {}).get(p)) for p in ("p50", "p99"))
+
+
 def table(results: dict[str, dict]) -> str:
-    """Markdown: one row per transport and loss; in brackets, the ratio to that transport's first (loss-free) run."""
-    lines = ["| transport | loss | turnaround p50 / p99 ms | lateness p50 / p99 ms | playout gaps | gap total ms | "
-             "longest gap ms | silent ms | lost at the app | packets lost down / up | pieces |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    """Markdown, one row per transport and loss, in brackets the ratio to that transport's first (loss-free)
+    run: what the path did to the audio the server sent, then what a listener got end to end."""
+    lines = ["| transport | loss | path delay p50 / p99 ms | path gaps (ms) | packets lost down / up | "
+             "turnaround p50 / p99 ms | lateness p50 / p99 ms | playout gaps (ms), longest | silent ms | pieces |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, by_loss in results.items():
         base = next(iter(by_loss.values()))
         for loss, f in by_loss.items():
-            cells = []
-            for figure in ("turnaround_ms", "lateness_ms"):
-                now, then = f[figure] or {}, base[figure] or {}
-                cells.append(" / ".join(_ratio(now.get(p), then.get(p)) for p in ("p50", "p99")) if now else "–")
-            relay = f["relay"]["lost"]
-            lines.append(f"| {name} | {loss} % | {cells[0]} | {cells[1]} | {f['gaps']} | {f['gap_ms']:g} | "
-                         f"{f['longest_gap_ms']:g} | {f['silent_ms']:g} | {f['packets_lost']} | "
-                         f"{relay['down']} / {relay['up']} | {f['pieces']} |")
+            lost = f["relay"]["lost"]
+            lines.append(
+                f"| {name} | {loss} % | {_pair(f['path_delay_ms'], base['path_delay_ms'])} | "
+                f"{f['path_gaps']} ({f['path_gap_ms']:g}) | {lost['down']} / {lost['up']} | "
+                f"{_pair(f['turnaround_ms'], base['turnaround_ms'])} | {_pair(f['lateness_ms'], base['lateness_ms'])} | "
+                f"{f['gaps']} ({f['gap_ms']:g}), {f['longest_gap_ms']:g} | {f['silent_ms']:g} | {f['pieces']} |")
     return "\n".join(lines)

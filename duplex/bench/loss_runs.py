@@ -5,7 +5,8 @@ arrived of the assistant's audio as `playout.Piece`s, with the send time of each
 figures (`playout.summary`) are then computed the same way for every transport.
 
 `WebSocketRun`: the project's own `/ws` protocol (Ogg Opus, duplex mode: the server answers input frame k
-with output frame k, so piece k sits at position k * 1,920) through `lossy_tcp.TcpRelay`.
+with output frame k, so piece k sits at position k * 1,920) through `lossy_tcp.TcpRelay`, whose tap cuts
+the server's bytes into messages (`wsframes`): the k-th audio message's send time is piece k's `sent`.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import numpy as np
 from yarl import URL
 
 from ..audio import FRAME_SAMPLES, rms_dbfs
+from ..protocol import KIND_AUDIO
 from ..client import DuplexClient, FramePacer, ServerClosed, split_frames
 from .latency import SILENT_DBFS
 from .link import LinkModel, RelayStats
 from .lossy_tcp import TcpRelay
 from .playout import Piece
+from .wsframes import MessageCutter
 
 
 @dataclass
@@ -59,7 +62,13 @@ class WebSocketRun:
 
     async def run(self, http_url: str, pcm: np.ndarray, link: LinkModel, settle_s: float) -> RunResult:
         server = URL(http_url)
-        relay = await TcpRelay.start((server.host or "127.0.0.1", server.port or 80), link)
+        cutter = MessageCutter()   # the server's messages, as they reach the relay: when each was sent
+
+        def tap(direction: str, data: bytes, received: float, delivered: float | None) -> None:
+            if direction == "down":
+                cutter.feed(data, received)
+
+        relay = await TcpRelay.start((server.host or "127.0.0.1", server.port or 80), link, tap=tap)
         try:
             host, port = relay.address
             client = await DuplexClient.connect(f"http://{host}:{port}", token=self.token, ready_timeout=60)
@@ -79,8 +88,9 @@ class WebSocketRun:
                     pass
                 chunks = list(client.audio)
                 metrics = client.events_of("metrics")
-            pieces = [Piece(c.seq * FRAME_SAMPLES, int(c.pcm.size), c.received_at, not is_silent(c.pcm))
-                      for c in chunks]
+            sent = [at for opcode, first, at in cutter.messages if opcode == 0x2 and first == KIND_AUDIO]
+            pieces = [Piece(c.seq * FRAME_SAMPLES, int(c.pcm.size), c.received_at, not is_silent(c.pcm),
+                            sent[c.seq] if c.seq < len(sent) else None) for c in chunks]
             extra = {"frames_sent": len(frames), "frames_received": len(chunks),
                      "frames_dropped_by_server": metrics[-1].data.get("frames_dropped") if metrics else None}
             return RunResult(pieces, sent_at, relay.stats, extra)

@@ -64,12 +64,12 @@ def rtp_pieces(packets: tp.Sequence[tuple[RtpHeader, float, float | None]]) -> l
     origin = packets[0][0].timestamp
     scale = SAMPLE_RATE / RTP_RATE
     pieces = []
-    for header, _, delivered in packets:
+    for header, received, delivered in packets:
         if delivered is None:
             continue
         position = int(((header.timestamp - origin) % 2**32) * scale)
         audible = header.level_dbov is None or -header.level_dbov >= SILENT_DBFS
-        pieces.append(Piece(position, int(0.020 * SAMPLE_RATE), delivered, audible))
+        pieces.append(Piece(position, int(0.020 * SAMPLE_RATE), delivered, audible, sent=received))
     return pieces
 
 

@@ -13,6 +13,7 @@ import contextlib
 import logging
 
 from .link import LinkModel, RelayStats
+from .lossy_udp import Tap
 
 logger = logging.getLogger(__name__)
 READ_BYTES = 65536
@@ -21,7 +22,8 @@ READ_BYTES = 65536
 class TcpRelay:
     """`await TcpRelay.start(target, model)`; clients connect to `.address`; `await .close()`."""
 
-    def __init__(self, target: tuple[str, int], model: LinkModel):
+    def __init__(self, target: tuple[str, int], model: LinkModel, tap: Tap | None = None):
+        self.tap = tap   # each segment: direction, bytes, when read, when due to be written
         self.target = target
         self.model = model
         self.stats = RelayStats()
@@ -31,8 +33,9 @@ class TcpRelay:
         self._connections = 0
 
     @classmethod
-    async def start(cls, target: tuple[str, int], model: LinkModel, host: str = "127.0.0.1") -> "TcpRelay":
-        relay = cls(target, model)
+    async def start(cls, target: tuple[str, int], model: LinkModel, host: str = "127.0.0.1",
+                    tap: Tap | None = None) -> "TcpRelay":
+        relay = cls(target, model, tap)
         relay._server = await asyncio.start_server(relay._accept, host, 0)
         return relay
 
@@ -84,6 +87,8 @@ class TcpRelay:
                         self.stats.lost[name] += 1
                         self.stats.stall_ms[name] += stall * 1000
                     last_due = max(last_due, now + model.one_way_s + stall)
+                    if self.tap is not None:
+                        self.tap(name, segment, now, last_due)
                     queue.put_nowait((last_due, segment))
         except (ConnectionError, OSError):
             pass

@@ -16,6 +16,11 @@ hear: the count and the longest gap say how much of that applies.
 Lateness (`lateness_ms`): each audible piece's arrival minus its place on the stream's clock
 (t0 + (p - p0) / rate), less the smallest such value of the run: how much later than the earliest piece
 it came, relative to the stream's pace, i.e. the playout delay a gap-free player would have needed for it.
+
+The path's own share (`transport_delay_ms`, `transport_gaps`) needs each piece's send time, which the relay
+sees: the delay the path added to each piece, and the gaps it alone would cause a player that plays each
+piece a fixed allowance after the server sent it. On a machine too busy for the model to keep real time the
+end-to-end figures above are mostly the server's lateness; these are not.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class Piece:
     samples: int     # length, in 24 kHz samples
     arrival: float   # time.monotonic() when it arrived
     audible: bool = True   # above the silence level
+    sent: float | None = None   # when the server sent it (seen on the relay), if known
 
 
 def from_first_audible(pieces: tp.Sequence[Piece]) -> list[Piece]:
@@ -111,13 +117,44 @@ def turnaround_ms(pieces: tp.Sequence[Piece], sent_at: tp.Sequence[float],
     return out
 
 
-def summary(pieces: tp.Sequence[Piece], sent_at: tp.Sequence[float] | None, delay_s: float) -> dict[str, tp.Any]:
+def transport_delay_ms(pieces: tp.Sequence[Piece]) -> list[float]:
+    """Per piece whose send time is known: what the path added, arrival minus the server's send."""
+    return [(p.arrival - p.sent) * 1000.0 for p in pieces if p.sent is not None]
+
+
+def transport_gaps(pieces: tp.Sequence[Piece], allowance_s: float) -> list[float]:
+    """Gaps (ms) the path alone makes, for a player that plays each piece `allowance_s` after the server
+    sent it (the one-way delay plus its buffer): a piece lost, or later than that. The server's own
+    lateness and silence are not counted (they are the same whatever carries the audio)."""
+    ordered = from_first_audible(pieces)
+    gaps: list[float] = []
+    gap, cursor = 0, ordered[0].position if ordered else 0
+    for piece in ordered:
+        missing = max(0, piece.position - cursor)
+        late = piece.sent is not None and piece.arrival - piece.sent > allowance_s
+        if missing or late:
+            gap += missing + (piece.samples if late else 0)
+        if not late and gap:
+            gaps.append(gap * 1000.0 / SAMPLE_RATE)
+            gap = 0
+        cursor = max(cursor, piece.position + piece.samples)
+    if gap:
+        gaps.append(gap * 1000.0 / SAMPLE_RATE)
+    return gaps
+
+
+def summary(pieces: tp.Sequence[Piece], sent_at: tp.Sequence[float] | None, delay_s: float,
+            one_way_s: float = 0.0) -> dict[str, tp.Any]:
     """The figures of one run; `sent_at` (input frame k's send time) where output frame k answers input
     frame k and the positions say which is which (the WebSocket), else no turnaround."""
     gaps = playout_gaps(pieces, delay_s)
+    path_gaps = transport_gaps(pieces, one_way_s + delay_s)
     lost, lost_samples = lost_packets(from_first_audible(pieces))
     return {
         "pieces": len(pieces),
+        "path_delay_ms": percentiles(transport_delay_ms(pieces), (50, 99)),
+        "path_gaps": len(path_gaps),
+        "path_gap_ms": round(sum(path_gaps), 1),
         "audio_ms": round(sum(p.samples for p in pieces) * 1000.0 / SAMPLE_RATE, 1),
         "turnaround_ms": percentiles(turnaround_ms(pieces, sent_at), (50, 99)) if sent_at is not None else None,
         "lateness_ms": percentiles(lateness_ms(pieces), (50, 99)),
