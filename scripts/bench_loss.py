@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mss", type=int, default=1400, help="bytes per TCP segment")
     p.add_argument("--jitter-buffer-ms", type=float, default=100.0, help="the modelled player's fixed playout "
                                                                           "delay after the first audio")
+    p.add_argument("--loss-directions", default="up,down", help="which directions lose packets: up (client to "
+                                                                 "server), down, or both (default); both are delayed")
     p.add_argument("--warmup-s", type=float, default=3.0, help="an unmeasured conversation of this length first "
                                                                 "(the server's warm-up); 0: none")
     p.add_argument("--settle-s", type=float, default=4.0, help="after the conversation, how long the last answers "
@@ -80,9 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     names = [x.strip() for x in args.transports.split(",") if x.strip()]
     transports = make_transports(names, args.token, args.seed)
     pcm = conversation(args.wav, args.seconds)
-    link = LinkModel(0.0, args.rtt_ms, args.rto_ms, args.mss, args.seed)
+    directions = tuple(d.strip() for d in args.loss_directions.split(",") if d.strip())
+    if not directions or set(directions) - {"up", "down"}:
+        raise SystemExit(f"--loss-directions takes up, down or up,down; got {args.loss_directions!r}")
+    link = LinkModel(0.0, args.rtt_ms, args.rto_ms, args.mss, args.seed, directions)
     header = {"machine": platform.node(), "cpus": os.cpu_count(), "load_before": load(), "rtt_ms": args.rtt_ms,
               "rto_ms": args.rto_ms, "mss": args.mss, "jitter_buffer_ms": args.jitter_buffer_ms,
+              "loss_directions": list(directions),
               "conversation_s": round(pcm.size / 24000, 2), "seed": args.seed, "preset": None if args.url else args.preset}
     print(f"bench_loss on {header['machine']} ({header['cpus']} CPUs, load {header['load_before']}): "
           f"{header['conversation_s']} s of conversation, RTT {args.rtt_ms:g} ms, losses {args.losses} %", flush=True)

@@ -155,3 +155,11 @@ async def test_udp_relay_drops_at_the_rate_and_delays_what_gets_through():
         await relay.close()
         client.transport.close()
         server.transport.close()
+
+
+def test_a_direction_left_out_loses_nothing():
+    model = LinkModel(loss=0.5, seed=2, directions=("down",))
+    up, down = model.fork(0, "up"), model.fork(1, "down")
+    assert sum(up.lost() for _ in range(1000)) == 0
+    assert 400 < sum(down.lost() for _ in range(1000)) < 600
+    assert model.fork(3).loss == 0.5   # a connection's model, before its direction is chosen

@@ -30,6 +30,7 @@ class LinkModel:
     rto_ms: float = 240.0    # TCP's retransmission timeout (>= 200 ms on Linux)
     mss: int = 1400          # bytes per TCP segment
     seed: int = 0
+    directions: tuple[str, ...] = ("up", "down")   # which directions lose packets (both delay)
     rng: random.Random = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -55,9 +56,12 @@ class LinkModel:
             rto *= 2
         return stall
 
-    def fork(self, salt: int) -> "LinkModel":
-        """The same model with its own random stream (for the other direction, or another connection)."""
-        return LinkModel(self.loss, self.rtt_ms, self.rto_ms, self.mss, seed=self.seed * 1_000_003 + salt)
+    def fork(self, salt: int, direction: str | None = None) -> "LinkModel":
+        """The same model with its own random stream, for one direction ("up": client to server, "down"),
+        or another connection; lossless for a direction not in `directions`."""
+        loss = self.loss if direction is None or direction in self.directions else 0.0
+        return LinkModel(loss, self.rtt_ms, self.rto_ms, self.mss, seed=self.seed * 1_000_003 + salt,
+                         directions=self.directions)
 
 
 @dataclass

@@ -76,7 +76,7 @@ async def run_all(http_url: str, transports: tp.Sequence[LossTransport], losses:
         await idle(http_url)
     for transport in transports:
         for loss in losses:
-            model = LinkModel(loss / 100.0, link.rtt_ms, link.rto_ms, link.mss, link.seed)
+            model = LinkModel(loss / 100.0, link.rtt_ms, link.rto_ms, link.mss, link.seed, link.directions)
             result = await transport.run(http_url, pcm, model, settle_s=settle_s)
             figs = results.setdefault(transport.name, {})[f"{loss:g}"] = figures(result, jitter_buffer_ms, model.one_way_s)
             log(f"  {transport.name:9s} loss {loss:g} %: {figs['pieces']} pieces, path delay {figs['path_delay_ms']}, "

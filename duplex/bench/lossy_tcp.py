@@ -55,8 +55,8 @@ class TcpRelay:
             client_w.close()
             return
         self._writers |= {client_w, server_w}
-        directions = [self._spawn(self._direction(client_r, server_w, self.model.fork(salt), "up")),
-                      self._spawn(self._direction(server_r, client_w, self.model.fork(salt + 1), "down"))]
+        directions = [self._spawn(self._direction(client_r, server_w, self.model.fork(salt, "up"), "up")),
+                      self._spawn(self._direction(server_r, client_w, self.model.fork(salt + 1, "down"), "down"))]
         await asyncio.gather(*directions, return_exceptions=True)
         for writer in (client_w, server_w):
             writer.close()

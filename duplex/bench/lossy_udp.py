@@ -41,8 +41,8 @@ class UdpRelay:
 
     def __init__(self, model: LinkModel, tap: Tap | None = None):
         self.tap = tap
-        self.up = model.fork(0)      # client -> server
-        self.down = model.fork(1)    # server -> client
+        self.up = model.fork(0, "up")        # client -> server
+        self.down = model.fork(1, "down")    # server -> client
         self.stats = RelayStats()
         self.server: Address | None = None
         self.client: Address | None = None
