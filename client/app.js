@@ -1,11 +1,13 @@
 // The page's controller: buttons -> protocol messages, server messages -> view and audio.
 //
 // URL parameters: ?mode=duplex|cascade|auto, ?token=..., ?autostart=1 (connect and start on load,
-// for kiosks and tests), ?server=ws://host:port (talk to another server than the page's host).
+// for kiosks and tests), ?server=ws://host:port (talk to another server than the page's host), and the
+// conversation settings by config key (settings.js: ?system_prompt=...&voice=...&temperature=...).
 // `window.duplexStats` is a read-only snapshot of counters for tests and debugging.
 
 import { AudioEngine, AudioError } from './audio.js';
 import { Connection, conversationUrl, diagnoseRefusal } from './connection.js';
+import { Settings, httpBase, keyOfError } from './settings.js';
 import {
   AssistantTextView, TranscriptView, el, hideBanner, log, setFigure, setMeter, setPill, showBanner,
 } from './view.js';
@@ -24,6 +26,7 @@ const ERROR_TEXT = {
 const params = new URLSearchParams(location.search);
 
 const stats = {
+  transport: 'websocket',
   connected: false,
   started: false,
   sessionId: null,
@@ -50,7 +53,9 @@ const stats = {
   rttMs: null,
   inputLevel: 0,
   outputLevel: 0,
-  errors: [],         // { code, message } from the server and from the page
+  errors: [],         // { code, message, key? } from the server and from the page (key: shown beside that field)
+  config: null,       // the `config` of the last `start`
+  configures: [],     // the `config` of each `configure` sent
 };
 
 Object.defineProperty(window, 'duplexStats', {
@@ -79,6 +84,7 @@ function flushOutbox() {
   }
 }
 
+const settings = new Settings(el.settings, { onChange: onSettingChanged });
 const transcript = new TranscriptView(el.transcript);
 const assistantText = new AssistantTextView(el.assistantText);
 const audio = new AudioEngine({
@@ -140,6 +146,7 @@ function render() {
   const open = stats.connected;
   el.connect.textContent = open || conn ? 'Disconnect' : 'Connect';
   el.mode.disabled = stats.started || Boolean(pending);  // `start` carries the mode
+  settings.lock(stats.started ? stats.mode : null);     // what `configure` cannot change waits for the next start
   el.token.disabled = Boolean(conn);
   el.start.disabled = Boolean(pending) || stats.started;
   el.stop.disabled = !open || !stats.started || Boolean(pending);
@@ -216,7 +223,9 @@ async function start() {
     return;
   }
   setPending('start');  // the acknowledgement clock starts now, not during the permission prompt
-  conn.send('start', { mode: el.mode.value });
+  settings.clearErrors();
+  stats.config = settings.config(el.mode.value);
+  conn.send('start', { mode: el.mode.value, config: stats.config });
   sending = true;
   flushOutbox();
   audio.startCapture();  // after `start`, so the Ogg headers are not discarded
@@ -352,6 +361,14 @@ function onMetrics(msg) {
 }
 
 function onServerError(msg) {
+  const key = ['unsupported', 'bad_message'].includes(msg.code) ? keyOfError(msg) : null;
+  if (key && settings.showError(key, msg.message)) {
+    // A refused setting: shown beside its field, not in the banner. A refused `start` is over.
+    stats.errors.push({ code: msg.code, message: msg.message, key });
+    log(`${msg.code} (${key}): ${msg.message}`, { error: true });
+    if (pending === 'start' || !stats.started) refusedStart();
+    return;
+  }
   const text = ERROR_TEXT[msg.code] ? `${ERROR_TEXT[msg.code]} — ${msg.message}` : `${msg.code}: ${msg.message}`;
   if (msg.code === 'not_started') {
     // Harmless race (audio in flight around stop): note it, do not alarm the user.
@@ -359,15 +376,36 @@ function onServerError(msg) {
     log(text, { error: true });
     return;
   }
-  if (pending === 'start' || !stats.started) {
-    // The conversation was refused (capacity, unauthorized, ...). The server discarded what was
-    // sent, Ogg headers included: stop sending, and begin a fresh Ogg stream on the next Start.
-    pending = null;
-    sending = false;
-    outbox = [];
-    audio.restartStream();
-  }
+  if (pending === 'start' || !stats.started) refusedStart();
   reportError(msg.code, text);
+}
+
+/** The conversation was refused (capacity, unauthorized, a setting...). The server discarded what was
+ * sent, Ogg headers included: stop sending, and begin a fresh Ogg stream on the next Start. */
+function refusedStart() {
+  pending = null;
+  sending = false;
+  outbox = [];
+  audio.restartStream();
+}
+
+// --- settings -------------------------------------------------------------------------------
+
+function persistChoices() {
+  settings.persist({ mode: el.mode.value });
+}
+
+/** A field changed: kept, and sent with `configure` when the running conversation's engine takes it. */
+function onSettingChanged(key) {
+  persistChoices();
+  if (!stats.started || !conn?.isOpen || !settings.takesMidConversation(stats.mode, key)) return;
+  let value = settings.typed(key);
+  if (value === undefined) value = key === 'transcribe_user' ? false : settings.schema.keys[key].default;
+  if (value === null || value === undefined) return;   // no plain default (seed): nothing to undo
+  const config = { [key]: value };
+  stats.configures.push(config);
+  conn.send('configure', { config });
+  log(`configure ${JSON.stringify(config)}`);
 }
 
 async function onClose({ code, reason, wasOpen }) {
@@ -414,7 +452,21 @@ setInterval(() => {
   render();
 }, 100);
 
-if (['duplex', 'cascade', 'auto'].includes(params.get('mode'))) el.mode.value = params.get('mode');
-if (params.get('token')) el.token.value = params.get('token');
-render();
-if (params.get('autostart') === '1') start();
+el.mode.addEventListener('change', () => {
+  settings.render(el.mode.value);
+  persistChoices();
+});
+
+async function init() {
+  const loaded = await settings.load(httpBase(params.get('server')));
+  el.settingsNone.hidden = loaded;
+  settings.restore(params);
+  const choices = settings.restoreChoices(params, ['mode']);
+  if (['duplex', 'cascade', 'auto'].includes(choices.mode)) el.mode.value = choices.mode;
+  if (params.get('token')) el.token.value = params.get('token');
+  settings.render(el.mode.value);
+  persistChoices();
+  render();
+  if (params.get('autostart') === '1') start();
+}
+init();

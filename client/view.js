@@ -18,6 +18,8 @@ export const el = {
   assistantText: $('assistant-text'),
   llmStatus: $('llm-status'),
   log: $('log'),
+  settings: $('settings'),
+  settingsNone: $('settings-none'),
 };
 
 export function setPill(pill, state, text = state) {

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..audio import rms_dbfs
+from ..config import keys_for
 from ..models.llm.base import ToolCall, ToolChoice
 
 __all__ = ["ToolCall", "ToolChoice"]   # the history's call item, re-exported for the layers above (no models import there)
@@ -239,6 +240,16 @@ class EngineStream(abc.ABC):
     def mode(self) -> str: ...
 
 
+@dataclass(frozen=True)
+class ConfigOffer:
+    """What a client may set on one engine (served at `GET /config`, the browser page's settings): the config
+    keys `start` takes, those `configure` takes mid-conversation, and the voice names `config.voice` takes."""
+    start_keys: frozenset[str]
+    configure_keys: frozenset[str]
+    voices: tuple[str, ...] = ()
+    default_voice: str | None = None
+
+
 class Engine(abc.ABC):
     name: str
 
@@ -249,6 +260,11 @@ class Engine(abc.ABC):
     def check_config(self, config: dict) -> None:
         """Raises Unsupported for a config `open` would refuse, without taking a slot (default: takes any)."""
         return None
+
+    def config_offer(self) -> ConfigOffer:
+        """The keys and voices this engine takes (default: every key the schema lists for its name, no voices)."""
+        keys = keys_for(self.name)
+        return ConfigOffer(keys, keys)
 
     @abc.abstractmethod
     def has_free_slot(self) -> bool: ...

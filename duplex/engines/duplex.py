@@ -21,7 +21,8 @@ from ..config import DUPLEX_CONFIG_KEYS
 from ..models.moshi_batch import MoshiBatch, StepInput, StepOutput
 from ..models.persona import PersonaError, VoiceLibrary
 from .base import (AssistantAudio, AssistantText, AssistantTurnEnded, AssistantTurnStarted,
-                   CapacityError, Engine, EngineFailure, EngineStream, Sink, StreamReady, Unsupported, UserFrame)
+                   CapacityError, ConfigOffer, Engine, EngineFailure, EngineStream, Sink, StreamReady, Unsupported,
+                   UserFrame)
 from .persona import Persona, PersonaWork
 from .scheduler import BatchScheduler, Delivery, Slot, TickEntry
 from .transcriber import TranscriberSource, UserTranscriber
@@ -117,6 +118,17 @@ class DuplexEngine(Engine):
             health["prefix_cache"] = {"entries": len(cache), "bytes": cache.bytes, "hits": cache.hits,
                                       "misses": cache.misses}
         return health
+
+    def config_offer(self) -> ConfigOffer:
+        """A persona model takes `system_prompt` and `voice` at `start` only; `transcribe_user` needs the cascade's
+        recogniser; the sampling keys are taken at any time."""
+        keys = set(DUPLEX_CONFIG_KEYS)
+        if not self.model.persona:
+            keys -= {"system_prompt", "voice"}
+        if self.transcribers is None:
+            keys.discard("transcribe_user")
+        voices = tuple(self.voices.names()) if self.model.persona and self.voices is not None else ()
+        return ConfigOffer(frozenset(keys), frozenset(keys - {"system_prompt", "voice"}), voices)
 
     def open(self, config: dict, sink: Sink) -> "DuplexStream":
         self.check_config(config)

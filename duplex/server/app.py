@@ -17,6 +17,7 @@ from aiohttp import web
 from ..engines.base import Engine
 from . import capacity
 from .auth import require_token
+from .config_http import handle_config
 from .metrics import ServerMetrics
 from .opus_pool import OpusPool
 from .protocols import handle_chat, handle_realtime, handle_ws
@@ -55,6 +56,7 @@ def create_app(engines: dict[str, Engine], settings: ServerSettings | None = Non
     app.router.add_get("/api/chat", require_token(handle_chat))
     app.router.add_get("/v1/realtime", handle_realtime)   # OpenAI Realtime API (docs/realtime.md)
     app.router.add_get("/health", handle_health)
+    app.router.add_get("/config", handle_config)   # the config keys and voices a client may set (the page's form)
     app.router.add_get("/metrics", handle_metrics)
     capacity.install(app)   # /ready, free slots in /metrics, the SIGTERM drain (docs/deploy.md)
     static_dir = app[SETTINGS].static_dir

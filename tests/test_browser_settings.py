@@ -1,0 +1,118 @@
+"""The page's conversation settings in headless Chromium against a persona server (tiny-personaplex + cascade).
+
+tests/browser/drive_settings.mjs sets a system prompt, a voice and sampling keys on the page, by a link and
+by the form, and the test checks what the server received: the config in the recording's meta.json
+(`--record`), not the page's own DOM. Then: a reload restores the settings (localStorage), the address
+bar reproduces them, a refused value is shown beside its field, and each mode offers its own voices.
+Skips like tests/test_browser_client.py without Chromium or the driver.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .conftest import start_server
+from .test_browser_client import BROWSER_DIR, browser_required, needs_browser, speech_wav  # noqa: F401 (fixtures)
+
+DRIVER = BROWSER_DIR / "drive_settings.mjs"
+
+
+@pytest.fixture(scope="module")
+def persona_page_server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("persona-page")
+    server = start_server(folder, "--preset", "tiny-personaplex", "--slots", "2", "--cascade-slots", "1",
+                          "--record", str(folder / "recordings"))
+    server.record_dir = folder / "recordings"
+    yield server
+    server.stop()
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
+
+
+def _recorded_config(record_dir: Path, session_id: str) -> dict:
+    """The config the server opened the conversation with, from its recording (the server's own account)."""
+    metas = [json.loads(p.read_text()) for p in record_dir.glob("*/meta.json")]
+    found = [m for m in metas if m["session_id"] == session_id]
+    assert len(found) == 1, (session_id, [m["session_id"] for m in metas])
+    return found[0]["config"]
+
+
+def drive(server, wav: Path, *args: str) -> tuple[dict, str]:
+    run = subprocess.run(["node", str(DRIVER), "--url", server.http_url, "--wav", str(wav), "--timeout-ms", "90000",
+                          *args], capture_output=True, text=True, timeout=400, cwd=BROWSER_DIR)
+    try:
+        summary = json.loads(run.stdout)
+    except json.JSONDecodeError:
+        pytest.fail(f"drive_settings.mjs printed no JSON (rc {run.returncode}):\n{run.stdout}\n{run.stderr}")
+    return summary, json.dumps(summary, indent=1)[:8000]
+
+
+def test_config_describes_what_each_engine_takes(persona_page_server, tiny_server) -> None:
+    persona = _get(persona_page_server.http_url + "/config")
+    health = _get(persona_page_server.http_url + "/health")
+    assert persona["engines"]["duplex"]["voices"] == health["engines"]["duplex"]["voices"]
+    assert {"system_prompt", "voice"} <= set(persona["engines"]["duplex"]["start"])
+    assert not {"system_prompt", "voice"} & set(persona["engines"]["duplex"]["configure"])   # at `start` only
+    assert persona["engines"]["cascade"]["voices"] and persona["engines"]["cascade"]["default_voice"]
+    assert persona["keys"]["temperature"] == {**persona["keys"]["temperature"], "type": "number", "low": 0, "high": 5}
+    # A model without persona support does not offer a prompt or a voice.
+    plain = _get(tiny_server.http_url + "/config")["engines"]["duplex"]
+    assert not {"system_prompt", "voice"} & set(plain["start"]) and plain["voices"] == []
+
+
+@needs_browser
+def test_page_settings_reach_the_server(browser_required, persona_page_server, speech_wav) -> None:  # noqa: F811
+    server = persona_page_server
+    config = _get(server.http_url + "/config")
+    duplex_voices, cascade_voices = config["engines"]["duplex"]["voices"], config["engines"]["cascade"]["voices"]
+    summary, context = drive(server, speech_wav, "--duplex-voice", duplex_voices[1], "--other-voice", duplex_voices[2])
+    assert summary["ok"], f"the page failed at step {summary['step']!r}: {summary.get('error')}\n{context}"
+    assert not summary["pageErrors"], context
+
+    # A link with settings: the server opened the conversation with exactly them.
+    url = summary["url"]
+    assert url["errors"] == [] and url["mode"] == "duplex", context
+    assert _recorded_config(server.record_dir, url["sessionId"]) == {
+        "system_prompt": "You like trains.", "voice": duplex_voices[1], "temperature": 0.5, "text_top_k": 5, "seed": 7}
+    assert url["form"]["system_prompt"]["value"] == "You like trains.", context
+
+    # Typed into the form: the server got the new ones; a cleared field is not sent; the address bar has them.
+    form = summary["form"]
+    recorded = _recorded_config(server.record_dir, form["sessionId"])
+    assert recorded == {"system_prompt": "You are a pirate.", "voice": duplex_voices[2], "text_top_k": 5, "seed": 11}
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(form["address"]).query)
+    assert query["system_prompt"] == ["You are a pirate."] and query["voice"] == [duplex_voices[2]], context
+    assert query["seed"] == ["11"] and "temperature" not in query, context
+
+    # A bare reload: the same settings and mode, from localStorage, and back in the address bar.
+    reload = summary["reload"]
+    assert reload["mode"] == "duplex", context
+    assert {k: reload["form"][k]["value"] for k in ("system_prompt", "voice", "seed", "temperature")} == {
+        "system_prompt": "You are a pirate.", "voice": duplex_voices[2], "seed": "11", "temperature": ""}, context
+    assert "system_prompt=You+are+a+pirate." in reload["address"], context
+
+    # Refusals, beside their field (not in the banner); the conversation did not start and nothing was kept.
+    for key, code in (("temperature", "bad_message"), ("voice", "unsupported")):
+        refused = summary["refused"][key]
+        assert [e["code"] for e in refused["errors"] if e.get("key") == key] == [code], context
+        assert key in refused["form"][key]["error"], context
+        assert all(f["error"] is None for k, f in refused["form"].items() if k != key), context
+        assert refused["banner"] is None and not refused["started"], context
+    sessions = {json.loads(p.read_text())["session_id"] for p in server.record_dir.glob("*/meta.json")}
+    assert sessions == {url["sessionId"], form["sessionId"]}
+
+    # Each mode offers what its engine takes: the persona's voices, the TTS's voices; `auto` (either
+    # engine) no voice, as none is common to both.
+    modes = summary["modes"]
+    assert modes["duplex"]["voice"]["options"] == ["", *duplex_voices], context
+    assert modes["cascade"]["voice"]["options"] == ["", *cascade_voices], context
+    assert "voice" not in modes["auto"] and "system_prompt" in modes["auto"], context
