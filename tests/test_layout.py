@@ -22,7 +22,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "duplex"
-SHARED = {"duplex.audio", "duplex.protocol", "duplex.config", "duplex.stats", "duplex"}
+SHARED = {"duplex.audio", "duplex.rtc_audio", "duplex.protocol", "duplex.config", "duplex.stats", "duplex"}
 # what each layer may import from the package (beyond itself and the shared plumbing)
 ALLOWED = {
     "duplex.models": set(),

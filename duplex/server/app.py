@@ -23,7 +23,8 @@ from .opus_pool import OpusPool
 from .protocols import handle_chat, handle_realtime, handle_ws
 from .recording import RecordingStore, add_recording_routes
 from .settings import ServerSettings
-from .state import ENGINES, METRICS, OPUS_POOL, RECORDINGS, SETTINGS, SOCKETS
+from .protocols.webrtc import add_webrtc_routes
+from .state import ENGINES, METRICS, OPUS_POOL, RECORDINGS, SETTINGS, SOCKETS, OpenConversation
 
 
 def create_app(engines: dict[str, Engine], settings: ServerSettings | None = None,
@@ -55,6 +56,7 @@ def create_app(engines: dict[str, Engine], settings: ServerSettings | None = Non
     app.router.add_get("/ws", handle_ws)
     app.router.add_get("/api/chat", require_token(handle_chat))
     app.router.add_get("/v1/realtime", handle_realtime)   # OpenAI Realtime API (docs/realtime.md)
+    add_webrtc_routes(app)   # its WebRTC calls: POST /v1/realtime/client_secrets, /v1/realtime/calls (docs/webrtc.md)
     app.router.add_get("/health", handle_health)
     app.router.add_get("/config", handle_config)   # the config keys and voices a client may set (the page's form)
     app.router.add_get("/metrics", handle_metrics)
@@ -81,7 +83,7 @@ def _running(resource: _Startable) -> tp.Callable[[web.Application], tp.AsyncIte
 
 
 async def _close_sockets(app: web.Application) -> None:
-    sockets: set[web.WebSocketResponse] = app[SOCKETS]
+    sockets: set[OpenConversation] = app[SOCKETS]
     for ws in list(sockets):
         with contextlib.suppress(RuntimeError):   # admitted but its upgrade not done yet: it has no writer
             await ws.close(code=1001, message=b"server shutting down")

@@ -133,6 +133,12 @@ class ServeOptions:
     start_timeout_s: float = field(default=30.0, metadata=flag(
         "a /ws socket with no conversation this long after opening or after `stop` gets `error` not_started and is "
         "closed 1008; an /api/chat socket, when no audio came this long after the handshake. 0 = never"))
+    webrtc_silence_s: float = field(default=10.0, metadata=flag(
+        "a WebRTC call whose peer sends an audio track and has sent no audio this long is ended and its slot freed "
+        "(a peer that never connects is ended after --start-timeout-s). 0 = never"))
+    webrtc_ice_servers: str | None = field(default=None, metadata=flag(
+        "STUN or TURN servers for WebRTC calls' ICE, comma-separated, e.g. stun:stun.example.org:3478; without "
+        "them the server offers its host candidates only (loopback and LAN, docs/webrtc.md)", metavar="URLS"))
     ssl: str | None = field(default=None, metadata=flag(
         "serve https/wss with DIR/key.pem and DIR/cert.pem (browsers need a secure context for the microphone off "
         "localhost)", metavar="DIR"))

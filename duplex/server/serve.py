@@ -50,6 +50,8 @@ async def serve(options: ServeOptions) -> None:
                                              speech_threshold_dbfs=options.speech_threshold_dbfs,
                                              max_connections=options.max_connections,
                                              start_timeout_s=options.start_timeout_s,
+                                             webrtc_silence_s=options.webrtc_silence_s,
+                                             webrtc_ice_servers=_urls(options.webrtc_ice_servers),
                                              opus_workers=options.opus_workers),
                      recordings=recordings)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
@@ -130,3 +132,8 @@ def run_serve(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return 2
     return 0
+
+
+def _urls(text: str | None) -> tuple[str, ...]:
+    """`--webrtc-ice-servers a,b` as a tuple of URLs."""
+    return tuple(url.strip() for url in (text or "").split(",") if url.strip())

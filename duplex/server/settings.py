@@ -16,4 +16,6 @@ class ServerSettings:
     speech_threshold_dbfs: float = -45.0
     max_connections: int = 1000            # conversation sockets open at once (/ws + /api/chat); 0 = no limit
     start_timeout_s: float = 30.0          # a socket with no conversation this long is closed 1008; 0 = never
+    webrtc_silence_s: float = 10.0         # a WebRTC call whose audio stopped this long is ended; 0 = never
+    webrtc_ice_servers: tuple[str, ...] = ()   # STUN/TURN URLs for WebRTC calls (none: host candidates only)
     opus_workers: int = 0                  # processes that encode Opus (0: on the event loop); `duplex serve`: 1

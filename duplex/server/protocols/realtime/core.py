@@ -25,6 +25,14 @@ from ...session import Session, SessionLimits, SessionObserver
 MAX_EVENT_BYTES = 512 * 1024      # one client event (base64 audio: ~ 7.5 s of pcm16 at 24 kHz)
 
 
+class OutputAudioBuffer(tp.Protocol):
+    """The transport's assistant audio not yet played out: a WebRTC call's outgoing track (webrtc/media.py).
+    A WebSocket has none (the client holds what it was sent), so `output_audio_buffer.clear` is refused there."""
+
+    def clear(self) -> None:
+        """Drops the audio queued for the peer (the transport says `output_audio_buffer.cleared`)."""
+
+
 @dataclass(eq=False)
 class Response:
     """One response: its ids and what the client got of it (`sent_frames` is counted by the codec)."""
@@ -57,6 +65,7 @@ class RealtimeBase(Session):
         self.buffer_ms = 0                        # audio appended since the last commit
         self.transcript_item: str | None = None   # the committed user item whose transcript is still coming
         self.partial = ""                         # that transcript so far
+        self.output_buffer: OutputAudioBuffer | None = None   # set by a transport that plays audio out (WebRTC)
 
     # --- outgoing ----------------------------------------------------------------------------------
     def emit(self, type_: str, **fields: tp.Any) -> None:

@@ -25,7 +25,7 @@ SERVER_VAD = {"type": "server_vad", "create_response": True, "interrupt_response
 CLIENT_EVENTS = (
     "session.update", "input_audio_buffer.append", "input_audio_buffer.commit", "input_audio_buffer.clear",
     "conversation.item.create", "conversation.item.truncate", "conversation.item.delete", "conversation.item.retrieve",
-    "response.create", "response.cancel",
+    "response.create", "response.cancel", "output_audio_buffer.clear",
 )
 # GA client events this server knows and answers with `error` `unsupported` (docs/realtime.md says why).
 # the error codes of OpenAI's reference this server sends besides the /ws protocol's (protocol.ERROR_CODES),
@@ -36,7 +36,7 @@ ERROR_CODES = ("response_cancel_not_active", "conversation_already_has_active_re
 # OpenAI's own voice names, which frameworks send by default (LiveKit: marin; pipecat: alloy): taken as the
 # server's default voice (session.updated shows what is used); any other unknown voice is an `error`
 OPENAI_VOICES = ("alloy", "ash", "ballad", "cedar", "coral", "echo", "marin", "sage", "shimmer", "verse")
-UNSUPPORTED_EVENTS = ("output_audio_buffer.clear",)
+UNSUPPORTED_EVENTS: tuple[str, ...] = ()   # none now (output_audio_buffer.clear: the session answers it per transport)
 
 
 def new_id(prefix: str) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import binascii
 
+import numpy as np
+
 from ....audio import FRAME_MS
 from ....engines.base import UserFrame, UserTranscript
 from . import events as rt
@@ -27,7 +29,13 @@ class InputBuffer(RealtimeBase):
             return self._bad("too_large", f"one append carries at most {self.limits.max_audio_bytes} bytes of audio")
         if len(data) % 2:
             return self._bad("bad_audio", f"pcm16 audio has an even number of bytes, got {len(data)}")
-        for samples in self.frames.push(self.decoder.decode(data)):
+        self.feed_audio(self.decoder.decode(data))
+
+    def feed_audio(self, pcm: np.ndarray) -> None:
+        """User audio [samples] float32 24 kHz, from an append or a WebRTC call's track: cut into 80 ms frames."""
+        if self.conversation is None:
+            return   # the call is over (a track frame can still come in while it is torn down)
+        for samples in self.frames.push(pcm):
             self._user_frame(UserFrame.of(samples))
 
     def _user_frame(self, frame: UserFrame) -> None:

@@ -69,6 +69,14 @@ class Responses(RealtimeBase):
                                    f"response {wanted} is not the one in progress", "response_id")
         self._cancel_response("client_cancelled")
 
+    def _on_output_audio_buffer_clear(self, body: dict) -> None:
+        if self.output_buffer is None:
+            raise Unsupported("output_audio_buffer.clear is for WebRTC calls (docs/webrtc.md); over the WebSocket "
+                              "the client holds the audio it was sent: cancel with response.cancel")
+        if self.response is not None:
+            self._cancel_response("client_cancelled")
+        self.output_buffer.clear()
+
     def _cancel_response(self, reason: str) -> None:
         response = self.response
         assert response is not None
