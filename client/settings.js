@@ -11,6 +11,8 @@
 export const PAGE_KEYS = [
   'system_prompt', 'voice', 'temperature', 'text_temperature', 'top_k', 'text_top_k', 'seed', 'transcribe_user',
 ];
+// Over WebRTC the settings travel as a Realtime `session` (webrtc.js realtimeSession): these keys have a field there.
+export const REALTIME_KEYS = ['system_prompt', 'voice', 'transcribe_user'];
 const STORE = 'duplex.settings';
 const LABELS = {
   system_prompt: 'System prompt',
@@ -37,7 +39,8 @@ export function httpBase(server) {
 export function keyOfError(error, keys = PAGE_KEYS) {
   if (error.param) {
     const param = String(error.param).replace(/^(config|session)\./, '');
-    const alias = { instructions: 'system_prompt', 'audio.output.voice': 'voice', voice: 'voice' };
+    const alias = { instructions: 'system_prompt', 'audio.output.voice': 'voice',
+      'audio.input.transcription': 'transcribe_user' };
     return keys.includes(param) ? param : alias[param] ?? null;
   }
   const text = String(error.message ?? '');
@@ -58,6 +61,7 @@ export class Settings {
     this.schema = null;      // GET /config
     this.values = {};        // key -> string (numbers and text as typed) or boolean; absent: server default
     this.mode = 'auto';
+    this.transport = 'websocket';   // webrtc: only the keys a Realtime session has (REALTIME_KEYS)
     this.fields = new Map();  // key -> { input, error, note }
   }
 
@@ -118,7 +122,8 @@ export class Settings {
     if (names.length === 0) return { start: [], configure: [], voices: [], defaultVoice: null };
     const all = (list) => names.map((n) => engines[n][list]).reduce((a, b) => a.filter((x) => b.includes(x)));
     const voices = all('voices');
-    const start = all('start').filter((k) => PAGE_KEYS.includes(k) && (k !== 'voice' || voices.length > 0));
+    const keys = this.transport === 'webrtc' ? REALTIME_KEYS : PAGE_KEYS;
+    const start = all('start').filter((k) => keys.includes(k) && (k !== 'voice' || voices.length > 0));
     const defaultVoice = names.length === 1 ? engines[names[0]].default_voice : null;
     return { start, configure: all('configure'), voices, defaultVoice };
   }
@@ -210,8 +215,10 @@ export class Settings {
     return config;
   }
 
-  /** Whether `engine` (the one the conversation runs on) takes `key` with `configure`. */
+  /** Whether `engine` (the one the conversation runs on) takes `key` with `configure` (WebRTC: `session.update`
+   * takes each of its keys at any time; a duplex persona restarts the conversation with the new one). */
   takesMidConversation(engine, key) {
+    if (this.transport === 'webrtc') return REALTIME_KEYS.includes(key);
     return Boolean(this.schema?.engines?.[engine]?.configure.includes(key));
   }
 

@@ -4,6 +4,8 @@ const $ = (id) => document.getElementById(id);
 
 export const el = {
   mode: $('mode'),
+  transport: $('transport'),
+  remoteAudio: $('remote-audio'),
   token: $('token'),
   connect: $('connect'),
   start: $('start'),

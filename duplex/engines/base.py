@@ -131,9 +131,14 @@ class CapacityError(RuntimeError):
 
 
 class Unsupported(RuntimeError):
-    """The engine cannot do what was asked (answered as `error` `unsupported`)."""
+    """The engine cannot do what was asked (answered as `error` `unsupported`). `key`: the config key refused,
+    where one is (the Realtime error's `param`)."""
 
     code = "unsupported"
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
 
 
 class BadChoice(Unsupported):

@@ -186,11 +186,11 @@ class DuplexEngine(Engine):
                               "model has (--preset personaplex), and the cascade takes them (mode=cascade)")
         if "voice" in config:
             if self.voices is None:
-                raise Unsupported("voice: this server has no voices folder (start it with --voices DIR)")
+                raise Unsupported("voice: this server has no voices folder (start it with --voices DIR)", "voice")
             try:
                 self.voices.path(config["voice"])
             except PersonaError as exc:
-                raise Unsupported(f"voice: {exc}") from None
+                raise Unsupported(f"voice: {exc}", "voice") from None
         if config.get("transcribe_user") and self.transcribers is None:
             raise Unsupported("transcribe_user needs a speech recogniser, and this server loaded none "
                               "(start it without --no-cascade)")

@@ -22,6 +22,7 @@ const { values: opt } = parseArgs({
     transport: { type: 'string', default: 'websocket' },
     'duplex-voice': { type: 'string', default: 'NATM1.wav' },
     'other-voice': { type: 'string', default: 'VARF0.wav' },
+    refuse: { type: 'string', default: 'temperature,voice' },   // the keys to refuse (WebRTC has no temperature)
     chromium: { type: 'string', default: '/usr/bin/chromium' },
     'timeout-ms': { type: 'string', default: '60000' },
   },
@@ -55,7 +56,7 @@ const readForm = (page) => page.evaluate(() => Object.fromEntries(
 async function converse(page) {
   await page.waitForFunction(() => {
     const s = window.duplexStats;
-    return s.started && s.framesSent >= 5 && s.pagesReceived >= 3;
+    return s.started && s.framesSent >= 10 && s.pagesReceived >= 10;
   }, null, { timeout, polling: 100 });
   const running = await stats(page);
   await page.click('#stop');
@@ -83,10 +84,12 @@ async function main(summary) {
     await page.fill('#cfg-system_prompt', 'You are a pirate.');
     await page.dispatchEvent('#cfg-system_prompt', 'change');
     await page.selectOption('#cfg-voice', opt['other-voice']);
-    await page.fill('#cfg-seed', '11');
-    await page.dispatchEvent('#cfg-seed', 'change');
-    await page.fill('#cfg-temperature', '');
-    await page.dispatchEvent('#cfg-temperature', 'change');
+    if (opt.transport === 'websocket') {   // sampling keys: not in a Realtime session
+      await page.fill('#cfg-seed', '11');
+      await page.dispatchEvent('#cfg-seed', 'change');
+      await page.fill('#cfg-temperature', '');
+      await page.dispatchEvent('#cfg-temperature', 'change');
+    }
     await page.click('#start');
     summary.form = { ...await converse(page), address: page.url() };
 
@@ -98,7 +101,9 @@ async function main(summary) {
 
     summary.step = 'refused';
     summary.refused = {};
-    for (const [key, query] of [['temperature', { temperature: '9' }], ['voice', { voice: 'nobody.wav', temperature: '' }]]) {
+    const refusals = { temperature: { temperature: '9' }, voice: { voice: 'nobody.wav', temperature: '' } };
+    for (const key of opt.refuse.split(',')) {
+      const query = refusals[key];
       await page.goto(pageUrl({ mode: 'duplex', autostart: '1', ...query }), { waitUntil: 'load', timeout });
       await page.waitForFunction((k) => window.duplexStats.errors.some((e) => e.key === k), key, { timeout });
       const s = await stats(page);
@@ -107,6 +112,10 @@ async function main(summary) {
         banner: await page.evaluate(() => (document.getElementById('banner').hidden
           ? null : document.getElementById('banner').textContent)),
       };
+      if (s.started) {   // WebRTC: a refused voice leaves the call running without it; hang up
+        await page.click('#stop');
+        await page.waitForFunction(() => window.duplexStats.lastStatus === 'stopped', null, { timeout: 15000 });
+      }
     }
 
     summary.step = 'modes';
