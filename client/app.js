@@ -7,9 +7,8 @@
 
 import { AudioEngine, AudioError } from './audio.js';
 import { Connection, conversationUrl, diagnoseRefusal } from './connection.js';
-import { RealtimeTranslator } from './realtime-events.js';
+import { CallController } from './call-controller.js';
 import { Settings, httpBase, keyOfError } from './settings.js';
-import { RtcCall, RtcError, realtimeSession } from './webrtc.js';
 import {
   AssistantTextView, TranscriptView, el, hideBanner, log, setFigure, setMeter, setPill, showBanner,
 } from './view.js';
@@ -69,8 +68,6 @@ Object.defineProperty(window, 'duplexStats', {
 });
 
 let conn = null;
-let call = null;         // the WebRTC call (RtcCall) while the transport is webrtc
-let translator = null;   // its Realtime events -> the page's messages
 let pending = null;      // the control message waiting for its acknowledgement, e.g. 'stop'
 let pendingSince = 0;
 const ACK_TIMEOUT_MS = 8000;
@@ -155,7 +152,7 @@ function render() {
   const rtc = el.transport.value === 'webrtc';
   el.connect.textContent = open || conn ? 'Disconnect' : 'Connect';
   el.connect.disabled = rtc;    // a call is made by Start and ended by Stop
-  el.transport.disabled = Boolean(conn || call || pending);
+  el.transport.disabled = Boolean(conn || calls.active || pending);
   el.mode.disabled = stats.started || Boolean(pending);  // `start` carries the mode
   settings.lock(stats.started ? stats.mode : null);     // what `configure` cannot change waits for the next start
   el.token.disabled = Boolean(conn);
@@ -221,7 +218,7 @@ function waitForReady() {
 
 async function start() {
   if (stats.started || pending) return;
-  if (el.transport.value === 'webrtc') return startCall();
+  if (el.transport.value === 'webrtc') return calls.start();
   setPending('start');
   render();
   try {
@@ -246,13 +243,7 @@ async function start() {
 }
 
 function stop() {
-  if (call) {
-    setPending('stop');
-    call.hangUp();   // the server frees the slot at once; `close` ends the conversation here
-    log('stop (hang up)');
-    render();
-    return;
-  }
+  if (calls.active) return calls.stop();
   if (!conn?.isOpen) return;
   sending = false;
   audio.stopCapture();
@@ -271,15 +262,7 @@ function reset() {
 }
 
 function interrupt() {
-  if (call) {
-    // OpenAI's WebRTC interrupt: cut the response, and drop the audio the server still holds for the track.
-    if (!call.send({ type: 'response.cancel' })) return;
-    call.send({ type: 'output_audio_buffer.clear' });
-    setPending('interrupt');
-    log('interrupt (response.cancel + output_audio_buffer.clear)');
-    render();
-    return;
-  }
+  if (calls.active) return calls.interrupt();
   if (!conn?.send('interrupt')) return;
   setPending('interrupt');
   audio.flushPlayback('interrupt');  // silence now; flushed again when the server confirms
@@ -428,13 +411,7 @@ function persistChoices() {
 /** A field changed: kept, and sent with `configure` when the running conversation's engine takes it. */
 function onSettingChanged(key) {
   persistChoices();
-  if (call && stats.started) {
-    const session = realtimeSession({ [key]: settings.typed(key) ?? (key === 'transcribe_user' ? false : '') });
-    stats.configures.push(session);
-    call.send({ type: 'session.update', session });
-    log(`session.update ${JSON.stringify(session)}`);
-    return;
-  }
+  if (calls.active) return calls.settingChanged(key);
   if (!stats.started || !conn?.isOpen || !settings.takesMidConversation(stats.mode, key)) return;
   let value = settings.typed(key);
   if (value === undefined) value = key === 'transcribe_user' ? false : settings.schema.keys[key].default;
@@ -473,111 +450,16 @@ async function onClose({ code, reason, wasOpen }) {
   render();
 }
 
-// --- WebRTC ---------------------------------------------------------------------------------
-
-/** Start over WebRTC: the microphone, a client secret carrying the settings, the call (webrtc.js). */
-async function startCall() {
-  setPending('start');
-  render();
-  try {
-    await audio.init();
-    await audio.openMicrophone();
-  } catch (err) {
-    pending = null;
-    reportError(err instanceof AudioError ? `mic_${err.kind}` : 'audio', err.message);
-    render();
-    return;
-  }
-  hideBanner();
-  settings.clearErrors();
-  stats.config = settings.config(el.mode.value);
-  stats.rtcEvents = {};
-  stats.rtc = null;   // the figures below are the call's own (getStats), from 0 for each call
-  stats.framesSent = stats.bytesSent = stats.pagesReceived = stats.samplesPlayed = stats.underruns = 0;
-  translator = new RealtimeTranslator(Object.keys(settings.schema?.engines ?? {}));
-  call = new RtcCall({ base: httpBase(params.get('server')), token: el.token.value.trim(), mode: el.mode.value,
-    secret: params.get('client_secret') });
-  call.addEventListener('open', () => {
-    stats.connected = true;
-    setPill(el.connectionPill, 'connected', 'connected (WebRTC)');
-    render();
-  });
-  call.addEventListener('event', (e) => {
-    stats.rtcEvents[e.detail.type] = (stats.rtcEvents[e.detail.type] ?? 0) + 1;
-    for (const msg of translator.translate(e.detail)) onMessage(msg);
-  });
-  call.addEventListener('track', (e) => {
-    el.remoteAudio.srcObject = e.detail;
-    el.remoteAudio.play().catch(() => showBanner('Click anywhere on the page to enable audio.', { info: true }));
-  });
-  call.addEventListener('close', (e) => onCallClosed(e.detail));
-  setPill(el.connectionPill, 'connecting', 'connecting (WebRTC)');
-  log(`calling ${call.base.host} over WebRTC (mode ${el.mode.value})`);
-  try {
-    await call.open(audio.stream, realtimeSession(stats.config));
-    setPending('start');   // now the wait for session.created
-  } catch (err) {
-    const refused = err instanceof RtcError ? err : new RtcError('connect', String(err?.message ?? err));
-    call?.end('refused');
-    const key = keyOfError(refused);
-    if (key && settings.showError(key, refused.message)) {
-      stats.errors.push({ code: refused.code, message: refused.message, key });
-    } else {
-      reportError(refused.code, ERROR_TEXT[refused.code] ? `${ERROR_TEXT[refused.code]} — ${refused.message}`
-        : refused.message);
-    }
-  }
-  render();
-}
-
-function onCallClosed({ reason }) {
-  const wasStarted = stats.started;
-  call = null;
-  el.remoteAudio.srcObject = null;
-  stats.connected = false;
-  stats.started = false;
-  stats.sessionId = null;
-  pending = null;
-  stats.lastStatus = 'stopped';
-  setPill(el.statusPill, 'stopped');
-  el.sessionId.textContent = '';
-  if (reason === 'client closed' || reason === 'refused') {
-    setPill(el.connectionPill, 'disconnected', 'disconnected');
-    if (wasStarted) transcript.divider('call ended');
-    log(`call ended (${reason})`);
-  } else {
-    reportError('closed', `The call ended: ${reason}.`);
-  }
-  render();
-}
-
-/** The call's figures (every 100 ms with the meters): round trip, packets, jitter buffer, level. */
-let statsBusy = false;
-async function pollCallStats() {
-  if (statsBusy) return;
-  statsBusy = true;
-  try {
-    const s = await call?.stats();
-    if (!s) return;
-    stats.rtc = s;
-    stats.framesSent = s.packetsSent ?? 0;
-    stats.bytesSent = s.bytesSent ?? 0;
-    stats.pagesReceived = s.packetsReceived ?? 0;
-    stats.samplesPlayed = s.samplesReceived ?? 0;
-    stats.underruns = s.concealmentEvents ?? 0;
-    stats.bufferedMs = s.jitterBufferMs ?? 0;
-    stats.outputLevel = s.audioLevel ?? 0;
-    setMeter('out', stats.outputLevel);
-    if (typeof s.rttMs === 'number') {
-      stats.rttMs = s.rttMs;
-      setFigure('rtt', `${s.rttMs.toFixed(1)} ms (WebRTC ICE)`);
-    }
-    setFigure('buffer', `${stats.bufferedMs.toFixed(0)} ms (WebRTC jitter buffer)`);
-    setFigure('underruns', `${stats.underruns} concealed / ${s.packetsLost ?? 0} lost`);
-  } finally {
-    statsBusy = false;
-  }
-}
+// The WebRTC transport (call-controller.js) drives the same page through these.
+const calls = new CallController({
+  stats, audio, settings, transcript,
+  base: () => httpBase(params.get('server')),
+  secret: () => params.get('client_secret'),
+  onMessage,
+  reportError: (code, message) => reportError(code, ERROR_TEXT[code] ? `${ERROR_TEXT[code]} — ${message}` : message),
+  setPending: (name) => (name ? setPending(name) : (pending = null)),
+  render: () => render(),
+});
 
 // --- wiring ---------------------------------------------------------------------------------
 
@@ -588,10 +470,10 @@ el.reset.addEventListener('click', reset);
 el.interrupt.addEventListener('click', interrupt);
 
 setInterval(() => {
-  if (call) pollCallStats();
+  if (calls.active) calls.pollStats();
   const { rms } = audio.inputLevel();
   stats.inputLevel = rms;
-  setMeter('in', audio.capturing || call ? rms : 0);
+  setMeter('in', audio.capturing || calls.active ? rms : 0);
   checkPending();
   render();
 }, 100);

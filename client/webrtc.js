@@ -151,6 +151,8 @@ export class RtcCall extends EventTarget {
       if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded'
           && typeof s.currentRoundTripTime === 'number') {
         out.rttMs = s.currentRoundTripTime * 1000;
+      } else if (s.type === 'media-playout') {   // what the speakers were given (Chromium: RTCAudioPlayoutStats)
+        out.samplesPlayed = s.totalSamplesCount;
       } else if (s.type === 'outbound-rtp' && s.kind === 'audio') {
         out.packetsSent = s.packetsSent;
         out.bytesSent = s.bytesSent;
