@@ -20,6 +20,7 @@ import numpy as np
 from ..audio import FRAME_S, FRAME_SAMPLES, SAMPLE_RATE, read_wav_mono24k, write_wav
 from ..config import CONFIG_SCHEMA
 from ..protocol import CODECS, MODES
+from . import webrtc_cli
 from .connection import DuplexClient, Event, ServerClosed
 from .mic import open_mic_or_explain
 from .report import EventPrinter, HumanPrinter, JsonPrinter, Transfer, summarize
@@ -50,6 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="audio encoding on the wire: opus (Ogg Opus pages) or pcm16 (raw 16-bit samples); "
                         "default: %(default)s")
     p.add_argument("--token", default=None, help="access token, when the server was started with one")
+    p.add_argument("--transport", choices=("websocket", "webrtc"), default="websocket",
+                   help="websocket: the /ws protocol; webrtc: a call to /v1/realtime/calls as OpenAI's WebRTC flow "
+                        "(client secret, the oai-events data channel, audio on an Opus track; docs/webrtc.md). "
+                        "default: %(default)s")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--input", metavar="WAV", default=None,
                         help="audio file to send as the user's voice (any format sphn reads; "
@@ -123,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
         if mic is None:
             return EXIT_USAGE
     try:
+        if args.transport == "webrtc":
+            return asyncio.run(webrtc_cli.converse(args, build_config(args), user_pcm, mic))
         return asyncio.run(_converse(args, user_pcm, mic))
     except BrokenPipeError:  # e.g. `duplex client --json ... | head`: the reader left, not an error
         sys.stdout = open(os.devnull, "w")

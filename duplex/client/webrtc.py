@@ -80,6 +80,7 @@ class RealtimeCallClient:
         self.changed = asyncio.Condition()
         self.closed = asyncio.Event()     # the channel or the connection closed
         self.tasks: list[asyncio.Task] = []
+        self._listeners: list[asyncio.Queue[dict | None]] = []   # `stream()`s: each event, then None at the end
         channel.on("message", self._on_message)
         channel.on("close", self._on_closed)
         pc.on("track", self._on_track)
@@ -88,8 +89,9 @@ class RealtimeCallClient:
     @classmethod
     async def connect(cls, base_url: str, *, token: str | None = None, model: str | None = None,
                       session: dict | None = None, use_client_secret: bool = True, ice_servers: tp.Sequence[str] = (),
-                      open_timeout: float = 30.0) -> "RealtimeCallClient":
-        """Secret (with the token) -> offer -> `POST /v1/realtime/calls` -> answer -> the channel open."""
+                      send_audio: bool = True, open_timeout: float = 30.0) -> "RealtimeCallClient":
+        """Secret (with the token) -> offer -> `POST /v1/realtime/calls` -> answer -> the channel open.
+        `send_audio=False`: the track only receives (the user's audio then goes in `input_audio_buffer.append`)."""
         base_url = base_url.rstrip("/")
         http = aiohttp.ClientSession()
         config = RTCConfiguration(iceServers=[RTCIceServer(u) for u in ice_servers]) if ice_servers else None
@@ -99,7 +101,10 @@ class RealtimeCallClient:
             if use_client_secret:
                 key = (await client_secret(http, base_url, token, session))["value"]
             mic = PacedTrack()
-            pc.addTrack(mic)   # sendrecv: the user's audio out, the assistant's in, one track
+            if send_audio:
+                pc.addTrack(mic)   # sendrecv: the user's audio out, the assistant's in, one track
+            else:
+                pc.addTransceiver("audio", direction="recvonly")
             channel = pc.createDataChannel(EVENTS_LABEL)
             client = cls(http, base_url, pc, channel, mic)
             await pc.setLocalDescription(await pc.createOffer())
@@ -150,7 +155,23 @@ class RealtimeCallClient:
         if isinstance(event, dict):
             event["received_at"] = time.monotonic()
             self.events.append(event)
+            for queue in self._listeners:
+                queue.put_nowait(event)
             self._notify()
+
+    async def stream(self) -> tp.AsyncIterator[dict]:
+        """Every server event of the call (those already come first), in order, until the call ends."""
+        queue: asyncio.Queue[dict | None] = asyncio.Queue()
+        for seen in self.events:
+            queue.put_nowait(seen)
+        self._listeners.append(queue)
+        if self.closed.is_set():
+            queue.put_nowait(None)
+        try:
+            while (event := await queue.get()) is not None:
+                yield event
+        finally:
+            self._listeners.remove(queue)
 
     def _notify(self) -> None:
         async def notify() -> None:
@@ -205,7 +226,10 @@ class RealtimeCallClient:
 
     # --- the end --------------------------------------------------------------------------------------
     def _on_closed(self) -> None:
-        self.closed.set()
+        if not self.closed.is_set():
+            self.closed.set()
+            for queue in self._listeners:
+                queue.put_nowait(None)
         self._notify()
 
     def _on_state(self) -> None:
@@ -234,7 +258,7 @@ async def post_offer(http: aiohttp.ClientSession, base_url: str, sdp: str, key: 
     params = {"model": model} if model else {}
     data: tp.Any
     if session is not None:
-        data = aiohttp.FormData()
+        data = aiohttp.FormData(default_to_multipart=True)
         data.add_field("sdp", sdp)
         data.add_field("session", json.dumps(session))
     else:

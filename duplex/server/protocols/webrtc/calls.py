@@ -121,7 +121,7 @@ async def _read_offer(request: web.Request) -> tuple[str, dict | None] | web.Res
     if (request.content_length or 0) > MAX_SDP_BYTES:
         return _refused(request, 413, "too_large", f"the offer is limited to {MAX_SDP_BYTES} bytes")
     session: tp.Any = None
-    if request.content_type.startswith("multipart/"):
+    if request.content_type in ("multipart/form-data", "application/x-www-form-urlencoded"):
         form = await request.post()
         sdp, raw = form.get("sdp"), form.get("session")
         if raw is not None:
