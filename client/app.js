@@ -455,6 +455,7 @@ const calls = new CallController({
   stats, audio, settings, transcript,
   base: () => httpBase(params.get('server')),
   secret: () => params.get('client_secret'),
+  iceServers: () => (params.get('ice_servers') ?? '').split(',').map((u) => u.trim()).filter(Boolean),
   onMessage,
   reportError: (code, message) => reportError(code, ERROR_TEXT[code] ? `${ERROR_TEXT[code]} — ${message}` : message),
   setPending: (name) => (name ? setPending(name) : (pending = null)),

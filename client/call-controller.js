@@ -11,7 +11,8 @@ import { RtcCall, RtcError, realtimeSession } from './webrtc.js';
 export class CallController {
   /**
    * @param {object} page  what the page lends: stats, audio, settings, transcript, base() (the server's
-   *   http origin), secret() (a client secret from the URL), onMessage(msg), reportError(code, text),
+   *   http origin), secret() (a client secret from the URL), iceServers() (STUN/TURN URLs from the URL),
+   *   onMessage(msg), reportError(code, text),
    *   setPending(name | null), render()
    */
   constructor(page) {
@@ -49,7 +50,7 @@ export class CallController {
     stats.framesSent = stats.bytesSent = stats.pagesReceived = stats.samplesPlayed = stats.underruns = 0;
     this.translator = new RealtimeTranslator(Object.keys(settings.schema?.engines ?? {}));
     const call = new RtcCall({ base: page.base(), token: el.token.value.trim(), mode: el.mode.value,
-      secret: page.secret() });
+      secret: page.secret(), iceServers: page.iceServers() });
     this.call = call;
     call.addEventListener('open', () => {
       stats.connected = true;

@@ -158,7 +158,8 @@ export class Settings {
     } else if (key === 'system_prompt') {
       input = document.createElement('textarea');
       input.rows = 2;
-      input.placeholder = spec.default_doc ?? spec.default ?? '';
+      // The cascade's default prompt; a duplex model has none unless given one (a persona's role).
+      input.placeholder = this.mode === 'duplex' ? 'none: the model speaks as itself' : spec.default ?? '';
       input.value = value ?? '';
     } else if (spec.type === 'boolean') {
       input = document.createElement('input');

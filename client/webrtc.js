@@ -66,11 +66,12 @@ function iceGathered(pc) {
  * server event), track (the remote MediaStream), close ({ reason }).
  */
 export class RtcCall extends EventTarget {
-  constructor({ base, token, mode, secret = null }) {
+  constructor({ base, token, mode, secret = null, iceServers = [] }) {
     super();
     this.base = base;      // the server's http(s) origin (a URL)
     this.token = token;
     this.secret = secret;  // a client secret minted elsewhere (?client_secret=ek_…): no token needed here
+    this.iceServers = iceServers;   // e.g. ['stun:stun.example.org:3478'] (?ice_servers=, as the server's --webrtc-ice-servers)
     this.mode = mode;
     this.pc = null;
     this.channel = null;
@@ -94,7 +95,7 @@ export class RtcCall extends EventTarget {
       this.addEventListener('open', () => this.send({ type: 'session.update', session }), { once: true });
     }
 
-    const pc = new RTCPeerConnection();
+    const pc = new RTCPeerConnection(this.iceServers.length ? { iceServers: [{ urls: this.iceServers }] } : undefined);
     this.pc = pc;
     for (const track of micStream.getAudioTracks()) pc.addTrack(track, micStream);
     pc.ontrack = (e) => this.emit('track', e.streams[0] ?? new MediaStream([e.track]));
