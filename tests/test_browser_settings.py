@@ -38,18 +38,24 @@ def _get(url: str) -> dict:
         return json.load(response)
 
 
-def _recorded_configs(record_dir: Path, endpoint: str) -> list[dict]:
-    """The config each conversation of `endpoint` ended up with, in the order they started, from the recordings
-    (the server's own account). A WebRTC call's settings come as a `session.update` after it starts, which for
-    a duplex persona starts a new segment: its last segment's config is the one that ran."""
-    metas = sorted((json.loads(p.read_text()) for p in record_dir.glob("*/meta.json")),
-                   key=lambda m: (m["started_unix"], m["segment"]))
-    last: dict[str, dict] = {}
-    for meta in metas:
+def _recordings(record_dir: Path, endpoint: str) -> list[tuple[dict, list[dict]]]:
+    """Each conversation of `endpoint`, in the order they started, from the recordings (the server's own
+    account): its config (a seed the server drew left out) and the messages in and out (events.jsonl). A
+    WebRTC call's settings come as a `session.update` after it starts, which for a duplex persona starts a
+    new segment: its last segment is the one that ran."""
+    metas = sorted(((json.loads(p.read_text()), p.parent) for p in record_dir.glob("*/meta.json")),
+                   key=lambda m: (m[0]["started_unix"], m[0]["segment"]))
+    last: dict[str, tuple[dict, Path]] = {}
+    for meta, folder in metas:
         if meta["endpoint"] == endpoint:
-            last[meta["session_id"]] = meta
-    return [{k: v for k, v in m["config"].items() if k != "seed" or not m["seed_drawn_by_server"]}
-            for m in last.values()]
+            last[meta["session_id"]] = (meta, folder)
+    return [({k: v for k, v in m["config"].items() if k != "seed" or not m["seed_drawn_by_server"]},
+             [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()])
+            for m, folder in last.values()]
+
+
+def _recorded_configs(record_dir: Path, endpoint: str) -> list[dict]:
+    return [config for config, _ in _recordings(record_dir, endpoint)]
 
 
 def drive(server, wav: Path, *args: str) -> tuple[dict, str]:
@@ -105,6 +111,19 @@ def test_page_settings_reach_the_server(browser_required, persona_page_server, s
     query = urllib.parse.parse_qs(urllib.parse.urlsplit(form["address"]).query)
     assert query["system_prompt"] == ["You are a pirate."] and query["voice"] == [duplex_voices[2]], context
     assert query["transport"] == [transport], context
+    # Changed during the conversation: the server took it (its log of the messages in and out).
+    # A persona's prompt is taken at start only on the WebSocket; over WebRTC a session.update restarts with it.
+    assert form["changed"]["systemPromptLocked"] is not rtc, context
+    events = _recordings(server.record_dir, endpoint)[already + 1][1]
+    ins = [e["msg"] for e in events if e.get("dir") == "in" and e.get("kind") == "text"]
+    outs = [e["msg"] for e in events if e.get("dir") == "out" and e.get("kind") == "text"]
+    if rtc:
+        assert {"type": "session.update", "session": {"audio": {"input": {"transcription": {"model": "duplex-stt"}}}}} in ins
+        assert outs[-1]["type"] != "error" and any(
+            o["type"] == "session.updated" and o["session"]["audio"]["input"]["transcription"] for o in outs), outs[-5:]
+    else:
+        assert {"type": "configure", "config": {"text_temperature": 0.3}} in ins, ins
+        assert not [o for o in outs if o["type"] == "error"], outs
     assert rtc or "temperature" not in query, context   # WebRTC shows no temperature: the link's is kept, unsent
 
     # A bare reload: the same settings, mode and transport, from localStorage, and back in the address bar.

@@ -52,17 +52,19 @@ const readForm = (page) => page.evaluate(() => Object.fromEntries(
   }),
 ));
 
-/** Waits for a conversation to run with audio both ways, then stops it; returns what the page saw. */
-async function converse(page) {
+/** Waits for a conversation to run with audio both ways, runs `during` (if any), then stops it; returns
+ * what the page saw. */
+async function converse(page, during = null) {
   await page.waitForFunction(() => {
     const s = window.duplexStats;
     return s.started && s.framesSent >= 10 && s.pagesReceived >= 10;
   }, null, { timeout, polling: 100 });
+  const changed = during ? await during() : null;
   const running = await stats(page);
   await page.click('#stop');
   await page.waitForFunction(() => window.duplexStats.lastStatus === 'stopped', null, { timeout: 15000 });
   return { sessionId: running.sessionId, config: running.config, mode: running.mode, transport: running.transport,
-    errors: running.errors };
+    errors: running.errors, configures: running.configures, changed };
 }
 
 async function main(summary) {
@@ -91,7 +93,20 @@ async function main(summary) {
       await page.dispatchEvent('#cfg-temperature', 'change');
     }
     await page.click('#start');
-    summary.form = { ...await converse(page), address: page.url() };
+    // During the conversation: a key the engine takes mid-conversation is sent at once (WebSocket:
+    // `configure` text_temperature; WebRTC: `session.update` transcription); a persona's prompt is locked.
+    const during = async () => {
+      const locked = await page.isDisabled('#cfg-system_prompt');
+      if (opt.transport === 'websocket') {
+        await page.fill('#cfg-text_temperature', '0.3');
+        await page.dispatchEvent('#cfg-text_temperature', 'change');
+      } else {
+        await page.check('#cfg-transcribe_user');
+      }
+      await page.waitForFunction(() => window.duplexStats.configures.length > 0, null, { timeout: 10000 });
+      return { systemPromptLocked: locked };
+    };
+    summary.form = { ...await converse(page, during), address: page.url() };
 
     summary.step = 'reload';
     await page.goto(`${base}/`, { waitUntil: 'load', timeout });
