@@ -288,3 +288,42 @@ async def test_the_python_client_cli_over_webrtc(cascade_server, hello, tmp_path
     assert summary["transport"] == "webrtc" and summary["mode"] == "cascade" and summary["responses"] >= 1
     assert summary["frames_sent"] >= len(hello) // FRAME_SAMPLES and summary["frames_received"] > 0
     assert np.abs(read_wav_mono24k(str(out))).max() > 0.01
+
+
+async def test_a_call_is_recorded_as_a_socket_is(tmp_path_factory, speech):
+    """`--record`: a call's folder says endpoint `webrtc`, keeps the events both ways and the audio it carried."""
+    folder = tmp_path_factory.mktemp("rtc_rec")
+    server = start_server(folder, "--slots", "1", "--no-cascade", "--record", str(folder / "rec"))
+    try:
+        call = await RealtimeCallClient.connect(server.http_url, model="duplex")
+        try:
+            await call.wait_for("session.created")
+            await call.send({"type": "session.update", "session": {"type": "realtime"}})
+            await call.wait_for("session.updated")
+            await feed(call, speech)
+            await call.wait_for("input_audio_buffer.speech_started")
+            await call.hang_up()
+        finally:
+            await call.close()
+        await slots_free(server)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(server.http_url + "/recordings") as response:
+                listed = (await response.json())["recordings"]
+    finally:
+        server.stop()
+    assert len(listed) == 1
+    [kept] = [p for p in (folder / "rec").iterdir() if p.is_dir()]
+    meta = json.loads((kept / "meta.json").read_text())
+    assert meta["endpoint"] == "webrtc" and meta["complete"] and meta["mode"] == "duplex"
+    events = [json.loads(line) for line in (kept / "events.jsonl").read_text().splitlines()]
+    sent = [e["msg"]["type"] for e in events if e.get("dir") == "out" and e.get("kind") == "text"]
+    assert "session.created" in sent and "input_audio_buffer.speech_started" in sent
+    assert any("session.update" in str(e.get("msg")) for e in events if e.get("dir") == "in")
+    assert wav_seconds(kept / "audio.wav") >= len(speech) / 24000 * 0.5   # the user's audio, as the engine took it
+
+
+def wav_seconds(path: Path) -> float:
+    import wave
+
+    with wave.open(str(path)) as w:
+        return w.getnframes() / w.getframerate()
