@@ -1,11 +1,14 @@
 // The page's controller: buttons -> protocol messages, server messages -> view and audio.
 //
 // URL parameters: ?mode=duplex|cascade|auto, ?token=..., ?autostart=1 (connect and start on load,
-// for kiosks and tests), ?server=ws://host:port (talk to another server than the page's host).
+// for kiosks and tests), ?server=ws://host:port (talk to another server than the page's host), and the
+// conversation settings by config key (settings.js: ?system_prompt=...&voice=...&temperature=...).
 // `window.duplexStats` is a read-only snapshot of counters for tests and debugging.
 
 import { AudioEngine, AudioError } from './audio.js';
 import { Connection, conversationUrl, diagnoseRefusal } from './connection.js';
+import { CallController } from './call-controller.js';
+import { Settings, httpBase, keyOfError } from './settings.js';
 import {
   AssistantTextView, TranscriptView, el, hideBanner, log, setFigure, setMeter, setPill, showBanner,
 } from './view.js';
@@ -25,6 +28,7 @@ const ERROR_TEXT = {
 const params = new URLSearchParams(location.search);
 
 const stats = {
+  transport: 'websocket',
   connected: false,
   started: false,
   sessionId: null,
@@ -51,7 +55,12 @@ const stats = {
   rttMs: null,
   inputLevel: 0,
   outputLevel: 0,
-  errors: [],         // { code, message } from the server and from the page
+  errors: [],         // { code, message, key? } from the server and from the page (key: shown beside that field)
+  config: null,       // the `config` of the last `start`
+  configures: [],     // the `config` of each `configure` sent (WebRTC: each `session.update`)
+  rtc: null,          // WebRTC: the call's getStats() figures (rttMs, packets, jitter buffer, concealment)
+  rtcEvents: {},      // WebRTC: Realtime server events received, counted by type
+  interruptAcks: 0,   // interrupt acknowledgements (WebSocket: interrupt_acknowledged; WebRTC: see realtime-events.js)
 };
 
 Object.defineProperty(window, 'duplexStats', {
@@ -80,6 +89,7 @@ function flushOutbox() {
   }
 }
 
+const settings = new Settings(el.settings, { onChange: onSettingChanged });
 const transcript = new TranscriptView(el.transcript);
 const assistantText = new AssistantTextView(el.assistantText);
 const audio = new AudioEngine({
@@ -93,6 +103,7 @@ const audio = new AudioEngine({
     stats.samplesDecoded += samples.length;
   },
   onPlaybackStats: (s) => {
+    if (stats.transport === 'webrtc') return;   // WebRTC plays through its own element; figures from getStats()
     stats.samplesPlayed = s.samplesPlayed;
     stats.bufferedMs = s.bufferedMs;
     stats.targetMs = s.targetMs;
@@ -139,12 +150,16 @@ function reportError(code, message) {
 
 function render() {
   const open = stats.connected;
+  const rtc = el.transport.value === 'webrtc';
   el.connect.textContent = open || conn ? 'Disconnect' : 'Connect';
+  el.connect.disabled = rtc;    // a call is made by Start and ended by Stop
+  el.transport.disabled = Boolean(conn || calls.active || pending);
   el.mode.disabled = stats.started || Boolean(pending);  // `start` carries the mode
+  settings.lock(stats.started ? stats.mode : null);     // what `configure` cannot change waits for the next start
   el.token.disabled = Boolean(conn);
   el.start.disabled = Boolean(pending) || stats.started;
   el.stop.disabled = !open || !stats.started || Boolean(pending);
-  el.reset.disabled = !open || !stats.started || Boolean(pending);
+  el.reset.disabled = !open || !stats.started || Boolean(pending) || rtc;   // the Realtime API has no reset
   el.interrupt.disabled = !open || !stats.started || Boolean(pending);
   for (const b of [el.start, el.stop, el.reset, el.interrupt]) {
     if (pending === b.id) {
@@ -157,6 +172,7 @@ function render() {
   }
   setFigure('frames', `${stats.framesSent} / ${stats.pagesReceived}`);
   setFigure('mode', stats.mode ?? '–');
+  setFigure('transport', rtc ? 'WebRTC (Opus over RTP/UDP)' : 'WebSocket (Ogg Opus over TCP)');
 }
 
 async function connect() {
@@ -203,6 +219,7 @@ function waitForReady() {
 
 async function start() {
   if (stats.started || pending) return;
+  if (el.transport.value === 'webrtc') return calls.start();
   setPending('start');
   render();
   try {
@@ -217,7 +234,9 @@ async function start() {
     return;
   }
   setPending('start');  // the acknowledgement clock starts now, not during the permission prompt
-  conn.send('start', { mode: el.mode.value });
+  settings.clearErrors();
+  stats.config = settings.config(el.mode.value);
+  conn.send('start', { mode: el.mode.value, config: stats.config });
   sending = true;
   flushOutbox();
   audio.startCapture();  // after `start`, so the Ogg headers are not discarded
@@ -225,6 +244,7 @@ async function start() {
 }
 
 function stop() {
+  if (calls.active) return calls.stop();
   if (!conn?.isOpen) return;
   sending = false;
   audio.stopCapture();
@@ -243,6 +263,7 @@ function reset() {
 }
 
 function interrupt() {
+  if (calls.active) return calls.interrupt();
   if (!conn?.send('interrupt')) return;
   setPending('interrupt');
   audio.flushPlayback('interrupt');  // silence now; flushed again when the server confirms
@@ -313,6 +334,7 @@ function onMessage(msg) {
       log('assistant cut off (tts_stop)');
       break;
     case 'interrupt_acknowledged':
+      stats.interruptAcks += 1;
       audio.flushPlayback('interrupt_acknowledged');
       if (pending === 'interrupt') pending = null;
       log('interrupt acknowledged');
@@ -353,6 +375,14 @@ function onMetrics(msg) {
 }
 
 function onServerError(msg) {
+  const key = ['unsupported', 'bad_message'].includes(msg.code) ? keyOfError(msg) : null;
+  if (key && settings.showError(key, msg.message)) {
+    // A refused setting: shown beside its field, not in the banner. A refused `start` is over.
+    stats.errors.push({ code: msg.code, message: msg.message, key });
+    log(`${msg.code} (${key}): ${msg.message}`, { error: true });
+    if (pending === 'start' || !stats.started) refusedStart();
+    return;
+  }
   const text = ERROR_TEXT[msg.code] ? `${ERROR_TEXT[msg.code]} — ${msg.message}` : `${msg.code}: ${msg.message}`;
   if (msg.code === 'not_started') {
     // Harmless race (audio in flight around stop): note it, do not alarm the user.
@@ -360,15 +390,37 @@ function onServerError(msg) {
     log(text, { error: true });
     return;
   }
-  if (pending === 'start' || !stats.started) {
-    // The conversation was refused (capacity, unauthorized, ...). The server discarded what was
-    // sent, Ogg headers included: stop sending, and begin a fresh Ogg stream on the next Start.
-    pending = null;
-    sending = false;
-    outbox = [];
-    audio.restartStream();
-  }
+  if (pending === 'start' || !stats.started) refusedStart();
   reportError(msg.code, text);
+}
+
+/** The conversation was refused (capacity, unauthorized, a setting...). The server discarded what was
+ * sent, Ogg headers included: stop sending, and begin a fresh Ogg stream on the next Start. */
+function refusedStart() {
+  pending = null;
+  sending = false;
+  outbox = [];
+  audio.restartStream();
+}
+
+// --- settings -------------------------------------------------------------------------------
+
+function persistChoices() {
+  settings.persist({ mode: el.mode.value, transport: el.transport.value });
+}
+
+/** A field changed: kept, and sent with `configure` when the running conversation's engine takes it. */
+function onSettingChanged(key) {
+  persistChoices();
+  if (calls.active) return calls.settingChanged(key);
+  if (!stats.started || !conn?.isOpen || !settings.takesMidConversation(stats.mode, key)) return;
+  let value = settings.typed(key);
+  if (value === undefined) value = key === 'transcribe_user' ? false : settings.schema.keys[key].default;
+  if (value === null || value === undefined) return;   // no plain default (seed): nothing to undo
+  const config = { [key]: value };
+  stats.configures.push(config);
+  conn.send('configure', { config });
+  log(`configure ${JSON.stringify(config)}`);
 }
 
 async function onClose({ code, reason, wasOpen }) {
@@ -399,6 +451,18 @@ async function onClose({ code, reason, wasOpen }) {
   render();
 }
 
+// The WebRTC transport (call-controller.js) drives the same page through these.
+const calls = new CallController({
+  stats, audio, settings, transcript,
+  base: () => httpBase(params.get('server')),
+  secret: () => params.get('client_secret'),
+  iceServers: () => (params.get('ice_servers') ?? '').split(',').map((u) => u.trim()).filter(Boolean),
+  onMessage,
+  reportError: (code, message) => reportError(code, ERROR_TEXT[code] ? `${ERROR_TEXT[code]} — ${message}` : message),
+  setPending: (name) => (name ? setPending(name) : (pending = null)),
+  render: () => render(),
+});
+
 // --- wiring ---------------------------------------------------------------------------------
 
 el.connect.addEventListener('click', () => (conn ? disconnect() : connect()));
@@ -408,14 +472,39 @@ el.reset.addEventListener('click', reset);
 el.interrupt.addEventListener('click', interrupt);
 
 setInterval(() => {
+  if (calls.active) calls.pollStats();
   const { rms } = audio.inputLevel();
   stats.inputLevel = rms;
-  setMeter('in', audio.capturing ? rms : 0);
+  setMeter('in', audio.capturing || calls.active ? rms : 0);
   checkPending();
   render();
 }, 100);
 
-if (['duplex', 'cascade', 'auto'].includes(params.get('mode'))) el.mode.value = params.get('mode');
-if (params.get('token')) el.token.value = params.get('token');
-render();
-if (params.get('autostart') === '1') start();
+el.mode.addEventListener('change', () => {
+  settings.render(el.mode.value);
+  persistChoices();
+});
+el.transport.addEventListener('change', () => {
+  stats.transport = el.transport.value;
+  settings.transport = el.transport.value;
+  settings.render(el.mode.value);
+  persistChoices();
+  render();
+});
+
+async function init() {
+  const loaded = await settings.load(httpBase(params.get('server')));
+  el.settingsNone.hidden = loaded;
+  settings.restore(params);
+  const choices = settings.restoreChoices(params, ['mode', 'transport']);
+  if (['duplex', 'cascade', 'auto'].includes(choices.mode)) el.mode.value = choices.mode;
+  if (['websocket', 'webrtc'].includes(choices.transport)) el.transport.value = choices.transport;
+  stats.transport = el.transport.value;
+  settings.transport = el.transport.value;
+  if (params.get('token')) el.token.value = params.get('token');
+  settings.render(el.mode.value);
+  persistChoices();
+  render();
+  if (params.get('autostart') === '1') start();
+}
+init();

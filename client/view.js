@@ -4,6 +4,8 @@ const $ = (id) => document.getElementById(id);
 
 export const el = {
   mode: $('mode'),
+  transport: $('transport'),
+  remoteAudio: $('remote-audio'),
   token: $('token'),
   connect: $('connect'),
   start: $('start'),
@@ -18,6 +20,8 @@ export const el = {
   assistantText: $('assistant-text'),
   llmStatus: $('llm-status'),
   log: $('log'),
+  settings: $('settings'),
+  settingsNone: $('settings-none'),
 };
 
 export function setPill(pill, state, text = state) {

@@ -116,10 +116,11 @@ async def serving_with_index(tmp_path, token: str):
 
 async def test_health_metrics_and_the_page_are_public_conversations_need_the_token(tmp_path):
     async with serving_with_index(tmp_path, token="s3cret") as client:
-        for path in ("/health", "/metrics", "/"):
+        for path in ("/health", "/config", "/metrics", "/"):
             response = await client.get(path)
             assert response.status == 200, path
         assert "duplex" in await (await client.get("/")).text()
+        assert list((await (await client.get("/config")).json())["engines"]) == ["duplex"]   # the engine's default offer
         assert (await (await client.get("/health")).json())["status"] == "ok"
         ws = await client.ws_connect("/ws")   # no token at all
         assert (await receive_json(ws))["code"] == "unauthorized"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..audio import rms_dbfs
+from ..config import keys_for
 from ..models.llm.base import TokenUsage, ToolCall, ToolChoice
 
 # the history's call item and the LLM's token counts, re-exported for the layers above (no models import there)
@@ -133,9 +134,14 @@ class CapacityError(RuntimeError):
 
 
 class Unsupported(RuntimeError):
-    """The engine cannot do what was asked (answered as `error` `unsupported`)."""
+    """The engine cannot do what was asked (answered as `error` `unsupported`). `key`: the config key refused,
+    where one is (the Realtime error's `param`)."""
 
     code = "unsupported"
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
 
 
 class BadChoice(Unsupported):
@@ -242,6 +248,16 @@ class EngineStream(abc.ABC):
     def mode(self) -> str: ...
 
 
+@dataclass(frozen=True)
+class ConfigOffer:
+    """What a client may set on one engine (served at `GET /config`, the browser page's settings): the config
+    keys `start` takes, those `configure` takes mid-conversation, and the voice names `config.voice` takes."""
+    start_keys: frozenset[str]
+    configure_keys: frozenset[str]
+    voices: tuple[str, ...] = ()
+    default_voice: str | None = None
+
+
 class Engine(abc.ABC):
     name: str
 
@@ -252,6 +268,11 @@ class Engine(abc.ABC):
     def check_config(self, config: dict) -> None:
         """Raises Unsupported for a config `open` would refuse, without taking a slot (default: takes any)."""
         return None
+
+    def config_offer(self) -> ConfigOffer:
+        """The keys and voices this engine takes (default: every key the schema lists for its name, no voices)."""
+        keys = keys_for(self.name)
+        return ConfigOffer(keys, keys)
 
     @abc.abstractmethod
     def has_free_slot(self) -> bool: ...

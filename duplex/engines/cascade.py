@@ -27,7 +27,7 @@ from ..config import CASCADE_CONFIG_KEYS, DEFAULT_SYSTEM_PROMPT, default_of
 from ..models.llm import ChatMessage, LLMBackend
 from ..models.stt import SttBatch
 from ..models.tts import TtsEngineModel, TtsFrame, TtsTurn, UnknownVoice
-from .base import (BadChoice, Engine, EngineFailure, EngineStream, ResponseOptions, Sink, ToolCall, Unsupported,
+from .base import (BadChoice, ConfigOffer, Engine, EngineFailure, EngineStream, ResponseOptions, Sink, ToolCall, Unsupported,
                    UserFrame, UserTranscript)
 from .cascade_turn import AssistantTurn
 from .tool_calls import NO_RESULT, TurnTools
@@ -79,6 +79,10 @@ class CascadeEngine(Engine):
 
     def has_free_slot(self) -> bool:
         return self.scheduler.has_free_slot()
+
+    def config_offer(self) -> ConfigOffer:
+        return ConfigOffer(CASCADE_CONFIG_KEYS, CASCADE_CONFIG_KEYS, tuple(self.tts.available_voices()),
+                           self.tts.default_voice)
 
     def health(self) -> dict:
         speaking = sum(1 for turn in self.turns if turn.tts is not None and not turn.ended)

@@ -23,7 +23,8 @@ from ..models.guidance import GuidanceError
 from ..models.moshi_batch import MoshiBatch, StepInput, StepOutput
 from ..models.persona import PersonaError, VoiceLibrary
 from .base import (AssistantAudio, AssistantText, AssistantTurnEnded, AssistantTurnStarted, BadChoice,
-                   CapacityError, Engine, EngineFailure, EngineStream, Sink, StreamReady, Unsupported, UserFrame)
+                   CapacityError, ConfigOffer, Engine, EngineFailure, EngineStream, Sink, StreamReady, Unsupported,
+                   UserFrame)
 from .persona import Persona, PersonaWork
 from .scheduler import BatchScheduler, Delivery, Slot, TickEntry
 from .transcriber import TranscriberSource, UserTranscriber
@@ -121,6 +122,17 @@ class DuplexEngine(Engine):
                                       "misses": cache.misses}
         return health
 
+    def config_offer(self) -> ConfigOffer:
+        """A persona model takes `system_prompt` and `voice` at `start` only; `transcribe_user` needs the cascade's
+        recogniser; the sampling keys are taken at any time."""
+        keys = set(DUPLEX_CONFIG_KEYS)
+        if not self.model.persona:
+            keys -= {"system_prompt", "voice"}
+        if self.transcribers is None:
+            keys.discard("transcribe_user")
+        voices = tuple(self.voices.names()) if self.model.persona and self.voices is not None else ()
+        return ConfigOffer(frozenset(keys), frozenset(keys - {"system_prompt", "voice"}), voices)
+
     def open(self, config: dict, sink: Sink) -> "DuplexStream":
         self.check_config(config)
         stream = DuplexStream(self, sink)
@@ -179,19 +191,19 @@ class DuplexEngine(Engine):
         guidance = self.model.guidance
         if guided and guidance is None:
             raise Unsupported(f"this duplex model takes no guidance ({', '.join(guided)}); a guided model does "
-                              "(--preset hibiki)")
+                              "(--preset hibiki)", guided[0])
         if guidance is not None and config.get("condition") is not None:
             try:
                 guidance.check(config["condition"])
             except GuidanceError as exc:
-                raise Unsupported(str(exc)) from None
+                raise Unsupported(str(exc), "condition") from None
         if "voice" in config:
             if self.voices is None:
-                raise Unsupported("voice: this server has no voices folder (start it with --voices DIR)")
+                raise Unsupported("voice: this server has no voices folder (start it with --voices DIR)", "voice")
             try:
                 self.voices.path(config["voice"])
             except PersonaError as exc:
-                raise BadChoice(f"voice: {exc}") from None   # a value outside the server's list: bad_message
+                raise BadChoice(f"voice: {exc}", "voice") from None   # a value outside the server's list: bad_message
         if config.get("transcribe_user") and self.transcribers is None:
             raise Unsupported("transcribe_user needs a speech recogniser, and this server loaded none "
                               "(start it without --no-cascade)")

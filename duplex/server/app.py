@@ -17,6 +17,7 @@ from aiohttp import web
 from ..engines.base import Engine
 from . import capacity
 from .auth import require_token
+from .config_http import handle_config
 from .metrics import ServerMetrics
 from .opus_pool import OpusPool
 from .protocols import handle_chat, handle_realtime, handle_ws
@@ -57,6 +58,7 @@ def create_app(engines: dict[str, Engine], settings: ServerSettings | None = Non
     app.router.add_get("/v1/realtime", handle_realtime)   # OpenAI Realtime API (docs/realtime.md)
     add_webrtc_routes(app)   # its WebRTC calls: POST /v1/realtime/client_secrets, /v1/realtime/calls (docs/webrtc.md)
     app.router.add_get("/health", handle_health)
+    app.router.add_get("/config", handle_config)   # the config keys and voices a client may set (the page's form)
     app.router.add_get("/metrics", handle_metrics)
     capacity.install(app)   # /ready, free slots in /metrics, the SIGTERM drain (docs/deploy.md)
     static_dir = app[SETTINGS].static_dir

@@ -7,11 +7,8 @@
 // The microphone is Chromium's fake capture device playing --wav in a loop. It never downloads a
 // browser: playwright-core only drives the system Chromium.
 
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { chromium } from 'playwright-core';
+import { launch, watch } from './chromium.mjs';
 
 const { values: opt } = parseArgs({
   options: {
@@ -19,6 +16,8 @@ const { values: opt } = parseArgs({
     wav: { type: 'string' },
     screenshot: { type: 'string' },
     mode: { type: 'string', default: 'duplex' },
+    transport: { type: 'string', default: 'websocket' },   // or webrtc (the page's own WebRTC path)
+    query: { type: 'string', default: '' },                // more page parameters, e.g. transcribe_user=1
     token: { type: 'string' },
     chromium: { type: 'string', default: '/usr/bin/chromium' },
     'timeout-ms': { type: 'string', default: '60000' },
@@ -37,31 +36,13 @@ const timeout = Number(opt['timeout-ms']);
 const stats = (page) => page.evaluate(() => window.duplexStats);
 
 async function main(summary) {
-  const userDataDir = mkdtempSync(join(tmpdir(), 'duplex-chromium-'));
-  const context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: opt.chromium,
-    headless: true,
-    args: [
-      '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      ...(opt['deny-mic'] ? [] : ['--use-fake-ui-for-media-stream']),
-      '--use-fake-device-for-media-stream',
-      `--use-file-for-fake-audio-capture=${opt.wav}`,
-      // A kiosk has no user gesture before audio starts.
-      '--autoplay-policy=no-user-gesture-required',
-    ],
-  });
+  const { context, close } = await launch({ executable: opt.chromium, wav: opt.wav, denyMic: opt['deny-mic'] });
+  const rtc = opt.transport === 'webrtc';
   try {
     const page = context.pages()[0] ?? await context.newPage();
-    page.on('console', (m) => {
-      if (m.type() === 'error' || m.type() === 'warning') summary.console.push(`${m.type()}: ${m.text()}`);
-    });
-    page.on('pageerror', (err) => summary.pageErrors.push(String(err)));
-    page.on('response', (r) => {
-      if (r.status() >= 400) summary.httpErrors.push(`${r.status()} ${r.url()}`);
-    });
+    watch(page, summary);
 
-    const query = new URLSearchParams({ autostart: '1', mode: opt.mode });
+    const query = new URLSearchParams({ autostart: '1', mode: opt.mode, transport: opt.transport, ...Object.fromEntries(new URLSearchParams(opt.query)) });
     if (opt.token) query.set('token', opt.token);
     const url = `${opt.url.replace(/\/$/, '')}/?${query}`;
     summary.page = url;
@@ -73,32 +54,37 @@ async function main(summary) {
 
     // 1. Audio flows both ways: pages sent, pages received, decoded and played.
     summary.step = 'waiting for audio to flow';
-    await page.waitForFunction(() => {
+    // WebRTC: RTP packets (20 ms) both ways and samples played out of Chromium's jitter buffer.
+    await page.waitForFunction((webrtc) => {
       const s = window.duplexStats;
-      return s.connected && s.framesSent >= 10 && s.pagesReceived >= 5 && s.framesDecoded > 0 && s.samplesPlayed > 0;
-    }, null, { timeout, polling: 100 });
+      return s.connected && s.framesSent >= 10 && s.pagesReceived >= 5 && s.samplesPlayed > 0
+        && (webrtc || s.framesDecoded > 0);
+    }, rtc, { timeout, polling: 100 });
     await page.waitForTimeout(Number(opt['listen-ms']));
     summary.flowing = await stats(page);
 
     // 2. Interrupt: the server acknowledges and the playback buffer is emptied.
     summary.step = 'interrupt';
-    const flushesBefore = summary.flowing.flushes;
-    await page.click('#interrupt');
-    await page.waitForFunction(
-      (n) => window.duplexStats.flushes > n
-        && window.duplexStats.flushLog.some((f) => f.reason === 'interrupt_acknowledged'),
-      flushesBefore, { timeout: 10000, polling: 50 },
-    );
-    const afterInterrupt = await stats(page);
-    const ackFlush = afterInterrupt.flushLog.filter((f) => f.reason === 'interrupt_acknowledged').at(-1);
-    summary.interrupt = {
-      flushesBefore,
-      flushesAfter: afterInterrupt.flushes,
-      reasons: afterInterrupt.flushLog.map((f) => f.reason),
-      ackFlush,
-      flushed: Boolean(ackFlush) && ackFlush.bufferedAfter === 0,
-      rttMs: afterInterrupt.rttMs,
-    };
+    if (rtc) await interruptCall(page, summary);
+    else {
+      const flushesBefore = summary.flowing.flushes;
+      await page.click('#interrupt');
+      await page.waitForFunction(
+        (n) => window.duplexStats.flushes > n
+          && window.duplexStats.flushLog.some((f) => f.reason === 'interrupt_acknowledged'),
+        flushesBefore, { timeout: 10000, polling: 50 },
+      );
+      const afterInterrupt = await stats(page);
+      const ackFlush = afterInterrupt.flushLog.filter((f) => f.reason === 'interrupt_acknowledged').at(-1);
+      summary.interrupt = {
+        flushesBefore,
+        flushesAfter: afterInterrupt.flushes,
+        reasons: afterInterrupt.flushLog.map((f) => f.reason),
+        ackFlush,
+        flushed: Boolean(ackFlush) && ackFlush.bufferedAfter === 0,
+        rttMs: afterInterrupt.rttMs,
+      };
+    }
 
     // 3. What the page shows.
     summary.step = 'reading the page';
@@ -108,6 +94,8 @@ async function main(summary) {
       transcriptItems: document.querySelectorAll('#transcript li:not(.divider)').length,
       assistantTextChars: document.getElementById('assistant-text').textContent.length,
       status: document.getElementById('status-pill').textContent,
+      transport: document.getElementById('fig-transport').textContent,
+      rtt: document.getElementById('fig-rtt').textContent,
       connection: document.getElementById('connection-pill').textContent,
       banner: document.getElementById('banner').hidden ? null : document.getElementById('banner').textContent,
       buttons: Object.fromEntries(['start', 'stop', 'reset', 'interrupt']
@@ -121,6 +109,18 @@ async function main(summary) {
     await page.click('#stop');
     await page.waitForFunction(() => window.duplexStats.lastStatus === 'stopped', null, { timeout: 10000 });
     summary.stopped = await stats(page);
+    // The server's /health right after Stop: a WebRTC hang-up is answered once the slot is free.
+    summary.healthAfterStop = await page.evaluate(() => fetch('/health').then((r) => r.json()));
+
+    // 5. WebRTC: a second call whose page simply goes away (no hang-up): the server must notice.
+    if (rtc) {
+      summary.step = 'vanish';
+      await page.click('#start');
+      await page.waitForFunction(() => window.duplexStats.started && window.duplexStats.pagesReceived >= 5, null,
+        { timeout, polling: 100 });
+      summary.vanished = await stats(page);
+      await page.close();
+    }
     summary.step = 'done';
     summary.ok = true;
   } catch (err) {
@@ -133,9 +133,25 @@ async function main(summary) {
     }
     throw err;
   } finally {
-    await context.close();
-    rmSync(userDataDir, { recursive: true, force: true });
+    await close();
   }
+}
+
+/** WebRTC: once the assistant speaks (output_audio_buffer.started), Interrupt sends response.cancel and
+ * output_audio_buffer.clear; the server's answer (output_audio_buffer.cleared, response.done cancelled)
+ * is the acknowledgement. */
+async function interruptCall(page, summary) {
+  await page.waitForFunction(() => window.duplexStats.lastStatus === 'speaking', null, { timeout, polling: 50 });
+  const before = await stats(page);
+  await page.click('#interrupt');
+  await page.waitForFunction((n) => window.duplexStats.interruptAcks > n, before.interruptAcks,
+    { timeout: 10000, polling: 50 });
+  const after = await stats(page);
+  summary.interrupt = {
+    acksBefore: before.interruptAcks, acksAfter: after.interruptAcks,
+    eventsBefore: before.rtcEvents, eventsAfter: after.rtcEvents, statusAfter: after.lastStatus,
+    rttMs: after.rttMs, rtc: after.rtc,
+  };
 }
 
 /** The page must show an error and say why; reports the errors, the banner and the pills. */

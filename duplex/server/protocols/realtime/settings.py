@@ -83,7 +83,8 @@ class SessionSettings(RealtimeBase):
             if changes.get("voice") in rt.OPENAI_VOICES:   # alloy, marin, …: the voice stays as it is, as shown
                 rest = {k: v for k, v in changes.items() if k != "voice"}
                 return self._set_duplex_persona(rest) if rest else None
-            param = "session.instructions" if "instructions" in changes else "session.audio.output.voice"
+            param = ("session.audio.output.voice" if exc.key == "voice" or "instructions" not in changes
+                     else "session.instructions")
             return self.send_error("unsupported", str(exc), param)
         self._restart("duplex", new)
         if self.conversation is None:   # refused (capacity): back to the previous persona
