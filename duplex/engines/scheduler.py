@@ -115,8 +115,9 @@ class TickPolicy:
     frame may wait P - S - margin, S being the recent step time. While S <= P/2 that is the fewest ticks
     that answer every frame within P: each tick runs as late as its oldest frame allows and takes
     everything that has come. Past P/2 (a large active batch) the same rule shrinks the hold toward 0 (at
-    S = P - margin) and ticks run nearly back to back: every frame is answered within about 2S, sooner than one tick per period would (P + S), at the price
-    of a busy model thread; a batch still runs once per frame at most, so capacity is what S(N) <= P allows.
+    S = P - margin) and ticks run nearly back to back: every frame is answered within about 2S, sooner than
+    one tick per period would (P + S), at the price of a busy model thread; a batch still runs once per
+    frame at most, so capacity is what S(N) <= P allows.
     `max_wait_ms` fixes the hold instead (the former rule: a fixed 20 ms).
     """
 
