@@ -68,6 +68,22 @@ async def test_the_endpoint_backend_asks_for_usage_and_sums_what_the_server_repo
     assert (usage.input_tokens, usage.output_tokens, usage.responses) == (34, 8, 3)
 
 
+async def test_a_server_that_refuses_stream_options_is_asked_again_without_it_and_never_with_it_again():
+    async def older_server(server, request):
+        if "stream_options" in server.requests[-1][0]:
+            return web.json_response({"error": {"message": "Unrecognized request argument supplied: stream_options"}},
+                                     status=400)
+        return await answer_without_usage(server, request)
+
+    usage = TokenUsage()
+    async with StandIn(older_server) as server:
+        llm = OpenAICompatibleLLM(server.url, token_timeout=5)
+        assert await drain(llm, usage) == "Hi." and await drain(llm, usage) == "Hi."
+        await llm.close()
+    assert ["stream_options" in body for body, _ in server.requests] == [True, False, False]
+    assert (usage.input_tokens, usage.output_tokens, usage.responses) == (0, 0, 2)   # no usage, no local tokenizer
+
+
 async def test_the_endpoint_backend_reads_the_usage_of_a_whole_json_answer():
     async def whole(server, request):
         return web.json_response({"choices": [{"message": {"role": "assistant", "content": "Hi there."}}],

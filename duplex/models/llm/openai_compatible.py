@@ -12,10 +12,11 @@ Tools go through as the chat-completions API has them (`tools`, `tool_choice`, t
 (vLLM with a tool-call parser, llama.cpp with --jinja, Ollama and OpenAI emit them).
 
 Token usage: the request asks `stream_options: {"include_usage": true}`, and the `usage` the server sends
-(`prompt_tokens`, `completion_tokens`; in its last chunk, or in a whole answer) is what `usage` gets. A
-response whose server sends no usage (one that ignores the option, or a response cut before its end) is
-counted here with the served model's tokenizer when this machine has it (`token_count.TokenCounter`), else
-counts 0 tokens.
+(`prompt_tokens`, `completion_tokens`; in its last chunk, or in a whole answer) is what `usage` gets (a
+server that refuses the option with an HTTP error naming it is asked again without it, and never with it
+again). A response whose server sends no usage (one that ignores or refuses the option, or a response cut
+before its end) is counted here with the served model's tokenizer when this machine has it
+(`token_count.TokenCounter`), else counts 0 tokens.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class OpenAICompatibleLLM:
         self.connect_timeout = connect_timeout
         self.token_timeout = token_timeout  # the longest wait for the first or the next token
         self.counter = counter              # counts a response's tokens when the server reports none
+        self.ask_usage = True               # off once the server refuses `stream_options` (an older server)
         self.name = f"openai:{self.url}" + (f" ({model})" if model else "")
         self._session: aiohttp.ClientSession | None = None
 
@@ -79,8 +81,9 @@ class OpenAICompatibleLLM:
         body: dict[str, Any] = {
             "messages": [m.to_openai() for m in messages],
             "stream": True, "temperature": temperature, "max_tokens": max_tokens,
-            "stream_options": {"include_usage": True},   # a last chunk with the token counts
         }
+        if self.ask_usage:
+            body["stream_options"] = {"include_usage": True}   # a last chunk with the token counts
         if tools:
             body["tools"] = tools
             if tool_choice is not None:
@@ -115,12 +118,11 @@ class OpenAICompatibleLLM:
             return
         body = self.request_body(messages, temperature, max_tokens, seed, tools, tool_choice)
         deadline = _Deadline(self.token_timeout)
-        response = await self._post(body, headers, cancel, deadline)
+        response = await self._open(body, headers, cancel, deadline)
         if response is None:
             return
         counts.sent = True
         try:
-            await self._check_status(response)
             if response.content_type == "application/json":  # the server ignored `stream: true`
                 for item in await self._whole_answer(response, cancel, deadline, counts):
                     yield item
@@ -130,6 +132,26 @@ class OpenAICompatibleLLM:
         finally:
             # Closing (not releasing) drops the connection: the server sees it and stops generating.
             response.close()
+
+    async def _open(self, body: dict, headers: dict, cancel: asyncio.Event,
+                    deadline: "_Deadline") -> aiohttp.ClientResponse | None:
+        """The response to `body`, its status checked. A server that refuses `stream_options` (an HTTP error
+        naming it) is asked again without it, and from then on never with it: its turns count as one that
+        reports no usage (module docstring)."""
+        while True:
+            response = await self._post(body, headers, cancel, deadline)
+            if response is None:
+                return None
+            try:
+                await self._check_status(response)
+                return response
+            except LLMError as exc:
+                response.close()
+                if "stream_options" not in body or "stream_options" not in str(exc):
+                    raise
+                log.warning("%s refuses stream_options (%s): asking without it, no usage from it", self.url, exc)
+                self.ask_usage = False
+                body = {k: v for k, v in body.items() if k != "stream_options"}
 
     async def _post(self, body: dict, headers: dict, cancel: asyncio.Event,
                     deadline: "_Deadline") -> aiohttp.ClientResponse | None:
