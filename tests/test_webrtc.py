@@ -96,6 +96,7 @@ async def test_the_openai_flow_spoken_turn_on_the_track_transcribed_and_answered
         response = (await call.wait_for("response.created", timeout=60))["response"]["id"]
         playing = await call.wait_for("output_audio_buffer.started", lambda e: e["response_id"] == response)
         done = await call.wait_for("response.done", lambda e: e["response"]["id"] == response, timeout=60)
+        assert call.events.index(playing) < call.events.index(done)
         assert done["response"]["status"] == "completed"
         transcript = done["response"]["output"][0]["content"][0]["transcript"]
         assert transcript   # the stand-in LLM's reply, spoken by the tiny TTS
@@ -283,7 +284,8 @@ async def test_the_python_client_cli_over_webrtc(cascade_server, hello, tmp_path
     types = [line["type"] for line in lines]
     assert types[0] == "session.created" and types[-1] == "client_summary"
     assert "conversation.item.input_audio_transcription.completed" in types   # --transcribe-user, as a session
-    assert types.index("response.done") < types.index("output_audio_buffer.stopped")
+    assert types.index("output_audio_buffer.started") < types.index("response.done") < \
+        types.index("output_audio_buffer.stopped")
     summary = lines[-1]
     assert summary["transport"] == "webrtc" and summary["mode"] == "cascade" and summary["responses"] >= 1
     assert summary["frames_sent"] >= len(hello) // FRAME_SAMPLES and summary["frames_received"] > 0

@@ -29,6 +29,7 @@ from ...outbox import SlowReader
 from ...recording import ConversationRecorder
 from ...session import TooManyBadMessages
 from ..realtime import RealtimeSession
+from ..realtime import events as rt
 from ..realtime.core import Response
 from ....rtc_audio import PacedTrack, inbound_resampler
 
@@ -230,8 +231,12 @@ class RealtimeCall:
 
     async def _send_audio(self, response: Response, pcm: tp.Any) -> None:
         if self.playing != response.id:
+            # sent now, not queued: what the session queued after this frame (its transcript, even its
+            # response.done when the track is behind) must not overtake it
             self.playing = response.id
-            self.session.emit("output_audio_buffer.started", response_id=response.id)
+            started = rt.event("output_audio_buffer.started", response_id=response.id)
+            self.recorder.message_out(started)
+            await self._send_event(started)
         response.sent_frames += 1
         await self.track.put(pcm)
 
