@@ -22,7 +22,7 @@ from ..audio import FRAME_SAMPLES, rms_dbfs
 from ..protocol import KIND_AUDIO
 from ..client import DuplexClient, FramePacer, ServerClosed, split_frames
 from .latency import SILENT_DBFS
-from .link import LinkModel, RelayStats
+from .link import LinkModel, Relay, RelayStats
 from .lossy_tcp import TcpRelay
 from .playout import Piece
 from .wsframes import MessageCutter
@@ -68,7 +68,7 @@ class WebSocketRun:
             if direction == "down":
                 cutter.feed(data, received)
 
-        relay = await TcpRelay.start((server.host or "127.0.0.1", server.port or 80), link, tap=tap)
+        relay: Relay = await TcpRelay.start((server.host or "127.0.0.1", server.port or 80), link, tap=tap)
         try:
             host, port = relay.address
             client = await DuplexClient.connect(f"http://{host}:{port}", token=self.token, ready_timeout=60)
