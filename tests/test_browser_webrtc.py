@@ -97,3 +97,19 @@ def test_page_modules():
     run = subprocess.run(["node", "--test", str(BROWSER_DIR / "page_modules.test.mjs")],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+
+
+@needs_browser
+def test_browser_webrtc_with_the_servers_token(browser_required, small_server, speech_wav, tmp_path):  # noqa: F811
+    """A server with --token: the user's token goes to /v1/realtime/client_secrets only; the call itself carries
+    the one-call secret, and the conversation runs."""
+    _wait_duplex_idle(small_server.http_url, bound_s=60)
+    summary, context = drive_page(small_server.http_url, speech_wav, tmp_path / "token-ok.png", "--mode", "duplex",
+                                  "--transport", "webrtc", "--token", "s3cret")
+    assert summary["ok"], f"the page failed at step {summary['step']!r}: {summary.get('error')}\n{context}"
+    assert summary["flowing"]["errors"] == [] and summary["flowing"]["rtc"]["packetsReceived"] > 0, context
+    calls = [(r["method"], r["path"].rsplit("/", 1)[-1] if "/calls/" in r["path"] else r["path"], r["auth"])
+             for r in summary["realtimeRequests"]]
+    assert calls[:3] == [("POST", "/v1/realtime/client_secrets", "token"), ("POST", "/v1/realtime/calls", "client secret"),
+                         ("POST", "hangup", "none")], calls
+    _wait_duplex_idle(small_server.http_url, bound_s=60)

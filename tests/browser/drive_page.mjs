@@ -41,6 +41,15 @@ async function main(summary) {
   try {
     const page = context.pages()[0] ?? await context.newPage();
     watch(page, summary);
+    // The page's requests to the Realtime endpoints, with the kind of key each carried (never the key itself).
+    summary.realtimeRequests = [];
+    page.on('request', (r) => {
+      if (!r.url().includes('/v1/realtime/')) return;
+      const auth = r.headers().authorization ?? '';
+      const key = auth.replace(/^Bearer /, '');
+      summary.realtimeRequests.push({ method: r.method(), path: new URL(r.url()).pathname,
+        auth: !auth ? 'none' : key.startsWith('ek_') ? 'client secret' : key === opt.token ? 'token' : 'other' });
+    });
 
     const query = new URLSearchParams({ autostart: '1', mode: opt.mode, transport: opt.transport, ...Object.fromEntries(new URLSearchParams(opt.query)) });
     if (opt.token) query.set('token', opt.token);
