@@ -26,6 +26,7 @@ const { values: opt } = parseArgs({
     // token, full server, denied microphone) and report it.
     scenario: { type: 'string', default: 'conversation' },
     'deny-mic': { type: 'boolean', default: false },
+    'no-vanish': { type: 'boolean', default: false },   // WebRTC: skip the second call that just goes away
   },
 });
 if (!opt.url || !opt.wav || !opt.screenshot) {
@@ -122,7 +123,7 @@ async function main(summary) {
     summary.healthAfterStop = await page.evaluate(() => fetch('/health').then((r) => r.json()));
 
     // 5. WebRTC: a second call whose page simply goes away (no hang-up): the server must notice.
-    if (rtc) {
+    if (rtc && !opt['no-vanish']) {
       summary.step = 'vanish';
       await page.click('#start');
       await page.waitForFunction(() => window.duplexStats.started && window.duplexStats.pagesReceived >= 5, null,
