@@ -7,6 +7,7 @@ babble; the flow and the slots are what is checked."""
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import os
 import signal
@@ -96,6 +97,7 @@ async def test_the_openai_flow_spoken_turn_on_the_track_transcribed_and_answered
         response = (await call.wait_for("response.created", timeout=60))["response"]["id"]
         playing = await call.wait_for("output_audio_buffer.started", lambda e: e["response_id"] == response)
         done = await call.wait_for("response.done", lambda e: e["response"]["id"] == response, timeout=60)
+        assert call.events.index(playing) < call.events.index(done)
         assert done["response"]["status"] == "completed"
         transcript = done["response"]["output"][0]["content"][0]["transcript"]
         assert transcript   # the stand-in LLM's reply, spoken by the tiny TTS
@@ -283,7 +285,8 @@ async def test_the_python_client_cli_over_webrtc(cascade_server, hello, tmp_path
     types = [line["type"] for line in lines]
     assert types[0] == "session.created" and types[-1] == "client_summary"
     assert "conversation.item.input_audio_transcription.completed" in types   # --transcribe-user, as a session
-    assert types.index("response.done") < types.index("output_audio_buffer.stopped")
+    assert types.index("output_audio_buffer.started") < types.index("response.done") < \
+        types.index("output_audio_buffer.stopped")
     summary = lines[-1]
     assert summary["transport"] == "webrtc" and summary["mode"] == "cascade" and summary["responses"] >= 1
     assert summary["frames_sent"] >= len(hello) // FRAME_SAMPLES and summary["frames_received"] > 0
@@ -327,3 +330,29 @@ def wav_seconds(path: Path) -> float:
 
     with wave.open(str(path)) as w:
         return w.getnframes() / w.getframerate()
+
+
+async def test_client_secret_requests_are_checked_and_answered_as_openai_shapes_them(rtc_server):
+    url = rtc_server.http_url + "/v1/realtime/client_secrets"
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession() as http:
+        for body, param in [({"expires_after": {"anchor": "created_at", "seconds": 5}}, "expires_after.seconds"),
+                            ({"expires_after": {"anchor": "last_used", "seconds": 60}}, "expires_after"),
+                            ({"session": {"type": "realtime", "bogus": 1}}, "session.bogus"),
+                            ({"sessions": {}}, "sessions")]:
+            async with http.post(url, json=body, headers=headers) as response:
+                error = (await response.json())["error"]
+                assert (response.status, error["code"], error["param"]) == (400, "bad_message", param), body
+        async with http.post(url, data="{oops", headers=headers) as response:
+            assert response.status == 400
+        session = {"type": "realtime", "instructions": "Be brief."}
+        async with http.post(url, json={"expires_after": {"anchor": "created_at", "seconds": 120},
+                                        "session": session}, headers=headers) as response:
+            secret = await response.json()
+        async with http.post(rtc_server.http_url + "/v1/realtime/calls/rtc_nope/hangup") as response:
+            assert response.status == 404 and (await response.json())["error"]["code"] == "not_found"
+        async with http.get(rtc_server.http_url + "/health") as response:
+            now = response.headers["Date"]
+    assert secret["value"].startswith("ek_") and secret["session"] == session
+    issued = email.utils.parsedate_to_datetime(now).timestamp()
+    assert issued + 110 <= secret["expires_at"] <= issued + 130   # 120 s from now, by the server's own clock

@@ -25,9 +25,11 @@ import typing as tp
 from aiortc import RTCConfiguration, RTCDataChannel, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from ...outbox import SlowReader
 from ...recording import ConversationRecorder
 from ...session import TooManyBadMessages
 from ..realtime import RealtimeSession
+from ..realtime import events as rt
 from ..realtime.core import Response
 from ....rtc_audio import PacedTrack, inbound_resampler
 
@@ -50,7 +52,9 @@ class RealtimeCall:
         self.track = PacedTrack(self._played)
         self.channel: RTCDataChannel | None = None
         self.channel_open = asyncio.Event()
+        self.expects_channel = True    # the offer has an application m-line (else events have no reader: dropped)
         self.ended = asyncio.Event()
+        self.wake = asyncio.Event()    # the watchdog's deadline may have changed (connection state, a track)
         self.end_reason = ""
         self.created = self.last_heard = time.monotonic()
         self.hears_audio = False       # the peer sends a track: silence on it means it is gone
@@ -69,6 +73,7 @@ class RealtimeCall:
         pc.on("track", self._on_track)
         pc.on("connectionstatechange", self._on_connection_state)
         await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+        self.expects_channel = pc.sctp is not None
         if any(t.kind == "audio" for t in pc.getTransceivers()):
             pc.addTrack(self.track)   # takes the offer's audio transceiver: one track, both ways
         await pc.setLocalDescription(await pc.createAnswer())
@@ -78,7 +83,8 @@ class RealtimeCall:
         self.done = asyncio.create_task(self.run())
 
     async def run(self) -> None:
-        self.tasks += [asyncio.create_task(self._send_loop()), asyncio.create_task(self._watch())]
+        self._ends_on_failure(asyncio.create_task(self._send_loop(), name="send loop"))
+        self._ends_on_failure(asyncio.create_task(self._watch(), name="watchdog"))
         try:
             await self.ended.wait()
         finally:
@@ -89,6 +95,21 @@ class RealtimeCall:
             self.end_reason = reason
             log.info("call %s: ended, %s", self.id, reason)
             self.ended.set()
+            self.wake.set()
+
+    def _ends_on_failure(self, task: asyncio.Task) -> asyncio.Task:
+        """A task of the call whose failure ends the call (logged once), instead of dying unseen."""
+        def done(task: asyncio.Task) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                exc = task.exception()
+                if isinstance(exc, SlowReader):
+                    self.hang_up(f"client too slow: {exc}")
+                else:
+                    log.error("call %s: %s failed", self.id, task.get_name(), exc_info=exc)
+                    self.hang_up("internal error")
+        task.add_done_callback(done)
+        self.tasks.append(task)
+        return task
 
     async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
         """The server shuts down (the app's set of open conversations closes each one alike)."""
@@ -113,6 +134,7 @@ class RealtimeCall:
 
     # --- the peer ----------------------------------------------------------------------------------
     def _on_connection_state(self) -> None:
+        self.wake.set()
         if self.pc.connectionState in ("failed", "closed"):
             self.hang_up(f"peer connection {self.pc.connectionState}")
 
@@ -142,7 +164,8 @@ class RealtimeCall:
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio":
             self.hears_audio = True
-            self.tasks.append(asyncio.create_task(self._read_audio(track)))
+            self.wake.set()
+            self._ends_on_failure(asyncio.create_task(self._read_audio(track), name="audio in"))
 
     async def _read_audio(self, track: MediaStreamTrack) -> None:
         """The user's audio: aiortc's decoded 20 ms frames (48 kHz) -> 24 kHz -> the session's 80 ms frames."""
@@ -156,19 +179,21 @@ class RealtimeCall:
             self.session.feed_audio(resample.frame(frame))
 
     async def _watch(self) -> None:
-        """Ends a call whose peer never connected within `connect_s`, or whose audio stopped for `silence_s`."""
+        """Ends a call whose peer never connected within `connect_s`, or whose audio stopped for `silence_s`.
+        A timer, re-armed at each deadline (the audio's moves on as frames come) and on each state change."""
         while not self.ended.is_set():
-            now = time.monotonic()
+            self.wake.clear()
             if self.pc.connectionState != "connected":
                 deadline = self.created + self.connect_s if self.pc.connectionState in ("new", "connecting") else None
                 why = f"no connection within {self.connect_s:g} s"
             else:
                 deadline = self.last_heard + self.silence_s if self.hears_audio and self.silence_s > 0 else None
                 why = f"no audio from the peer for {self.silence_s:g} s"
-            if deadline is not None and now >= deadline:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
                 return self.hang_up(why)
-            with contextlib.suppress(asyncio.TimeoutError):   # wake at the deadline, or re-check within 1 s
-                await asyncio.wait_for(self.ended.wait(), min(1.0, deadline - now) if deadline else 1.0)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), left)
 
     # --- to the peer ---------------------------------------------------------------------------------
     async def _send_loop(self) -> None:
@@ -186,6 +211,8 @@ class RealtimeCall:
                     receipt(payload, None)
 
     async def _send_event(self, text: str) -> None:
+        if not self.expects_channel:
+            return   # an audio-only offer: nobody reads events
         await self.channel_open.wait()
         channel = self.channel
         if channel is None or channel.readyState != "open":
@@ -204,8 +231,12 @@ class RealtimeCall:
 
     async def _send_audio(self, response: Response, pcm: tp.Any) -> None:
         if self.playing != response.id:
+            # sent now, not queued: what the session queued after this frame (its transcript, even its
+            # response.done when the track is behind) must not overtake it
             self.playing = response.id
-            self.session.emit("output_audio_buffer.started", response_id=response.id)
+            started = rt.event("output_audio_buffer.started", response_id=response.id)
+            self.recorder.message_out(started)
+            await self._send_event(started)
         response.sent_frames += 1
         await self.track.put(pcm)
 
