@@ -60,6 +60,7 @@ const stats = {
   configures: [],     // the `config` of each `configure` sent (WebRTC: each `session.update`)
   rtc: null,          // WebRTC: the call's getStats() figures (rttMs, packets, jitter buffer, concealment)
   rtcEvents: {},      // WebRTC: Realtime server events received, counted by type
+  rtcSession: null,   // WebRTC: the session as the server last described it (session.created / .updated)
   interruptAcks: 0,   // interrupt acknowledgements (WebSocket: interrupt_acknowledged; WebRTC: see realtime-events.js)
 };
 

@@ -59,6 +59,7 @@ export class CallController {
     });
     call.addEventListener('event', (e) => {
       stats.rtcEvents[e.detail.type] = (stats.rtcEvents[e.detail.type] ?? 0) + 1;
+      if (e.detail.session) stats.rtcSession = e.detail.session;   // session.created / .updated: as the server has it
       for (const msg of this.translator.translate(e.detail)) page.onMessage(msg);
     });
     call.addEventListener('track', (e) => {

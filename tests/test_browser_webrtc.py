@@ -11,10 +11,12 @@ WebRtcHideLocalIpsWithMdns` so that its host candidates are IPs aiortc can reach
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import subprocess
 import time
+import urllib.request
 
 import pytest
 
@@ -97,3 +99,38 @@ def test_page_modules():
     run = subprocess.run(["node", "--test", str(BROWSER_DIR / "page_modules.test.mjs")],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+
+
+@needs_browser
+def test_browser_webrtc_with_the_servers_token(browser_required, small_server, speech_wav, tmp_path):  # noqa: F811
+    """A server with --token: the user's token goes to /v1/realtime/client_secrets only; the call itself carries
+    the one-call secret, and the conversation runs."""
+    _wait_duplex_idle(small_server.http_url, bound_s=60)
+    summary, context = drive_page(small_server.http_url, speech_wav, tmp_path / "token-ok.png", "--mode", "duplex",
+                                  "--transport", "webrtc", "--token", "s3cret")
+    assert summary["ok"], f"the page failed at step {summary['step']!r}: {summary.get('error')}\n{context}"
+    assert summary["flowing"]["errors"] == [] and summary["flowing"]["rtc"]["packetsReceived"] > 0, context
+    calls = [(r["method"], r["path"].rsplit("/", 1)[-1] if "/calls/" in r["path"] else r["path"], r["auth"])
+             for r in summary["realtimeRequests"]]
+    assert calls[:3] == [("POST", "/v1/realtime/client_secrets", "token"), ("POST", "/v1/realtime/calls", "client secret"),
+                         ("POST", "hangup", "none")], calls
+    _wait_duplex_idle(small_server.http_url, bound_s=60)
+
+
+@needs_browser
+def test_browser_webrtc_with_a_client_secret_in_the_url(browser_required, tiny_server, speech_wav, tmp_path):  # noqa: F811
+    """`?client_secret=ek_…` (minted by the operator's backend): the page asks for no secret, calls with that one,
+    and sends its settings as a `session.update` once the channel opens (here: user transcription on)."""
+    _idle_health(tiny_server.http_url)
+    request = urllib.request.Request(tiny_server.http_url + "/v1/realtime/client_secrets", data=b"{}", method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        secret = json.load(response)["value"]
+    summary, context = drive_page(tiny_server.http_url, speech_wav, tmp_path / "secret.png", "--mode", "duplex",
+                                  "--transport", "webrtc", "--query", f"client_secret={secret}&transcribe_user=1", "--no-vanish")
+    assert summary["ok"], f"the page failed at step {summary['step']!r}: {summary.get('error')}\n{context}"
+    kinds = [(r["path"].rsplit("/", 1)[-1], r["auth"]) for r in summary["realtimeRequests"]]
+    assert kinds[:2] == [("calls", "client secret"), ("hangup", "none")], kinds   # no client_secrets request
+    events = summary["stopped"]["rtcEvents"]
+    assert events.get("session.updated", 0) >= 1, context   # the settings' session.update, answered
+    assert summary["stopped"]["rtcSession"]["audio"]["input"]["transcription"] is not None, context   # it is on

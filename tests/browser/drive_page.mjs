@@ -26,6 +26,7 @@ const { values: opt } = parseArgs({
     // token, full server, denied microphone) and report it.
     scenario: { type: 'string', default: 'conversation' },
     'deny-mic': { type: 'boolean', default: false },
+    'no-vanish': { type: 'boolean', default: false },   // WebRTC: skip the second call that just goes away
   },
 });
 if (!opt.url || !opt.wav || !opt.screenshot) {
@@ -41,6 +42,15 @@ async function main(summary) {
   try {
     const page = context.pages()[0] ?? await context.newPage();
     watch(page, summary);
+    // The page's requests to the Realtime endpoints, with the kind of key each carried (never the key itself).
+    summary.realtimeRequests = [];
+    page.on('request', (r) => {
+      if (!r.url().includes('/v1/realtime/')) return;
+      const auth = r.headers().authorization ?? '';
+      const key = auth.replace(/^Bearer /, '');
+      summary.realtimeRequests.push({ method: r.method(), path: new URL(r.url()).pathname,
+        auth: !auth ? 'none' : key.startsWith('ek_') ? 'client secret' : key === opt.token ? 'token' : 'other' });
+    });
 
     const query = new URLSearchParams({ autostart: '1', mode: opt.mode, transport: opt.transport, ...Object.fromEntries(new URLSearchParams(opt.query)) });
     if (opt.token) query.set('token', opt.token);
@@ -113,7 +123,7 @@ async function main(summary) {
     summary.healthAfterStop = await page.evaluate(() => fetch('/health').then((r) => r.json()));
 
     // 5. WebRTC: a second call whose page simply goes away (no hang-up): the server must notice.
-    if (rtc) {
+    if (rtc && !opt['no-vanish']) {
       summary.step = 'vanish';
       await page.click('#start');
       await page.waitForFunction(() => window.duplexStats.started && window.duplexStats.pagesReceived >= 5, null,
