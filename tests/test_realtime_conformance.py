@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from .rtc import TRANSPORTS
 from .test_cascade import next_request
 from .test_realtime import realtime, text_turn
+
+# every test runs over the WebSocket and over a WebRTC call's data channel (tests/rtc.py)
+pytestmark = pytest.mark.parametrize("transport", TRANSPORTS)
 
 
 async def send_raw(connection, **event) -> None:
@@ -19,8 +25,8 @@ def user(text: str) -> dict:
     return {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
 
 
-async def test_the_error_codes_clients_special_case(cascade_server):
-    async with realtime(cascade_server, "cascade") as (connection, events):
+async def test_the_error_codes_clients_special_case(cascade_server, transport):
+    async with realtime(cascade_server, "cascade", transport=transport) as (connection, events):
         await events.wait_for("session.created")
         await send_raw(connection, type="response.cancel", event_id="c1")
         await send_raw(connection, type="input_audio_buffer.commit", event_id="c2")
@@ -39,12 +45,12 @@ async def test_the_error_codes_clients_special_case(cascade_server):
                           ("c5", "item_truncate_invalid_item_id"), ("c6", "conversation_already_has_active_response")]
 
 
-async def test_pipecats_and_livekits_default_settings_are_taken_whole(cascade_server, llm_standin):
+async def test_pipecats_and_livekits_default_settings_are_taken_whole(cascade_server, llm_standin, transport):
     """Each of these ended a pipecat session (every `error` but three codes is fatal to it)."""
-    async with realtime(cascade_server, "gpt-realtime") as (connection, events):   # an OpenAI model name
+    async with realtime(cascade_server, "gpt-realtime", transport=transport) as (connection, events):   # an OpenAI model name
         created = await events.wait_for("session.created")
         assert created.session.model in ("duplex", "cascade")
-    async with realtime(cascade_server, "cascade") as (connection, events):
+    async with realtime(cascade_server, "cascade", transport=transport) as (connection, events):
         await events.wait_for("session.created")
         await connection.session.update(session={
             "type": "realtime", "model": "gpt-realtime", "instructions": "Be brief.",
@@ -75,10 +81,10 @@ async def test_pipecats_and_livekits_default_settings_are_taken_whole(cascade_se
         assert not events.of("error"), events.of("error")
 
 
-async def test_items_go_where_previous_item_id_says_and_can_be_deleted_and_retrieved(cascade_server, llm_standin):
+async def test_items_go_where_previous_item_id_says_and_can_be_deleted_and_retrieved(cascade_server, llm_standin, transport):
     """What LiveKit's plugin does: its chat context as items (`previous_item_id` `root` first), replies found
     by the `metadata` of its response.create, unplayed items deleted."""
-    async with realtime(cascade_server, "cascade") as (connection, events):
+    async with realtime(cascade_server, "cascade", transport=transport) as (connection, events):
         await events.wait_for("session.created")
         await connection.conversation.item.create(item={**user("second"), "id": "item_b"}, previous_item_id="root")
         await connection.conversation.item.create(item={**user("first"), "id": "item_a"}, previous_item_id="root")

@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 import typing as tp
 
+import pytest
+
+from .rtc import TRANSPORTS
 from .test_cascade import next_request
 from .test_realtime import Events, realtime, text_turn
 
@@ -15,6 +18,9 @@ WEATHER = {"type": "function", "name": "get_weather", "description": "The weathe
 CHAT_WEATHER = {"type": "function", "function": {k: v for k, v in WEATHER.items() if k != "type"}}
 CALL_EVENTS = ("response.output_item.added", "conversation.item.added", "response.function_call_arguments.delta",
                "response.function_call_arguments.done", "response.output_item.done", "conversation.item.done")
+
+# every test runs over the WebSocket and over a WebRTC call's data channel (tests/rtc.py)
+pytestmark = pytest.mark.parametrize("transport", TRANSPORTS)
 
 
 async def with_tools(connection, events: Events, **session) -> None:
@@ -29,8 +35,9 @@ async def answer(connection, events: Events, call_id: str, output: str) -> None:
     n = len(events.events)
     await connection.conversation.item.create(item={"type": "function_call_output", "call_id": call_id,
                                                     "output": output})
-    done = await events.wait_for("conversation.item.done", after=n)
-    assert done.item.type == "function_call_output" and done.item.call_id == call_id
+    # the output's own done (an item created just before may have its done still on the way)
+    done = await events.wait_for("conversation.item.done", lambda e: e.item.type == "function_call_output", after=n)
+    assert done.item.call_id == call_id
 
 
 async def respond(connection, events: Events, **response) -> tp.Any:
@@ -52,8 +59,8 @@ def call_events(events: Events, item_id: str) -> list[str]:
     return [e.type for e in events.events if of(e)]
 
 
-async def test_a_call_round_trip_follows_openai_and_the_answer_uses_the_result(cascade_server, llm_standin):
-    async with realtime(cascade_server, "cascade") as (connection, events):
+async def test_a_call_round_trip_follows_openai_and_the_answer_uses_the_result(cascade_server, llm_standin, transport):
+    async with realtime(cascade_server, "cascade", transport=transport) as (connection, events):
         await with_tools(connection, events, tool_choice="auto")
         n = len(llm_standin.requests)
         created = await text_turn(connection, events, "what is the weather")
@@ -92,8 +99,8 @@ async def test_a_call_round_trip_follows_openai_and_the_answer_uses_the_result(c
         assert not events.of("error"), events.of("error")
 
 
-async def test_two_calls_in_one_response_then_a_chained_call(cascade_server, llm_standin):
-    async with realtime(cascade_server, "cascade") as (connection, events):
+async def test_two_calls_in_one_response_then_a_chained_call(cascade_server, llm_standin, transport):
+    async with realtime(cascade_server, "cascade", transport=transport) as (connection, events):
         await with_tools(connection, events)
         n = len(llm_standin.requests)
         await text_turn(connection, events, "weather TWO")
@@ -113,8 +120,8 @@ async def test_two_calls_in_one_response_then_a_chained_call(cascade_server, llm
         assert not events.of("error"), events.of("error")
 
 
-async def test_tool_choice_none_and_per_response_overrides(cascade_server, llm_standin):
-    async with realtime(cascade_server, "cascade") as (connection, events):
+async def test_tool_choice_none_and_per_response_overrides(cascade_server, llm_standin, transport):
+    async with realtime(cascade_server, "cascade", transport=transport) as (connection, events):
         await with_tools(connection, events, tool_choice="none")
         n = len(llm_standin.requests)
         await text_turn(connection, events, "what is the weather")
@@ -136,8 +143,8 @@ async def test_tool_choice_none_and_per_response_overrides(cascade_server, llm_s
 
 
 async def test_a_cancelled_response_keeps_its_call_and_an_unanswered_call_gets_an_error_result(cascade_server,
-                                                                                                llm_standin):
-    async with realtime(cascade_server, "cascade") as (connection, events):
+                                                                                                llm_standin, transport):
+    async with realtime(cascade_server, "cascade", transport=transport) as (connection, events):
         await with_tools(connection, events)
         n = len(llm_standin.requests)
         await text_turn(connection, events, "a long weather report")   # a long preamble: still playing at the call
@@ -167,8 +174,8 @@ async def test_a_cancelled_response_keeps_its_call_and_an_unanswered_call_gets_a
         assert history[at + 1]["content"] == "sunny after all"
 
 
-async def test_a_replayed_call_and_its_output_join_the_history(cascade_server, llm_standin):
-    async with realtime(cascade_server, "cascade") as (connection, events):
+async def test_a_replayed_call_and_its_output_join_the_history(cascade_server, llm_standin, transport):
+    async with realtime(cascade_server, "cascade", transport=transport) as (connection, events):
         await connection.conversation.item.create(
             item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "weather?"}]})
         await events.wait_for("conversation.item.done")
@@ -188,8 +195,8 @@ async def test_a_replayed_call_and_its_output_join_the_history(cascade_server, l
         assert not events.of("error"), events.of("error")
 
 
-async def test_a_duplex_model_answers_tools_with_unsupported(cascade_server):
-    async with realtime(cascade_server, "duplex") as (connection, events):
+async def test_a_duplex_model_answers_tools_with_unsupported(cascade_server, transport):
+    async with realtime(cascade_server, "duplex", transport=transport) as (connection, events):
         await events.wait_for("session.created")
         await connection.session.update(session={"type": "realtime", "tools": [WEATHER]})
         error = await events.wait_for("error")

@@ -32,8 +32,8 @@ class ServerMetrics:
         r = self.registry
         self.sessions = Gauge("duplex_sessions_active", "Conversations running now", ["mode"], registry=r)
         self.sessions_total = Counter("duplex_sessions", "Conversations started", ["mode"], registry=r)
-        self.connections = Gauge("duplex_connections_open", "WebSocket connections open", ["endpoint"], registry=r)
-        self.refused = Counter("duplex_connections_refused", "Conversation sockets refused at open",
+        self.connections = Gauge("duplex_connections_open", "Sockets and WebRTC calls open", ["endpoint"], registry=r)
+        self.refused = Counter("duplex_connections_refused", "Conversation sockets and WebRTC calls refused at open",
                                ["endpoint", "reason"], registry=r)
         self.start_timeouts = Counter("duplex_start_timeouts", "Sockets closed for starting no conversation in time",
                                       ["endpoint"], registry=r)
