@@ -1,12 +1,13 @@
 """Each tiny Moshi-family layout in the batch gives, frame by frame, what moshi's own LMGen gives at B = 1.
 
 Greedy, in process, on the LM's codes (Mimi is the same module for all and is covered by the server tests):
-a conversation alone in the batch, the same one beside neighbours that talk throughout (one beyond the
-first row bucket, so the step computes all 32 rows) while another joins, resets and leaves, and moshi's
-`LMGen` (use_sampling=False, the checkpoint's condition tensors) on a model of its own at B = 1, for the
+a conversation alone in the batch, the same one beside neighbours that talk and sample throughout (one
+beyond the first row bucket, so the step computes all 32 rows) while another joins, resets and leaves, and
+moshi's `LMGen` (use_sampling=False, the checkpoint's condition tensors) on a model of its own at B = 1, for the
 same user codes, agree on the text token and every codebook the model says. For Hibiki-Zero the layout
 has grouped-query attention (kv_repeat 2: the KV cache has half the heads), 16 codebooks a side and
-delays of 2; J-Moshi's is loaded from a directory without config.json.
+delays of 2; J-Moshi's is loaded from a directory without config.json. A seeded conversation samples
+alike alone and beside the neighbours.
 """
 
 from __future__ import annotations
