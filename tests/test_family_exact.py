@@ -1,12 +1,13 @@
 """Each tiny Moshi-family layout in the batch gives, frame by frame, what moshi's own LMGen gives at B = 1.
 
 Greedy, in process, on the LM's codes (Mimi is the same module for all and is covered by the server tests):
-a conversation alone in the batch, the same one beside neighbours that talk throughout (one beyond the
-first row bucket, so the step computes all 32 rows) while another joins, resets and leaves, and moshi's
-`LMGen` (use_sampling=False, the checkpoint's condition tensors) on a model of its own at B = 1, for the
+a conversation alone in the batch, the same one beside neighbours that talk and sample throughout (one
+beyond the first row bucket, so the step computes all 32 rows) while another joins, resets and leaves, and
+moshi's `LMGen` (use_sampling=False, the checkpoint's condition tensors) on a model of its own at B = 1, for the
 same user codes, agree on the text token and every codebook the model says. For Hibiki-Zero the layout
 has grouped-query attention (kv_repeat 2: the KV cache has half the heads), 16 codebooks a side and
-delays of 2; J-Moshi's is loaded from a directory without config.json.
+delays of 2; J-Moshi's is loaded from a directory without config.json. A seeded conversation samples
+alike alone and beside the neighbours.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def step(model: MoshiBatch, talking: dict[int, torch.Tensor], rng: torch.Generat
         execute[slot] = True
         codes[slot, :, 0] = frame
     model.gen.force_silence.zero_()
+    model.gen.noise.copy_(model.randomness.draw([s for s in talking if model._samples(s)]))   # as MoshiBatch does
     rows = model.rows_for(execute)
     with inference(model.device):
         if model.active_rows is None or rows == SLOTS:
@@ -84,11 +86,15 @@ def step(model: MoshiBatch, talking: dict[int, torch.Tensor], rng: torch.Generat
             return model.gen.step(codes[:rows])[:, :, 0]
 
 
-def converse(model: MoshiBatch, user: torch.Tensor, busy: bool) -> list[torch.Tensor]:
+def converse(model: MoshiBatch, user: torch.Tensor, busy: bool,
+             settings: SamplingSettings = GREEDY) -> list[torch.Tensor]:
     rng = torch.Generator().manual_seed(11)
     noise = user_codes(model, 99, 4 * FRAMES)
     for slot in range(SLOTS):
         model.reset_slot(slot)
+        model.configure_slot(slot, GREEDY if slot != SLOT else settings)
+    for n in NEIGHBOURS + [CHURNER]:      # neighbours sample, each from its own seed
+        model.configure_slot(n, SamplingSettings(temperature=0.9, text_temperature=0.8, seed=n))
     if busy:   # neighbours mid-conversation before ours starts
         for t in range(3):
             step(model, {n: noise[t] for n in NEIGHBOURS}, rng)
@@ -122,6 +128,20 @@ def test_alone_busy_and_moshi_lmgen_at_b1_agree_frame_by_frame(family):
         assert torch.equal(b, r), f"{name}: beside neighbours differs from LMGen at B=1 at frame {k}"
     # the model really speaks: its audio codebooks vary over the frames
     assert len({tuple(r[1:].tolist()) for r in reference}) > 1
+
+
+def test_a_seeded_conversation_samples_alike_alone_and_beside_neighbours(family):
+    """Per-slot sampling over the layout's codebooks (17 streams for Hibiki-Zero): a seed gives the same
+    samples whatever the neighbours do, and other samples than greedy."""
+    name, _, model = family
+    user = user_codes(model, 6)
+    seeded = SamplingSettings(temperature=0.8, text_temperature=0.7, seed=1234)
+    alone = converse(model, user, busy=False, settings=seeded)
+    busy = converse(model, user, busy=True, settings=seeded)
+    greedy = converse(model, user, busy=False)
+    assert len(alone) == len(busy) == len(greedy) > 0
+    assert all(torch.equal(a, b) for a, b in zip(alone, busy)), name
+    assert any(not torch.equal(a, g) for a, g in zip(alone, greedy)), name
 
 
 def test_hibiki_zero_layout_is_what_moshi_builds():

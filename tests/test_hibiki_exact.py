@@ -138,3 +138,28 @@ def test_the_guidance_and_the_condition_matter(model) -> None:
     conditioned = converse(model, batch, 1.0, "very_bad", user)
     assert not all(torch.equal(a, b) for a, b in zip(plain, guided))
     assert not all(torch.equal(a, b) for a, b in zip(plain, conditioned))
+
+
+def test_unguided_serving_is_moshis_cfg_1_with_a_condition_per_slot(checkpoint) -> None:
+    """`--guidance off`: one row per slot, each with its own condition, exactly LMGen at cfg_coef 1; the
+    engine refuses another coefficient."""
+    from duplex.engines.base import Unsupported
+    from duplex.engines.duplex import DuplexEngine
+
+    model = MoshiBatch(checkpoint, SLOTS, "cpu", torch.float32, guidance=False)
+    assert model.guidance is not None and not model.guidance.doubled
+    for slot in range(SLOTS):
+        model.configure_slot(slot, GREEDY)
+    model.configure_slot(0, GREEDY.updated({"condition": "bad"}))
+    user = user_codes(2)
+    batch = Batch(model, {0: (0, FRAMES), 20: (6, FRAMES)}, {0: 4})
+    for condition in (None, "neutral"):
+        reference = lmgen_at_b1(checkpoint, 1.0, condition, user)
+        tokens = converse(model, batch, 1.0, condition, user)
+        for t, (want, got) in enumerate(zip(reference, tokens, strict=True)):
+            assert torch.equal(want, got), f"unguided {condition}: frame {t}: {want.tolist()} != {got.tolist()}"
+    engine = DuplexEngine(model)
+    assert engine.health()["guided"] is False
+    engine.check_config({"cfg_coef": 1.0, "condition": "good"})
+    with pytest.raises(Unsupported, match="--guidance off"):
+        engine.check_config({"cfg_coef": 3.0})

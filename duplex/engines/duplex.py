@@ -114,7 +114,7 @@ class DuplexEngine(Engine):
         health: dict[str, tp.Any] = {"slots": self.model.slots, "active": self.scheduler.active,
                   "ticks": self.scheduler.ticks, "last_step_ms": round(self.scheduler.last_step_ms, 2),
                   "hold_ms": round(self.scheduler.policy.hold_s() * 1000.0, 1), "persona": self.model.persona,
-                  "guided": self.model.guidance is not None}
+                  "guided": self.model.guidance is not None and self.model.guidance.doubled}
         if self.model.persona:
             cache = self.model.prefix_cache
             health["voices"] = self.voices.names() if self.voices is not None else []
@@ -192,6 +192,8 @@ class DuplexEngine(Engine):
         if guided and guidance is None:
             raise Unsupported(f"this duplex model takes no guidance ({', '.join(guided)}); a guided model does "
                               "(--preset hibiki)", guided[0])
+        if guidance is not None and not guidance.doubled and config.get("cfg_coef", 1.0) != 1.0:
+            raise Unsupported("cfg_coef: this server runs its guided model unguided (--guidance off): 1 only", "cfg_coef")
         if guidance is not None and config.get("condition") is not None:
             try:
                 guidance.check(config["condition"])

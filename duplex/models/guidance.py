@@ -12,7 +12,8 @@ A slot whose coefficient is 1 takes the conditioned logits as they are, as moshi
 no unconditioned row then). The unconditioned row's description is the negative moshi.run_inference uses.
 
 The model computes both rows of every slot, whatever its coefficient: a guided model costs two rows per
-conversation (docs/moshi-family.md).
+conversation (docs/moshi-family.md). Unguided (`doubled=False`, `duplex serve --guidance off`), a slot has
+one row, as moshi runs at `cfg_coef` 1, and keeps its own condition.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class GuidanceError(ValueError):
 class Guidance:
     """The per-slot coefficients and conditions of a guided batch of `batch_size` slots."""
 
-    def __init__(self, lm: LMModel, batch_size: int):
+    def __init__(self, lm: LMModel, batch_size: int, doubled: bool = True):
         provider = lm.condition_provider
         assert provider is not None and lm.fuser is not None
         # Hibiki has one text conditioner ("description", a lookup table of a few values)
@@ -48,6 +49,7 @@ class Guidance:
         self.negative = NEGATIVE if NEGATIVE in self.values else self.values[0]
         self.lm = lm
         self.batch_size = batch_size
+        self.doubled = doubled
         self.coef = torch.ones(batch_size, device=lm.device)          # [B] float32; 1 = unguided
         self._sums: dict[str, torch.Tensor] = {}
 
@@ -57,8 +59,9 @@ class Guidance:
         return lm.fuser is not None and lm.condition_provider is not None and bool(lm.condition_provider.conditioners)
 
     def condition_tensors(self) -> dict:
-        """LMGen's condition tensors, slot-interleaved: [positive, negative] * B (2B rows)."""
-        conditions = [self._attributes(v) for _ in range(self.batch_size) for v in (self.default, self.negative)]
+        """LMGen's condition tensors, slot-interleaved: [positive, negative] * B (2B rows); unguided [positive] * B."""
+        values = (self.default, self.negative) if self.doubled else (self.default,)
+        conditions = [self._attributes(v) for _ in range(self.batch_size) for v in values]
         assert self.lm.condition_provider is not None
         return self.lm.condition_provider.prepare_and_provide(conditions)
 
@@ -71,7 +74,7 @@ class Guidance:
         """Between steps: one slot's coefficient and its conditioned row's description (LMGen's `state`)."""
         self.coef[slot] = coef
         if state is not None and state.condition_sum is not None:
-            state.condition_sum[2 * slot].copy_(self._sum(self.check(condition or self.default))[0])
+            state.condition_sum[2 * slot if self.doubled else slot].copy_(self._sum(self.check(condition or self.default))[0])
 
     def install(self, state: tp.Any) -> None:
         """Makes a fresh LMGen state interleave the slots' rows and mix per slot (see the module doc)."""

@@ -57,9 +57,10 @@ class MoshiBatch:
     """Loads Mimi + the LM once and serves `slots` independent streams through one batched step."""
 
     def __init__(self, checkpoint: loaders.CheckpointInfo, slots: int, device: str, dtype: torch.dtype,
-                 active_rows: bool | None = None, prefix_cache_bytes: int = 256 << 20):
+                 active_rows: bool | None = None, prefix_cache_bytes: int = 256 << 20, guidance: bool = True):
         """`active_rows`: step only the prefix of slots in use (None: on CPU, where it pays; see active_rows.py).
-        `prefix_cache_bytes`: memory for prefilled persona prompts (persona models only)."""
+        `prefix_cache_bytes`: memory for prefilled persona prompts (persona models only). `guidance`: a
+        conditioned model computes two rows per slot, for per-slot cfg_coef (False: one, cfg_coef 1 only)."""
         self.slots = slots
         self.device = torch.device(device)
         self.checkpoint = checkpoint
@@ -74,7 +75,7 @@ class MoshiBatch:
         assert self.frame_samples == FRAME_SAMPLES, self.frame_samples
         self.defaults = SamplingSettings().updated(_lm_gen_defaults(checkpoint.lm_gen_config))
         self.silence_codes = self._silence_codes()
-        self.guidance = Guidance(self.lm, slots) if Guidance.applies(self.lm) else None
+        self.guidance = Guidance(self.lm, slots, doubled=guidance) if Guidance.applies(self.lm) else None
         if self.persona:
             assert self.guidance is None, "a persona model with conditions is not supported"
             self.gen: BatchedLMGen = PersonaLMGen(self.lm, slots, self.silence_codes)
@@ -93,7 +94,7 @@ class MoshiBatch:
                  (gen, "slot_top_k_audio"), (gen, "slot_top_k_text"), (gen, "force_silence")]
         if isinstance(gen, PersonaLMGen):
             extra += [(gen, "forced"), (gen, "forced_tokens")]
-        if self.guidance is not None:
+        if self.guidance is not None and self.guidance.doubled:
             extra.append((self.guidance, "coef"))
         self.active_rows = ActiveRows([self.mimi, gen], slots, extra=extra) if use_rows and slots > ROW_BUCKET else None
         # Persona prompts (persona models only): prefill state, the prefix cache, the voice encoder.

@@ -68,7 +68,8 @@ class BatchedLMGen(LMGen):
         if guidance is None:
             super().__init__(lm_model, use_sampling=False, support_out_of_sync=True)
         else:
-            super().__init__(lm_model, use_sampling=False, support_out_of_sync=True, cfg_coef=LMGEN_GUIDED,
+            super().__init__(lm_model, use_sampling=False, support_out_of_sync=True,
+                             cfg_coef=LMGEN_GUIDED if guidance.doubled else 1.0,
                              condition_tensors=guidance.condition_tensors())
         self.on_text_logits_hook = self._sample_text
         device = lm_model.device
@@ -85,7 +86,7 @@ class BatchedLMGen(LMGen):
 
     def _init_streaming_state(self, batch_size: int) -> tp.Any:
         state = super()._init_streaming_state(batch_size)
-        if self.guidance is not None:
+        if self.guidance is not None and self.guidance.doubled:
             self.guidance.install(state)
         return state
 
@@ -103,7 +104,7 @@ class BatchedLMGen(LMGen):
         lm_model = self.lm_model
         assert lm_model.depformer is not None
         batch_size = text_token.shape[0]
-        guidance = self.guidance
+        guidance = self.guidance if self.guidance is not None and self.guidance.doubled else None
         previous = text_token
         tokens: list[torch.Tensor] = []
         # guided: transformer_out holds each slot's two rows side by side ([2B, 1, D], models/guidance.py)

@@ -64,7 +64,8 @@ def load_duplex_model(options: ServeOptions, device: str, dtype: torch.dtype) ->
         bar.update()
         bar.set_postfix_str(f"loading on {device} ({str(dtype).removeprefix('torch.')})")
         model = MoshiBatch(checkpoint, options.slots, device, dtype,
-                           prefix_cache_bytes=int(options.prefix_cache_mb * (1 << 20)))
+                           prefix_cache_bytes=int(options.prefix_cache_mb * (1 << 20)),
+                           guidance=options.guidance == "on")
         bar.update()
         bar.set_postfix_str("warm-up" + (" + CUDA graphs" if device.startswith("cuda") else ""))
         model.warmup()

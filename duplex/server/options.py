@@ -77,6 +77,10 @@ class ServeOptions:
         "for comparison)", choices=("parallel", "nocache", "stepped")))
     prefix_cache_mb: float = field(default=256.0, metadata=flag(
         "memory for prefilled persona prompts (least recently used evicted); 0 = no cache"))
+    guidance: str = field(default="on", metadata=flag(
+        "a conditioned duplex model (Hibiki): on = classifier-free guidance per conversation (config cfg_coef; two "
+        "model rows each); off = one row each, as moshi runs at cfg_coef 1 (half the cost; cfg_coef other than 1 is "
+        "unsupported, config condition still taken)", choices=("on", "off")))
     end_of_turn_silence_ms: float = field(default=640.0, metadata=flag(
         "cascade: user silence that ends a turn (the energy rule; with the pause rule, the longest quiet before an end)"))
     end_of_turn_rule: str = field(default="auto", metadata=flag(
