@@ -356,3 +356,38 @@ async def test_client_secret_requests_are_checked_and_answered_as_openai_shapes_
     assert secret["value"].startswith("ek_") and secret["session"] == session
     issued = email.utils.parsedate_to_datetime(now).timestamp()
     assert issued + 110 <= secret["expires_at"] <= issued + 130   # 120 s from now, by the server's own clock
+
+
+def one_ipv4_udp_candidate(sdp: str, seen: list[str]) -> str:
+    """The SDP with one IPv4 UDP host candidate per m-line (a benchmark's relay rewrites it the same way)."""
+    lines, kept = [], False
+    for line in sdp.split("\r\n"):
+        if line.startswith("m="):
+            kept = False
+        if line.startswith("a=candidate:"):
+            parts = line.split()
+            if kept or parts[2].lower() != "udp" or ":" in parts[4]:
+                continue
+            kept = True
+            seen.append(parts[4])
+        lines.append(line)
+    return "\r\n".join(lines)
+
+
+async def test_the_client_can_rewrite_the_sdp_both_ways(rtc_server, speech):
+    """`offer_filter` / `answer_filter` (what the packet-loss benchmark's relay uses): with one candidate left
+    each way the call connects and audio flows."""
+    offered: list[str] = []
+    answered: list[str] = []
+    call = await RealtimeCallClient.connect(rtc_server.http_url, token=TOKEN, model="duplex",
+                                            offer_filter=lambda sdp: one_ipv4_udp_candidate(sdp, offered),
+                                            answer_filter=lambda sdp: one_ipv4_udp_candidate(sdp, answered))
+    try:
+        assert len(offered) >= 1 and len(answered) >= 1
+        await call.wait_for("session.created")
+        await feed(call, speech[: 24000 * 2])
+        await call.wait_for("input_audio_buffer.speech_started")
+        await call.hang_up()
+    finally:
+        await call.close()
+    await slots_free(rtc_server)

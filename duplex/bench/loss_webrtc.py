@@ -1,6 +1,6 @@
 """The WebRTC run of `scripts/bench_loss.py`: a Realtime call (`duplex.client.webrtc`) through a lossy UDP relay.
 
-Routing: the client's `rewrite_sdp` hook replaces the offer's ICE candidates with the relay's server-facing
+Routing: the client's `offer_filter`/`answer_filter` hooks replace the offer's ICE candidates with the relay's server-facing
 socket and the answer's with its client-facing one (`sdp.route_through`), so each peer knows only the
 relay and every datagram crosses it (`lossy_udp`).
 
@@ -86,17 +86,19 @@ class WebRtcRun:
         capture = _Capture()
         relay = await UdpRelay.start(link, tap=capture)
 
-        def rewrite(kind: str, sdp: str) -> str:
-            if kind == "offer":
-                relay.client = first_candidate(sdp)   # where the server's first checks go, before the client's
-                return route_through(sdp, relay.server_facing)
+        def rewrite_offer(sdp: str) -> str:
+            relay.client = first_candidate(sdp)   # where the server's first checks go, before the client's
+            return route_through(sdp, relay.server_facing)
+
+        def rewrite_answer(sdp: str) -> str:
             relay.server = first_candidate(sdp)
             capture.level_id = audio_level_id(sdp)    # the answer's extension ids are what the server sends
             return route_through(sdp, relay.address)
 
         try:
             client = await RealtimeCallClient.connect(http_url, token=self.token, model="duplex",
-                                                      session={"model": "duplex"}, rewrite_sdp=rewrite,
+                                                      session={"model": "duplex"}, offer_filter=rewrite_offer,
+                                                      answer_filter=rewrite_answer,
                                                       open_timeout=60)
             async with client:
                 frames = split_frames(pcm)

@@ -90,12 +90,12 @@ class RealtimeCallClient:
     async def connect(cls, base_url: str, *, token: str | None = None, model: str | None = None,
                       session: dict | None = None, use_client_secret: bool = True, ice_servers: tp.Sequence[str] = (),
                       send_audio: bool = True, open_timeout: float = 30.0,
-                      rewrite_sdp: tp.Callable[[str, str], str] | None = None) -> "RealtimeCallClient":
+                      offer_filter: tp.Callable[[str], str] | None = None,
+                      answer_filter: tp.Callable[[str], str] | None = None) -> "RealtimeCallClient":
         """Secret (with the token) -> offer -> `POST /v1/realtime/calls` -> answer -> the channel open.
         `send_audio=False`: the track only receives (the user's audio then goes in `input_audio_buffer.append`).
-        `rewrite_sdp(kind, sdp)` ("offer" before it is posted, "answer" before it is applied) may change a
-        description on its way: `scripts/bench_loss.py` routes the call through a lossy relay with it."""
-        rewrite = rewrite_sdp or (lambda kind, sdp: sdp)
+        `offer_filter` / `answer_filter` rewrite the SDP on its way (e.g. a benchmark's relay puts its own
+        address in the candidates, so that the media goes through it)."""
         base_url = base_url.rstrip("/")
         http = aiohttp.ClientSession()
         config = RTCConfiguration(iceServers=[RTCIceServer(u) for u in ice_servers]) if ice_servers else None
@@ -112,10 +112,12 @@ class RealtimeCallClient:
             channel = pc.createDataChannel(EVENTS_LABEL)
             client = cls(http, base_url, pc, channel, mic)
             await pc.setLocalDescription(await pc.createOffer())
-            answer, location = await post_offer(http, base_url, rewrite("offer", pc.localDescription.sdp), key, model,
-                                                None if use_client_secret else session)
-            answer = rewrite("answer", answer)
+            offer = pc.localDescription.sdp
+            answer, location = await post_offer(http, base_url, offer_filter(offer) if offer_filter else offer, key,
+                                                model, None if use_client_secret else session)
             client.call_id = location.rsplit("/", 1)[-1]
+            if answer_filter is not None:
+                answer = answer_filter(answer)
             await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
             await client._wait_open(open_timeout)
             return client

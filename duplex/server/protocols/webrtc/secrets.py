@@ -58,8 +58,8 @@ class ClientSecrets:
         """The live secret with this value (constant-time compare), or None: unknown, spent or expired."""
         self._forget_expired()
         found = None
-        for known, secret in self._live.items():   # a dict lookup would leak timing of the key's hash only;
-            if hmac.compare_digest(known.encode(), value.encode()):   # compare every one anyway (few)
+        for known, secret in self._live.items():   # every live one compared, in constant time each
+            if hmac.compare_digest(known.encode(), value.encode()):
                 found = secret
         return found
 
