@@ -5,7 +5,7 @@ once, each with its own `cfg_coef` and `condition` (config keys, at `start` and 
 guided conversation is bit-identical alone and beside neighbours that join, reset and leave; its text stream
 (the translation) comes as `llm_response` on /ws, as 0x02 text on /api/chat (Kyutai's protocol) and as the
 output transcript on /v1/realtime; Kyutai's `moshi.client` talks to it as to Moshi; its recording replays
-bit for bit with `duplex replay`. A condition the model does not know is `unsupported` naming its values;
+bit for bit with `duplex replay`. A condition the model does not know is `bad_message` naming its values;
 a model without guidance refuses both keys.
 """
 
@@ -83,7 +83,7 @@ async def test_ws_text_is_the_translation_and_the_keys_are_checked(hibiki_server
     async with await DuplexClient.connect(hibiki_server.ws_url) as client:
         await client.start(mode="duplex", config={**TALKATIVE, "condition": "great"})
         error = await client.wait_for("error")
-        assert error.data["code"] == "unsupported" and "very_good" in error.data["message"]
+        assert error.data["code"] == "bad_message" and "very_good" in error.data["message"]
         await client.start(mode="duplex", config=TALKATIVE)
         await client.wait_for("status", predicate=lambda e: e.data["status"] == "listening")
         for frame in frames_of(speech, 20):

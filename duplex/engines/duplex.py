@@ -22,7 +22,7 @@ from ..config import DUPLEX_CONFIG_KEYS
 from ..models.guidance import GuidanceError
 from ..models.moshi_batch import MoshiBatch, StepInput, StepOutput
 from ..models.persona import PersonaError, VoiceLibrary
-from .base import (AssistantAudio, AssistantText, AssistantTurnEnded, AssistantTurnStarted,
+from .base import (AssistantAudio, AssistantText, AssistantTurnEnded, AssistantTurnStarted, BadChoice,
                    CapacityError, Engine, EngineFailure, EngineStream, Sink, StreamReady, Unsupported, UserFrame)
 from .persona import Persona, PersonaWork
 from .scheduler import BatchScheduler, Delivery, Slot, TickEntry
@@ -186,7 +186,7 @@ class DuplexEngine(Engine):
             try:
                 guidance.check(config["condition"])
             except GuidanceError as exc:
-                raise Unsupported(str(exc)) from None
+                raise BadChoice(str(exc)) from None   # a value outside the model's list: bad_message
         if "voice" in config:
             if self.voices is None:
                 raise Unsupported("voice: this server has no voices folder (start it with --voices DIR)")
