@@ -144,7 +144,7 @@ CONFIG_SCHEMA: dict[str, ConfigKey] = {key.name: key for key in (
               "the speaker's voice closer, too high hurts the translation (Kyutai: typically 3); other models: "
               "`unsupported`", frozenset({DUPLEX}), default=1.0, low=0, high=10),
     ConfigKey("condition", str, "a guided duplex model's condition, one of its own values (Hibiki: `very_bad`, `bad`, "
-              "`neutral`, `good`, `very_good`; another: `unsupported` naming them); other models: `unsupported`",
+              "`neutral`, `good`, `very_good`; another: `bad_message` naming them); other models: `unsupported`",
               frozenset({DUPLEX}), default_doc="the model's own (Hibiki: `very_good`)"),
     ConfigKey("tools", list, "function tools the cascade's LLM may call, in the OpenAI chat-completions format "
               '(`{"type": "function", "function": {"name", "description", "parameters"}}`); each call comes as '

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""The bare batched step of tiny Moshi and tiny Hibiki (guided: two rows per conversation), side by side.
+"""The bare batched step of tiny Moshi and tiny Hibiki (guided: two rows per conversation; and unguided,
+`--guidance off`: one), side by side.
 
 N conversations, every slot active, real Mimi encode -> LMGen step -> Mimi decode, no sockets. The two
 models step in turn (A, B, A, B, ...) so that the machine's other load falls on both alike; prints each
@@ -35,12 +36,15 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)
     n = args.sessions
+    hibiki = resolve_checkpoint("tiny:hibiki")
     models = {"tiny": MoshiBatch(resolve_checkpoint("tiny:moshi"), n, "cpu", torch.float32),
-              "tiny-hibiki": MoshiBatch(resolve_checkpoint("tiny:hibiki"), n, "cpu", torch.float32)}
-    for name, model in models.items():
+              "tiny-hibiki": MoshiBatch(hibiki, n, "cpu", torch.float32),
+              "tiny-hibiki --guidance off": MoshiBatch(hibiki, n, "cpu", torch.float32, guidance=False)}
+    for model in models.values():
         model.warmup()
         for slot in range(n):
-            model.configure_slot(slot, SamplingSettings(seed=slot, cfg_coef=args.cfg_coef if model.guidance else 1.0))
+            guided = model.guidance is not None and model.guidance.doubled
+            model.configure_slot(slot, SamplingSettings(seed=slot, cfg_coef=args.cfg_coef if guided else 1.0))
     rng = np.random.default_rng(0)
     ones, none = np.ones(n, dtype=bool), np.zeros(n, dtype=bool)
     times: dict[str, list[float]] = {name: [] for name in models}
@@ -55,10 +59,10 @@ def main() -> int:
     print("|---|---|---|---|---|")
     for name, model in models.items():
         p50, p90 = np.percentile(times[name][5:], [50, 90])
-        rows = 2 * n if model.guidance else n
+        rows = 2 * n if model.guidance is not None and model.guidance.doubled else n
         print(f"| {name} | {rows} | {p50:.1f} | {p90:.1f} | {p90 / BUDGET_MS:.2f} |")
-    ratio = np.median(times["tiny-hibiki"][5:]) / np.median(times["tiny"][5:])
-    print(f"tiny-hibiki / tiny step p50: {ratio:.2f}x")
+    for name in list(models)[1:]:
+        print(f"{name} / tiny step p50: {np.median(times[name][5:]) / np.median(times['tiny'][5:]):.2f}x")
     return 0
 
 

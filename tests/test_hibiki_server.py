@@ -5,7 +5,7 @@ once, each with its own `cfg_coef` and `condition` (config keys, at `start` and 
 guided conversation is bit-identical alone and beside neighbours that join, reset and leave; its text stream
 (the translation) comes as `llm_response` on /ws, as 0x02 text on /api/chat (Kyutai's protocol) and as the
 output transcript on /v1/realtime; Kyutai's `moshi.client` talks to it as to Moshi; its recording replays
-bit for bit with `duplex replay`. A condition the model does not know is `unsupported` naming its values;
+bit for bit with `duplex replay`. A condition the model does not know is `bad_message` naming its values;
 a model without guidance refuses both keys.
 """
 
@@ -83,7 +83,7 @@ async def test_ws_text_is_the_translation_and_the_keys_are_checked(hibiki_server
     async with await DuplexClient.connect(hibiki_server.ws_url) as client:
         await client.start(mode="duplex", config={**TALKATIVE, "condition": "great"})
         error = await client.wait_for("error")
-        assert error.data["code"] == "unsupported" and "very_good" in error.data["message"]
+        assert error.data["code"] == "bad_message" and "very_good" in error.data["message"]
         await client.start(mode="duplex", config=TALKATIVE)
         await client.wait_for("status", predicate=lambda e: e.data["status"] == "listening")
         for frame in frames_of(speech, 20):
@@ -176,3 +176,30 @@ def test_a_model_without_guidance_refuses_its_keys() -> None:
     for config in ({"cfg_coef": 3.0}, {"condition": "very_good"}):
         with pytest.raises(Unsupported, match="no guidance"):
             engine.check_config(config)
+
+
+async def test_a_slots_next_conversation_does_not_inherit_its_settings() -> None:
+    """A conversation with the default config, in the slot a guided greedy one just left, gets the defaults
+    (before: only a config that differed from the defaults reconfigured the slot)."""
+    from duplex.engines.duplex import DuplexEngine
+    from duplex.models.moshi_batch import MoshiBatch
+    from duplex.models.spec import resolve_checkpoint
+
+    model = MoshiBatch(resolve_checkpoint("tiny:hibiki"), 2, "cpu", torch.float32)
+    engine = DuplexEngine(model)
+    await engine.start()
+    try:
+        def settled() -> None:   # the model thread runs calls in order: once this one ran, the earlier ones did
+            engine.scheduler.worker.submit(lambda: None).result()
+        first = engine.open(GUIDED, lambda event: None)
+        settled()
+        assert first.slot is not None and first.slot.index == 0
+        assert model.settings[0].cfg_coef == 3.0 and float(model.guidance.coef[0]) == 3.0
+        first.close()
+        second = engine.open({}, lambda event: None)
+        settled()
+        assert second.slot is not None and second.slot.index == 0
+        assert model.settings[0] == model.defaults and float(model.guidance.coef[0]) == 1.0
+        second.close()
+    finally:
+        await engine.stop()

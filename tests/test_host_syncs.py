@@ -32,7 +32,7 @@ def _ticks(spec: str) -> tuple[MoshiBatch, list[HostSyncCounter]]:
     return model, counters
 
 
-@pytest.mark.parametrize("spec", ["tiny:moshi", "tiny:personaplex"])
+@pytest.mark.parametrize("spec", ["tiny:moshi", "tiny:personaplex", "tiny:hibiki"])
 def test_one_host_sync_per_tick(spec: str):
     _, counters = _ticks(spec)
     for counter in counters:

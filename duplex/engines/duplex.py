@@ -141,7 +141,7 @@ class DuplexEngine(Engine):
             raise CapacityError(f"all {self.model.slots} duplex slots are busy")
         stream.slot = slot
         try:
-            stream.apply_settings(config)
+            stream.apply_settings(config, fresh=True)
         except Unsupported:
             stream.close()
             raise
@@ -198,7 +198,7 @@ class DuplexEngine(Engine):
             try:
                 guidance.check(config["condition"])
             except GuidanceError as exc:
-                raise Unsupported(str(exc), "condition") from None
+                raise BadChoice(str(exc), "condition") from None   # a value outside the model's list: bad_message
         if "voice" in config:
             if self.voices is None:
                 raise Unsupported("voice: this server has no voices folder (start it with --voices DIR)", "voice")
@@ -277,11 +277,13 @@ class DuplexStream(EngineStream):
             raise Unsupported("the duplex persona (system_prompt, voice) is set at `start` only")
         self.apply_settings(config)
 
-    def apply_settings(self, config: dict) -> None:
+    def apply_settings(self, config: dict, fresh: bool = False) -> None:
+        """`fresh`: a new conversation; its slot is set even to the defaults (the slot's last conversation
+        may have set other values: its temperature or guidance must not carry over)."""
         if "transcribe_user" in config:
             self._set_transcription(bool(config["transcribe_user"]))
         settings = self.settings.updated(config)
-        if settings != self.settings or "seed" in config:
+        if fresh or settings != self.settings or "seed" in config:
             self.settings = settings
             slot = self.slot
             assert slot is not None
