@@ -6,9 +6,9 @@ lag behind the sender does not grow after a loss; aiortc's own jitter buffer is 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fractions
 import statistics
+import typing as tp
 
 import aiohttp
 import av
@@ -38,11 +38,21 @@ class DroppingRelay(UdpRelay):
 
     drop: set[int] = set()
     stop_after: int | None = None   # from this index on every uplink RTP packet is dropped
-    sent = 0   # uplink RTP packets seen (dropped ones too)   # uplink RTP packets seen (dropped ones too)
+    sent = 0                        # uplink RTP packets seen (dropped ones too)
+    until = PACKETS                 # `counted` is set when `sent` reaches it
+    counted: asyncio.Event
+
+    @classmethod
+    async def open(cls, drop: set[int], stop_after: int | None = None, until: int = PACKETS) -> "DroppingRelay":
+        relay = tp.cast(DroppingRelay, await cls.start(LinkModel(rtt_ms=0.0)))
+        relay.drop, relay.stop_after, relay.until, relay.counted = set(drop), stop_after, until, asyncio.Event()
+        return relay
 
     def _forward(self, data, side, to, model, name) -> None:
         if name == "up" and parse_rtp(data) is not None:
             index, self.sent = self.sent, self.sent + 1
+            if self.sent >= self.until:
+                self.counted.set()
             if index in self.drop or (self.stop_after is not None and index >= self.stop_after):
                 return
         super()._forward(data, side, to, model, name)
@@ -51,13 +61,11 @@ class DroppingRelay(UdpRelay):
 async def run_link(skip_holes: bool) -> tuple[DroppingRelay, InputClock, list[tuple[int, int]]]:
     """Sends PACKETS packets through the relay; returns it, the receiver's clock and, for each frame the
     receiver took, (packets the sender had sent then, packets' worth of audio the receiver had)."""
-    relay = await DroppingRelay.start(LinkModel(rtt_ms=0.0))
-    relay.drop = DROPPED
+    relay = await DroppingRelay.open(DROPPED)
     sender, receiver = RTCPeerConnection(), RTCPeerConnection()
     clock = InputClock()
     seen: list[tuple[int, int]] = []
     got = 0
-    done = asyncio.Event()
 
     async def read(track) -> None:
         nonlocal got
@@ -83,13 +91,7 @@ async def run_link(skip_holes: bool) -> tuple[DroppingRelay, InputClock, list[tu
         answer = receiver.localDescription.sdp
         relay.server = first_candidate(answer)
         await sender.setRemoteDescription(RTCSessionDescription(route_through(answer, relay.address), "answer"))
-
-        def check() -> None:
-            if relay.sent >= PACKETS:
-                done.set()
-        while not done.is_set():   # counted: the relay's packets, read every 20 ms
-            check()
-            await asyncio.sleep(0.02)
+        await asyncio.wait_for(relay.counted.wait(), 60)
     finally:
         await sender.close()
         await receiver.close()
@@ -161,9 +163,7 @@ async def test_a_call_keeps_its_input_clock_through_lost_packets(loss_server):
     packets) and the resampler's 16 samples; /metrics counts the 80 ms filled. Without the fill it would be
     one frame short; with aiortc's own buffer more (each loss also throws the 4 held packets away)."""
     sent, dropped = 204, {60, 100, 101, 140}
-    relay = await DroppingRelay.start(LinkModel(rtt_ms=0.0))
-    relay.drop = set(dropped)
-    relay.stop_after = sent
+    relay = await DroppingRelay.open(dropped, stop_after=sent, until=sent + 10)
     frames_before = await scrape(loss_server, "duplex_frames_in_total")
     concealed_before = await scrape(loss_server, "duplex_webrtc_input_concealed_ms_total")
 
@@ -179,16 +179,15 @@ async def test_a_call_keeps_its_input_clock_through_lost_packets(loss_server):
                                             answer_filter=rewrite_answer)
     expected = ((sent - 4) * PACKET - 16) // FRAME_SAMPLES
     try:
-        await call.wait_until(lambda: relay.sent >= sent + 10, timeout=60, what="the sender's packets")
+        await asyncio.wait_for(relay.counted.wait(), 60)   # the sender went on past the stop: nothing more comes
 
         async def frames_in() -> float:
             return await scrape(loss_server, "duplex_frames_in_total") - frames_before
 
-        async def reached() -> None:
-            while await frames_in() < expected:
-                await asyncio.sleep(0.1)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(reached(), 30)
+        for _ in range(300):   # the server's count, read every 100 ms for at most 30 s
+            if await frames_in() >= expected:
+                break
+            await asyncio.sleep(0.1)
         assert await frames_in() == expected
         assert await scrape(loss_server, "duplex_webrtc_input_concealed_ms_total") - concealed_before == 20 * len(dropped)
     finally:
