@@ -41,6 +41,9 @@ class ServerMetrics:
         self.frames_out = Counter("duplex_frames_out", "80 ms assistant audio frames produced", registry=r)
         # not `self.frames_dropped`: that name is the SessionObserver method below, which this would shadow
         self.dropped = Counter("duplex_frames_dropped", "Frames dropped by full queues", registry=r)
+        # a WebRTC call's uplink: time its RTP timestamps say is missing (lost packets), fed as silence
+        self.rtc_concealed = Counter("duplex_webrtc_input_concealed_ms", "WebRTC input audio missing from the RTP "
+                                     "stream (lost packets) and filled with silence (ms)", registry=r)
         self.errors = Counter("duplex_errors", "Error messages sent to clients", ["code"], registry=r)
         self.step_ms = Histogram("duplex_step_ms", "Batched model step time (ms)", ["engine"],
                                  buckets=MS_BUCKETS, registry=r)

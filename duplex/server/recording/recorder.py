@@ -79,6 +79,11 @@ class ConversationRecorder(abc.ABC):
         """User frames the engine dropped unconsumed (a full input queue): logged, never in the audio."""
         return None
 
+    def user_concealed(self, at_ms: float, ms: float) -> None:
+        """User audio lost on the way (a WebRTC call's lost packets), `ms` long at `at_ms` of the call's input:
+        logged; it is in the audio as silence."""
+        return None
+
     @abc.abstractmethod
     def assistant_audio(self, samples: int, frame_locked: bool) -> AudioReceipt | None:
         """An assistant frame of `samples` is being queued: its place on the conversation clock is fixed

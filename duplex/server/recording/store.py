@@ -305,6 +305,10 @@ class SocketRecorder(ConversationRecorder):
         if self.segment is not None and frames:
             self._log(self.segment, {"kind": "drop", "frames": frames}, time.time())
 
+    def user_concealed(self, at_ms: float, ms: float) -> None:
+        if self.segment is not None and ms:
+            self._log(self.segment, {"kind": "concealed", "at_ms": round(at_ms, 1), "ms": round(ms, 1)}, time.time())
+
     def cut(self, what: str, frames: int) -> None:
         if self.segment is not None and frames:   # the message that caused it is logged anyway
             self._log(self.segment, {"kind": "cut", "what": what, "frames": frames}, time.time())

@@ -31,7 +31,8 @@ from ...session import TooManyBadMessages
 from ..realtime import RealtimeSession
 from ..realtime import events as rt
 from ..realtime.core import Response
-from ....rtc_audio import PacedTrack, inbound_resampler
+from ....rtc_audio import PacedTrack
+from ....rtc_input import InputClock, use_hole_skipping_buffer
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +42,15 @@ MAX_BUFFERED_BYTES = 4 * 1024 * 1024   # events the peer has not taken yet: past
 
 class RealtimeCall:
     def __init__(self, call_id: str, session: RealtimeSession, recorder: ConversationRecorder, *,
-                 silence_s: float, connect_s: float, ice_servers: tp.Sequence[str] = ()):
+                 silence_s: float, connect_s: float, ice_servers: tp.Sequence[str] = (),
+                 on_concealed: tp.Callable[[float], None] = lambda ms: None):
         self.id = call_id
         self.session = session
         self.recorder = recorder
         self.silence_s = silence_s     # a peer that sends audio and stops for this long is gone
         self.connect_s = connect_s     # ICE + DTLS must be done by then
+        self.on_concealed = on_concealed   # ms of the peer's audio lost on the way (filled with silence)
+        self.input = InputClock()          # the peer's audio on its RTP clock
         config = RTCConfiguration(iceServers=[RTCIceServer(url) for url in ice_servers]) if ice_servers else None
         self.pc = RTCPeerConnection(config)
         self.track = PacedTrack(self._played)
@@ -74,7 +78,10 @@ class RealtimeCall:
         pc.on("connectionstatechange", self._on_connection_state)
         await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
         self.expects_channel = pc.sctp is not None
-        if any(t.kind == "audio" for t in pc.getTransceivers()):
+        audio = [t for t in pc.getTransceivers() if t.kind == "audio"]
+        for transceiver in audio:   # before any packet: aiortc's own buffer falls behind after a loss
+            use_hole_skipping_buffer(transceiver.receiver)
+        if audio:
             pc.addTrack(self.track)   # takes the offer's audio transceiver: one track, both ways
         await pc.setLocalDescription(await pc.createAnswer())
         return pc.localDescription.sdp
@@ -168,15 +175,21 @@ class RealtimeCall:
             self._ends_on_failure(asyncio.create_task(self._read_audio(track), name="audio in"))
 
     async def _read_audio(self, track: MediaStreamTrack) -> None:
-        """The user's audio: aiortc's decoded 20 ms frames (48 kHz) -> 24 kHz -> the session's 80 ms frames."""
-        resample = inbound_resampler()
+        """The user's audio: aiortc's decoded 20 ms frames (48 kHz) -> 24 kHz, with the time of lost packets
+        filled by silence (`InputClock`: input frame k stays frame k) -> the session's 80 ms frames."""
+        clock = self.input
         while True:
             try:
                 frame = await track.recv()
             except MediaStreamError:
                 return   # the peer's track ended (the connection state says why)
             self.last_heard = time.monotonic()
-            self.session.feed_audio(resample.frame(frame))
+            before, at_ms = clock.concealed_ms, clock.position_ms
+            pcm = clock.frame(frame)
+            if clock.concealed_ms > before:
+                self.on_concealed(clock.concealed_ms - before)
+                self.recorder.user_concealed(at_ms, clock.concealed_ms - before)
+            self.session.feed_audio(pcm)
 
     async def _watch(self) -> None:
         """Ends a call whose peer never connected within `connect_s`, or whose audio stopped for `silence_s`.

@@ -71,7 +71,8 @@ async def handle_calls(request: web.Request) -> web.Response:
         message = json.loads(session.last_error or "{}").get("error", {}).get("message", "no engine slot free")
         return _refused(request, 503, "capacity", message, label="no_slot")
     call = RealtimeCall("rtc_" + secrets.token_hex(16), session, recorder, silence_s=settings.webrtc_silence_s,
-                        connect_s=settings.start_timeout_s or 30.0, ice_servers=settings.webrtc_ice_servers)
+                        connect_s=settings.start_timeout_s or 30.0, ice_servers=settings.webrtc_ice_servers,
+                        on_concealed=app[METRICS].rtc_concealed.inc)
     sockets.add(call)
     try:
         answer = await call.answer(sdp)
