@@ -27,6 +27,7 @@ from aiortc import RTCConfiguration, RTCDataChannel, RTCIceServer, RTCPeerConnec
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from ..rtc_audio import PacedTrack, inbound_resampler
+from ..rtc_input import use_hole_skipping_buffer
 
 EVENTS_LABEL = "oai-events"
 
@@ -119,6 +120,9 @@ class RealtimeCallClient:
             if answer_filter is not None:
                 answer = answer_filter(answer)
             await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+            for transceiver in pc.getTransceivers():   # the downlink too: aiortc's own buffer falls behind after a loss
+                if transceiver.kind == "audio":
+                    use_hole_skipping_buffer(transceiver.receiver)
             await client._wait_open(open_timeout)
             return client
         except BaseException:
