@@ -35,7 +35,8 @@ export function httpBase(server) {
   return url;
 }
 
-/** The config key an `error` is about: its `param` (Realtime errors), else the first key its text names. */
+/** The config key an `error` is about: its `param` (/ws and Realtime errors), else the first key its text names
+ * (a server older than `param` on /ws). */
 export function keyOfError(error, keys = PAGE_KEYS) {
   if (error.param) {
     const param = String(error.param).replace(/^(config|session)\./, '');

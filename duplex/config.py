@@ -23,7 +23,11 @@ BOTH = frozenset({DUPLEX, CASCADE})
 
 
 class ConfigError(ValueError):
-    """A config the server refuses; the message says which key and why."""
+    """A config the server refuses; the message says which key and why, `key` names it (the `/ws` error's `param`)."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass(frozen=True)
@@ -181,8 +185,12 @@ def validate_config(config: tp.Any) -> dict[str, tp.Any]:
     clean: dict[str, tp.Any] = {}
     for name, value in config.items():
         if name not in CONFIG_SCHEMA:
-            raise ConfigError(f"unknown config key {name!r}; known: {sorted(CONFIG_SCHEMA)}")
-        clean[name] = CONFIG_SCHEMA[name].check(value)
+            raise ConfigError(f"unknown config key {name!r}; known: {sorted(CONFIG_SCHEMA)}", name)
+        try:
+            clean[name] = CONFIG_SCHEMA[name].check(value)
+        except ConfigError as exc:
+            exc.key = exc.key or name   # the type, range and shape checks word it; the key is this one
+            raise
     return clean
 
 

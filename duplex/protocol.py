@@ -48,13 +48,14 @@ CLIENT_TYPES = ("start", "stop", "reset", "interrupt", "text_input", "configure"
 
 
 class ProtocolError(Exception):
-    """A client message we refuse; `code` is one of ERROR_CODES."""
+    """A client message we refuse; `code` is one of ERROR_CODES, `param` the config key at fault (if one is)."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, param: str | None = None):
         assert code in ERROR_CODES, code
         super().__init__(message)
         self.code = code
         self.message = message
+        self.param = param
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def parse_client_text(data: str) -> ClientMessage:
         try:
             body["config"] = validate_config(body.get("config"))
         except ConfigError as exc:
-            raise ProtocolError("bad_message", str(exc)) from None
+            raise ProtocolError("bad_message", str(exc), exc.key) from None
     if kind == "start" and "mode" in body and body["mode"] not in MODES:
         raise ProtocolError("bad_message", f"mode must be one of {', '.join(MODES)}")
     if kind == "text_input" and not (isinstance(body.get("text"), str) and body["text"].strip()):
@@ -104,6 +105,8 @@ def message(type_: str, session_id: str, **fields: tp.Any) -> str:
     return json.dumps({"type": type_, "session_id": session_id, **fields})
 
 
-def error(session_id: str, code: str, text: str) -> str:
+def error(session_id: str, code: str, text: str, param: str | None = None) -> str:
+    """An `error`; `param`: the config key refused (`voice`, `temperature`), where one is (docs/protocol.md)."""
     assert code in ERROR_CODES, code
-    return message("error", session_id, code=code, message=text)
+    extra = {"param": param} if param is not None else {}
+    return message("error", session_id, code=code, message=text, **extra)

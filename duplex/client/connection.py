@@ -38,6 +38,18 @@ class Event:
     data: dict  # the whole parsed JSON object
     received_at: float  # time.monotonic() on arrival
 
+    @property
+    def param(self) -> str | None:
+        """An `error`'s `param`: the config key it refuses (`voice`, `temperature`), where the server names one."""
+        param = self.data.get("param")
+        return param if isinstance(param, str) else None
+
+
+def error_text(data: dict) -> str:
+    """An `error` message in one line: `[code]: message`, and the config key at fault where one is named."""
+    param = data.get("param")
+    return f"[{data.get('code')}]: {data.get('message')}" + (f" (param: {param})" if param else "")
+
 
 @dataclass
 class AudioChunk:
@@ -355,7 +367,7 @@ class DuplexClient:
         if not errors:
             return ""
         last = errors[-1].data
-        return f"last error from the server: [{last.get('code')}] {last.get('message')}"
+        return f"last error from the server: {error_text(last)}"
 
     # ---- waiting ------------------------------------------------------------------------------
 

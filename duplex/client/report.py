@@ -8,7 +8,7 @@ import typing as tp
 from dataclasses import dataclass, field
 
 from ..stats import percentiles
-from .connection import AudioChunk, DuplexClient, Event
+from .connection import AudioChunk, DuplexClient, Event, error_text
 
 
 @dataclass
@@ -104,7 +104,7 @@ class HumanPrinter:
             elif self.tty:
                 self._show_live(f"assistant (text)… {self._llm_text}")
         elif event.type == "error":
-            self._line(f"error [{d.get('code')}]: {d.get('message')}", self.err)
+            self._line(f"error {error_text(d)}", self.err)
 
     def flush(self) -> None:
         """Prints any assistant text still pending (the turn ended or the client stopped)."""

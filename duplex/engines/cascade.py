@@ -182,12 +182,12 @@ class CascadeStream(EngineStream):
     def configure(self, config: dict) -> None:
         unknown = sorted(set(config) - CASCADE_CONFIG_KEYS)
         if unknown:
-            raise Unsupported(f"the cascade does not take {', '.join(unknown)}")
+            raise Unsupported(f"the cascade does not take {', '.join(unknown)}", unknown[0])
         if "voice" in config:
             try:
                 self.engine.tts.voice_path(config["voice"])
             except UnknownVoice as exc:   # only the server's own voices: nothing a client names is looked up
-                raise BadChoice(str(exc)) from None
+                raise BadChoice(str(exc), "voice") from None
             self.voice = config["voice"]
         self.system_prompt = config.get("system_prompt", self.system_prompt)
         self.temperature = config.get("text_temperature", config.get("temperature", self.temperature))

@@ -182,11 +182,11 @@ class DuplexEngine(Engine):
     def check_config(self, config: dict) -> None:
         unsupported = sorted(set(config) - DUPLEX_CONFIG_KEYS)
         if unsupported:
-            raise Unsupported(f"the duplex model does not take {', '.join(unsupported)}")
+            raise Unsupported(f"the duplex model does not take {', '.join(unsupported)}", unsupported[0])
         persona = sorted({"system_prompt", "voice"} & set(config))
         if persona and not self.model.persona:
             raise Unsupported(f"this duplex model has no persona support ({', '.join(persona)}); a PersonaPlex "
-                              "model has (--preset personaplex), and the cascade takes them (mode=cascade)")
+                              "model has (--preset personaplex), and the cascade takes them (mode=cascade)", persona[0])
         guided = sorted({"cfg_coef", "condition"} & set(config))
         guidance = self.model.guidance
         if guided and guidance is None:
@@ -208,7 +208,7 @@ class DuplexEngine(Engine):
                 raise BadChoice(f"voice: {exc}", "voice") from None   # a value outside the server's list: bad_message
         if config.get("transcribe_user") and self.transcribers is None:
             raise Unsupported("transcribe_user needs a speech recogniser, and this server loaded none "
-                              "(start it without --no-cascade)")
+                              "(start it without --no-cascade)", "transcribe_user")
 
 
 class DuplexStream(EngineStream):
@@ -273,8 +273,9 @@ class DuplexStream(EngineStream):
 
     def configure(self, config: dict) -> None:
         self.engine.check_config(config)
-        if {"system_prompt", "voice"} & set(config):
-            raise Unsupported("the duplex persona (system_prompt, voice) is set at `start` only")
+        persona = sorted({"system_prompt", "voice"} & set(config))
+        if persona:
+            raise Unsupported("the duplex persona (system_prompt, voice) is set at `start` only", persona[0])
         self.apply_settings(config)
 
     def apply_settings(self, config: dict, fresh: bool = False) -> None:
@@ -296,7 +297,7 @@ class DuplexStream(EngineStream):
             try:
                 self.transcriber = transcribers.transcriber(self.sink)
             except CapacityError as exc:
-                raise Unsupported(f"transcribe_user: {exc}") from None
+                raise Unsupported(f"transcribe_user: {exc}", "transcribe_user") from None
         elif not on and self.transcriber is not None:
             self.transcriber.close()
             self.transcriber = None

@@ -104,9 +104,9 @@ class Session:
     def send(self, type_: str, **fields: tp.Any) -> None:
         self._put_text(protocol.message(type_, self.id, **fields))
 
-    def send_error(self, code: str, text: str) -> None:
+    def send_error(self, code: str, text: str, param: str | None = None) -> None:
         self.observer.error(code)
-        self._put_text(protocol.error(self.id, code, text))
+        self._put_text(protocol.error(self.id, code, text, param))
 
     def _put_text(self, text: str) -> None:
         self.recorder.message_out(text)
@@ -117,8 +117,8 @@ class Session:
         self.send("ready", protocol=protocol.PROTOCOL_VERSION, modes=modes,
                   audio={"codec": self.codec, "sample_rate": SAMPLE_RATE, "frame_ms": FRAME_MS})
 
-    def _bad(self, code: str, text: str) -> None:
-        self.send_error(code, text)
+    def _bad(self, code: str, text: str, param: str | None = None) -> None:
+        self.send_error(code, text, param)
         self.bad_messages += 1
         if self.bad_messages > self.limits.max_bad_messages:
             raise TooManyBadMessages(f"more than {self.limits.max_bad_messages} bad messages")
@@ -130,12 +130,12 @@ class Session:
         try:
             msg = protocol.parse_client_text(data)
         except ProtocolError as exc:
-            return self._bad(exc.code, exc.message)
+            return self._bad(exc.code, exc.message, exc.param)
         handler = getattr(self, f"_on_{msg.type}")
         try:
             handler(msg.body)
         except Unsupported as exc:
-            self.send_error(exc.code, str(exc))
+            self.send_error(exc.code, str(exc), exc.key)
 
     def handle_binary(self, data: bytes) -> None:
         if not data or data[0] != protocol.KIND_AUDIO:
