@@ -222,3 +222,29 @@ async def test_health_says_which_end_of_turn_rule_is_live(cascade_server):
 
     rule = (await health(cascade_server.http_url))["engines"]["cascade"]["end_of_turn"]
     assert rule["rule"] == "energy" and "random weights" in rule["why"], rule
+
+
+async def test_text_top_k_reaches_the_llm_only_when_set(cascade_server, llm_standin):
+    """`text_top_k` is the LLM's top-k: an OpenAI-compatible endpoint gets it as vLLM's `top_k`, from `start`
+    and from `configure`; a conversation that sets none sends none (OpenAI's own API has no such field)."""
+    client, mic = await conversation(cascade_server, system_prompt="top-k check", text_top_k=3, top_k=1)
+    try:
+        for turn, expected in enumerate((3, 7)):
+            if turn:
+                await client.configure({"text_top_k": 7})
+            await client.text_input("hello there")
+            await client.wait_for("tts_end", timeout=60)
+            assert llm_standin.bodies[-1]["messages"][0]["content"] == "top-k check"
+            assert llm_standin.bodies[-1]["top_k"] == expected
+        assert not [e for e in client.events if e.type == "error"]   # the TTS took top_k=1 too
+    finally:
+        mic.close()
+        await client.close()
+    client, mic = await conversation(cascade_server, system_prompt="no top-k")
+    try:
+        await client.text_input("hello there")
+        await client.wait_for("tts_end", timeout=60)
+        assert llm_standin.bodies[-1]["messages"][0]["content"] == "no top-k" and "top_k" not in llm_standin.bodies[-1]
+    finally:
+        mic.close()
+        await client.close()

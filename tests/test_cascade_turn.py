@@ -20,7 +20,7 @@ class FakeLLM:
         self.deltas, self.hold = deltas, hold
 
     async def stream(self, messages, *, temperature, max_tokens, cancel, seed=None, tools=None, tool_choice=None,
-                     usage=None):
+                     usage=None, top_k=None):
         for delta in self.deltas:
             yield delta
         if self.hold:                    # a long answer still being written

@@ -79,6 +79,16 @@ async def test_same_seed_same_answer(tiny_llm):
     assert await collect(tiny_llm, temperature=0.0) == await collect(tiny_llm, temperature=0.0)
 
 
+async def test_top_k_one_makes_a_seeded_sampled_answer_the_greedy_one(tiny_llm):
+    """`text_top_k` (the cascade's LLM top-k): 1 leaves only the likeliest token, whatever the seed and temperature."""
+    greedy = await collect(tiny_llm, temperature=0.0)
+    assert await collect(tiny_llm, seed=3) != greedy                          # sampling alone does differ
+    assert await collect(tiny_llm, seed=3, top_k=1) == greedy
+    assert await collect(tiny_llm, seed=4, temperature=3.0, top_k=1) == greedy
+    wide = await collect(tiny_llm, seed=3, top_k=10**6)   # k >= V: every token, as without top_k
+    assert wide == await collect(tiny_llm, seed=3)
+
+
 async def test_cancel_stops_generation_within_a_token(tiny_llm):
     cancel = asyncio.Event()
     before = tiny_llm.tokens_generated
@@ -208,10 +218,19 @@ async def test_openai_streams_a_good_answer():
     assert deltas == ["Hello", ", ", "world."]
     body, headers = server.requests[0]
     assert body["stream"] is True and body["model"] == "qwen" and body["max_tokens"] == 32
-    assert body["temperature"] == 0.7 and body["seed"] == 5
+    assert body["temperature"] == 0.7 and body["seed"] == 5 and "top_k" not in body   # no top-k asked: none sent
     assert body["messages"][0] == {"role": "system", "content": "You are a helpful voice assistant."}
     assert [m["content"] for m in body["messages"]] == [m.content for m in HISTORY]
     assert headers["Authorization"] == "Bearer sekrit"
+
+
+async def test_openai_sends_top_k_only_when_asked():
+    """vLLM's extra sampling parameter `top_k` (OpenAI's API has none): in the body when the turn asks for it."""
+    async with StandIn(good_answer) as server:
+        llm = OpenAICompatibleLLM(server.url, token_timeout=5)
+        await collect(llm, temperature=0.7, top_k=5)
+        await llm.close()
+    assert server.requests[0][0]["top_k"] == 5
 
 
 async def test_openai_endpoint_down():

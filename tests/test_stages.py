@@ -33,7 +33,7 @@ class ScriptedLLM:
         self.deltas: asyncio.Queue[str | None] = asyncio.Queue()
 
     async def stream(self, messages, *, temperature, max_tokens, cancel, seed=None, tools=None, tool_choice=None,
-                     usage=None):
+                     usage=None, top_k=None):
         while (delta := await self.deltas.get()) is not None:
             yield delta
 

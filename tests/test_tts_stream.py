@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from duplex.models.tts import TtsCapacity, TtsEngineModel, UnknownVoice
+from duplex.models.tts import AUDIO_TOP_K, TtsCapacity, TtsEngineModel, UnknownVoice
 from duplex.models.spec import WEIGHTS_DIR, checkpoint_from_dir
 from duplex.models.tiny.tts import TINY_VOICES, ensure_tiny_tts
 
@@ -125,6 +125,19 @@ def test_voice_selection(engine):
     n = min(len(first), len(other))
     assert not np.array_equal(pcm(first[:n]), pcm(other[:n]))
     assert sorted(engine.available_voices()) == sorted(TINY_VOICES)
+
+
+def test_a_turns_audio_top_k_changes_its_audio_and_only_its_own(engine):
+    """`top_k` (the cascade's audio top-k) reaches the TTS's audio sampling: top_k=1 (argmax codes) changes a
+    seeded turn, and the slot's next turn, with none asked, samples with the default again."""
+    text = "one two three four five six"
+    default, _ = speak(engine.start_turn(seed=5), text)
+    narrowed, _ = speak(engine.start_turn(seed=5, top_k=1), text)
+    again, _ = speak(engine.start_turn(seed=5), text)
+    n = min(len(default), len(narrowed))
+    assert not np.array_equal(pcm(default[:n]), pcm(narrowed[:n]))
+    np.testing.assert_array_equal(pcm(default), pcm(again))
+    assert engine.gen.slot_top_k_audio.tolist() == [AUDIO_TOP_K] * engine.slots
 
 
 def test_unknown_voice_is_a_clear_error(engine, checkpoint):

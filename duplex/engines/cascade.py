@@ -159,6 +159,10 @@ class CascadeStream(EngineStream):
         self.system_prompt = DEFAULT_SYSTEM_PROMPT
         self.voice: str | None = None
         self.temperature: float = default_of("text_temperature")
+        # Sampling top-k: None until a client sets it, so the LLM and the TTS keep their own defaults
+        # (an OpenAI-compatible endpoint gets no `top_k` it may not know; the TTS samples with AUDIO_TOP_K).
+        self.top_k: int | None = None        # the TTS's audio codebooks
+        self.text_top_k: int | None = None   # the LLM's tokens
         self.seed: int | None = None
         self.history: list[ChatMessage] = []
         self.keyed: dict[str, tp.Callable[[], ChatMessage | None]] = {}   # add_message / name_reply: key -> entry
@@ -192,6 +196,8 @@ class CascadeStream(EngineStream):
         self.system_prompt = config.get("system_prompt", self.system_prompt)
         self.temperature = config.get("text_temperature", config.get("temperature", self.temperature))
         self.seed = config.get("seed", self.seed)
+        self.top_k = config.get("top_k", self.top_k)
+        self.text_top_k = config.get("text_top_k", self.text_top_k)
         self.tools = self.tools.configured(config)
 
     # --- user audio (the UserTranscriber calls back) --------------------------------------------
@@ -332,7 +338,8 @@ class CascadeStream(EngineStream):
                                                                      ("tool_choice", options.tool_choice)) if value is not None})
         self.turn = AssistantTurn(self.engine, self.sink, self.history, stages,
                                   system_prompt=options.instructions or self.system_prompt, voice=self.voice,
-                                  temperature=self.temperature, seed=self.seed, tools=tools)
+                                  temperature=self.temperature, seed=self.seed, tools=tools,
+                                  top_k=self.top_k, text_top_k=self.text_top_k)
         self.engine.keep(self.turn)
 
     def _cancel_turn(self, barge_in: bool) -> None:

@@ -76,12 +76,13 @@ class AssistantTurn:
 
     def __init__(self, engine: TurnEngine, sink: Sink, history: list[ChatMessage], stages: dict[str, float], *,
                  system_prompt: str, voice: str | None, temperature: float, seed: int | None,
-                 tools: TurnTools | None = None):
+                 tools: TurnTools | None = None, top_k: int | None = None, text_top_k: int | None = None):
         self.engine = engine
         self.sink = sink
         self.history = history
         self.stages = stages
         self.system_prompt, self.voice, self.temperature, self.seed = system_prompt, voice, temperature, seed
+        self.top_k, self.text_top_k = top_k, text_top_k   # the TTS's audio top-k, the LLM's (None: their own)
         self.tools = tools or TurnTools()
         self.round_text = ""               # the text of the LLM's current response (the reply since the last call)
         self.said_before_calls = 0         # words of the reply already in the history with its calls
@@ -109,7 +110,7 @@ class AssistantTurn:
         """The playout task: takes a TTS slot, starts the LLM task, plays out, and awaits the LLM task
         (or cancels and awaits it when the turn is cut)."""
         try:
-            tts = self.engine.tts.start_turn(self.voice, self.seed)
+            tts = self.engine.tts.start_turn(self.voice, self.seed, self.top_k)
         except (TtsCapacity, UnknownVoice) as exc:
             self.ended = True
             self.fail("capacity" if isinstance(exc, TtsCapacity) else "bad_message", str(exc))
@@ -166,7 +167,7 @@ class AssistantTurn:
         async for delta in self.engine.llm.stream(messages, temperature=self.temperature,
                                                   max_tokens=self.engine.max_tokens, cancel=self._llm_cancel,
                                                   seed=self.seed, tools=tools, tool_choice=choice,
-                                                  usage=self.usage):
+                                                  usage=self.usage, top_k=self.text_top_k):
             if self.ended:
                 break
             self.stages.setdefault("llm_first_token", time.monotonic())

@@ -65,6 +65,9 @@ class TtsCapacity(RuntimeError):
     """Every slot is speaking."""
 
 
+AUDIO_TOP_K = 250   # LMGen's default audio top-k, what a turn samples with unless it asks for another
+
+
 class TtsEngineModel:
     """Loads the TTS once and speaks up to `slots` turns at a time through one batched step."""
 
@@ -95,7 +98,7 @@ class TtsEngineModel:
         temp = temperature if temperature is not None else checkpoint.lm_gen_config.get("temp", self.tts.temp)
         self.gen.slot_temp_audio.fill_(temp)
         self.gen.slot_temp_text.fill_(temp)
-        self.gen.slot_top_k_audio.fill_(250)   # LMGen's defaults, as TTSModel uses them
+        self.gen.slot_top_k_audio.fill_(AUDIO_TOP_K)   # LMGen's defaults, as TTSModel uses them
         self.gen.slot_top_k_text.fill_(25)
         self.randomness = SlotRandomness(slots, 1 + lm.dep_q)
         self._voice_rows: dict[str, torch.Tensor] = {}
@@ -194,8 +197,9 @@ class TtsEngineModel:
 
     # ---- turns --------------------------------------------------------------------------------
 
-    def start_turn(self, voice: str | None = None, seed: int | None = None) -> "TtsTurn":
-        """Takes a free slot for a new turn. Raises UnknownVoice or TtsCapacity. Any thread."""
+    def start_turn(self, voice: str | None = None, seed: int | None = None, top_k: int | None = None) -> "TtsTurn":
+        """Takes a free slot for a new turn (`top_k`: its audio sampling top-k; None: AUDIO_TOP_K).
+        Raises UnknownVoice or TtsCapacity. Any thread."""
         voice = voice or self.default_voice
         self.voice_path(voice)
         with self._lock:
@@ -203,7 +207,7 @@ class TtsEngineModel:
             free = [slot for slot, ref in enumerate(self._turns) if ref is None]
             if not free:
                 raise TtsCapacity(f"all {self.slots} TTS slots are speaking")
-            turn = TtsTurn(self, TurnGenState(free[0], voice, seed, self.machine.new_state([])))
+            turn = TtsTurn(self, TurnGenState(free[0], voice, seed, self.machine.new_state([]), top_k))
             # A dropped turn frees its slot: the callback only queues it (it may run on any thread).
             self._turns[turn.slot] = weakref.ref(turn, functools.partial(self._on_turn_dropped, turn.slot))
         return turn
@@ -309,13 +313,14 @@ class TtsEngineModel:
         return {t: frames.get(t) for t in running}
 
     def _prepare_slot(self, gen: TurnGenState) -> None:
-        """A reused slot starts clean: model and codec state wiped, its seed and voice applied."""
+        """A reused slot starts clean: model and codec state wiped, its seed, top-k and voice applied."""
         mask = torch.zeros(self.slots, dtype=torch.bool)
         mask[gen.slot] = True
         mask = mask.to(self.device)
         self.gen.reset_streaming(mask)
         self.tts.mimi.reset_streaming(mask)
         self.randomness.reseed(gen.slot, gen.seed)
+        self.gen.slot_top_k_audio[gen.slot] = gen.top_k if gen.top_k is not None else AUDIO_TOP_K
         if self._slot_voice[gen.slot] != gen.voice:
             self._set_voice(gen.slot, gen.voice)
         gen.fresh = False

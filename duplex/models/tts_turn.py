@@ -33,6 +33,7 @@ class TurnGenState:
     voice: str
     seed: int | None
     machine: State             # moshi's state machine: queued entries, transcript [(word, step)], end_step
+    top_k: int | None = None   # audio sampling top-k for this turn (None: the model's default, AUDIO_TOP_K)
     steps: int = 0             # model steps this turn has run
     emitted: int = 0           # audio frames produced so far
     fresh: bool = True         # the slot must be reset (model, codec, seed, voice) before the first step

@@ -110,9 +110,11 @@ class LLMBackend(Protocol):
 
     def stream(self, messages: list[ChatMessage], *, temperature: float, max_tokens: int,
                cancel: asyncio.Event, seed: int | None = None, tools: list[dict] | None = None,
-               tool_choice: ToolChoice | None = None, usage: TokenUsage | None = None) -> AsyncIterator[LLMDelta]:
+               tool_choice: ToolChoice | None = None, usage: TokenUsage | None = None,
+               top_k: int | None = None) -> AsyncIterator[LLMDelta]:
         """Yields text deltas (str) of the assistant's answer and, when `tools` are offered, `ToolCallDelta`s;
         returns early once `cancel` is set. Without `tools` (or with `tool_choice` "none") only text.
+        `top_k`: sample among the k likeliest tokens only (None: the whole distribution; no effect when greedy).
         At the end of the response (however it ends) its token counts are added to `usage`, if given."""
         ...
 

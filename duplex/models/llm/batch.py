@@ -42,6 +42,7 @@ class TurnRequest:
     should_stop: Callable[[], bool]
     emit: Callable[[object], None]
     room: Callable[[], bool]            # false while the reader holds MAX_AHEAD undelivered deltas
+    top_k: int | None = None            # sample among the k likeliest tokens (None: all)
     decoder: Any = None                 # an _IncrementalDecoder (set by the backend)
     generated: int = 0                  # tokens sampled for this turn, its end-of-turn token included
 
@@ -249,7 +250,7 @@ class DecodeBatch:
     def _take(self, row: Row, logits: torch.Tensor) -> str:
         """Samples the row's next token from its logits [V]; returns its text (the caller emits it once
         the batch is in order); ends the row at EOS or max_tokens."""
-        token = sample(logits.float(), row.turn.temperature, row.turn.generator)
+        token = sample(logits.float(), row.turn.temperature, row.turn.generator, row.turn.top_k)
         self.tokens_generated += 1
         row.generated += 1
         row.turn.generated = row.generated   # read by the turn's reader once it has the end marker
@@ -265,10 +266,16 @@ class DecodeBatch:
 _DONE = object()
 
 
-def sample(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> int:
-    """Greedy at temperature <= 0, else a draw from softmax(logits / temperature)."""
+def sample(logits: torch.Tensor, temperature: float, generator: torch.Generator | None,
+           top_k: int | None = None) -> int:
+    """Greedy at temperature <= 0, else a draw from softmax(logits / temperature), over the `top_k` likeliest
+    tokens only when given (logits [V])."""
     if temperature <= 0:
         return int(torch.argmax(logits))
+    if top_k is not None and top_k < logits.shape[-1]:
+        kept, ids = torch.topk(logits, top_k)   # [k] each, likeliest first: top_k=1 is the argmax
+        probs = torch.softmax(kept / temperature, dim=-1)
+        return int(ids[torch.multinomial(probs, 1, generator=generator)])
     probs = torch.softmax(logits / temperature, dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator))
 

@@ -77,7 +77,7 @@ class OpenAICompatibleLLM:
 
     def request_body(self, messages: list[ChatMessage], temperature: float, max_tokens: int,
                      seed: int | None, tools: list[dict] | None = None,
-                     tool_choice: ToolChoice | None = None) -> dict[str, Any]:
+                     tool_choice: ToolChoice | None = None, top_k: int | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {
             "messages": [m.to_openai() for m in messages],
             "stream": True, "temperature": temperature, "max_tokens": max_tokens,
@@ -92,14 +92,18 @@ class OpenAICompatibleLLM:
             body["model"] = self.model
         if seed is not None:
             body["seed"] = seed
+        if top_k is not None:   # not OpenAI's: vLLM's (and llama.cpp's) extra sampling parameter, sent only when set
+            body["top_k"] = top_k
         return body
 
     async def stream(self, messages: list[ChatMessage], *, temperature: float, max_tokens: int,
                      cancel: asyncio.Event, seed: int | None = None, tools: list[dict] | None = None,
-                     tool_choice: ToolChoice | None = None, usage: TokenUsage | None = None) -> AsyncIterator[LLMDelta]:
+                     tool_choice: ToolChoice | None = None, usage: TokenUsage | None = None,
+                     top_k: int | None = None) -> AsyncIterator[LLMDelta]:
         counts = _Counts()
         try:
-            async for delta in self._stream(messages, temperature, max_tokens, cancel, seed, tools, tool_choice, counts):
+            async for delta in self._stream(messages, temperature, max_tokens, cancel, seed, tools, tool_choice, counts,
+                                            top_k):
                 yield delta
         finally:
             if usage is not None:
@@ -110,13 +114,13 @@ class OpenAICompatibleLLM:
 
     async def _stream(self, messages: list[ChatMessage], temperature: float, max_tokens: int, cancel: asyncio.Event,
                       seed: int | None, tools: list[dict] | None, tool_choice: ToolChoice | None,
-                      counts: "_Counts") -> AsyncIterator[LLMDelta]:
+                      counts: "_Counts", top_k: int | None = None) -> AsyncIterator[LLMDelta]:
         headers = {"Accept": "text/event-stream"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         if cancel.is_set():
             return
-        body = self.request_body(messages, temperature, max_tokens, seed, tools, tool_choice)
+        body = self.request_body(messages, temperature, max_tokens, seed, tools, tool_choice, top_k)
         deadline = _Deadline(self.token_timeout)
         response = await self._open(body, headers, cancel, deadline)
         if response is None:

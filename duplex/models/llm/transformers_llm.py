@@ -132,7 +132,8 @@ class TransformersLLM:
 
     async def stream(self, messages: list[ChatMessage], *, temperature: float, max_tokens: int,
                      cancel: asyncio.Event, seed: int | None = None, tools: list[dict] | None = None,
-                     tool_choice: ToolChoice | None = None, usage: TokenUsage | None = None) -> AsyncIterator[LLMDelta]:
+                     tool_choice: ToolChoice | None = None, usage: TokenUsage | None = None,
+                     top_k: int | None = None) -> AsyncIterator[LLMDelta]:
         if cancel.is_set() or self._closed:
             if usage is not None:
                 usage.add(0, 0)
@@ -142,7 +143,7 @@ class TransformersLLM:
         parser = ToolCallParser() if tools else None
         prefix = self.forced_prefix(tools, tool_choice)
         # aclosing: a reader that goes away closes the inner generator at once, so its turn leaves the batch
-        text_deltas = self._text(messages, temperature, max_tokens, cancel, seed, tools, prefix, usage)
+        text_deltas = self._text(messages, temperature, max_tokens, cancel, seed, tools, prefix, usage, top_k)
         async with contextlib.aclosing(text_deltas) as text:
             if parser is None:
                 async for delta in text:
@@ -159,7 +160,7 @@ class TransformersLLM:
 
     async def _text(self, messages: list[ChatMessage], temperature: float, max_tokens: int, cancel: asyncio.Event,
                     seed: int | None, tools: list[dict] | None, prefix: str,
-                    usage: TokenUsage | None = None) -> AsyncGenerator[str, None]:
+                    usage: TokenUsage | None = None, top_k: int | None = None) -> AsyncGenerator[str, None]:
         """The model's text deltas, after `prefix` (already part of the answer, fed as prompt); the turn's
         token counts go into `usage` when it ends."""
         loop = asyncio.get_running_loop()
@@ -180,7 +181,7 @@ class TransformersLLM:
         turn = TurnRequest(
             ids=self.prompt_ids(messages, max_tokens, tools)
             + (self.tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []),
-            temperature=temperature, max_tokens=max(1, max_tokens),
+            temperature=temperature, max_tokens=max(1, max_tokens), top_k=top_k,
             generator=_make_generator(seed if seed is not None else self.seed, self.device),
             # asyncio.Event.is_set only reads a bool: safe from the model thread, which then sees an
             # interruption at the very next step without a hop through the loop.
