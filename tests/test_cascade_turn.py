@@ -60,7 +60,7 @@ class FakeEngine:
         self.llm, self.tts, self.wakes = llm, self, 0
         self.turn = FakeTtsTurn()
 
-    def start_turn(self, voice, seed):
+    def start_turn(self, voice, seed, top_k=None):
         return self.turn
 
     def wake(self) -> None:
