@@ -379,7 +379,7 @@ function onServerError(msg) {
   const key = ['unsupported', 'bad_message'].includes(msg.code) ? keyOfError(msg) : null;
   if (key && settings.showError(key, msg.message)) {
     // A refused setting: shown beside its field, not in the banner. A refused `start` is over.
-    stats.errors.push({ code: msg.code, message: msg.message, key });
+    stats.errors.push({ code: msg.code, message: msg.message, key, param: msg.param ?? null });
     log(`${msg.code} (${key}): ${msg.message}`, { error: true });
     if (pending === 'start' || !stats.started) refusedStart();
     return;

@@ -138,6 +138,8 @@ def test_page_settings_reach_the_server(browser_required, persona_page_server, s
     for key, code in codes.items():
         refused = summary["refused"][key]
         assert [e["code"] for e in refused["errors"] if e.get("key") == key] == [code], context
+        # /ws names the key in the error (`param`), which the page reads before the text
+        assert rtc or [e["param"] for e in refused["errors"] if e.get("key") == key] == [key], context
         assert key in refused["form"][key]["error"], context
         assert all(f["error"] is None for k, f in refused["form"].items() if k != key), context
         assert refused["banner"] is None and refused["started"] is rtc, context

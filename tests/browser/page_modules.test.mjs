@@ -56,6 +56,9 @@ test('keyOfError: the param first, else the first key the message names, whole w
   assert.equal(keyOfError({ param: 'session.instructions' }), 'system_prompt');
   assert.equal(keyOfError({ param: 'session.audio.input.transcription' }), 'transcribe_user');
   assert.equal(keyOfError({ param: 'session.tools' }), null);
+  // /ws errors name the bare key: it wins over whatever key the text mentions
+  assert.equal(keyOfError({ param: 'text_top_k', message: 'config.temperature and top_k' }), 'text_top_k');
+  assert.equal(keyOfError({ param: 'seed', message: 'config.seed must be int, got bool' }), 'seed');
   assert.equal(keyOfError({ message: 'config.text_temperature must be in [0, 5]' }), 'text_temperature');
   assert.equal(keyOfError({ message: 'config.temperature must be in [0, 5]' }), 'temperature');
   assert.equal(keyOfError({ message: "voice: unknown voice 'x'" }), 'voice');
