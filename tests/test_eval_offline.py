@@ -3,8 +3,8 @@ real-time path scores them.
 
 The real-time path here is `duplex eval --clock audio` against a real tiny server (2 slots, Opus on the
 wire, an input queue that drops nothing): its recording places output frame k where input frame k was
-complete, which is what the offline run records without a socket. Both sample with the same seed, so
-equality is exact or broken.
+complete, which is what the offline run records without a socket. Both greedy (argmax), so equality
+is exact or broken; the library test samples, seeded.
 Speed is not asserted here: scripts/bench_eval_offline.py measures it side by side.
 """
 
@@ -49,13 +49,14 @@ def test_offline_scores_equal_the_real_time_path(queue_server, scenario_set, tmp
     lengths = sorted(pcm.size for _, pcm in scenarios)
     assert len(scenarios) == 3 and lengths[0] < lengths[1] < lengths[2]
     live, offline = tmp_path / "live", tmp_path / "offline"
-    common = ["--set", str(scenario_set), "--modes", "duplex", "--vad", "energy", "--seed", "5", "--tail-s", "0.3"]
+    common = ["--set", str(scenario_set), "--modes", "duplex", "--vad", "energy", "--greedy", "--tail-s", "0.3"]
     assert main(["eval", "--url", queue_server.http_url, "--out", str(live), "--clock", "audio",
                  "--concurrency", "2", "--warmup", "0", *common]) == 0, capsys.readouterr().err[-3000:]
     assert main(["eval", "--offline", "--rows", "2", "--out", str(offline), *common]) == 0, capsys.readouterr().err[-3000:]
     a = json.loads((live / "results.json").read_text())
     b = json.loads((offline / "results.json").read_text())
     assert b["meta"]["offline"]["rows"] == 2 and b["meta"]["clock"] == "audio" and a["meta"]["clock"] == "audio"
+    assert a["meta"]["greedy"] and b["meta"]["greedy"]
     # 3 scenarios over 2 rows: the third joins a freed row; a step never holds more than 2
     assert 1.5 <= b["meta"]["offline"]["rows_per_step"] <= 2
     live_entries, offline_entries = a["modes"]["duplex"]["scenarios"], b["modes"]["duplex"]["scenarios"]
@@ -77,8 +78,8 @@ def test_a_scenario_scores_the_same_alone_and_among_others(scenario_set):
     inputs = [pcm for _, pcm in load_set(scenario_set)]
     inputs.sort(key=len)
     short, middle, long = inputs
-    together = run_offline(model, [short, long, middle], seed=11, codec="pcm16")
-    alone = run_offline(model, [middle], seed=11, codec="pcm16")
+    together = run_offline(model, [short, long, middle], config={"seed": 11}, codec="pcm16")
+    alone = run_offline(model, [middle], config={"seed": 11}, codec="pcm16")
     assert np.array_equal(together.recordings[2], alone.recordings[0])
     # one frame per step per row: the steps are the longest row's chain of frames
     frames = [-(-x.size // FRAME_SAMPLES) for x in (short, long, middle)]
@@ -88,7 +89,8 @@ def test_a_scenario_scores_the_same_alone_and_among_others(scenario_set):
     # recording is the model's frames from 80 ms on
     assert not np.any(together.recordings[0][:FRAME_SAMPLES]) and np.any(together.recordings[0])
     # another seed samples differently (the seed reaches the rows)
-    assert not np.array_equal(run_offline(model, [middle], seed=12, codec="pcm16").recordings[0], alone.recordings[0])
+    other = run_offline(model, [middle], config={"seed": 12}, codec="pcm16")
+    assert not np.array_equal(other.recordings[0], alone.recordings[0])
 
 
 def test_the_wire_replays_the_codecs():
