@@ -85,8 +85,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     offline.add_argument("--preset", default="tiny", help="duplex model preset, as `duplex serve --preset`")
     offline.add_argument("--moshi-spec", metavar="SPEC", help="duplex model instead of the preset's (repo id or directory)")
     offline.add_argument("--rows", type=int, default=16,
-                         help="scenarios per batched step (the model's slots); for bit-identical scores with a server, "
-                              "use its --slots (docs/eval.md)")
+                         help="scenarios per batched step (the model's slots); for recordings bit-identical to a CPU "
+                              "server's, --rows and its --slots both over 8 or both 8 or fewer (docs/eval.md)")
     offline.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     offline.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
                          help="model dtype (auto: bfloat16 on CUDA, float32 on CPU)")
