@@ -119,3 +119,21 @@ def test_offline_explains_bad_invocations(tmp_path, scenario_set, capsys):
     for flags, message in cases:
         assert main(["eval", "--out", out, "--set", str(scenario_set), "--vad", "energy", *flags]) == 2, flags
         assert message in capsys.readouterr().err, flags
+
+
+def test_offline_runs_full_duplex_bench_data(tmp_path, capsys):
+    """--offline --fdb converts the data and runs it (without --url, --fdb alone only converts)."""
+    from duplex.audio import write_wav
+
+    sample = tmp_path / "fdb" / "candor_turn_taking" / "7"
+    sample.mkdir(parents=True)
+    write_wav(str(sample / "input.wav"), np.zeros(16000 * 2, np.float32), 16000)
+    (sample / "turn_taking.json").write_text(json.dumps([{"text": "[TURN-TAKING]", "timestamp": [1.2, 1.6]}]))
+    out = tmp_path / "out"
+    assert main(["eval", "--offline", "--fdb", str(tmp_path / "fdb"), "--out", str(out), "--rows", "1",
+                 "--codec", "pcm16", "--vad", "energy", "--tail-s", "1"]) == 0, capsys.readouterr().err[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    [entry] = results["modes"]["duplex"]["scenarios"]
+    assert entry["id"] == "candor_turn_taking-7" and entry["kind"] == "turn_taking"
+    assert entry["chunks_received"] == 3 * SAMPLE_RATE // FRAME_SAMPLES + 1      # 3 s (2 + the tail) in 80 ms frames
+    assert read_audio(out / entry["output"]).size == 3 * SAMPLE_RATE

@@ -101,7 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.compare:
         return compare(args)
-    if args.out and args.fdb and not (args.url or args.score):   # convert only
+    if args.out and args.fdb and not (args.url or args.score or args.offline):   # convert only
         try:
             prepare_set(args)
         except (ScenarioError, ValueError) as exc:
