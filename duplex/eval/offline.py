@@ -101,6 +101,8 @@ def run_offline(model: FrameModel, inputs: tp.Sequence[np.ndarray], *, config: d
         prefetch()
         for r in range(model.rows):            # free rows take the next scenarios (one with no frame ends at once)
             while rows[r] is None and waiting:
+                if any(rows) and not ahead[waiting[0]].done():
+                    break                      # its uplink is still running: step the others meanwhile
                 i = waiting.popleft()
                 joining = _Row(i, ahead.pop(i).result())
                 if len(joining.frames):
