@@ -2,8 +2,9 @@
 real-time path scores them.
 
 The real-time path here is `duplex eval --clock audio` against a real tiny server (2 slots, Opus on the
-wire, an input queue that drops nothing): its recording places output frame k where input frame k was complete, which is what the offline
-run records without a socket. Both sample with the same seed, so equality is exact or broken.
+wire, an input queue that drops nothing): its recording places output frame k where input frame k was
+complete, which is what the offline run records without a socket. Both greedy (argmax), so equality
+is exact or broken; the library test samples, seeded.
 Speed is not asserted here: scripts/bench_eval_offline.py measures it side by side.
 """
 
@@ -48,13 +49,14 @@ def test_offline_scores_equal_the_real_time_path(queue_server, scenario_set, tmp
     lengths = sorted(pcm.size for _, pcm in scenarios)
     assert len(scenarios) == 3 and lengths[0] < lengths[1] < lengths[2]
     live, offline = tmp_path / "live", tmp_path / "offline"
-    common = ["--set", str(scenario_set), "--modes", "duplex", "--vad", "energy", "--seed", "5", "--tail-s", "0.3"]
+    common = ["--set", str(scenario_set), "--modes", "duplex", "--vad", "energy", "--greedy", "--tail-s", "0.3"]
     assert main(["eval", "--url", queue_server.http_url, "--out", str(live), "--clock", "audio",
                  "--concurrency", "2", "--warmup", "0", *common]) == 0, capsys.readouterr().err[-3000:]
     assert main(["eval", "--offline", "--rows", "2", "--out", str(offline), *common]) == 0, capsys.readouterr().err[-3000:]
     a = json.loads((live / "results.json").read_text())
     b = json.loads((offline / "results.json").read_text())
     assert b["meta"]["offline"]["rows"] == 2 and b["meta"]["clock"] == "audio" and a["meta"]["clock"] == "audio"
+    assert a["meta"]["greedy"] and b["meta"]["greedy"]
     # 3 scenarios over 2 rows: the third joins a freed row; a step never holds more than 2
     assert 1.5 <= b["meta"]["offline"]["rows_per_step"] <= 2
     live_entries, offline_entries = a["modes"]["duplex"]["scenarios"], b["modes"]["duplex"]["scenarios"]
@@ -76,8 +78,8 @@ def test_a_scenario_scores_the_same_alone_and_among_others(scenario_set):
     inputs = [pcm for _, pcm in load_set(scenario_set)]
     inputs.sort(key=len)
     short, middle, long = inputs
-    together = run_offline(model, [short, long, middle], seed=11, codec="pcm16")
-    alone = run_offline(model, [middle], seed=11, codec="pcm16")
+    together = run_offline(model, [short, long, middle], config={"seed": 11}, codec="pcm16")
+    alone = run_offline(model, [middle], config={"seed": 11}, codec="pcm16")
     assert np.array_equal(together.recordings[2], alone.recordings[0])
     # one frame per step per row: the steps are the longest row's chain of frames
     frames = [-(-x.size // FRAME_SAMPLES) for x in (short, long, middle)]
@@ -87,7 +89,8 @@ def test_a_scenario_scores_the_same_alone_and_among_others(scenario_set):
     # recording is the model's frames from 80 ms on
     assert not np.any(together.recordings[0][:FRAME_SAMPLES]) and np.any(together.recordings[0])
     # another seed samples differently (the seed reaches the rows)
-    assert not np.array_equal(run_offline(model, [middle], seed=12, codec="pcm16").recordings[0], alone.recordings[0])
+    other = run_offline(model, [middle], config={"seed": 12}, codec="pcm16")
+    assert not np.array_equal(other.recordings[0], alone.recordings[0])
 
 
 def test_the_wire_replays_the_codecs():
@@ -116,3 +119,21 @@ def test_offline_explains_bad_invocations(tmp_path, scenario_set, capsys):
     for flags, message in cases:
         assert main(["eval", "--out", out, "--set", str(scenario_set), "--vad", "energy", *flags]) == 2, flags
         assert message in capsys.readouterr().err, flags
+
+
+def test_offline_runs_full_duplex_bench_data(tmp_path, capsys):
+    """--offline --fdb converts the data and runs it (without --url, --fdb alone only converts)."""
+    from duplex.audio import write_wav
+
+    sample = tmp_path / "fdb" / "candor_turn_taking" / "7"
+    sample.mkdir(parents=True)
+    write_wav(str(sample / "input.wav"), np.zeros(16000 * 2, np.float32), 16000)
+    (sample / "turn_taking.json").write_text(json.dumps([{"text": "[TURN-TAKING]", "timestamp": [1.2, 1.6]}]))
+    out = tmp_path / "out"
+    assert main(["eval", "--offline", "--fdb", str(tmp_path / "fdb"), "--out", str(out), "--rows", "1",
+                 "--codec", "pcm16", "--vad", "energy", "--tail-s", "1"]) == 0, capsys.readouterr().err[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    [entry] = results["modes"]["duplex"]["scenarios"]
+    assert entry["id"] == "candor_turn_taking-7" and entry["kind"] == "turn_taking"
+    assert entry["chunks_received"] == 3 * SAMPLE_RATE // FRAME_SAMPLES + 1      # 3 s (2 + the tail) in 80 ms frames
+    assert read_audio(out / entry["output"]).size == 3 * SAMPLE_RATE

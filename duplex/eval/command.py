@@ -55,6 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--per-kind", type=int, default=2, help="generated scenarios of each kind")
     p.add_argument("--kinds", default=",".join(KINDS), help="kinds to generate, comma-separated")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated set and of the server's sampling")
+    p.add_argument("--greedy", action="store_true",
+                   help="sample nothing: temperature and text_temperature 0 in each conversation's config (argmax)")
     p.add_argument("--modes", help="modes to evaluate, comma-separated (default: duplex,cascade; duplex with --offline)")
     p.add_argument("--vad", choices=sorted(DETECTORS), default="silero",
                    help="speech detector for the returned audio (silero-vad, or energy rules)")
@@ -83,8 +85,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     offline.add_argument("--preset", default="tiny", help="duplex model preset, as `duplex serve --preset`")
     offline.add_argument("--moshi-spec", metavar="SPEC", help="duplex model instead of the preset's (repo id or directory)")
     offline.add_argument("--rows", type=int, default=16,
-                         help="scenarios per batched step (the model's slots); for bit-identical scores with a server, "
-                              "use its --slots (docs/eval.md)")
+                         help="scenarios per batched step (the model's slots); for recordings bit-identical to a CPU "
+                              "server's, --rows and its --slots both over 8 or both 8 or fewer (docs/eval.md)")
     offline.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     offline.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
                          help="model dtype (auto: bfloat16 on CUDA, float32 on CPU)")
@@ -99,7 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.compare:
         return compare(args)
-    if args.out and args.fdb and not (args.url or args.score):   # convert only
+    if args.out and args.fdb and not (args.url or args.score or args.offline):   # convert only
         try:
             prepare_set(args)
         except (ScenarioError, ValueError) as exc:
@@ -134,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
         elif args.offline:
             played: list[Played | str]
             try:
-                played, results["meta"]["offline"] = play_offline(args, [pcm for _, pcm in scenarios])
+                played, results["meta"]["offline"] = play_offline(args, [pcm for _, pcm in scenarios],
+                                                                  conversation_config(args))
             except (RuntimeError, ValueError) as exc:   # StartupError, WeightsUnavailable, a bad preset: says how
                 print(f"duplex eval --offline: {exc}", file=sys.stderr)
                 return 2
@@ -207,7 +210,7 @@ async def play_all(args: argparse.Namespace, mode: str, scenarios: list[tuple[Sc
     async def one(pcm) -> Played | str:
         async with gate:
             try:
-                return await play(args.url, mode, pcm, tail_s=args.tail_s, token=args.token, config={"seed": args.seed},
+                return await play(args.url, mode, pcm, tail_s=args.tail_s, token=args.token, config=conversation_config(args),
                                   codec=args.codec, clock=args.clock)
             except (ScenarioRunError, ServerClosed, TimeoutError) as exc:
                 return str(exc)
@@ -219,7 +222,8 @@ async def play_all(args: argparse.Namespace, mode: str, scenarios: list[tuple[Sc
         print(f"eval {mode}: {args.warmup} warm-up conversation(s), not scored", file=sys.stderr)
         for _ in range(args.warmup):
             try:
-                await play(args.url, mode, shortest, token=args.token, config={"seed": args.seed}, codec=args.codec)
+                await play(args.url, mode, shortest, token=args.token, config=conversation_config(args),
+                           codec=args.codec)
             except (ScenarioRunError, ServerClosed, TimeoutError) as exc:
                 print(f"eval {mode}: the warm-up failed ({exc}); going on", file=sys.stderr)
     tasks = [asyncio.create_task(one(pcm), name=f"eval-{mode}-{scenario.id}") for scenario, pcm in scenarios]
@@ -230,6 +234,14 @@ async def play_all(args: argparse.Namespace, mode: str, scenarios: list[tuple[Sc
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         bar.close()
+
+
+def conversation_config(args: argparse.Namespace) -> dict:
+    """Each conversation's `start` config (and each offline row's sampling)."""
+    config: dict[str, tp.Any] = {"seed": args.seed}
+    if args.greedy:
+        config |= {"temperature": 0.0, "text_temperature": 0.0}
+    return config
 
 
 def judge(out: Path, mode: str, scenario: Scenario, outcome: Played | str, detector: SpeechDetector) -> dict:
@@ -271,7 +283,7 @@ def meta(args: argparse.Namespace, scenarios: list, detector: SpeechDetector) ->
             "codec": args.codec, "clock": "audio" if args.offline else args.clock,
             "set": str(set_folder(args)), "recordings": str(args.score or args.out),
             "scenarios": len(scenarios),
-            "tail_s": args.tail_s, "seed": args.seed, "concurrency": args.concurrency,
+            "tail_s": args.tail_s, "seed": args.seed, "greedy": args.greedy, "concurrency": args.concurrency,
             "warmup": args.warmup}
 
 

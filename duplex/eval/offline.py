@@ -33,8 +33,9 @@ class FrameModel(tp.Protocol):
 
     rows: int
 
-    def start(self, row: int, seed: int) -> None:
-        """The row's next step begins a new conversation (state wiped, sampling reseeded with `seed`)."""
+    def start(self, row: int, config: dict) -> None:
+        """The row's next step begins a new conversation (state wiped; sampling set from `config`, the keys
+        of a conversation's `start` config that the model takes: seed, temperatures, top-k)."""
 
     def step(self, pcm: np.ndarray, active: np.ndarray) -> np.ndarray:
         """pcm [R, F] float32, active [R] bool (rows without a frame this step keep their state)
@@ -66,7 +67,7 @@ class _Row:
     out: list[np.ndarray] = field(default_factory=list)
 
 
-def run_offline(model: FrameModel, inputs: tp.Sequence[np.ndarray], *, seed: int, codec: str = "opus",
+def run_offline(model: FrameModel, inputs: tp.Sequence[np.ndarray], *, config: dict, codec: str = "opus",
                 codec_pool: Executor | InlineExecutor | None = None,
                 progress: tp.Callable[[int], None] | None = None) -> OfflineRun:
     """Every input [N_i] float32 24 kHz (tail silence included) through `model`, `model.rows` at a time.
@@ -100,10 +101,12 @@ def run_offline(model: FrameModel, inputs: tp.Sequence[np.ndarray], *, seed: int
         prefetch()
         for r in range(model.rows):            # free rows take the next scenarios (one with no frame ends at once)
             while rows[r] is None and waiting:
+                if any(rows) and not ahead[waiting[0]].done():
+                    break                      # its uplink is still running: step the others meanwhile
                 i = waiting.popleft()
                 joining = _Row(i, ahead.pop(i).result())
                 if len(joining.frames):
-                    model.start(r, seed)
+                    model.start(r, config)
                     rows[r] = joining
                 else:
                     finish(joining)

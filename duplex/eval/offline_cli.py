@@ -35,9 +35,10 @@ def offline_problem(args: argparse.Namespace, modes: list[str]) -> str | None:
     return None
 
 
-def play_offline(args: argparse.Namespace, inputs: list[np.ndarray]) -> tuple[list[Played | str], dict]:
+def play_offline(args: argparse.Namespace, inputs: list[np.ndarray], config: dict) -> tuple[list[Played | str], dict]:
     """Every scenario (its input, then --tail-s of silence) through the preset's model in this process;
-    the recordings and what the run was (results.json's meta.offline)."""
+    `config` is each conversation's sampling (seed, temperatures), as a `start` would carry it. The
+recordings and what the run was (results.json's meta.offline)."""
     from .offline_model import load_rows
 
     tail = np.zeros(int(round(args.tail_s * SAMPLE_RATE)), np.float32)
@@ -51,7 +52,7 @@ def play_offline(args: argparse.Namespace, inputs: list[np.ndarray]) -> tuple[li
     bar = tqdm(total=len(totals), desc=f"eval offline ({args.rows} rows)", unit="scenario", file=sys.stderr)
     started = time.perf_counter()
     try:
-        run = run_offline(model, totals, seed=args.seed, codec=args.codec, codec_pool=pool,
+        run = run_offline(model, totals, config=config, codec=args.codec, codec_pool=pool,
                           progress=lambda _: bar.update(1))
     finally:
         bar.close()

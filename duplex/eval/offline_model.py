@@ -14,7 +14,7 @@ if tp.TYPE_CHECKING:
 
 class MoshiRows:
     """A `FrameModel` over `MoshiBatch`: row r is slot r. A row that starts gets what a slot gets when a
-    conversation takes it: its sampling set to the model's defaults with `seed` (`configure_slot`), a reset
+    conversation takes it: its sampling, the model's defaults updated by the config (`configure_slot`), a reset
     and `first` on its first frame (moshi's encoder-state skip), in the same step."""
 
     def __init__(self, model: MoshiBatch):
@@ -23,8 +23,8 @@ class MoshiRows:
         self._starting = np.zeros(self.rows, dtype=bool)
         self._none = np.zeros(self.rows, dtype=bool)
 
-    def start(self, row: int, seed: int) -> None:
-        self.model.configure_slot(row, self.model.defaults.updated({"seed": seed}))
+    def start(self, row: int, config: dict) -> None:
+        self.model.configure_slot(row, self.model.defaults.updated(config))
         self._starting[row] = True
 
     def step(self, pcm: np.ndarray, active: np.ndarray) -> np.ndarray:
