@@ -81,7 +81,8 @@ def main() -> None:
             t = sorted(times[case])
             p90 = t[min(len(t) - 1, int(0.9 * len(t)))]
             print(f"| {speaking} | {case} | {work[case][0]} | {work[case][1]} | {statistics.median(t):.0f} | {p90:.0f} |")
-        print(f"| {speaking} | after/before | | | {statistics.median(times['after']) / statistics.median(times['before']):.2f}x | |")
+        ratio = statistics.median(times["after"]) / statistics.median(times["before"])
+        print(f"| {speaking} | after/before | | | {ratio:.2f}x | |")
 
 
 if __name__ == "__main__":
