@@ -20,7 +20,7 @@ from moshi.models import loaders
 from moshi.utils.compile import no_compile
 
 from ..audio import FRAME_SAMPLES
-from .active_rows import ActiveRows
+from .active_rows import ROW_BUCKET, ActiveRows   # steps compute a multiple of ROW_BUCKET leading slots
 from .inference import inference
 from .persona import PersonaPrompt, VoiceLibrary, build_prompt, wrap_system_tags
 from .persona_gen import PersonaLMGen
@@ -31,9 +31,6 @@ log = logging.getLogger(__name__)
 
 # Text pieces with these ids are control tokens (unk, bos, eos, pad) and are never shown.
 SPECIAL_TEXT_IDS = frozenset({0, 1, 2, 3})
-# Steps compute a multiple of this many leading slots (CPU): on this project's CPUs batches of 8 rows or
-# fewer round differently from larger ones, which would break a row's bit-identity as the prefix changes.
-ROW_BUCKET = 16
 
 
 @dataclass
