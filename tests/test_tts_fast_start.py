@@ -20,7 +20,7 @@ from duplex.models.tts_rows import MIN_ROWS
 
 TEXT = "hello how are you today i am fine thank you what would you like to talk about"
 OTHER = "let us speak about music books science travel food and friends and more"
-SLOTS = 8
+SLOTS = 16
 
 
 @pytest.fixture(scope="module")

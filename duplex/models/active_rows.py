@@ -29,6 +29,12 @@ import typing as tp
 import torch
 from moshi.models.lm import LMGen
 
+# Narrowed steps of Moshi (moshi_batch.py) and of the TTS's Mimi decoder (tts_rows.py) compute a multiple of this
+# many leading slots (CPU): on this project's CPUs batches of 8 rows or fewer round differently from larger ones
+# (and Mimi's decoder a row of 4 or 9 rows differently from one of 16), which would break a row's bit-identity as
+# the prefix changes.
+ROW_BUCKET = 16
+
 # (holder, attribute, batch dimension): a per-slot tensor to narrow
 _Field = tuple[object, str, int]
 

@@ -21,7 +21,7 @@ from moshi.models import loaders
 from moshi.utils.compile import no_compile
 
 from ..audio import FRAME_SAMPLES
-from .active_rows import ActiveRows
+from .active_rows import ROW_BUCKET, ActiveRows   # steps compute a multiple of ROW_BUCKET leading slots
 from .guidance import Guidance
 from .inference import inference
 from .persona import PersonaPrompt, VoiceLibrary, build_prompt, wrap_system_tags
@@ -31,10 +31,6 @@ from .sampling import BatchedLMGen, SamplingSettings, SlotRandomness
 from .text_pieces import TextPieces
 
 log = logging.getLogger(__name__)
-
-# Steps compute a multiple of this many leading slots (CPU): on this project's CPUs batches of 8 rows or
-# fewer round differently from larger ones, which would break a row's bit-identity as the prefix changes.
-ROW_BUCKET = 16
 
 
 @dataclass

@@ -306,10 +306,10 @@ class TtsEngineModel:
             with self.rows.sampling(codebooks):
                 tokens = self.gen.step(inputs, depformer_replace_tokens=replace)
             assert tokens is not None  # support_out_of_sync: never None              # [R, 1 + Q, 1]
-            self.stats["codebooks"] += codebooks
-            for t in running:
-                t.gen.steps += 1
-            frames = self._decode(running, tokens, start, rows)
+        self.stats["codebooks"] += codebooks
+        for t in running:
+            t.gen.steps += 1
+        frames = self._decode(running, tokens, start)
         return {t: frames.get(t) for t in running}
 
     def _prepare_slot(self, gen: TurnGenState) -> None:
@@ -366,25 +366,28 @@ class TtsEngineModel:
         before = steps[:, None] < self._audio_start[None, :]
         audio_tokens.masked_fill_(before, self.machine.token_ids.zero)
 
-    def _decode(self, running: list["TtsTurn"], tokens: torch.Tensor, start: int,
-                rows: int) -> dict["TtsTurn", TtsFrame]:
-        """Mimi-decodes the rows whose output frame is real audio (tokens: [R, 1 + Q, 1], rows from slot
-        `start`): each such turn's new frame. A turn whose audio is all produced (its last word, then
+    def _decode(self, running: list["TtsTurn"], tokens: torch.Tensor, start: int) -> dict["TtsTurn", TtsFrame]:
+        """Mimi-decodes the rows whose output frame is real audio (tokens: [R, 1 + Q, 1], row r = slot
+        start + r): each such turn's new frame. A turn whose audio is all produced (its last word, then
         `final_padding`) is finished and released."""
         lag = self.first_audio_steps   # after n steps, the output frame holds audio of text step n - lag
         speaking = [t for t in running if t.gen.steps >= lag and not t.gen.finished]
         if not speaking:
             return {}
-        has_audio = torch.zeros(rows, dtype=torch.bool)
-        has_audio[[t.slot - start for t in speaking]] = True
-        codes = tokens[:, 1:, :].clamp(min=0)                                        # [R, Q, 1]
-        self.tts.mimi.set_exec_mask(has_audio.to(self.device))
-        pcm = self.tts.mimi.decode(codes)[:, 0, :].clamp(-1, 1).float().cpu().numpy()  # [R, F]
+        rows = self.rows.decode_rows([t.slot for t in speaking])      # D: Mimi's leading rows
+        slots = torch.tensor([t.slot for t in speaking], device=self.device)
+        codes = torch.zeros((rows, tokens.shape[1] - 1, 1), dtype=torch.long, device=self.device)  # [D, Q, 1]
+        codes[slots] = tokens[slots - start, 1:, :].clamp(min=0)
+        has_audio = torch.zeros(rows, dtype=torch.bool, device=self.device)
+        has_audio[slots] = True
+        with self.rows.decoding(rows):
+            self.tts.mimi.set_exec_mask(has_audio)
+            pcm = self.tts.mimi.decode(codes)[:, 0, :].clamp(-1, 1).float().cpu().numpy()  # [D, F]
         self.stats["decoded"] += 1
         frames = {}
         for turn in speaking:
             gen = turn.gen
-            frames[turn] = TtsFrame(pcm[gen.slot - start].copy(), gen.steps - lag)
+            frames[turn] = TtsFrame(pcm[gen.slot].copy(), gen.steps - lag)
             gen.emitted = gen.steps - lag + 1
             end = gen.machine.end_step
             if end is not None and gen.emitted >= end + self.tts.final_padding:

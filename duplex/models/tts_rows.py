@@ -4,19 +4,20 @@ A TTS step is cheap on its own, but the model computes every slot's row (`set_ex
 the others' state) and the depformer samples every codebook, one after another. Two things make a
 step cost what its turns need, and neither changes a number of any turn (tests/test_tts_fast_start.py):
 
-- **Rows.** A step narrows every per-slot tensor to the range of rows between the lowest and highest
-  slot that steps (`ActiveRows.narrowed(rows, start)`), e.g. one row for a turn starting alone while
-  three others wait. The voices' cross-attention keys and values are per-slot tensors that moshi fills
-  lazily: they are computed once here, so that they can be narrowed too.
+- **Rows.** The LM's step narrows every per-slot tensor to the range of rows between the lowest and
+  highest slot that steps (`ActiveRows.narrowed(rows, start)`), e.g. four rows for a turn starting alone
+  while others wait. On these CPUs a linear layer rounds a row differently in a batch of 1 to 3 rows
+  than in 4 or more, so the range is at least `MIN_ROWS` rows. The voices' cross-attention keys and
+  values are per-slot tensors that moshi fills lazily: they are computed once here, so that they can be
+  narrowed too. Mimi's decoder rounds differently below 16 rows, so its steps compute the leading
+  slots in multiples of `ROW_BUCKET` (as Moshi's do, moshi_batch.py): all of them up to 16 slots.
 - **Codebooks.** Before a turn's audio starts (the text-to-audio delay plus each codebook's acoustic
   delay), its codes are forced to "zero" (`TtsEngineModel._on_audio`). The depformer samples codebook
   q from codebooks < q only, and each codebook draws its own pre-drawn noise, so the codebooks that no
   stepping turn has started yet can be left unsampled: `sampled_codebooks` says how many leading ones a
   step needs (none during the text-to-audio delay, as moshi's `TTSModel.generate` skips the depformer).
 
-On these CPUs a linear layer rounds a row differently in a batch of 1 to 3 rows than in 4 or more
-(`MIN_ROWS`), so a narrowed step computes at least `MIN_ROWS` rows: a turn's audio is then bit-identical
-whichever rows step with it. Not used on CUDA (CUDA graphs are captured for the full batch).
+Not used on CUDA (CUDA graphs are captured for the full batch).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import typing as tp
 import torch
 from moshi.modules.transformer import StreamingMultiheadAttention
 
-from .active_rows import ActiveRows
+from .active_rows import ROW_BUCKET, ActiveRows
 from .sampling import BatchedLMGen
 
 MIN_ROWS = 4   # batches of 1-3 rows round differently from larger ones on these CPUs (one kernel per size class)
@@ -48,10 +49,12 @@ class TtsRows:
         # Sampling a prefix of the codebooks needs the codebooks to start in order (delays non-decreasing).
         self._prefix_ok = enabled and audio_start == sorted(audio_start)
         self.active: ActiveRows | None = None
+        self.codec: ActiveRows | None = None
         if enabled:
             extra: list[tuple[object, str]] = [(gen, name) for name in _PER_SLOT_BUFFERS]
             extra += _cross_attention_fields(gen)
-            self.active = ActiveRows([mimi, gen], slots, extra=extra)
+            self.active = ActiveRows([gen], slots, extra=extra)
+            self.codec = ActiveRows([mimi], slots) if slots > ROW_BUCKET else None
 
     def span(self, slots: tp.Sequence[int]) -> tuple[int, int]:
         """(start, rows): the rows a step of these slots computes (all of them when narrowing is off)."""
@@ -66,6 +69,18 @@ class TtsRows:
         if self.active is None or rows >= self.slots:
             return contextlib.nullcontext()
         return self.active.narrowed(rows, start)
+
+    def decode_rows(self, slots: tp.Sequence[int]) -> int:
+        """How many leading rows a Mimi decode of these slots computes: a multiple of ROW_BUCKET (all of
+        them when narrowing is off)."""
+        if self.codec is None:
+            return self.slots
+        return min(self.slots, -(-(max(slots) + 1) // ROW_BUCKET) * ROW_BUCKET)
+
+    def decoding(self, rows: int) -> tp.ContextManager[None]:
+        if self.codec is None or rows >= self.slots:
+            return contextlib.nullcontext()
+        return self.codec.narrowed(rows)
 
     def sampled_codebooks(self, steps: tp.Iterable[int]) -> int:
         """How many leading codebooks the depformer must sample when turns at these step counts step:
