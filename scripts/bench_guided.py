@@ -37,7 +37,7 @@ def main() -> int:
     n = args.sessions
     models = {"tiny": MoshiBatch(resolve_checkpoint("tiny:moshi"), n, "cpu", torch.float32),
               "tiny-hibiki": MoshiBatch(resolve_checkpoint("tiny:hibiki"), n, "cpu", torch.float32)}
-    for name, model in models.items():
+    for model in models.values():
         model.warmup()
         for slot in range(n):
             model.configure_slot(slot, SamplingSettings(seed=slot, cfg_coef=args.cfg_coef if model.guidance else 1.0))

@@ -2,8 +2,8 @@
 real-time path scores them.
 
 The real-time path here is `duplex eval --clock audio` against a real tiny server (2 slots, Opus on the
-wire, an input queue that drops nothing): its recording places output frame k where input frame k was complete, which is what the offline
-run records without a socket. Both sample with the same seed, so equality is exact or broken.
+wire, an input queue that drops nothing): its recording places output frame k where input frame k was
+complete, which is what the offline run records without a socket. Both sample with the same seed, so equality is exact or broken.
 Speed is not asserted here: scripts/bench_eval_offline.py measures it side by side.
 """
 
