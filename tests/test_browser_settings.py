@@ -133,7 +133,8 @@ def test_page_settings_reach_the_server(browser_required, persona_page_server, s
     assert "system_prompt=You+are+a+pirate." in reload["address"], context
 
     # Refusals, beside their field (not in the banner). Over the WebSocket the `start` is refused and
-    # nothing is recorded; over WebRTC the call goes on without the persona (docs/realtime.md).
+    # nothing is recorded (a voice outside the server's list is `bad_message`, docs/protocol.md); over WebRTC
+    # the call goes on without the persona (docs/realtime.md).
     codes = {"voice": "unsupported"} if rtc else {"temperature": "bad_message", "voice": "bad_message"}
     for key, code in codes.items():
         refused = summary["refused"][key]

@@ -71,7 +71,10 @@ def ensure_generated(directory: Path, stamp: dict, write: tp.Callable[[Path], No
     stamp_file = directory / "tiny.json"
 
     def fresh() -> bool:
-        return stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp
+        try:
+            return json.loads(stamp_file.read_text()) == stamp
+        except (FileNotFoundError, json.JSONDecodeError):   # absent, or another process is replacing it
+            return False
 
     if fresh():
         return directory
