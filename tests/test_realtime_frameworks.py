@@ -46,14 +46,7 @@ async def test_livekit_realtime_model_answers_a_plain_turn(cascade_server, llm_s
             request = await next_request(llm_standin, n)
             assert request[0] == {"role": "system", "content": "Be brief."}
             assert request[-1] == {"role": "user", "content": "hello there"}
-            text, frames = "", 0
-            async for message in generation.message_stream:
-                async def audio(stream=message.audio_stream) -> int:
-                    return sum([1 async for _ in stream])
-                counting = asyncio.create_task(audio())
-                async for delta in message.text_stream:
-                    text += delta
-                frames = await asyncio.wait_for(counting, 30)
+            text, frames, _ = await _livekit_reply(generation)
             assert text.strip() == reply_for(2, long=False) and frames > 0
             assert not errors, errors
         finally:

@@ -40,3 +40,16 @@ export function watch(page, summary) {
     if (r.status() >= 400) summary.httpErrors.push(`${r.status()} ${r.url()}`);
   });
 }
+
+/** Runs a driver's `main(summary)`, prints the summary as JSON (what the pytest side reads) and exits
+ * 0 only when `main` set `summary.ok`. */
+export async function runDriver(main) {
+  const summary = { ok: false, step: 'launch', console: [], pageErrors: [], httpErrors: [] };
+  try {
+    await main(summary);
+  } catch (err) {
+    summary.error = String(err?.message ?? err).split('\n')[0];
+  }
+  process.stdout.write(`${JSON.stringify(summary, null, 2)}\n`);
+  process.exit(summary.ok ? 0 : 1);
+}

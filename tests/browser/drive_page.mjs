@@ -8,7 +8,7 @@
 // browser: playwright-core only drives the system Chromium.
 
 import { parseArgs } from 'node:util';
-import { launch, watch } from './chromium.mjs';
+import { launch, runDriver, watch } from './chromium.mjs';
 
 const { values: opt } = parseArgs({
   options: {
@@ -183,11 +183,4 @@ async function refused(page, summary) {
   summary.ok = true;
 }
 
-const summary = { ok: false, step: 'launch', console: [], pageErrors: [], httpErrors: [] };
-try {
-  await main(summary);
-} catch (err) {
-  summary.error = String(err?.message ?? err).split('\n')[0];
-}
-process.stdout.write(`${JSON.stringify(summary, null, 2)}\n`);
-process.exit(summary.ok ? 0 : 1);
+await runDriver(main);

@@ -13,7 +13,7 @@
 //   modes    the fields and voices each mode offers
 
 import { parseArgs } from 'node:util';
-import { launch, watch } from './chromium.mjs';
+import { launch, runDriver, watch } from './chromium.mjs';
 
 const { values: opt } = parseArgs({
   options: {
@@ -151,11 +151,4 @@ async function main(summary) {
   }
 }
 
-const summary = { ok: false, step: 'launch', console: [], pageErrors: [], httpErrors: [] };
-try {
-  await main(summary);
-} catch (err) {
-  summary.error = String(err?.message ?? err).split('\n')[0];
-}
-process.stdout.write(`${JSON.stringify(summary, null, 2)}\n`);
-process.exit(summary.ok ? 0 : 1);
+await runDriver(main);
