@@ -248,3 +248,34 @@ async def test_text_top_k_reaches_the_llm_only_when_set(cascade_server, llm_stan
     finally:
         mic.close()
         await client.close()
+
+
+async def test_the_llm_is_read_no_faster_than_the_tts_takes_up_words(cascade_server, llm_standin):
+    """Pacing (`--llm-words-ahead`, 4 here): the server reads the LLM's reply at most 4 words ahead of what the
+    TTS has taken up, so the reply's text reaches the client about as fast as it is spoken, not all at once
+    (the stand-in streams its ~50 words within a fraction of a second). Counted in audio frames: the TTS takes
+    a word at most every 2 steps, each step is a frame, and its first frame comes `first_audio_steps` (19)
+    steps after its first word; so by the last delta the server had taken up >= words - 5 words and made
+    >= 2 (words - 5) - 19 frames, and sent all but the 5 it may hold back for playout."""
+    client, mic = await conversation(cascade_server)
+    try:
+        await client.text_input("tell me a long story")
+        reply = reply_for(2, long=True)
+        words = len(reply.split())
+
+        def last_delta():   # the llm_response that completes the reply's text, once it has come
+            text = ""
+            for event in client.events:
+                if event.type == "llm_response":
+                    text += event.data["content"]
+                    if len(text.split()) == words:
+                        return event
+            return None
+
+        done = await client.wait_until(last_delta, timeout=60, what="the whole reply's text")
+        heard_by_then = sum(c.received_at <= done.received_at for c in client.audio)
+        assert heard_by_then >= 2 * (words - 5) - 19 - 5 - 2, (heard_by_then, words)   # 2: frames in flight
+        await client.wait_for("tts_end", timeout=60)
+    finally:
+        mic.close()
+        await client.close()

@@ -54,7 +54,7 @@ class FakeTtsTurn:
 
 
 class FakeEngine:
-    max_tokens, ahead_frames = 50, 3
+    max_tokens, ahead_frames, llm_words_ahead = 50, 3, 0   # 0: the LLM is read without pacing
 
     def __init__(self, llm: FakeLLM):
         self.llm, self.tts, self.wakes = llm, self, 0

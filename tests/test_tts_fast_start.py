@@ -152,3 +152,24 @@ def test_the_delay_runs_while_the_lookahead_words_are_still_coming(engines):
     assert turn.gen.steps >= lean.machine.initial_padding       # the forced pads ran before the lookahead came
     assert len(turn.gen.machine.entries) <= ahead
     turn.cancel()
+
+
+def test_a_produce_call_cut_short_resumes_where_it_stopped(engines):
+    """The cascade's pump cuts a `produce` call when another turn wants frames (`stop`), so that the newcomer
+    joins the next steps instead of waiting for a first frame; the cut turn goes on at its next call, and its
+    audio is bit-identical to an uncut run's. A cut call is not a wait for words (`waits_for_text`)."""
+    lean, _ = engines
+    whole, _ = said_whole(lean, OTHER, seed=3)
+    turn = lean.start_turn(seed=3)
+    turn.push_text(OTHER)
+    turn.end_text()
+    frames, calls = [], 0
+    while not turn.done:
+        before = lean.stats["steps"]
+        out = lean.produce([turn], frames_each=2, stop=lambda: lean.stats["steps"] - before >= 3)
+        assert lean.stats["steps"] - before <= 3
+        assert not turn.waits_for_text
+        frames += out[turn]
+        calls += 1
+    np.testing.assert_array_equal(np.concatenate([f.pcm for f in frames]), whole)
+    assert calls >= lean.first_audio_steps // 3   # the first frame alone took several cut calls

@@ -19,6 +19,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import logging
+import threading
 import time
 import typing as tp
 
@@ -35,6 +36,10 @@ from .scheduler import BatchScheduler
 from .transcriber import SttRunner, UserTranscriber
 from .turns import PauseRule
 
+# The LLM is read at most this many words ahead of what the TTS has taken up (cascade_turn._keep_pace): enough
+# for the TTS's lookahead (`second_stream_ahead`, 2) and its first frame's words, no more (docs/cascade.md).
+LLM_WORDS_AHEAD = 4
+
 log = logging.getLogger(__name__)
 
 
@@ -44,12 +49,13 @@ class CascadeEngine(Engine):
     def __init__(self, stt: SttBatch, llm: LLMBackend, tts: TtsEngineModel, *, max_tokens: int = 120,
                  ahead_frames: int = 3, speech_threshold_dbfs: float = -45.0, end_of_turn_silence_ms: float = 640.0,
                  max_wait_ms: float | None = None, max_queue_frames: int = 125, pause: PauseRule | None = None,
-                 end_of_turn_why: str = ""):
+                 end_of_turn_why: str = "", llm_words_ahead: int = LLM_WORDS_AHEAD):
         self.stt, self.llm, self.tts = stt, llm, tts
         self.scheduler = BatchScheduler(SttRunner(stt), stt.slots, max_wait_ms=max_wait_ms,
                                         max_queue_frames=max_queue_frames, name="stt")
         self.max_tokens = max_tokens
         self.ahead_frames = ahead_frames
+        self.llm_words_ahead = llm_words_ahead
         # the end-of-turn rule, chosen by the composition root (server/loading.py): pause (semantic) or energy
         self.pause = pause
         self.end_of_turn = {"rule": "pause" if pause is not None else "energy", "why": end_of_turn_why}
@@ -58,6 +64,8 @@ class CascadeEngine(Engine):
         self.tts_worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tts-model")
         self.turns: set[AssistantTurn] = set()   # every turn whose task is not over yet (ended ones unwinding)
         self._wakeup = asyncio.Event()           # a turn may want frames: new words, a frame played, a new turn
+        self._in_flight: set[AssistantTurn] = set()   # the turns of the pump call running on the TTS thread
+        self._newcomer = threading.Event()       # another turn wants frames: that call stops after its step
         self._pump_task: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -106,6 +114,8 @@ class CascadeEngine(Engine):
 
     def wake(self) -> None:
         self._wakeup.set()
+        if self._in_flight and any(turn not in self._in_flight and turn.wants_frames() for turn in self.turns):
+            self._newcomer.set()   # the running pump call ends after its current step, and the turn joins
 
     def keep(self, turn: AssistantTurn) -> None:
         """Holds `turn` until its task is over (the pump serves it meanwhile); a turn whose task failed
@@ -131,23 +141,28 @@ class CascadeEngine(Engine):
             if not wanted:
                 await self._wakeup.wait()
                 continue
+            self._in_flight = {turn for turn, _, _ in wanted}
+            self._newcomer.clear()
             try:
                 produced = await loop.run_in_executor(self.tts_worker, _produce_frames, self.tts,
-                                                      [tts for _, tts, _ in wanted])
+                                                      [tts for _, tts, _ in wanted], self._newcomer.is_set)
             except Exception:
                 log.exception("TTS step failed")
                 for turn, _, version in wanted:
                     turn.fail("internal", "speech synthesis failed for this turn")
-                    turn.on_tts_frames([], version)   # not again before more text
+                    turn.on_tts_frames([], version, waiting=True)   # not again before more text
                 continue
-            for (turn, _, version), frames in zip(wanted, produced, strict=True):
-                turn.on_tts_frames(frames, version)
+            finally:
+                self._in_flight = set()
+            for (turn, tts, version), frames in zip(wanted, produced, strict=True):
+                turn.on_tts_frames(frames, version, waiting=tts.waits_for_text)
 
 
-def _produce_frames(tts: TtsEngineModel, turns: list[TtsTurn]) -> list[list[TtsFrame]]:
+def _produce_frames(tts: TtsEngineModel, turns: list[TtsTurn], stop: tp.Callable[[], bool]) -> list[list[TtsFrame]]:
     """Model thread: up to two frames per turn (enough to stay ahead of a real-time playout), in batched
-    steps of the turns that still need one; a starting turn's delay steps run back to back (`produce`)."""
-    produced = tts.produce(turns, frames_each=2)
+    steps of the turns that still need one; a starting turn's delay steps run back to back (`produce`),
+    until another turn wants frames (`stop`)."""
+    produced = tts.produce(turns, frames_each=2, stop=stop)
     return [produced[turn] for turn in turns]
 
 

@@ -37,6 +37,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import time
 import typing as tp
 
@@ -56,6 +57,7 @@ class TurnEngine(tp.Protocol):
     tts: TtsEngineModel
     max_tokens: int
     ahead_frames: int          # playout runs at most this many 80 ms frames ahead of real time
+    llm_words_ahead: int       # the LLM is read no further than this many words ahead of the TTS (0: no limit)
 
     def wake(self) -> None:
         """Tells the TTS pump that a turn may want frames again."""
@@ -102,6 +104,7 @@ class AssistantTurn:
         self._reply_done = False           # the LLM task is over: all its text is in the TTS turn
         self._llm_cancel = asyncio.Event() # tells the LLM backend to stop (closes an endpoint's stream)
         self._wake = asyncio.Event()       # playout: new frames, the TTS turn done, or the reply done
+        self._tts_moved = asyncio.Event()  # the pump handed back frames (the TTS took up words), or the turn ended
         self._llm: asyncio.Task | None = None
         self.task = asyncio.create_task(self._run(), name="assistant-turn")
 
@@ -117,6 +120,7 @@ class AssistantTurn:
             self.sink(AssistantTurnDone(interrupted=True))
             return
         self.tts = tts
+        tts.on_words_taken = functools.partial(_call_soon, asyncio.get_running_loop(), self._tts_moved.set)
         self.sink(LLMProcessing())
         self._llm = asyncio.create_task(self._read_llm(tts), name="assistant-llm")
         try:
@@ -180,7 +184,19 @@ class AssistantTurn:
             tts.push_text(delta)
             self._words_given(tts)
             self._text_changed()
+            await self._keep_pace(tts)
         return [] if self.ended else calls.complete()
+
+    async def _keep_pace(self, tts: TtsTurn) -> None:
+        """Stops reading the LLM while the TTS has `llm_words_ahead` words it has not taken up. The reply
+        is not needed faster than it is spoken, and on a small machine an LLM decoding at full speed takes
+        the CPU from the TTS steps that make the first frame (docs/cascade.md, "Pacing"). The in-process
+        LLM's row sits the batch's steps out meanwhile (`batch.MAX_AHEAD`); an endpoint's stream waits
+        in its socket."""
+        limit = self.engine.llm_words_ahead
+        while limit and not self.ended and tts.words_waiting >= limit:
+            self._tts_moved.clear()
+            await self._tts_moved.wait()
 
     def _say_before_calls(self, tts: TtsTurn, calls: list[ToolCall]) -> None:
         """The text before the calls is spoken whole (its last word too) and joins the history with them."""
@@ -242,13 +258,15 @@ class AssistantTurn:
         return (not self.ended and self.tts is not None and len(self.pending) < self.engine.ahead_frames + 2
                 and self.text_version != self._starved_at)
 
-    def on_tts_frames(self, frames: list[TtsFrame], text_version: int) -> None:
-        """Frames the pump produced, stepping the TTS with the text as of `text_version`."""
+    def on_tts_frames(self, frames: list[TtsFrame], text_version: int, waiting: bool = True) -> None:
+        """Frames the pump produced, stepping the TTS with the text as of `text_version`; `waiting`: the TTS
+        stopped for want of words (else it stopped at its first frame or the pump's step limit)."""
         if self.ended or self.tts is None:
             return                               # a cut turn's last frames
-        if not frames:
+        self._tts_moved.set()
+        if not frames and waiting:
             self._starved_at = text_version      # nothing until the LLM sends more text
-        elif "tts_first_frame" not in self.stages:
+        elif frames and "tts_first_frame" not in self.stages:
             self.stages["tts_first_frame"] = time.monotonic()
         self.pending.extend(frames)
         if frames or self.tts.done:
@@ -342,3 +360,9 @@ class AssistantTurn:
 
     def fail(self, code: str, message: str) -> None:
         self.sink(EngineFailure(code, message))
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: tp.Callable[[], None]) -> None:
+    """`callback` on `loop`, from any thread; nothing once the loop is closed (the server is stopping)."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import collections
 import functools
 import threading
+import typing as tp
 import weakref
 from pathlib import Path
 
@@ -244,6 +245,7 @@ class TtsEngineModel:
         state machine forces to a pad (between words, while a word's tokens are fed) takes no word and
         may run before they come, so the text-to-audio delay runs while the LLM is still writing."""
         gen = turn.gen
+        turn.waits_for_text = False
         if turn.cancelled or gen.finished:
             return False
         entries, ended = turn.take_text()
@@ -255,7 +257,8 @@ class TtsEngineModel:
         if ended or len(machine.entries) > self.machine.second_stream_ahead:
             return True
         started = gen.steps > 0 or bool(machine.entries)
-        return started and (bool(machine.queued) or machine.forced_padding > 0)
+        turn.waits_for_text = not (started and (bool(machine.queued) or machine.forced_padding > 0))
+        return not turn.waits_for_text
 
     def step(self, turns: "list[TtsTurn]") -> dict["TtsTurn", TtsFrame | None]:
         """One batched step for those of `turns` that may step; returns, per turn that ran, its new 80 ms
@@ -264,18 +267,26 @@ class TtsEngineModel:
             running = [t for t in turns if self.ready(t)]
             return self._step(running) if running else {}
 
-    def produce(self, turns: "list[TtsTurn]", frames_each: int = 2) -> dict["TtsTurn", list[TtsFrame]]:
+    def produce(self, turns: "list[TtsTurn]", frames_each: int = 2,
+                stop: tp.Callable[[], bool] | None = None) -> dict["TtsTurn", list[TtsFrame]]:
         """Model thread: steps `turns` until each has `frames_each` new frames or cannot step (it waits
-        for words, or it is over). Each step is one batched step of the turns that still need a frame:
-        a starting turn runs its `first_audio_steps` steps back to back, batched with the turns that start
-        with it, and a speaking turn joins only the steps it takes a frame from. A turn's first frame
-        ends the call at once, so that it plays without waiting for a second one."""
+        for words, `TtsTurn.waits_for_text`, or it is over), or `stop()` says so between steps. Each step
+        is one batched step of the turns that still need a frame: a starting turn runs its
+        `first_audio_steps` steps back to back, batched with the turns that start with it, and a speaking
+        turn joins only the steps it takes a frame from. A turn's first frame ends the call at once, so
+        that it plays without waiting for a second one; `stop` lets the caller bring in turns that came
+        meanwhile (the cascade's pump: a turn that starts during another's first frame joins its next
+        steps instead of waiting for that frame)."""
         out: dict[TtsTurn, list[TtsFrame]] = {turn: [] for turn in turns}
-        while produced := self.step([turn for turn in turns if len(out[turn]) < frames_each]):
+        taken = {turn: len(turn.gen.machine.transcript) for turn in turns}   # words taken up so far
+        while (produced := self.step([turn for turn in turns if len(out[turn]) < frames_each])):
             for turn, frame in produced.items():
                 if frame is not None and not turn.cancelled:
                     out[turn].append(frame)
+                _tell_words_taken(turn, taken)
             if any(frame is not None and frame.index == 0 for frame in produced.values()):
+                break
+            if stop is not None and stop():
                 break
         return out
 
@@ -397,3 +408,11 @@ class TtsEngineModel:
     def _finish(self, turn: "TtsTurn") -> None:
         turn.gen.finished = True
         self.release(turn)
+
+
+def _tell_words_taken(turn: "TtsTurn", taken: dict["TtsTurn", int]) -> None:
+    """Calls the turn's `on_words_taken` when its step took up a word (`taken`: the words taken before)."""
+    now = len(turn.gen.machine.transcript)
+    if now > taken[turn] and turn.on_words_taken is not None:
+        turn.on_words_taken()
+    taken[turn] = now

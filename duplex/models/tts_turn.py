@@ -75,6 +75,10 @@ class TtsTurn:
         self._first_word = True
         self._text_ended = False           # set by end_text (any thread)
         self._cancelled = False
+        # Called on the model thread when the model's text stream takes up a queued word (the cascade wakes
+        # its LLM reader with it, cascade_turn._keep_pace); it must only hand the news to its own thread.
+        self.on_words_taken: tp.Callable[[], None] | None = None
+        self.waits_for_text = False        # model thread: its last step check found it waiting for words
 
     @property
     def slot(self) -> int:
@@ -120,6 +124,12 @@ class TtsTurn:
         """Whether a whole word has been queued for the model (a word counts once the space after it, or
         `end_text`, has come)."""
         return not self._first_word
+
+    @property
+    def words_waiting(self) -> int:
+        """Word entries queued and not yet taken up by the model's text stream (read off the model thread:
+        a count for pacing, not an exact figure)."""
+        return len(self._incoming) + len(self.gen.machine.entries)
 
     def _queue_word(self, word: str) -> None:
         entries = self.engine.word_entries(word, first=self._first_word)

@@ -124,8 +124,13 @@ def build_cascade_engine(options: ServeOptions, device: str, dtype: torch.dtype)
         bar.set_postfix_str(f"LLM {llm_spec}")
         llm = load_llm(llm_spec, device, model=options.llm_model, token_timeout=options.llm_timeout)
         bar.update()
+    lookahead = tts.machine.second_stream_ahead
+    if options.llm_words_ahead < 0 or 0 < options.llm_words_ahead <= lookahead:
+        raise StartupError(f"--llm-words-ahead: give 0 (no pacing) or more than the TTS's lookahead of {lookahead} "
+                           f"words (it needs those to speak at all), e.g. {lookahead + 2}")
     pause, why = end_of_turn_rule(options, stt_spec, stt.has_pause)
-    return CascadeEngine(stt, llm, tts, max_tokens=options.llm_max_tokens, speech_threshold_dbfs=options.speech_threshold_dbfs,
+    return CascadeEngine(stt, llm, tts, max_tokens=options.llm_max_tokens, llm_words_ahead=options.llm_words_ahead,
+                         speech_threshold_dbfs=options.speech_threshold_dbfs,
                          end_of_turn_silence_ms=options.end_of_turn_silence_ms, max_wait_ms=options.max_wait_ms,
                          max_queue_frames=options.max_queue_frames, pause=pause, end_of_turn_why=why)
 

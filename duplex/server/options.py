@@ -65,6 +65,9 @@ class ServeOptions:
     llm_timeout: float = field(default=10.0, metadata=flag(
         "--llm-url: seconds without a new token before the turn fails with an error"))
     llm_max_tokens: int = field(default=120, metadata=flag("longest assistant reply, in LLM tokens"))
+    llm_words_ahead: int = field(default=4, metadata=flag(
+        "read the LLM's reply at most this many words ahead of what the TTS has taken up, so that a fast LLM does "
+        "not take the CPU from the TTS's first frame (0: read it as fast as it comes; docs/cascade.md, Pacing)"))
     voice: str | None = field(default=None, metadata=flag(
         "default TTS voice (a name from the voices repository); clients may pick another"))
     voices: str | None = field(default=None, metadata=flag(

@@ -196,6 +196,7 @@ class OpenAICompatibleLLM:
                 deadline.restart()
             for delta in deltas:
                 yield delta
+                deadline.restart()   # the time the reader spent away (pacing to the TTS) is not a stall
         if not finished:
             raise LLMError(f"LLM endpoint {self.url} closed the stream before the answer was complete")
 

@@ -31,7 +31,8 @@ def server_meta(options: ServeOptions, specs: dict[str, str], device: str, dtype
         "settings": {"interrupt_hold_ms": options.interrupt_hold_ms, "max_wait_ms": options.max_wait_ms,
                      "speech_threshold_dbfs": options.speech_threshold_dbfs,
                      "end_of_turn_silence_ms": options.end_of_turn_silence_ms,
-                     "llm_max_tokens": options.llm_max_tokens, "voice": options.voice},
+                     "llm_max_tokens": options.llm_max_tokens,
+                     "llm_words_ahead": options.llm_words_ahead, "voice": options.voice},
         "versions": {"torch": torch.__version__, "moshi": getattr(moshi, "__version__", "?"),
                      "python": platform.python_version()},
     }
