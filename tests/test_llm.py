@@ -278,6 +278,28 @@ async def test_openai_stall_becomes_an_error_within_the_token_timeout():
         await llm.close()
 
 
+async def test_openai_a_reader_that_pauses_is_not_a_stall():
+    """The cascade stops reading while its TTS has words enough (pacing): time spent away from the stream is
+    not the endpoint's stall, even when the pause is far past the token timeout: the endpoint here sends its
+    second token 2.2 s after the first, the reader is away 2 s after the first, and the timeout is 1 s."""
+    async def slow_second_token(server, request):
+        response = await server.open_sse(request)
+        await response.write(sse(chunk(role="assistant", content="Hello")))
+        await asyncio.sleep(2.2)
+        await response.write(sse(chunk(" world."), chunk(finish="stop"), b"[DONE]"))
+        return response
+
+    async with StandIn(slow_second_token) as server:
+        llm = OpenAICompatibleLLM(server.url, token_timeout=1.0)
+        deltas: list[str] = []
+        async for delta in llm.stream(HISTORY, temperature=1.0, max_tokens=8, cancel=asyncio.Event()):
+            deltas.append(delta)
+            if len(deltas) == 1:
+                await asyncio.sleep(2.0)
+        assert deltas == ["Hello", " world."]
+        await llm.close()
+
+
 async def test_openai_stall_before_headers_becomes_an_error():
     async def silent(server, request):
         await asyncio.wait_for(server.closing.wait(), 10)
