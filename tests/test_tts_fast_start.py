@@ -166,7 +166,7 @@ def test_a_produce_call_cut_short_resumes_where_it_stopped(engines):
     frames, calls = [], 0
     while not turn.done:
         before = lean.stats["steps"]
-        out = lean.produce([turn], frames_each=2, stop=lambda: lean.stats["steps"] - before >= 3)
+        out = lean.produce([turn], frames_each=2, stop=lambda before=before: lean.stats["steps"] - before >= 3)
         assert lean.stats["steps"] - before <= 3
         assert not turn.waits_for_text
         frames += out[turn]
