@@ -47,6 +47,21 @@ def clean(text: str) -> bool:
     return "<0x" not in text and "\u2581" not in text
 
 
+async def completed_meta(folder, timeout: float = 60.0) -> dict:
+    """The recording's meta.json once its writer thread has closed it (`complete`): `stop_acknowledged` reaches
+    the client before the writer has written the last events (on a busy machine, well before)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+        except ValueError:   # caught while the writer rewrites it
+            meta = {}
+        if meta.get("complete"):
+            return meta
+        assert asyncio.get_running_loop().time() < deadline, f"{folder} not complete within {timeout} s: {meta}"
+        await asyncio.sleep(0.05)
+
+
 async def test_ws_conversation_and_its_recording_replays_bit_for_bit(family_server, speech) -> None:
     before = {p.name for p in family_server.records.iterdir()} if family_server.records.exists() else set()
     async with await DuplexClient.connect(family_server.ws_url, codec="pcm16") as client:
@@ -60,8 +75,9 @@ async def test_ws_conversation_and_its_recording_replays_bit_for_bit(family_serv
         assert client.events_of("error") == [] and np.abs(client.assistant_pcm()).max() > 0
     assert text and clean(text), text
     [folder] = [p for p in family_server.records.iterdir() if p.is_dir() and p.name not in before]
-    meta = json.loads((folder / "meta.json").read_text())
+    meta = await completed_meta(folder)
     assert meta["models"]["duplex"] == PRESETS[family_server.preset], meta["models"]
+    assert not meta["summary"]["dropped"], meta["summary"]   # nothing lost to a slow writer, so all must match
     rec = load_recording(folder)
     assert rec.assistant_text() == text
     outcome = await replay_through(rec, family_server.http_url, fast=True, timeout=60.0)
