@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
@@ -89,6 +90,7 @@ PROBE = '''import os, pathlib, sys, time
 import pkg.mod
 
 def test_f():
+    pathlib.Path(os.environ["MUTANT_MARK"] + ".pid").write_text(str(os.getpid()))
     pathlib.Path(os.environ["MUTANT_MARK"]).write_text(pkg.mod.__file__)
     if os.environ.get("MUTANT_HANG"):
         time.sleep(3600)
@@ -131,6 +133,10 @@ def test_a_killed_run_leaves_the_live_tree_untouched_and_the_test_sees_the_mutat
     finally:
         os.killpg(runner.pid, signal.SIGKILL)                  # what a CI timeout does
         runner.wait()
+        hung = Path(f"{mark}.pid")
+        if hung.exists():   # the mutant's pytest runs in its own session: the runner's kill does not reach it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(hung.read_text()), signal.SIGKILL)
     assert live.read_bytes() == SOURCE.encode()
 
 
