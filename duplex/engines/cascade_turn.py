@@ -104,7 +104,7 @@ class AssistantTurn:
         self._reply_done = False           # the LLM task is over: all its text is in the TTS turn
         self._llm_cancel = asyncio.Event() # tells the LLM backend to stop (closes an endpoint's stream)
         self._wake = asyncio.Event()       # playout: new frames, the TTS turn done, or the reply done
-        self._tts_moved = asyncio.Event()  # the pump handed back frames (the TTS took up words), or the turn ended
+        self._tts_moved = asyncio.Event()  # the TTS took up a queued word (`TtsTurn.on_words_taken`)
         self._llm: asyncio.Task | None = None
         self.task = asyncio.create_task(self._run(), name="assistant-turn")
 
@@ -260,10 +260,9 @@ class AssistantTurn:
 
     def on_tts_frames(self, frames: list[TtsFrame], text_version: int, waiting: bool = True) -> None:
         """Frames the pump produced, stepping the TTS with the text as of `text_version`; `waiting`: the TTS
-        stopped for want of words (else it stopped at its first frame or the pump's step limit)."""
+        stopped for want of words (else at its first frame, or when the pump cut the call for another turn)."""
         if self.ended or self.tts is None:
             return                               # a cut turn's last frames
-        self._tts_moved.set()
         if not frames and waiting:
             self._starved_at = text_version      # nothing until the LLM sends more text
         elif frames and "tts_first_frame" not in self.stages:

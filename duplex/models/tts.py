@@ -278,8 +278,8 @@ class TtsEngineModel:
         meanwhile (the cascade's pump: a turn that starts during another's first frame joins its next
         steps instead of waiting for that frame)."""
         out: dict[TtsTurn, list[TtsFrame]] = {turn: [] for turn in turns}
-        taken = {turn: len(turn.gen.machine.transcript) for turn in turns}   # words taken up so far
-        while (produced := self.step([turn for turn in turns if len(out[turn]) < frames_each])):
+        taken = {turn: len(turn.gen.machine.consumption_times) for turn in turns}   # entries taken up so far
+        while produced := self.step([turn for turn in turns if len(out[turn]) < frames_each]):
             for turn, frame in produced.items():
                 if frame is not None and not turn.cancelled:
                     out[turn].append(frame)
@@ -411,8 +411,9 @@ class TtsEngineModel:
 
 
 def _tell_words_taken(turn: "TtsTurn", taken: dict["TtsTurn", int]) -> None:
-    """Calls the turn's `on_words_taken` when its step took up a word (`taken`: the words taken before)."""
-    now = len(turn.gen.machine.transcript)
+    """Calls the turn's `on_words_taken` when its step took up a queued entry (`taken`: the count before;
+    moshi's state machine stamps each entry it pops in `consumption_times`, the count `words_waiting` drops by)."""
+    now = len(turn.gen.machine.consumption_times)
     if now > taken[turn] and turn.on_words_taken is not None:
         turn.on_words_taken()
     taken[turn] = now
