@@ -4,4 +4,5 @@ import sys
 
 from .cli import main
 
-sys.exit(main())
+if __name__ == "__main__":   # a spawned child process (models/stt_process.py) imports this module: no main there
+    sys.exit(main())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -222,6 +224,32 @@ async def test_health_says_which_end_of_turn_rule_is_live(cascade_server):
 
     rule = (await health(cascade_server.http_url))["engines"]["cascade"]["end_of_turn"]
     assert rule["rule"] == "energy" and "random weights" in rule["why"], rule
+
+
+async def test_a_killed_stt_process_costs_an_error_and_the_conversation_goes_on(cascade_server, hello):
+    """On CPU the STT runs in its own process (--stt-process auto): killing it fails the step that had the
+    conversation's frame (one `error`, the frame counted as dropped), the next step restarts it, and the
+    user's next turn is transcribed and answered."""
+    from .helpers import health
+
+    before = (await health(cascade_server.http_url))["engines"]["cascade"]["stt"]
+    assert before["alive"] and before["process"], before
+    client, mic = await conversation(cascade_server)
+    try:
+        await asyncio.sleep(0.5)                              # the mic's frames are being stepped
+        os.kill(before["process"], signal.SIGKILL)
+        error = await client.wait_for("error", timeout=20)
+        assert error.data["code"] == "internal" and "speech recognition" in error.data["message"], error.data
+        mic.say(np.concatenate([np.zeros(4000, dtype=np.float32), hello]))
+        user = await client.wait_for("final_transcript", timeout=60, predicate=lambda e: e.data["role"] == "user")
+        assert user.data["content"]
+        await client.wait_for("tts_start", timeout=30)
+        after = (await health(cascade_server.http_url))["engines"]["cascade"]["stt"]
+        assert after["alive"] and after["restarts"] == before["restarts"] + 1, after
+        assert after["process"] != before["process"]
+    finally:
+        mic.close()
+        await client.close()
 
 
 async def test_text_top_k_reaches_the_llm_only_when_set(cascade_server, llm_standin):

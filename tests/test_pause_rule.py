@@ -139,6 +139,9 @@ class ScriptedStt:
         for d, (text, pause) in zip(deliveries, result, strict=True):
             d.owner.on_stt(text, pause)
 
+    def fail(self, deliveries: list[Delivery[SttSlotOwner]], error: Exception) -> None:
+        raise AssertionError(f"the scripted STT never fails: {error}")
+
 
 def frame(level: float) -> UserFrame:
     return UserFrame(np.zeros(FRAME_SAMPLES, dtype=np.float32), level)

@@ -23,6 +23,7 @@ from duplex.engines.scheduler import BatchScheduler, Delivery, TickEntry, TickPo
 class Owner:
     name: str
     got: list[float] = field(default_factory=list)   # the first sample of each frame delivered back
+    lost: list[str] = field(default_factory=list)    # the errors of failed steps that had its frame
 
     def on_result(self, value: float) -> None:
         self.got.append(value)
@@ -36,6 +37,7 @@ class FakeRunner:
         self.gate = threading.Event()
         self.gate.set()
         self.step_started = threading.Event()
+        self.fail_on: set[float] = set()      # a step with a frame of one of these values raises
 
     def prepare(self, entries: list[TickEntry[Owner]]) -> dict[int, float]:
         self.ticks.append([(e.slot.index, None if e.frame is None else float(e.frame.pcm[0]), e.reset, e.first)
@@ -45,11 +47,17 @@ class FakeRunner:
     def execute(self, job: dict[int, float]) -> dict[int, float]:
         self.step_started.set()
         self.gate.wait(5)
+        if self.fail_on & set(job.values()):
+            raise RuntimeError("model step failed")
         return job
 
     def deliver(self, deliveries: list[Delivery[Owner]], result: dict[int, float]) -> None:
         for d in deliveries:
             d.owner.on_result(result[d.index])
+
+    def fail(self, deliveries: list[Delivery[Owner]], error: Exception) -> None:
+        for d in deliveries:
+            d.owner.lost.append(str(error))
 
 
 def frame(value: float) -> np.ndarray:
@@ -96,6 +104,20 @@ async def test_a_tick_runs_once_every_active_slot_has_a_frame() -> None:
         # the free slot 2 rides along once, to be wiped; it has no frame, so it is masked out
         assert runner.ticks == [[(0, 1.0, True, True), (1, 2.0, True, True), (2, None, True, False)]]
         assert (a.got, b.got) == ([1.0], [2.0])
+
+
+async def test_a_failed_step_counts_its_frames_as_dropped_tells_their_owners_and_ticking_goes_on() -> None:
+    async with running_scheduler() as (sched, runner):
+        runner.fail_on = {2.0}
+        a, b = Owner("a"), Owner("b")
+        slot_a, slot_b = sched.acquire(a), sched.acquire(b)
+        for value in (1.0, 2.0, 3.0):
+            sched.push(slot_a, frame(value))
+            sched.push(slot_b, frame(value + 10))
+            await until(lambda value=value: len(a.got) + len(a.lost) == value)
+        assert (a.got, b.got) == ([1.0, 3.0], [11.0, 13.0])      # the failed step's frames never came back
+        assert a.lost == b.lost == ["model step failed"]
+        assert (slot_a.dropped, slot_b.dropped, sched.failed_ticks) == (1, 1, 1)
 
 
 async def test_a_silent_slot_never_holds_the_others_back() -> None:

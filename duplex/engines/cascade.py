@@ -26,7 +26,7 @@ import typing as tp
 from ..audio import FRAME_MS
 from ..config import CASCADE_CONFIG_KEYS, DEFAULT_SYSTEM_PROMPT, default_of
 from ..models.llm import ChatMessage, LLMBackend
-from ..models.stt import SttBatch
+from ..models.stt import SttModel
 from ..models.tts import TtsEngineModel, TtsFrame, TtsTurn, UnknownVoice
 from .base import (BadChoice, ConfigOffer, Engine, EngineFailure, EngineStream, ResponseOptions, Sink, ToolCall, Unsupported,
                    UserFrame, UserTranscript)
@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 class CascadeEngine(Engine):
     name = "cascade"
 
-    def __init__(self, stt: SttBatch, llm: LLMBackend, tts: TtsEngineModel, *, max_tokens: int = 120,
+    def __init__(self, stt: SttModel, llm: LLMBackend, tts: TtsEngineModel, *, max_tokens: int = 120,
                  ahead_frames: int = 3, speech_threshold_dbfs: float = -45.0, end_of_turn_silence_ms: float = 640.0,
                  max_wait_ms: float | None = None, max_queue_frames: int = 125, pause: PauseRule | None = None,
                  end_of_turn_why: str = "", llm_words_ahead: int = LLM_WORDS_AHEAD):
@@ -83,6 +83,7 @@ class CascadeEngine(Engine):
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.scheduler.stop()
         self.tts_worker.shutdown(wait=True, cancel_futures=True)
+        await asyncio.to_thread(self.stt.close)
         await self.llm.close()
 
     def has_free_slot(self) -> bool:
@@ -95,7 +96,8 @@ class CascadeEngine(Engine):
     def health(self) -> dict:
         speaking = sum(1 for turn in self.turns if turn.tts is not None and not turn.ended)
         health = {"slots": self.stt.slots, "active": self.scheduler.active, "speaking": speaking,
-                  "llm": getattr(self.llm, "name", type(self.llm).__name__), "end_of_turn": self.end_of_turn}
+                  "llm": getattr(self.llm, "name", type(self.llm).__name__), "end_of_turn": self.end_of_turn,
+                  "stt": self.stt.health()}
         if hasattr(self.llm, "stats"):   # the in-process LLM's batch: steps, most rows in one step, rows now
             health["llm_batch"] = self.llm.stats()
         return health

@@ -37,6 +37,7 @@ class DuplexSlotOwner(tp.Protocol):
     """Who holds a Moshi slot (a DuplexStream): read before each step, told each step's result."""
 
     forced_silent: bool   # the slot's assistant is held silent (interrupt)
+    sink: Sink            # where its conversation's events go
 
     def on_step(self, pcm: np.ndarray, text: str | None, has_output: bool, turnaround_ms: float,
                 heard: np.ndarray) -> None: ...
@@ -68,6 +69,10 @@ class DuplexRunner:
 
     def execute(self, batch: StepInput) -> StepOutput:
         return self.model.step(batch)
+
+    def fail(self, deliveries: list[Delivery[DuplexSlotOwner]], error: Exception) -> None:
+        for d in deliveries:
+            d.owner.sink(EngineFailure("internal", "the model step that had this frame failed; its answer is lost"))
 
     def deliver(self, deliveries: list[Delivery[DuplexSlotOwner]], result: StepOutput) -> None:
         now = time.monotonic()

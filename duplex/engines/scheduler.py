@@ -88,6 +88,10 @@ class TickRunner(tp.Protocol[OwnerT, JobT, ResultT]):
         """Event loop: hand each live slot its part of the result."""
         ...
 
+    def fail(self, deliveries: list[Delivery[OwnerT]], error: Exception) -> None:
+        """Event loop: the step failed; tell each live slot's owner that its frame was lost."""
+        ...
+
 
 class BetweenTicks(tp.Protocol):
     """Model work done between ticks, in pieces (a persona prefill: models/prefill.py)."""
@@ -153,6 +157,7 @@ class BatchScheduler(tp.Generic[OwnerT]):
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.ticks = 0
+        self.failed_ticks = 0                 # steps that raised: their frames are counted as dropped
         self.last_step_ms = 0.0
         self.on_tick: tp.Callable[[float, int], None] | None = None  # (step_ms, frames) for metrics
         self._calls: set[concurrent.futures.Future] = set()          # fire-and-forget model-thread calls
@@ -334,6 +339,21 @@ class BatchScheduler(tp.Generic[OwnerT]):
                 log.exception("%s tick failed; the affected frames are lost", self.name)
                 await asyncio.sleep(0.01)  # back off so that a failure every tick does not spin
 
+    @staticmethod
+    def _live(entries: list[TickEntry[OwnerT]]) -> list[Delivery[OwnerT]]:
+        """The entries whose frame ran and whose slot still has the owner that queued it."""
+        return [Delivery(e.slot.owner, e.slot.index, e.frame) for e in entries
+                if e.frame is not None and e.slot.owner is not None and e.slot.generation == e.generation]
+
+    def _failed(self, entries: list[TickEntry[OwnerT]], error: Exception) -> None:
+        """A step that raised lost its frames: each is counted as dropped in its slot (so its conversation's
+        metrics and recording report it) and its owner is told."""
+        self.failed_ticks += 1
+        live = self._live(entries)
+        for delivery in live:
+            self.slots[delivery.index].dropped += 1
+        self.runner.fail(live, error)
+
     def _until_starved(self, due: float | None) -> float:
         """How long to wait before looking again when between-tick work waits for room."""
         starved = self._between[0].since + self.between_starved_s - time.monotonic()
@@ -390,12 +410,14 @@ class BatchScheduler(tp.Generic[OwnerT]):
                 slot.first_frame = False
         job = self.runner.prepare(entries)
         started = time.perf_counter()
-        result = await self.run_in_worker(self.runner.execute, job)
+        try:
+            result = await self.run_in_worker(self.runner.execute, job)
+        except Exception as exc:
+            self._failed(entries, exc)
+            raise
         self.last_step_ms = (time.perf_counter() - started) * 1000.0
         self.policy.observe_step(self.last_step_ms / 1000.0)
         self.ticks += 1
-        live = [Delivery(e.slot.owner, e.slot.index, e.frame) for e in entries
-                if e.frame is not None and e.slot.owner is not None and e.slot.generation == e.generation]
-        self.runner.deliver(live, result)
+        self.runner.deliver(self._live(entries), result)
         if self.on_tick is not None:
             self.on_tick(self.last_step_ms, sum(e.frame is not None for e in entries))

@@ -14,8 +14,8 @@ import typing as tp
 import numpy as np
 
 from ..audio import FRAME_MS, FRAME_SAMPLES
-from ..models.stt import SttBatch, SttStepInput, SttStepOutput
-from .base import CapacityError, Sink, UserFrame, UserTranscript
+from ..models.stt import SttModel, SttStepInput, SttStepOutput
+from .base import CapacityError, EngineFailure, Sink, UserFrame, UserTranscript
 from .scheduler import BatchScheduler, Delivery, TickEntry
 from .turns import EndOfTurnDetector
 
@@ -25,11 +25,15 @@ class SttSlotOwner(tp.Protocol):
 
     def on_stt(self, text: str | None, pause_prob: float) -> None: ...
 
+    def on_stt_failed(self, error: Exception) -> None:
+        """The step that had this slot's frame failed: the frame was not heard (it is counted as dropped)."""
+        ...
+
 
 class SttRunner:
-    """Adapts SttBatch to the scheduler (a `TickRunner`), as DuplexRunner does for Moshi."""
+    """Adapts the STT (`SttModel`) to the scheduler (a `TickRunner`), as DuplexRunner does for Moshi."""
 
-    def __init__(self, model: SttBatch):
+    def __init__(self, model: SttModel):
         self.model = model
 
     def prepare(self, entries: list[TickEntry[SttSlotOwner]]) -> SttStepInput:
@@ -49,6 +53,10 @@ class SttRunner:
     def deliver(self, deliveries: list[Delivery[SttSlotOwner]], result: SttStepOutput) -> None:
         for d in deliveries:
             d.owner.on_stt(result.text[d.index], float(result.pause_prob[d.index]))
+
+    def fail(self, deliveries: list[Delivery[SttSlotOwner]], error: Exception) -> None:
+        for d in deliveries:
+            d.owner.on_stt_failed(error)
 
 
 class TranscriberSource(tp.Protocol):
@@ -145,6 +153,12 @@ class UserTranscriber:
         if self._final_at is not None and self.stt_frames >= self._final_at:
             self._finalise()
 
+    def on_stt_failed(self, error: Exception) -> None:
+        """One failed step, one error: the frame is lost (the scheduler counts it), the turn goes on. The
+        recogniser's own state may be gone too (a restarted process starts every slot afresh)."""
+        self.sink(EngineFailure("internal", f"speech recognition failed for a frame; the words around it may "
+                                            f"be missing from the transcript ({_first_line(error)})"))
+
     def _finalise(self) -> None:
         assert self._turn is not None
         text, (start_ms, end_ms) = self._text.strip(), self._turn
@@ -167,3 +181,7 @@ class UserTranscriber:
     @property
     def frames_dropped(self) -> int:
         return self.slot.dropped if self.slot is not None else 0
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+import typing as tp
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,6 +68,25 @@ class _SlotText:
     word_start_ms: int = 0
 
 
+class SttModel(tp.Protocol):
+    """The seam between the cascade's user side and its recogniser: `SttBatch` in this process, or
+    `stt_process.SttProcess`, the same batch stepped in a child process."""
+
+    slots: int
+    flush_frames: int     # steps of silence after the last frame that bring out the text of all of it
+    has_pause: bool       # whether the model gives an end-of-turn ("pause") probability
+
+    def step(self, batch: SttStepInput) -> SttStepOutput:
+        """One batched step (model thread)."""
+        ...
+
+    def health(self) -> dict:
+        ...
+
+    def close(self) -> None:
+        ...
+
+
 class SttBatch:
     """Loads Mimi + the STT LM once and transcribes `slots` independent streams in one batched step."""
 
@@ -111,6 +131,12 @@ class SttBatch:
         for i in range(steps):
             self.step(SttStepInput(pcm, ones, ones if i == 0 else none))
         self.step(SttStepInput(pcm, none, ones))
+
+    def health(self) -> dict:
+        return {"process": None}   # runs in the server's own process
+
+    def close(self) -> None:
+        pass
 
     def step(self, batch: SttStepInput) -> SttStepOutput:
         with inference(self.device):

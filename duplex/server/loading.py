@@ -104,7 +104,8 @@ def build_cascade_engine(options: ServeOptions, device: str, dtype: torch.dtype)
     from ..engines.cascade import CascadeEngine
     from ..models.llm import load_llm
     from ..models.spec import PRESETS, resolve_checkpoint
-    from ..models.stt import SttBatch
+    from ..models.stt import SttBatch, SttModel
+    from ..models.stt_process import SttProcess, SttProcessError
     from ..models.tts import TtsEngineModel, UnknownVoice
 
     preset = PRESETS[options.preset]
@@ -112,8 +113,16 @@ def build_cascade_engine(options: ServeOptions, device: str, dtype: torch.dtype)
     llm_spec = options.llm_url or options.llm or preset.llm_spec
     slots = options.cascade_slots
     with tqdm(total=3, desc="cascade models", unit="model", disable=options.quiet_progress) as bar:
-        bar.set_postfix_str(f"STT {stt_spec}")
-        stt = SttBatch(resolve_checkpoint(stt_spec), slots, device, dtype)
+        own_process = stt_in_own_process(options.stt_process, device)
+        bar.set_postfix_str(f"STT {stt_spec}" + (" (own process)" if own_process else ""))
+        stt: SttModel
+        if own_process:
+            try:
+                stt = SttProcess(stt_spec, slots, device, dtype)
+            except SttProcessError as exc:
+                raise StartupError(str(exc)) from None
+        else:
+            stt = SttBatch(resolve_checkpoint(stt_spec), slots, device, dtype)
         bar.update()
         bar.set_postfix_str(f"TTS {tts_spec}")
         try:
@@ -133,6 +142,11 @@ def build_cascade_engine(options: ServeOptions, device: str, dtype: torch.dtype)
                          speech_threshold_dbfs=options.speech_threshold_dbfs,
                          end_of_turn_silence_ms=options.end_of_turn_silence_ms, max_wait_ms=options.max_wait_ms,
                          max_queue_frames=options.max_queue_frames, pause=pause, end_of_turn_why=why)
+
+
+def stt_in_own_process(choice: str, device: str) -> bool:
+    """--stt-process: auto moves the STT out on CPU, where it was measured to help (docs/cascade.md)."""
+    return choice == "on" or (choice == "auto" and device == "cpu")
 
 
 def end_of_turn_rule(options: ServeOptions, stt_spec: str, has_pause_head: bool) -> tuple[PauseRule | None, str]:

@@ -68,6 +68,10 @@ class ServeOptions:
     llm_words_ahead: int = field(default=4, metadata=flag(
         "read the LLM's reply at most this many words ahead of what the TTS has taken up, so that a fast LLM does "
         "not take the CPU from the TTS's first frame (0: read it as fast as it comes; docs/cascade.md, Pacing)"))
+    stt_process: str = field(default="auto", metadata=flag(
+        "run the speech recogniser in its own process, so that its steps do not wait on the other model threads "
+        "for Python's interpreter lock (docs/cascade.md); auto: on for --device cpu, off on CUDA (not measured there)",
+        choices=("auto", "on", "off")))
     voice: str | None = field(default=None, metadata=flag(
         "default TTS voice (a name from the voices repository); clients may pick another"))
     voices: str | None = field(default=None, metadata=flag(
