@@ -27,7 +27,8 @@ from ..audio import FRAME_MS
 from ..config import CASCADE_CONFIG_KEYS, DEFAULT_SYSTEM_PROMPT, default_of
 from ..models.llm import ChatMessage, LLMBackend
 from ..models.stt import SttModel
-from ..models.tts import TtsEngineModel, TtsFrame, TtsTurn, UnknownVoice
+from ..models.tts import TtsFrame, UnknownVoice
+from ..models.tts_turn import SpeechModel, SpeechTurn
 from .base import (BadChoice, ConfigOffer, Engine, EngineFailure, EngineStream, ResponseOptions, Sink, ToolCall, Unsupported,
                    UserFrame, UserTranscript)
 from .cascade_turn import AssistantTurn
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 class CascadeEngine(Engine):
     name = "cascade"
 
-    def __init__(self, stt: SttModel, llm: LLMBackend, tts: TtsEngineModel, *, max_tokens: int = 120,
+    def __init__(self, stt: SttModel, llm: LLMBackend, tts: SpeechModel[tp.Any], *, max_tokens: int = 120,
                  ahead_frames: int = 3, speech_threshold_dbfs: float = -45.0, end_of_turn_silence_ms: float = 640.0,
                  max_wait_ms: float | None = None, max_queue_frames: int = 125, pause: PauseRule | None = None,
                  end_of_turn_why: str = "", llm_words_ahead: int = LLM_WORDS_AHEAD):
@@ -84,6 +85,7 @@ class CascadeEngine(Engine):
         await self.scheduler.stop()
         self.tts_worker.shutdown(wait=True, cancel_futures=True)
         await asyncio.to_thread(self.stt.close)
+        await asyncio.to_thread(self.tts.close)
         await self.llm.close()
 
     def has_free_slot(self) -> bool:
@@ -97,7 +99,7 @@ class CascadeEngine(Engine):
         speaking = sum(1 for turn in self.turns if turn.tts is not None and not turn.ended)
         health = {"slots": self.stt.slots, "active": self.scheduler.active, "speaking": speaking,
                   "llm": getattr(self.llm, "name", type(self.llm).__name__), "end_of_turn": self.end_of_turn,
-                  "stt": self.stt.health()}
+                  "stt": self.stt.health(), "tts": self.tts.health()}
         if hasattr(self.llm, "stats"):   # the in-process LLM's batch: steps, most rows in one step, rows now
             health["llm_batch"] = self.llm.stats()
         return health
@@ -160,7 +162,7 @@ class CascadeEngine(Engine):
                 turn.on_tts_frames(frames, version, waiting=tts.waits_for_text)
 
 
-def _produce_frames(tts: TtsEngineModel, turns: list[TtsTurn], stop: tp.Callable[[], bool]) -> list[list[TtsFrame]]:
+def _produce_frames(tts: SpeechModel[tp.Any], turns: list[SpeechTurn], stop: tp.Callable[[], bool]) -> list[list[TtsFrame]]:
     """Model thread: up to two frames per turn (enough to stay ahead of a real-time playout), in batched
     steps of the turns that still need one; a starting turn's delay steps run back to back (`produce`),
     until another turn wants frames (`stop`)."""

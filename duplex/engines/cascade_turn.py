@@ -44,7 +44,8 @@ import typing as tp
 from ..audio import FRAME_S
 from ..models.llm import ChatMessage, LLMBackend, LLMError, TokenUsage
 from ..models.llm.base import ToolCall, ToolCallDelta
-from ..models.tts import TtsCapacity, TtsEngineModel, TtsFrame, TtsTurn, UnknownVoice
+from ..models.tts import TtsCapacity, TtsFrame, UnknownVoice
+from ..models.tts_turn import SpeechModel, SpeechTurn
 from .base import (AssistantAudio, AssistantText, AssistantTurnDone, AssistantTurnEnded, AssistantTurnStarted,
                    EngineFailure, LLMProcessing, Sink)
 from .tool_calls import CallAssembler, TurnTools, Waiting
@@ -54,7 +55,7 @@ class TurnEngine(tp.Protocol):
     """What a turn needs from its engine (`cascade.CascadeEngine`)."""
 
     llm: LLMBackend
-    tts: TtsEngineModel
+    tts: SpeechModel[tp.Any]
     max_tokens: int
     ahead_frames: int          # playout runs at most this many 80 ms frames ahead of real time
     llm_words_ahead: int       # the LLM is read no further than this many words ahead of the TTS (0: no limit)
@@ -92,7 +93,7 @@ class AssistantTurn:
         self.waiting = Waiting()           # results the turn waits for
         self.usage = TokenUsage()          # every LLM response of the turn adds its tokens here
         self.ended_at: tuple[ToolCall, ...] = ()   # the calls the turn ended at (TurnTools.wait off)
-        self.tts: TtsTurn | None = None    # set once the TTS slot is taken
+        self.tts: SpeechTurn | None = None    # set once the TTS slot is taken
         self.reply = ""                    # the LLM's text so far
         self.pending: collections.deque[TtsFrame] = collections.deque()   # produced, not yet played
         self.played = 0                    # frames sent to the sink (80 ms each)
@@ -130,7 +131,7 @@ class AssistantTurn:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._llm
 
-    async def _read_llm(self, tts: TtsTurn) -> None:
+    async def _read_llm(self, tts: SpeechTurn) -> None:
         """The LLM task: streams the reply to the sink and, word by word, into the TTS turn; waits for the
         results of the calls the LLM makes and asks it again with them."""
         try:
@@ -162,7 +163,7 @@ class AssistantTurn:
             self._reply_done = True
             self._wake.set()
 
-    async def _one_response(self, tts: TtsTurn, rounds: int) -> list[ToolCall]:
+    async def _one_response(self, tts: SpeechTurn, rounds: int) -> list[ToolCall]:
         """One LLM response: its text spoken as it streams, its calls (complete, in order) returned."""
         tools, choice = self.tools.offered(rounds)
         calls = CallAssembler(self.sink)
@@ -187,7 +188,7 @@ class AssistantTurn:
             await self._keep_pace(tts)
         return [] if self.ended else calls.complete()
 
-    async def _keep_pace(self, tts: TtsTurn) -> None:
+    async def _keep_pace(self, tts: SpeechTurn) -> None:
         """Stops reading the LLM while the TTS has `llm_words_ahead` words it has not taken up. The reply
         is not needed faster than it is spoken, and on a small machine an LLM decoding at full speed takes
         the CPU from the TTS steps that make the first frame (docs/cascade.md, "Pacing"). The in-process
@@ -198,7 +199,7 @@ class AssistantTurn:
             self._tts_moved.clear()
             await self._tts_moved.wait()
 
-    def _say_before_calls(self, tts: TtsTurn, calls: list[ToolCall]) -> None:
+    def _say_before_calls(self, tts: SpeechTurn, calls: list[ToolCall]) -> None:
         """The text before the calls is spoken whole (its last word too) and joins the history with them."""
         if self.round_text and not self.round_text[-1].isspace():   # the text after the result is a new sentence
             self.reply += " "
@@ -222,7 +223,7 @@ class AssistantTurn:
         """A result for a call this turn waits for; False when it waits for no such call."""
         return not self.ended and self.waiting.give(call_id, output)
 
-    async def _play(self, tts: TtsTurn) -> None:
+    async def _play(self, tts: SpeechTurn) -> None:
         """Sends frames no further than `ahead_frames` ahead of real time, then ends the turn."""
         ahead = self.engine.ahead_frames
         started: float | None = None       # time.monotonic() when the first frame was there to play
@@ -271,7 +272,7 @@ class AssistantTurn:
         if frames or self.tts.done:
             self._wake.set()
 
-    def _words_given(self, tts: TtsTurn) -> None:
+    def _words_given(self, tts: SpeechTurn) -> None:
         if tts.has_words and "tts_first_words" not in self.stages:
             self.stages["tts_first_words"] = time.monotonic()
 

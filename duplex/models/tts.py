@@ -134,6 +134,16 @@ class TtsEngineModel:
             raise ValueError("this TTS is not CFG-distilled (no `cfg` conditioner): unsupported")
 
     @property
+    def lookahead_words(self) -> int:
+        return self.machine.second_stream_ahead
+
+    def health(self) -> dict:
+        return {"process": None}   # runs on a thread of the server's own process
+
+    def close(self) -> None:
+        pass
+
+    @property
     def first_audio_steps(self) -> int:
         """Model steps a turn takes before its first audio frame: the text-to-audio delay plus the
         acoustic delay. Steps only run once `second_stream_ahead` words are queued."""

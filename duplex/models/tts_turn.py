@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import typing as tp
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from moshi.models.tts import Entry, State
@@ -38,6 +39,69 @@ class TurnGenState:
     emitted: int = 0           # audio frames produced so far
     fresh: bool = True         # the slot must be reset (model, codec, seed, voice) before the first step
     finished: bool = False     # all audio produced (frames may still be buffered in the turn)
+
+
+class SpeechTurn(tp.Protocol):
+    """What the cascade holds while the assistant speaks: a `TtsTurn` here, or a `tts_process.RemoteTtsTurn`
+    whose model runs in a child process. Text in from the event loop; frames come out of the model's `produce`."""
+
+    on_words_taken: tp.Callable[[], None] | None   # the model's text stream took up a queued word (any thread)
+    waits_for_text: bool                           # its last step check found it waiting for words
+
+    def push_text(self, text_delta: str) -> None: ...
+
+    def end_text(self) -> None: ...
+
+    def cancel(self) -> None: ...
+
+    @property
+    def cancelled(self) -> bool: ...
+
+    @property
+    def has_words(self) -> bool: ...
+
+    @property
+    def words_waiting(self) -> int: ...
+
+    @property
+    def done(self) -> bool: ...
+
+    def text_until(self, seconds: float) -> str: ...
+
+
+TurnT = tp.TypeVar("TurnT", bound=SpeechTurn)
+
+
+class SpeechModel(tp.Protocol[TurnT]):
+    """The seam between the cascade and its speech synthesiser: `tts.TtsEngineModel` (on a thread of this
+    process) or `tts_process.TtsProcess` (the same model in a child process)."""
+
+    default_voice: str
+
+    @property
+    def lookahead_words(self) -> int:
+        """Words the model must see beyond the one it takes (moshi's `second_stream_ahead`)."""
+        ...
+
+    def available_voices(self) -> list[str]: ...
+
+    def voice_path(self, voice: str) -> Path:
+        """The voice's embedding file; raises `UnknownVoice` for a name the server does not offer."""
+        ...
+
+    def start_turn(self, voice: str | None = None, seed: int | None = None, top_k: int | None = None) -> TurnT:
+        """A new turn on a free slot; raises UnknownVoice or TtsCapacity. Event loop."""
+        ...
+
+    def produce(self, turns: list[TurnT], frames_each: int = 2,
+                stop: tp.Callable[[], bool] | None = None) -> dict[TurnT, list[TtsFrame]]:
+        """Model thread: steps `turns` until each has `frames_each` new frames or cannot step (see
+        `TtsEngineModel.produce`)."""
+        ...
+
+    def health(self) -> dict: ...
+
+    def close(self) -> None: ...
 
 
 class TtsTurnEngine(tp.Protocol):
@@ -166,9 +230,13 @@ class TtsTurn:
     @property
     def word_times(self) -> list[tuple[str, float]]:
         """(word, start_s on the turn's audio clock) for the words whose first frame exists."""
-        emitted = self.gen.emitted
-        return [(word, step * FRAME_S) for word, step in list(self.gen.machine.transcript) if step < emitted]
+        return word_times_of(list(self.gen.machine.transcript), self.gen.emitted)
 
     def text_until(self, seconds: float) -> str:
         """The words that had started by `seconds` of played audio: the history to keep after barge-in."""
         return " ".join(word for word, start in self.word_times if start < seconds)
+
+
+def word_times_of(transcript: list[tuple[str, int]], emitted: int) -> list[tuple[str, float]]:
+    """(word, start_s) from moshi's transcript [(word, step)], for the words whose first frame exists."""
+    return [(word, step * FRAME_S) for word, step in transcript if step < emitted]

@@ -107,13 +107,15 @@ def build_cascade_engine(options: ServeOptions, device: str, dtype: torch.dtype)
     from ..models.stt import SttBatch, SttModel
     from ..models.stt_process import SttProcess, SttProcessError
     from ..models.tts import TtsEngineModel, UnknownVoice
+    from ..models.tts_process import TtsProcess, TtsProcessError
+    from ..models.tts_turn import SpeechModel
 
     preset = PRESETS[options.preset]
     stt_spec, tts_spec = options.stt_spec or preset.stt_spec, options.tts_spec or preset.tts_spec
     llm_spec = options.llm_url or options.llm or preset.llm_spec
     slots = options.cascade_slots
     with tqdm(total=3, desc="cascade models", unit="model", disable=options.quiet_progress) as bar:
-        own_process = stt_in_own_process(options.stt_process, device)
+        own_process = in_own_process(options.stt_process, device)
         bar.set_postfix_str(f"STT {stt_spec}" + (" (own process)" if own_process else ""))
         stt: SttModel
         if own_process:
@@ -124,16 +126,23 @@ def build_cascade_engine(options: ServeOptions, device: str, dtype: torch.dtype)
         else:
             stt = SttBatch(resolve_checkpoint(stt_spec), slots, device, dtype)
         bar.update()
-        bar.set_postfix_str(f"TTS {tts_spec}")
+        tts_own_process = in_own_process(options.tts_process, device)
+        bar.set_postfix_str(f"TTS {tts_spec}" + (" (own process)" if tts_own_process else ""))
+        tts: SpeechModel[tp.Any]
         try:
-            tts = TtsEngineModel(resolve_checkpoint(tts_spec), slots, device, dtype, voice=options.voice)
+            if tts_own_process:
+                tts = TtsProcess(tts_spec, slots, device, dtype, voice=options.voice)
+            else:
+                tts = TtsEngineModel(resolve_checkpoint(tts_spec), slots, device, dtype, voice=options.voice)
         except UnknownVoice as exc:
             raise StartupError(f"--voice: {exc}") from None
+        except TtsProcessError as exc:
+            raise StartupError(str(exc)) from None
         bar.update()
         bar.set_postfix_str(f"LLM {llm_spec}")
         llm = load_llm(llm_spec, device, model=options.llm_model, token_timeout=options.llm_timeout)
         bar.update()
-    lookahead = tts.machine.second_stream_ahead
+    lookahead = tts.lookahead_words
     if options.llm_words_ahead < 0 or 0 < options.llm_words_ahead <= lookahead:
         raise StartupError(f"--llm-words-ahead: give 0 (no pacing) or more than the TTS's lookahead of {lookahead} "
                            f"words (it needs those to speak at all), e.g. {lookahead + 2}")
@@ -144,8 +153,9 @@ def build_cascade_engine(options: ServeOptions, device: str, dtype: torch.dtype)
                          max_queue_frames=options.max_queue_frames, pause=pause, end_of_turn_why=why)
 
 
-def stt_in_own_process(choice: str, device: str) -> bool:
-    """--stt-process: auto moves the STT out on CPU, where it was measured to help (docs/cascade.md)."""
+def in_own_process(choice: str, device: str) -> bool:
+    """--stt-process, --tts-process: auto moves the model out on CPU, where it was measured to help
+    (docs/cascade.md)."""
     return choice == "on" or (choice == "auto" and device == "cpu")
 
 

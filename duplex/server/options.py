@@ -72,6 +72,10 @@ class ServeOptions:
         "run the speech recogniser in its own process, so that its steps do not wait on the other model threads "
         "for Python's interpreter lock (docs/cascade.md); auto: on for --device cpu, off on CUDA (not measured there)",
         choices=("auto", "on", "off")))
+    tts_process: str = field(default="auto", metadata=flag(
+        "run the speech synthesiser in its own process, for the same reason (a turn's first frame is 19 steps "
+        "back to back, while the LLM writes); auto: on for --device cpu, off on CUDA (not measured there)",
+        choices=("auto", "on", "off")))
     voice: str | None = field(default=None, metadata=flag(
         "default TTS voice (a name from the voices repository); clients may pick another"))
     voices: str | None = field(default=None, metadata=flag(
