@@ -40,6 +40,9 @@ from .turns import PauseRule
 # The LLM is read at most this many words ahead of what the TTS has taken up (cascade_turn._keep_pace): enough
 # for the TTS's lookahead (`second_stream_ahead`, 2) and its first frame's words, no more (docs/cascade.md).
 LLM_WORDS_AHEAD = 4
+# A speaking turn with room for this many frames beyond its own threshold takes them in another turn's
+# speaking step: one batched step costs about what one turn's costs (docs/cascade.md, "Speaking steps shared").
+RIDE_ALONG_FRAMES = 2
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +148,12 @@ class CascadeEngine(Engine):
             if not wanted:
                 await self._wakeup.wait()
                 continue
+            if any(turn.speaking_started for turn, _, _ in wanted):
+                # a speaking step runs anyway: the other speaking turns with room take their next frames
+                # in it, one batched step for all, instead of a step each when their own time comes
+                wanted += [(turn, turn.tts, turn.text_version) for turn in list(self.turns)
+                           if turn.speaking_started and turn.tts is not None and all(turn is not w for w, _, _ in wanted)
+                           and turn.wants_frames(room=RIDE_ALONG_FRAMES)]
             self._in_flight = {turn for turn, _, _ in wanted}
             self._newcomer.clear()
             try:

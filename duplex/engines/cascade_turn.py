@@ -253,11 +253,18 @@ class AssistantTurn:
                 await self._wake.wait()
 
     # --- the TTS pump's side (event loop) -------------------------------------------------------
-    def wants_frames(self) -> bool:
-        """Whether the pump should step this turn's TTS: it is live, playout has room, and it has had
-        new text since the TTS last had nothing to give (it waits for words from the LLM)."""
-        return (not self.ended and self.tts is not None and len(self.pending) < self.engine.ahead_frames + 2
+    def wants_frames(self, room: int = 0) -> bool:
+        """Whether the pump should step this turn's TTS: it is live, playout has room (`room` more frames
+        than it asks for by itself: a turn may ride along with another's steps), and it has had new text
+        since the TTS last had nothing to give (it waits for words from the LLM)."""
+        return (not self.ended and self.tts is not None
+                and len(self.pending) < self.engine.ahead_frames + 2 + room
                 and self.text_version != self._starved_at)
+
+    @property
+    def speaking_started(self) -> bool:
+        """Its TTS has given a frame: its steps run the depformer and Mimi (a speaking step)."""
+        return "tts_first_frame" in self.stages
 
     def on_tts_frames(self, frames: list[TtsFrame], text_version: int, waiting: bool = True) -> None:
         """Frames the pump produced, stepping the TTS with the text as of `text_version`; `waiting`: the TTS

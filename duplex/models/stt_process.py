@@ -18,7 +18,6 @@ which the scheduler reports as a failed tick.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import signal
 import threading
 import time
@@ -28,11 +27,10 @@ from multiprocessing.connection import Connection
 
 import torch
 
+from .child_process import ChildModel, ChildModelError
 from .stt import SttBatch, SttStepInput, SttStepOutput
 
 log = logging.getLogger(__name__)
-
-START_TIMEOUT_S = 300.0   # loading real weights from a cold disk can take minutes
 
 
 class SttProcessError(RuntimeError):
@@ -40,84 +38,65 @@ class SttProcessError(RuntimeError):
 
 
 class SttProcess:
-    """`SttBatch`'s step, served by a child process (same slots, same outputs, bit for bit)."""
+    """`SttBatch`'s step, served by a child process (same slots, same outputs, bit for bit).
+
+    `wait=False` only launches the child (the server loads its other models meanwhile); `wait_ready()` then."""
 
     def __init__(self, spec: str, slots: int, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 threads: int | None = None):
-        self.spec, self.slots, self.device, self.dtype = spec, slots, device, dtype
-        self.threads = threads or torch.get_num_threads()
+                 threads: int | None = None, *, wait: bool = True):
+        self.spec, self.slots = spec, slots
         self.restarts = 0
         self._lock = threading.Lock()       # one step at a time (the scheduler has one model thread anyway)
-        self._conn: Connection | None = None
-        self._process: multiprocessing.process.BaseProcess | None = None
-        info = self._start()
-        self.flush_frames: int = info["flush_frames"]
-        self.has_pause: bool = info["has_pause"]
-        self.delay_ms: float = info["delay_ms"]
+        self.child = ChildModel("the speech recogniser's process", serve_stt,
+                                (spec, slots, device, str(dtype), threads or torch.get_num_threads()))
+        self.child.launch()
+        self.flush_frames = self.delay_ms = 0
+        self.has_pause = False
+        if wait:
+            self.wait_ready()
 
-    def _start(self) -> dict:
-        # spawn, not fork: the server has threads (and maybe CUDA) that a forked child must not inherit
-        context = multiprocessing.get_context("spawn")
-        parent, child = context.Pipe()
-        process = context.Process(target=serve_stt, name="duplex-stt",
-                                  args=(child, self.spec, self.slots, self.device, str(self.dtype), self.threads),
-                                  daemon=True)
-        process.start()
-        child.close()                       # the child's end lives in the child only: its exit is our EOF
-        if not parent.poll(START_TIMEOUT_S):
-            process.kill()
-            raise SttProcessError(f"the speech recogniser's process did not load {self.spec} in {START_TIMEOUT_S:.0f} s")
+    def wait_ready(self) -> None:
+        info = self._ready()
+        self.flush_frames, self.has_pause, self.delay_ms = info["flush_frames"], info["has_pause"], info["delay_ms"]
+
+    def _ready(self) -> dict:
         try:
-            kind, payload = parent.recv()
-        except EOFError:
-            process.join(5)
-            raise SttProcessError(f"the speech recogniser's process exited while loading {self.spec} "
-                                  f"(exit code {process.exitcode}); run with --stt-process off to see the error "
-                                  "in this process") from None
+            kind, payload = self.child.ready()
+        except ChildModelError as exc:
+            raise SttProcessError(f"{exc}: {self.spec}; run with --stt-process off to see the error here") from None
         if kind != "ready":
-            process.join(5)
             raise SttProcessError(f"the speech recogniser's process could not load {self.spec}:\n{payload}")
-        self._conn, self._process = parent, process
         return payload
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+        return self.child.pid
 
     @property
     def alive(self) -> bool:
-        return self._process is not None and self._process.is_alive()
+        return self.child.alive
 
     def step(self, batch: SttStepInput) -> SttStepOutput:
         with self._lock:
-            if self._conn is None:
+            if self.child.conn is None:
                 self._restart()
-            assert self._conn is not None
+            conn = self.child.conn
+            assert conn is not None
             try:
-                self._conn.send(batch)
-                kind, payload = self._conn.recv()
+                conn.send(batch)
+                kind, payload = conn.recv()
             except (EOFError, OSError):
-                code = self._lost()
+                code = self.child.lost()
                 raise SttProcessError(f"the speech recogniser's process exited (code {code}); it is restarted at "
                                       "the next step, and every conversation's recogniser starts afresh") from None
         if kind != "ok":
             raise SttProcessError(f"the speech recogniser's step failed in its process:\n{payload}")
         return payload
 
-    def _lost(self) -> int | None:
-        process, self._process = self._process, None
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-        if process is None:
-            return None
-        process.join(5)
-        log.error("the speech recogniser's process (pid %s) exited with code %s", process.pid, process.exitcode)
-        return process.exitcode
-
     def _restart(self) -> None:
         began = time.monotonic()
-        self._start()
+        self.child.launch()
+        self._ready()
         self.restarts += 1
         log.warning("the speech recogniser's process was restarted (pid %s, %.1f s, restart %d); "
                     "every slot starts afresh", self.pid, time.monotonic() - began, self.restarts)
@@ -127,19 +106,7 @@ class SttProcess:
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None:
-                try:
-                    self._conn.send(None)
-                except OSError:
-                    pass
-                self._conn.close()
-                self._conn = None
-            if self._process is not None:
-                self._process.join(10)
-                if self._process.is_alive():
-                    self._process.kill()
-                    self._process.join(5)
-                self._process = None
+            self.child.close(None)
 
 
 def serve_stt(conn: Connection, spec: str, slots: int, device: str, dtype_name: str, threads: int) -> None:

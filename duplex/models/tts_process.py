@@ -20,7 +20,6 @@ import collections
 import contextlib
 import itertools
 import logging
-import multiprocessing
 import signal
 import threading
 import time
@@ -33,11 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .child_process import ChildModel, ChildModelError, context
 from .tts_turn import TtsFrame, word_times_of
 
 log = logging.getLogger(__name__)
 
-START_TIMEOUT_S = 300.0   # loading real weights (and the voices) from a cold disk can take minutes
 POLL_S = 0.002            # how often a waiting produce call looks at its `stop`
 
 
@@ -124,9 +123,9 @@ class TtsProcess:
     """`TtsEngineModel` served by a child process, with the same calls for the cascade (a `SpeechModel`)."""
 
     def __init__(self, spec: str, slots: int, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 voice: str | None = None, threads: int | None = None):
-        self.spec, self.slots, self.device, self.dtype, self.voice = spec, slots, device, dtype, voice
-        self.threads = threads or torch.get_num_threads()
+                 voice: str | None = None, threads: int | None = None, *, wait: bool = True):
+        """`wait=False` only launches the child (the server loads its other models meanwhile); `wait_ready()` then."""
+        self.spec, self.slots = spec, slots
         self.restarts = 0
         self._ids = itertools.count()
         self._send_lock = threading.Lock()     # text and cancels come from the loop, produce from the model thread
@@ -136,43 +135,38 @@ class TtsProcess:
         self._held: set[int] = set()           # turns holding a slot in the child (as far as we know)
         self._turns: weakref.WeakValueDictionary[int, RemoteTtsTurn] = weakref.WeakValueDictionary()
         self._generation = 0                   # which child: turns of an older one are lost
-        self._conn: Connection | None = None
-        self._process: multiprocessing.process.BaseProcess | None = None
-        self._cut = multiprocessing.get_context("spawn").Event()
-        info = self._start()
-        self.default_voice: str = info["default_voice"]
-        self._voices: dict[str, Path] = {name: Path(path) for name, path in info["voices"].items()}
-        self._lookahead: int = info["lookahead_words"]
+        self._conn: Connection | None = None   # the live child's pipe (None while there is none)
+        self._cut = context().Event()
+        self.child = ChildModel("the speech synthesiser's process", serve_tts,
+                                (self._cut, spec, slots, device, str(dtype), voice, threads or torch.get_num_threads()))
+        self.child.launch()
+        self.default_voice = ""
+        self._voices: dict[str, Path] = {}
+        self._lookahead = 0
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        info = self._ready()
+        self.default_voice = info["default_voice"]
+        self._voices = {name: Path(path) for name, path in info["voices"].items()}
+        self._lookahead = info["lookahead_words"]
 
     # ---- the child's life -----------------------------------------------------------------------
 
-    def _start(self) -> dict:
-        context = multiprocessing.get_context("spawn")   # not fork: the server has threads (and maybe CUDA)
-        parent, child = context.Pipe()
-        process = context.Process(target=serve_tts, name="duplex-tts", daemon=True,
-                                  args=(child, self._cut, self.spec, self.slots, self.device, str(self.dtype),
-                                        self.voice, self.threads))
-        process.start()
-        child.close()
-        if not parent.poll(START_TIMEOUT_S):
-            process.kill()
-            raise TtsProcessError(f"the speech synthesiser's process did not load {self.spec} in {START_TIMEOUT_S:.0f} s")
+    def _ready(self) -> dict:
         try:
-            kind, payload = parent.recv()
-        except EOFError:
-            process.join(5)
-            raise TtsProcessError(f"the speech synthesiser's process exited while loading {self.spec} (exit code "
-                                  f"{process.exitcode}); run with --tts-process off to see the error here") from None
+            kind, payload = self.child.ready()
+        except ChildModelError as exc:
+            raise TtsProcessError(f"{exc}: {self.spec}; run with --tts-process off to see the error here") from None
         if kind == "unknown_voice":
             from .tts import UnknownVoice
 
-            process.join(5)
             raise UnknownVoice(payload)
         if kind != "ready":
-            process.join(5)
             raise TtsProcessError(f"the speech synthesiser's process could not load {self.spec}:\n{payload}")
         with self._send_lock:
-            self._conn, self._process = parent, process
+            self._conn = self.child.conn
             self._generation += 1
         return payload
 
@@ -181,8 +175,9 @@ class TtsProcess:
         turns are refused until it is ready."""
         began = time.monotonic()
         try:
-            self._start()
-        except TtsProcessError:
+            self.child.launch()
+            self._ready()
+        except Exception:
             log.exception("the speech synthesiser's process could not be restarted; cascade turns are refused")
             return
         self.restarts += 1
@@ -192,30 +187,24 @@ class TtsProcess:
     def _lost(self) -> int | None:
         """The child is gone: its turns are over, and a new one is started."""
         with self._send_lock:
-            process, self._process = self._process, None
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            self._conn = None
+            code = self.child.lost()
         with self._turns_lock:
             for turn in list(self._turns.values()):
                 turn.lost = True
             self._turns.clear()
             self._held.clear()
-        if process is None:
-            return None
-        process.join(5)
-        log.error("the speech synthesiser's process (pid %s) exited with code %s", process.pid, process.exitcode)
         if not self._closing:
             threading.Thread(target=self._restart, name="tts-restart", daemon=True).start()
-        return process.exitcode
+        return code
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+        return self.child.pid
 
     @property
     def alive(self) -> bool:
-        return self._process is not None and self._process.is_alive()
+        return self.child.alive
 
     def health(self) -> dict:
         return {"process": self.pid, "alive": self.alive, "restarts": self.restarts}
@@ -223,19 +212,8 @@ class TtsProcess:
     def close(self) -> None:
         self._closing = True
         with self._send_lock:
-            if self._conn is not None:
-                try:
-                    self._conn.send(("close",))
-                except OSError:
-                    pass
-                self._conn.close()
-                self._conn = None
-        if self._process is not None:
-            self._process.join(10)
-            if self._process.is_alive():
-                self._process.kill()
-                self._process.join(5)
-            self._process = None
+            self._conn = None
+            self.child.close(("close",))
 
     # ---- what the cascade calls -------------------------------------------------------------------
 

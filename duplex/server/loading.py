@@ -114,33 +114,34 @@ def build_cascade_engine(options: ServeOptions, device: str, dtype: torch.dtype)
     stt_spec, tts_spec = options.stt_spec or preset.stt_spec, options.tts_spec or preset.tts_spec
     llm_spec = options.llm_url or options.llm or preset.llm_spec
     slots = options.cascade_slots
+    stt_own, tts_own = in_own_process(options.stt_process, device), in_own_process(options.tts_process, device)
+    stt: SttModel
+    tts: SpeechModel[tp.Any]
     with tqdm(total=3, desc="cascade models", unit="model", disable=options.quiet_progress) as bar:
-        own_process = in_own_process(options.stt_process, device)
-        bar.set_postfix_str(f"STT {stt_spec}" + (" (own process)" if own_process else ""))
-        stt: SttModel
-        if own_process:
-            try:
-                stt = SttProcess(stt_spec, slots, device, dtype)
-            except SttProcessError as exc:
-                raise StartupError(str(exc)) from None
-        else:
-            stt = SttBatch(resolve_checkpoint(stt_spec), slots, device, dtype)
+        # the children load at the same time as each other and as the LLM here: launched first, awaited last
+        stt_child = SttProcess(stt_spec, slots, device, dtype, wait=False) if stt_own else None
+        tts_child = TtsProcess(tts_spec, slots, device, dtype, voice=options.voice, wait=False) if tts_own else None
+        bar.set_postfix_str(f"LLM {llm_spec}")
+        llm = load_llm(llm_spec, device, model=options.llm_model, token_timeout=options.llm_timeout)
         bar.update()
-        tts_own_process = in_own_process(options.tts_process, device)
-        bar.set_postfix_str(f"TTS {tts_spec}" + (" (own process)" if tts_own_process else ""))
-        tts: SpeechModel[tp.Any]
+        bar.set_postfix_str(f"STT {stt_spec}" + (" (own process)" if stt_own else ""))
         try:
-            if tts_own_process:
-                tts = TtsProcess(tts_spec, slots, device, dtype, voice=options.voice)
+            if stt_child is not None:
+                stt_child.wait_ready()
+                stt = stt_child
+            else:
+                stt = SttBatch(resolve_checkpoint(stt_spec), slots, device, dtype)
+            bar.update()
+            bar.set_postfix_str(f"TTS {tts_spec}" + (" (own process)" if tts_own else ""))
+            if tts_child is not None:
+                tts_child.wait_ready()
+                tts = tts_child
             else:
                 tts = TtsEngineModel(resolve_checkpoint(tts_spec), slots, device, dtype, voice=options.voice)
         except UnknownVoice as exc:
             raise StartupError(f"--voice: {exc}") from None
-        except TtsProcessError as exc:
+        except (SttProcessError, TtsProcessError) as exc:
             raise StartupError(str(exc)) from None
-        bar.update()
-        bar.set_postfix_str(f"LLM {llm_spec}")
-        llm = load_llm(llm_spec, device, model=options.llm_model, token_timeout=options.llm_timeout)
         bar.update()
     lookahead = tts.lookahead_words
     if options.llm_words_ahead < 0 or 0 < options.llm_words_ahead <= lookahead:
