@@ -104,7 +104,7 @@ def test_a_cut_call_returns_before_its_first_frame_and_resumes(there):
     turn.push_text(TEXT + " ")
     turn.end_text()
     calls = 0
-    while not (out := there.produce([turn], frames_each=1, stop=lambda: True))[turn]:
+    while not there.produce([turn], frames_each=1, stop=lambda: True)[turn]:
         calls += 1
     assert calls > 5, "a stop that is always set cuts every call after one step"
     turn.cancel()

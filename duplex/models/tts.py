@@ -138,7 +138,7 @@ class TtsEngineModel:
         return self.machine.second_stream_ahead
 
     def health(self) -> dict:
-        return {"process": None}   # runs on a thread of the server's own process
+        return {"process": None, **self.stats}   # on a thread of the server's own process
 
     def close(self) -> None:
         pass

@@ -127,6 +127,7 @@ class TtsProcess:
         """`wait=False` only launches the child (the server loads its other models meanwhile); `wait_ready()` then."""
         self.spec, self.slots = spec, slots
         self.restarts = 0
+        self.stats: dict[str, int] = {}        # the child's TtsEngineModel.stats as of the last produce call
         self._ids = itertools.count()
         self._send_lock = threading.Lock()     # text and cancels come from the loop, produce from the model thread
         self._turns_lock = threading.Lock()
@@ -151,6 +152,7 @@ class TtsProcess:
         self.default_voice = info["default_voice"]
         self._voices = {name: Path(path) for name, path in info["voices"].items()}
         self._lookahead = info["lookahead_words"]
+        self.stats = info["stats"]
 
     # ---- the child's life -----------------------------------------------------------------------
 
@@ -207,7 +209,7 @@ class TtsProcess:
         return self.child.alive
 
     def health(self) -> dict:
-        return {"process": self.pid, "alive": self.alive, "restarts": self.restarts}
+        return {"process": self.pid, "alive": self.alive, "restarts": self.restarts, **self.stats}
 
     def close(self) -> None:
         self._closing = True
@@ -312,6 +314,7 @@ class TtsProcess:
                                   "a new one") from None
         if kind != "ok":
             raise TtsProcessError(f"the speech synthesiser failed in its process:\n{payload}")
+        payload, self.stats = payload["turns"], payload["stats"]
         by_id = {turn.id: turn for turn in turns}
         for turn_id, state in payload.items():
             turn = by_id[turn_id]
@@ -344,6 +347,7 @@ def serve_tts(conn: Connection, cut: tp.Any, spec: str, slots: int, device: str,
         conn.send(("error", traceback.format_exc()))
         return
     conn.send(("ready", {"default_voice": tts.default_voice, "lookahead_words": tts.lookahead_words,
+                         "stats": dict(tts.stats),
                          "voices": {name: str(tts.voice_path(name)) for name in tts.available_voices()}}))
     _ChildServer(conn, cut, tts).run()
 
@@ -410,7 +414,7 @@ class _ChildServer:
             self.apply(message)
         return bool(self.cut.is_set())
 
-    def produce(self, ids: list[int], frames_each: int) -> dict[int, dict]:
+    def produce(self, ids: list[int], frames_each: int) -> dict:
         turns = [self.turns[i] for i in ids if i in self.turns]
         produced = self.tts.produce(turns, frames_each, stop=self._between_steps) if turns else {}
         reports = {}
@@ -433,7 +437,7 @@ class _ChildServer:
             self.reported[turn_id] = len(transcript)
             if gen.finished:
                 self._drop(turn_id)
-        return reports
+        return {"turns": reports, "stats": dict(self.tts.stats)}
 
     def _drop(self, turn_id: int) -> None:
         self.turns.pop(turn_id, None)
