@@ -24,8 +24,11 @@ def start_server(tmp_dir: Path, *args: str) -> ServerProcess:
 
 @pytest.fixture(scope="session")
 def tiny_server(tmp_path_factory):
-    """The main test server: tiny preset, 16 slots."""
-    server = start_server(tmp_path_factory.mktemp("server"), "--slots", "32")  # > 16: steps compute the active rows only
+    """The main test server: tiny preset, 32 slots. Its STT and TTS run on threads: its tests are about the
+    protocol and the duplex model, and a server start without the model children is ~2.5 s shorter (the
+    cascade's own tests run the default, children on CPU: cascade_server)."""
+    server = start_server(tmp_path_factory.mktemp("server"), "--slots", "32",   # > 16: steps compute the active rows only
+                          "--stt-process", "off", "--tts-process", "off")
     yield server
     server.stop()
 

@@ -145,7 +145,9 @@ def test_a_killed_process_fails_its_call_and_a_new_one_takes_the_next_turns(ther
             assert time.monotonic() < deadline, "no new TTS process within 120 s"
             time.sleep(0.2)
     np.testing.assert_array_equal(again[0][0], speak(here, [TEXT])[0][0])
-    assert there.health() == {"process": there.pid, "alive": True, "restarts": 1} and there.pid != pid
+    health = there.health()
+    assert (health["process"], health["alive"], health["restarts"]) == (there.pid, True, 1) and there.pid != pid
+    assert health["steps"] > 0                                # the new child's step counters
 
 
 def test_a_bad_voice_and_a_bad_checkpoint_are_clear_errors(there, tmp_path):

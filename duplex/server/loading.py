@@ -98,29 +98,46 @@ def load_voices(options: ServeOptions, model: MoshiBatch) -> VoiceLibrary | None
     return voices
 
 
-def build_cascade_engine(options: ServeOptions, device: str, dtype: torch.dtype) -> CascadeEngine:
+def launch_cascade_children(options: ServeOptions, device: str, dtype: torch.dtype) -> tuple[tp.Any, tp.Any]:
+    """The STT's and TTS's child processes (those the options put in their own process), launched without
+    waiting: they load while this process loads the duplex model and the LLM (`build_cascade_engine` waits)."""
+    from ..models.spec import PRESETS
+    from ..models.stt_process import SttProcess
+    from ..models.tts_process import TtsProcess
+
+    if options.no_cascade:
+        return None, None
+    preset = PRESETS[options.preset]
+    stt_spec, tts_spec = options.stt_spec or preset.stt_spec, options.tts_spec or preset.tts_spec
+    slots = options.cascade_slots
+    stt = SttProcess(stt_spec, slots, device, dtype, wait=False) if in_own_process(options.stt_process, device) else None
+    tts = (TtsProcess(tts_spec, slots, device, dtype, voice=options.voice, wait=False)
+           if in_own_process(options.tts_process, device) else None)
+    return stt, tts
+
+
+def build_cascade_engine(options: ServeOptions, device: str, dtype: torch.dtype,
+                         children: tuple[tp.Any, tp.Any] = (None, None)) -> CascadeEngine:
     from tqdm import tqdm
 
     from ..engines.cascade import CascadeEngine
     from ..models.llm import load_llm
     from ..models.spec import PRESETS, resolve_checkpoint
     from ..models.stt import SttBatch, SttModel
-    from ..models.stt_process import SttProcess, SttProcessError
+    from ..models.stt_process import SttProcessError
     from ..models.tts import TtsEngineModel, UnknownVoice
-    from ..models.tts_process import TtsProcess, TtsProcessError
+    from ..models.tts_process import TtsProcessError
     from ..models.tts_turn import SpeechModel
 
     preset = PRESETS[options.preset]
     stt_spec, tts_spec = options.stt_spec or preset.stt_spec, options.tts_spec or preset.tts_spec
     llm_spec = options.llm_url or options.llm or preset.llm_spec
     slots = options.cascade_slots
-    stt_own, tts_own = in_own_process(options.stt_process, device), in_own_process(options.tts_process, device)
+    stt_child, tts_child = children          # launched by launch_cascade_children, or None: load them here
+    stt_own, tts_own = stt_child is not None, tts_child is not None
     stt: SttModel
     tts: SpeechModel[tp.Any]
     with tqdm(total=3, desc="cascade models", unit="model", disable=options.quiet_progress) as bar:
-        # the children load at the same time as each other and as the LLM here: launched first, awaited last
-        stt_child = SttProcess(stt_spec, slots, device, dtype, wait=False) if stt_own else None
-        tts_child = TtsProcess(tts_spec, slots, device, dtype, voice=options.voice, wait=False) if tts_own else None
         bar.set_postfix_str(f"LLM {llm_spec}")
         llm = load_llm(llm_spec, device, model=options.llm_model, token_timeout=options.llm_timeout)
         bar.update()
@@ -215,8 +232,9 @@ def _build_engines(options: ServeOptions) -> dict[str, Engine]:
     from ..engines.duplex import DuplexEngine
 
     engines: dict[str, Engine] = {}
+    children = launch_cascade_children(options, device, dtype)   # they load while the duplex model does
     duplex_model = None if options.no_duplex else load_duplex_model(options, device, dtype)
-    cascade = None if options.no_cascade else build_cascade_engine(options, device, dtype)
+    cascade = None if options.no_cascade else build_cascade_engine(options, device, dtype, children)
     if duplex_model is not None:
         # duplex sessions borrow the cascade's recogniser, when there is one (transcribe_user)
         engines["duplex"] = DuplexEngine(duplex_model, voices=load_voices(options, duplex_model),
