@@ -16,19 +16,38 @@ from duplex.server.process import ServerProcess
 
 
 
+MODEL_PROCESS_FLAGS = ("--stt-process", "--tts-process")
+
+
 def start_server(tmp_dir: Path, *args: str) -> ServerProcess:
-    """A `duplex serve` child on a free loopback port, its log kept in tmp_dir for failures."""
+    """A `duplex serve` child on a free loopback port, its log kept in tmp_dir for failures.
+
+    Its STT and TTS run on threads unless the test asks for `--stt-process` / `--tts-process`: most servers
+    here test the protocol, recordings, the fleet, the duplex model, and a start without the model children
+    is ~2.5 s shorter (~40 starts in the suite). The children, the default on CPU, are tested by
+    cascade_server's tests (tests/test_cascade*.py) and tests/test_{stt,tts}_process.py."""
+    if not any(arg in MODEL_PROCESS_FLAGS for arg in args):
+        args = (*args, "--stt-process", "off", "--tts-process", "off")
     return ServerProcess(*args, log_path=tmp_dir / f"server-{time.monotonic_ns()}.log",
                          log_level=os.environ.get("DUPLEX_TEST_LOG_LEVEL", "info"))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for models built in the test process (as the server's model threads on a small CPU):
+    a second one gains tiny steps nothing, and its spinning makes a shared 2-core machine crawl."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_server(tmp_path_factory):
-    """The main test server: tiny preset, 32 slots. Its STT and TTS run on threads: its tests are about the
-    protocol and the duplex model, and a server start without the model children is ~2.5 s shorter (the
-    cascade's own tests run the default, children on CPU: cascade_server)."""
-    server = start_server(tmp_path_factory.mktemp("server"), "--slots", "32",   # > 16: steps compute the active rows only
-                          "--stt-process", "off", "--tts-process", "off")
+    """The main test server: tiny preset, 32 slots."""
+    server = start_server(tmp_path_factory.mktemp("server"), "--slots", "32")  # > 16: steps compute the active rows only
     yield server
     server.stop()
 
@@ -54,7 +73,8 @@ def llm_standin():
 def cascade_server(tmp_path_factory, llm_standin):
     """Tiny duplex (2 slots) + tiny STT/TTS with the LLM behind a local OpenAI-compatible stand-in."""
     server = start_server(tmp_path_factory.mktemp("cascade"), "--slots", "2", "--cascade-slots", "4",
-                          "--llm-url", llm_standin.url, "--llm-timeout", "2")
+                          "--llm-url", llm_standin.url, "--llm-timeout", "2",
+                          "--stt-process", "auto", "--tts-process", "auto")   # the default: children on CPU
     yield server
     server.stop()
 

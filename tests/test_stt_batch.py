@@ -38,14 +38,17 @@ def checkpoint(stt_dir):
     return spec.checkpoint_from_dir(stt_dir)
 
 
-@pytest.fixture(scope="module")
-def voices(tmp_path_factory):
+def two_utterances(folder) -> tuple[np.ndarray, np.ndarray]:
     """Two different utterances, each followed by a short silence."""
-    folder = tmp_path_factory.mktemp("stt-speech")
     gap = np.zeros(FRAME_SAMPLES * 4, dtype=np.float32)
     a = espeak("Hello there, can you hear me? Tell me about the weather.", folder / "a.wav")
     b = espeak("One two three, coffee or tea, let us go to the park.", folder / "b.wav")
     return np.concatenate([a, gap]), np.concatenate([b, gap])
+
+
+@pytest.fixture(scope="module")
+def voices(tmp_path_factory):
+    return two_utterances(tmp_path_factory.mktemp("stt-speech"))
 
 
 def frames(pcm: np.ndarray) -> list[np.ndarray]:

@@ -10,7 +10,6 @@ import signal
 
 import numpy as np
 import pytest
-import torch
 
 from duplex.audio import FRAME_SAMPLES
 from duplex.models import spec
@@ -18,19 +17,12 @@ from duplex.models.stt import SttBatch, SttStepInput
 from duplex.models.stt_process import SttProcess, SttProcessError
 from duplex.models.tiny.stt import ensure_tiny_stt
 
-from .conftest import espeak
-from .test_stt_batch import frames, run, stream
+from .test_stt_batch import frames, run, stream, two_utterances
 
 SPEC = "tiny:stt"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Both sides step with one intra-op thread, so that they round alike."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # both sides step with one thread: they round alike
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +33,7 @@ def checkpoint():
 
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("stt-process")
-    gap = np.zeros(FRAME_SAMPLES * 4, dtype=np.float32)
-    a = espeak("Hello there, can you hear me? Tell me about the weather.", folder / "a.wav")
-    b = espeak("One two three, coffee or tea.", folder / "b.wav")
-    return np.concatenate([a, gap]), np.concatenate([b, gap])
+    return two_utterances(tmp_path_factory.mktemp("stt-process"))
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from duplex.models.spec import WEIGHTS_DIR, resolve_checkpoint
 from duplex.models.tiny.tts import ensure_tiny_tts
@@ -26,12 +25,7 @@ TEXT = "hello how are you today i am fine thank you"
 OTHER = "let us speak about music books and friends"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # both sides step with one thread: they round alike
 
 
 @pytest.fixture(scope="module")

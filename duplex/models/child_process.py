@@ -112,3 +112,21 @@ class ChildModel:
                 self.process.kill()
                 self.process.join(5)
             self.process = None
+
+
+class ChildBacked:
+    """A model whose work runs in `self.child`: its pid, liveness and `/health` entry."""
+
+    child: ChildModel
+    restarts: int
+
+    @property
+    def pid(self) -> int | None:
+        return self.child.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.child.alive
+
+    def health(self) -> dict:
+        return {"process": self.pid, "alive": self.alive, "restarts": self.restarts}

@@ -27,7 +27,7 @@ from multiprocessing.connection import Connection
 
 import torch
 
-from .child_process import ChildModel, ChildModelError
+from .child_process import ChildBacked, ChildModel, ChildModelError
 from .stt import SttBatch, SttStepInput, SttStepOutput
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class SttProcessError(RuntimeError):
     """The recogniser's process failed a step or is gone."""
 
 
-class SttProcess:
+class SttProcess(ChildBacked):
     """`SttBatch`'s step, served by a child process (same slots, same outputs, bit for bit).
 
     `wait=False` only launches the child (the server loads its other models meanwhile); `wait_ready()` then."""
@@ -68,14 +68,6 @@ class SttProcess:
             raise SttProcessError(f"the speech recogniser's process could not load {self.spec}:\n{payload}")
         return payload
 
-    @property
-    def pid(self) -> int | None:
-        return self.child.pid
-
-    @property
-    def alive(self) -> bool:
-        return self.child.alive
-
     def step(self, batch: SttStepInput) -> SttStepOutput:
         with self._lock:
             if self.child.conn is None:
@@ -100,9 +92,6 @@ class SttProcess:
         self.restarts += 1
         log.warning("the speech recogniser's process was restarted (pid %s, %.1f s, restart %d); "
                     "every slot starts afresh", self.pid, time.monotonic() - began, self.restarts)
-
-    def health(self) -> dict:
-        return {"process": self.pid, "alive": self.alive, "restarts": self.restarts}
 
     def close(self) -> None:
         with self._lock:

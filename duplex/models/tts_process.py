@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .child_process import ChildModel, ChildModelError, context
+from .child_process import ChildBacked, ChildModel, ChildModelError, context
 from .tts_child import serve_tts
 from .tts_turn import TtsFrame, word_times_of
 
@@ -117,7 +117,7 @@ class RemoteTtsTurn:
             self.on_words_taken()
 
 
-class TtsProcess:
+class TtsProcess(ChildBacked):
     """`TtsEngineModel` served by a child process, with the same calls for the cascade (a `SpeechModel`)."""
 
     def __init__(self, spec: str, slots: int, device: str = "cpu", dtype: torch.dtype = torch.float32,
@@ -198,16 +198,8 @@ class TtsProcess:
             threading.Thread(target=self._restart, name="tts-restart", daemon=True).start()
         return code
 
-    @property
-    def pid(self) -> int | None:
-        return self.child.pid
-
-    @property
-    def alive(self) -> bool:
-        return self.child.alive
-
     def health(self) -> dict:
-        return {"process": self.pid, "alive": self.alive, "restarts": self.restarts, **self.stats}
+        return {**super().health(), **self.stats}
 
     def close(self) -> None:
         self._closing = True
