@@ -177,7 +177,7 @@ async def _converse(args: argparse.Namespace, user_pcm: np.ndarray | None, mic: 
             await _wait_text_turn(client, stop_requested)
         mode = _effective_mode(client, args.mode)
         if mode == "duplex":
-            await _quietly(client.wait_audio_frames(len(transfer.sent_at), timeout=5.0))
+            await _wait_answers(client, len(transfer.sent_at))
         elif mode == "cascade" and user_pcm is not None and not stop_requested.is_set():
             await _wait_cascade_reply(client, transfer, stop_requested, args.reply_timeout)
         exit_code = await _stop(client)
@@ -389,6 +389,17 @@ async def _cancel(task: asyncio.Task) -> None:
     await asyncio.wait({task})
     if not task.cancelled():
         task.exception()  # retrieved, so asyncio does not log it as never retrieved
+
+
+async def _wait_answers(client: DuplexClient, n: int, quiet_s: float = 5.0) -> None:
+    """Duplex answers every frame sent with one: waits for them as long as they keep coming (with --fast a
+    loaded server may take longer than any fixed bound to step through them), giving up after `quiet_s`
+    without a new one."""
+    while client.binary_messages < n:
+        have = client.binary_messages
+        await _quietly(client.wait_audio_frames(have + 1, timeout=quiet_s))
+        if client.binary_messages == have:
+            return
 
 
 async def _quietly(awaitable: tp.Awaitable[tp.Any]) -> None:
