@@ -151,8 +151,9 @@ class CascadeEngine(Engine):
             if any(turn.speaking_started for turn, _, _ in wanted):
                 # a speaking step runs anyway: the other speaking turns with room take their next frames
                 # in it, one batched step for all, instead of a step each when their own time comes
+                chosen = {turn for turn, _, _ in wanted}
                 wanted += [(turn, turn.tts, turn.text_version) for turn in list(self.turns)
-                           if turn.speaking_started and turn.tts is not None and all(turn is not w for w, _, _ in wanted)
+                           if turn not in chosen and turn.speaking_started and turn.tts is not None
                            and turn.wants_frames(room=RIDE_ALONG_FRAMES)]
             self._in_flight = {turn for turn, _, _ in wanted}
             self._newcomer.clear()

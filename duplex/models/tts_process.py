@@ -31,7 +31,7 @@ import torch
 
 from .child_process import ChildBacked, ChildModel, ChildModelError, context
 from .tts_child import serve_tts
-from .tts_turn import TtsFrame, word_times_of
+from .tts_turn import TtsFrame, whole_words, word_times_of
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +65,7 @@ class RemoteTtsTurn:
         weakref.finalize(self, model.forget, turn_id, generation)
 
     def push_text(self, text_delta: str) -> None:
-        text = self._partial + text_delta
-        words = text.split()
-        self._partial = words.pop() if words and not text[-1].isspace() else ""
+        words, self._partial = whole_words(self._partial, text_delta)
         if words:
             self._any_word = True
             self._words_sent += len(words)

@@ -162,9 +162,7 @@ class TtsTurn:
         """Adds LLM output as it streams; a word is queued once the whitespace after it arrives."""
         if self._text_ended:
             raise RuntimeError("push_text after end_text")
-        text = self._partial + text_delta
-        words = text.split()
-        self._partial = words.pop() if words and not text[-1].isspace() else ""
+        words, self._partial = whole_words(self._partial, text_delta)
         for word in words:
             self._queue_word(word)
 
@@ -240,3 +238,12 @@ class TtsTurn:
 def word_times_of(transcript: list[tuple[str, int]], emitted: int) -> list[tuple[str, float]]:
     """(word, start_s) from moshi's transcript [(word, step)], for the words whose first frame exists."""
     return [(word, step * FRAME_S) for word, step in transcript if step < emitted]
+
+
+def whole_words(partial: str, text_delta: str) -> tuple[list[str], str]:
+    """The words a streamed delta completes, and the text after its last whitespace (maybe half a word),
+    given the text kept from before (`partial`)."""
+    text = partial + text_delta
+    words = text.split()
+    rest = words.pop() if words and not text[-1].isspace() else ""
+    return words, rest
