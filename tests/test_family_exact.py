@@ -18,6 +18,8 @@ import torch
 from moshi.models import LMGen
 from moshi.run_inference import get_condition_tensors
 
+from duplex.config import MAX_TOP_K
+from duplex.models.grouped_attention import moshis_own
 from duplex.models.inference import inference
 from duplex.models.moshi_batch import MoshiBatch
 from duplex.models.sampling import SamplingSettings
@@ -58,7 +60,7 @@ def reference_at_b1(checkpoint, user: torch.Tensor) -> list[torch.Tensor]:
     conditions = get_condition_tensors(checkpoint.model_type, lm, batch_size=1, cfg_coef=1.0)
     gen = LMGen(lm, use_sampling=False, condition_tensors=conditions)
     out = []
-    with inference(torch.device("cpu")), gen.streaming(1):
+    with inference(torch.device("cpu")), gen.streaming(1), moshis_own():   # moshi's attention, not ours
         for t in range(user.shape[0]):
             tokens = gen.step(user[t][None, :, None])
             if tokens is not None:
@@ -75,7 +77,7 @@ def step(model: MoshiBatch, talking: dict[int, torch.Tensor], rng: torch.Generat
         execute[slot] = True
         codes[slot, :, 0] = frame
     model.gen.force_silence.zero_()
-    model.gen.noise.copy_(model.randomness.draw([s for s in talking if model._samples(s)]))   # as MoshiBatch does
+    model.gen.noise.copy_(model.draw_sampling([s for s in talking if model._samples(s)]))   # as MoshiBatch does
     rows = model.rows_for(execute)
     with inference(model.device):
         if model.active_rows is None or rows == SLOTS:
@@ -94,7 +96,9 @@ def converse(model: MoshiBatch, user: torch.Tensor, busy: bool,
         model.reset_slot(slot)
         model.configure_slot(slot, GREEDY if slot != SLOT else settings)
     for n in NEIGHBOURS + [CHURNER]:      # neighbours sample, each from its own seed
-        model.configure_slot(n, SamplingSettings(temperature=0.9, text_temperature=0.8, seed=n))
+        # wider top-k than ours: a busy step ranks more logits than ours alone does (sample_per_slot `width`)
+        model.configure_slot(n, SamplingSettings(temperature=0.9, text_temperature=0.8, seed=n, top_k=MAX_TOP_K,
+                                                 text_top_k=MAX_TOP_K))
     if busy:   # neighbours mid-conversation before ours starts
         for t in range(3):
             step(model, {n: noise[t] for n in NEIGHBOURS}, rng)

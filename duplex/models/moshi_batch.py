@@ -27,6 +27,7 @@ from .inference import inference
 from .persona import PersonaPrompt, VoiceLibrary, build_prompt, wrap_system_tags
 from .persona_gen import PersonaLMGen
 from .prefill import Prefill, PrefixCache, RowStates
+from . import grouped_attention
 from .sampling import BatchedLMGen, SamplingSettings, SlotRandomness
 from .text_pieces import TextPieces
 
@@ -62,6 +63,8 @@ class MoshiBatch:
         self.checkpoint = checkpoint
         self.mimi = self._load_mimi()
         self.lm = checkpoint.get_moshi(device=self.device, dtype=dtype)
+        if any(getattr(module, "kv_repeat", 1) > 1 for module in self.lm.modules()):
+            grouped_attention.install()   # Hibiki-Zero: no copy of the KV cache per step on CPU
         # The model's own codebooks (8): Moshi's depformer predicts those only (dep_q 8 of n_q 16), PersonaPlex's
         # predicts the user's as well (dep_q == n_q = 16).
         self.persona = self.lm.dep_q == self.lm.n_q
@@ -135,6 +138,7 @@ class MoshiBatch:
         self.gen.slot_top_k_audio[slot] = settings.top_k
         self.gen.slot_top_k_text[slot] = settings.text_top_k
         self.randomness.reseed(slot, settings.seed)
+        self.randomness.set_widths(slot, settings.text_top_k, settings.top_k)
         if self.guidance is not None:
             self.guidance.set_slot(self.gen._streaming_state, slot, settings.cfg_coef, settings.condition)
 
@@ -175,8 +179,8 @@ class MoshiBatch:
         The frame and the per-slot flags go to the device packed in one float tensor (a copy that does not
         wait), and the audio, flags and text ids come back in one: the tick's one host sync on CUDA
         (tests/test_host_syncs.py counts them)."""
-        sampling = [s for s in np.flatnonzero(batch.execute) if self._samples(int(s))]
-        self.gen.noise.copy_(self.randomness.draw([int(s) for s in sampling])[:rows], non_blocking=True)
+        sampling = [int(s) for s in np.flatnonzero(batch.execute) if self._samples(int(s))]
+        self.gen.noise.copy_(self.draw_sampling(sampling)[:rows], non_blocking=True)
         inputs = self._pack_inputs(batch, rows).to(self.device, non_blocking=True)      # [R, F + 3]
         frames = self.frame_samples
         pcm = inputs[:, None, :frames]                                       # [R, 1, F]
@@ -297,7 +301,15 @@ class MoshiBatch:
 
     def draw_noise(self, slot: int) -> None:
         sampling = [slot] if self._samples(slot) else []
-        self.gen.noise[slot].copy_(self.randomness.draw(sampling)[slot])
+        self.gen.noise[slot].copy_(self.draw_sampling(sampling)[slot])
+
+    def draw_sampling(self, sampling: list[int]) -> torch.Tensor:
+        """Before a step: draws the noise of the slots that sample ([B, 1 + dep_q, MAX_TOP_K], each slot as wide
+        as its top-k) and, on CPU, ranks only as many logits as the widest of them asks (CUDA graphs keep
+        fixed shapes). Every step sets both, so no width outlives the step it was set for."""
+        if self.device.type == "cpu":
+            self.gen.width_text, self.gen.width_audio = self.randomness.widest(sampling)
+        return self.randomness.draw(sampling)
 
     def _samples(self, slot: int) -> bool:
         s = self.settings[slot]

@@ -38,20 +38,24 @@ class SamplingSettings:
         return SamplingSettings(**{**self.__dict__, **known})
 
 
-def sample_per_slot(logits: torch.Tensor, temp: torch.Tensor, top_k: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+def sample_per_slot(logits: torch.Tensor, temp: torch.Tensor, top_k: torch.Tensor, noise: torch.Tensor,
+                    width: int | None = None) -> torch.Tensor:
     """logits [B, V], temp [B], top_k [B] long, noise [B, K] Exp(1) draws -> tokens [B].
 
-    Top-k sampling by the exponential race (argmax p/q with q ~ Exp(1) is a categorical draw),
-    with a fixed K so shapes never change; rows with temp == 0 take the plain argmax.
+    Top-k sampling by the exponential race (argmax p/q with q ~ Exp(1) is a categorical draw); rows with
+    temp == 0 take the plain argmax. `width` (<= K): how many of the top logits to rank, at least every
+    sampling row's top-k (None: K, fixed shapes for CUDA graphs). A row's token does not depend on the
+    width: its weights are exp((logit - max) / temp), unnormalised, so a wider ranking only adds entries
+    that its top-k masks out (on CPU, ranking 250 of 2,048 instead of 500 costs two thirds as much).
     """
     logits = logits.float()
     greedy = logits.argmax(dim=-1)
-    k = min(noise.shape[-1], logits.shape[-1])
+    k = min(width if width is not None else noise.shape[-1], noise.shape[-1], logits.shape[-1])
     top_values, top_index = logits.topk(k, dim=-1)                       # [B, k], sorted
-    probs = torch.softmax(top_values / temp.clamp_min(1e-5)[:, None], dim=-1)
+    weights = torch.exp((top_values - top_values[:, :1]) / temp.clamp_min(1e-5)[:, None])
     rank = torch.arange(k, device=logits.device)[None, :]
-    probs = torch.where(rank < top_k[:, None], probs, torch.zeros_like(probs))
-    choice = (probs / noise[:, :k]).argmax(dim=-1, keepdim=True)         # [B, 1]
+    weights = torch.where(rank < top_k[:, None], weights, torch.zeros_like(weights))
+    choice = (weights / noise[:, :k]).argmax(dim=-1, keepdim=True)       # [B, 1]
     sampled = top_index.gather(-1, choice)[:, 0]
     return torch.where(temp > 0, sampled, greedy)
 
@@ -83,6 +87,10 @@ class BatchedLMGen(LMGen):
         self.noise = torch.ones(batch_size, n_streams, MAX_TOP_K, device=device)
         self.silence_codes = silence_codes.to(device=device, dtype=torch.long)   # [agent_q]
         self.agent_q = lm_model.dep_q if agent_q is None else agent_q
+        # How many top logits a step ranks, text and audio (sample_per_slot's `width`): the owner narrows them
+        # to its sampling slots' largest top-k before a CPU step; CUDA graphs keep the full MAX_TOP_K.
+        self.width_text = MAX_TOP_K
+        self.width_audio = MAX_TOP_K
 
     def _init_streaming_state(self, batch_size: int) -> tp.Any:
         state = super()._init_streaming_state(batch_size)
@@ -92,7 +100,8 @@ class BatchedLMGen(LMGen):
 
     def _sample_text(self, text_logits: torch.Tensor) -> None:
         """text_logits [B, 1, 1, V]: rewritten in place so that its argmax is our sampled token."""
-        token = sample_per_slot(text_logits[:, 0, 0], self.slot_temp_text, self.slot_top_k_text, self.noise[:, 0])
+        token = sample_per_slot(text_logits[:, 0, 0], self.slot_temp_text, self.slot_top_k_text, self.noise[:, 0],
+                                self.width_text)
         pad = torch.full_like(token, self.lm_model.text_padding_token_id)
         token = torch.where(self.force_silence, pad, token)
         text_logits.fill_(float("-inf"))
@@ -116,7 +125,8 @@ class BatchedLMGen(LMGen):
                     both = lm_model.forward_depformer(codebook, previous.repeat_interleave(2)[:, None, None],
                                                       transformer_out)                       # [2B, 1, 1, card]
                     logits = guidance.mix(both[0::2], both[1::2])
-                token = sample_per_slot(logits[:, 0, 0], self.slot_temp_audio, self.slot_top_k_audio, self.noise[:, 1 + codebook])
+                token = sample_per_slot(logits[:, 0, 0], self.slot_temp_audio, self.slot_top_k_audio,
+                                        self.noise[:, 1 + codebook], self.width_audio)
                 tokens.append(token)
                 previous = token
         audio = torch.stack(tokens, dim=1)
@@ -128,11 +138,14 @@ class BatchedLMGen(LMGen):
 
 
 class SlotRandomness:
-    """One CPU generator per slot; draws the Exp(1) noise for the slots that sample this step."""
+    """One CPU generator per slot; draws the Exp(1) noise for the slots that sample this step, each slot only as
+    wide as its own top-k (text, audio): the rest of its row is never read (sample_per_slot masks those ranks),
+    and what a slot draws depends only on its own seed and settings."""
 
     def __init__(self, batch_size: int, n_streams: int, width: int = MAX_TOP_K):
         self.generators = [torch.Generator() for _ in range(batch_size)]
         self.noise = torch.ones(batch_size, n_streams, width)
+        self.widths = [(width, width)] * batch_size      # per slot: (text, audio) columns drawn
         for slot in range(batch_size):
             self.reseed(slot, None)
 
@@ -142,7 +155,22 @@ class SlotRandomness:
         else:
             self.generators[slot].manual_seed(seed)
 
+    def set_widths(self, slot: int, text_top_k: int, audio_top_k: int) -> None:
+        """The slot's top-k (clipped to the noise's width): the columns its draws fill from now on."""
+        width = self.noise.shape[-1]
+        self.widths[slot] = (max(1, min(text_top_k, width)), max(1, min(audio_top_k, width)))
+
     def draw(self, sampling_slots: list[int]) -> torch.Tensor:
         for slot in sampling_slots:
-            self.noise[slot].exponential_(1.0, generator=self.generators[slot])
+            text, audio = self.widths[slot]
+            generator = self.generators[slot]
+            self.noise[slot, 0, :text].exponential_(1.0, generator=generator)
+            self.noise[slot, 1:, :audio].exponential_(1.0, generator=generator)
         return self.noise
+
+    def widest(self, sampling_slots: list[int]) -> tuple[int, int]:
+        """The most columns any of these slots ranks (text, audio): sample_per_slot's widths for a step."""
+        if not sampling_slots:
+            return 1, 1
+        return (max(self.widths[slot][0] for slot in sampling_slots),
+                max(self.widths[slot][1] for slot in sampling_slots))

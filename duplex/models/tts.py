@@ -67,6 +67,7 @@ class TtsCapacity(RuntimeError):
 
 
 AUDIO_TOP_K = 250   # LMGen's default audio top-k, what a turn samples with unless it asks for another
+TEXT_TOP_K = 25     # LMGen's default text top-k
 
 
 class TtsEngineModel:
@@ -100,7 +101,7 @@ class TtsEngineModel:
         self.gen.slot_temp_audio.fill_(temp)
         self.gen.slot_temp_text.fill_(temp)
         self.gen.slot_top_k_audio.fill_(AUDIO_TOP_K)   # LMGen's defaults, as TTSModel uses them
-        self.gen.slot_top_k_text.fill_(25)
+        self.gen.slot_top_k_text.fill_(TEXT_TOP_K)
         self.randomness = SlotRandomness(slots, 1 + lm.dep_q)
         self._voice_rows: dict[str, torch.Tensor] = {}
         self.gen.condition_tensors = self._conditions([self._attributes(self.default_voice)] * slots)
@@ -309,6 +310,8 @@ class TtsEngineModel:
         for t in running:
             self._steps[t.slot] = t.gen.steps
         self.gen.noise.copy_(self.randomness.draw(slots), non_blocking=True)
+        if self.device.type == "cpu":   # rank only as many logits as a turn asks (CUDA graphs: fixed shapes)
+            self.gen.width_text, self.gen.width_audio = self.randomness.widest(slots)
         start, rows = self.rows.span(slots)
         self._row_start = start
         self.stats["steps"] += 1
@@ -342,6 +345,7 @@ class TtsEngineModel:
         self.tts.mimi.reset_streaming(mask)
         self.randomness.reseed(gen.slot, gen.seed)
         self.gen.slot_top_k_audio[gen.slot] = gen.top_k if gen.top_k is not None else AUDIO_TOP_K
+        self.randomness.set_widths(gen.slot, TEXT_TOP_K, gen.top_k if gen.top_k is not None else AUDIO_TOP_K)
         if self._slot_voice[gen.slot] != gen.voice:
             self._set_voice(gen.slot, gen.voice)
         gen.fresh = False
