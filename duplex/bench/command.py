@@ -25,7 +25,7 @@ import numpy as np
 from ..audio import read_wav_mono24k
 from ..protocol import CASCADE_STAGES
 from ..server.process import ServerProcess
-from .latency import run_load
+from .latency import FIGURES, run_load
 
 DEFAULT_SCRIPT = ["Hello, how are you today?", "Tell me a long story about the sea, please.",
                   "What is the weather like?", "Thank you, that is all for now."]
@@ -56,8 +56,8 @@ def markdown_table(results: dict) -> str:
     for mode, by_n in results["modes"].items():
         for n, figures in by_n.items():
             for name, d in figures.items():
-                if name == "stages":
-                    continue           # stage_table
+                if name not in FIGURES:
+                    continue           # the stages (stage_table), when conversations began
                 cells = [_ms(d[k]) for k in ("p50", "p90", "p99")]
                 lines.append(f"| {mode} | {n} | {name.removesuffix('_ms')} | {' | '.join(cells)} | {d['n']} |")
     return "\n".join(lines)
@@ -137,6 +137,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--modes", default="duplex,cascade", help="modes to bench, comma-separated")
     p.add_argument("--turns", type=int, default=3, help="user turns per scripted conversation (espeak-ng script)")
     p.add_argument("--wav", nargs="+", help="your own WAV files as the user's turns, instead of espeak-ng speech")
+    p.add_argument("--spread-s", type=float, default=2.0,
+                   help="conversation i of N begins i x SPREAD / N seconds after the first, so that their turns end "
+                        "at different moments, as real users' do; 0 begins them together, every turn ending at once "
+                        "(the worst case)")
     p.add_argument("--log-level", default="warning", help="log verbosity")
     p.set_defaults(func=run)
 
@@ -152,12 +156,14 @@ def run(args: argparse.Namespace) -> int:
             script = make_script(args, Path(tmp))
         results: dict[str, tp.Any] = {"machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs)",
                    "device": args.device or "auto", "models": f"preset {args.preset}" if not args.url else url,
-                   "slots": max(counts), "sessions": counts, "turns": len(script), "modes": {}}
+                   "slots": max(counts), "sessions": counts, "turns": len(script), "spread_s": args.spread_s,
+                   "modes": {}}
         for mode in modes:
             results["modes"][mode] = {}
             for n in counts:
                 print(f"bench: {mode}, {n} conversation(s) ...", file=sys.stderr, flush=True)
-                results["modes"][mode][str(n)] = asyncio.run(run_load(url, mode, n, script, args.token))
+                results["modes"][mode][str(n)] = asyncio.run(run_load(url, mode, n, script, args.token,
+                                                                          args.spread_s))
     finally:
         if server is not None:
             server.stop()

@@ -93,9 +93,13 @@ def turn_stages(client: DuplexClient) -> list[dict[str, float]]:
     return turns
 
 
-async def conversation(url: str, mode: str, script: list[np.ndarray], token: str | None) -> dict[str, list]:
-    """One scripted conversation; returns samples of each figure, and the cascade's per-turn stages."""
+async def conversation(url: str, mode: str, script: list[np.ndarray], token: str | None,
+                       delay_s: float = 0.0) -> dict[str, list]:
+    """One scripted conversation, begun `delay_s` after the call; returns samples of each figure, the cascade's
+    per-turn stages, and when it began (`started`, time.monotonic())."""
     samples: dict[str, list] = {name: [] for name in FIGURES}
+    await asyncio.sleep(delay_s)
+    samples["started"] = [time.monotonic()]
     async with await DuplexClient.connect(url, token=token) as client:
         await client.start(mode=mode, config={"seed": 1})
         status = await client.wait_for("status", timeout=30)
@@ -176,11 +180,22 @@ def stage_figures(turns: list[dict[str, float]]) -> dict:
     return out
 
 
-async def run_load(url: str, mode: str, sessions: int, script: list[np.ndarray], token: str | None) -> dict:
-    results = await asyncio.gather(*(conversation(url, mode, script, token) for _ in range(sessions)))
+def start_delays(sessions: int, spread_s: float) -> list[float]:
+    """When each of `sessions` conversations begins (s after the first): evenly over `spread_s`, so that their
+    turns end at different moments, as real users' do; 0 starts them together (every turn ends at once:
+    the STT flushes, LLM prefills and TTS starts of all of them collide, the worst case)."""
+    return [i * spread_s / sessions for i in range(sessions)]
+
+
+async def run_load(url: str, mode: str, sessions: int, script: list[np.ndarray], token: str | None,
+                   spread_s: float = 0.0) -> dict:
+    results = await asyncio.gather(*(conversation(url, mode, script, token, delay)
+                                     for delay in start_delays(sessions, spread_s)))
     merged = {name: [v for r in results for v in r[name]] for name in FIGURES}
     figures: dict[str, dict] = {name: distribution(values) for name, values in merged.items()
                                 if mode == "duplex" or name != "frame_turnaround_ms"}
     if mode == "cascade":
         figures["stages"] = stage_figures([turn for r in results for turn in r["stages"]])
+    first = min(r["started"][0] for r in results)
+    figures["started_s"] = sorted(round(r["started"][0] - first, 3) for r in results)
     return figures
