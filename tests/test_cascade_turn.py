@@ -160,3 +160,40 @@ async def test_truncate_shortens_or_removes_a_finished_reply():
     sent = len(out)
     turn.truncate(0.0)                               # again: nothing left to cut, nothing emitted
     assert len(out) == sent and len(history) == 2
+
+
+async def test_the_pump_makes_first_frames_first_and_shares_speaking_steps():
+    """`cascade.turns_to_step`: while a turn makes its first frame, speaking turns with frames in hand wait and
+    one about to run out joins; a speaking step that runs takes along the speaking turns with room."""
+    from duplex.engines.cascade import LOW_ON_AUDIO_FRAMES, RIDE_ALONG_FRAMES, turns_to_step
+
+    turns = [start(FakeLLM(["one "], hold=True))[0] for _ in range(4)]
+    await asyncio.sleep(0.01)                      # each holds its TTS turn
+    starting, in_hand, low, full = turns
+    for turn in (in_hand, low, full):
+        turn.stages["tts_first_frame"] = 0.0       # these have spoken
+    ahead = FakeEngine.ahead_frames
+
+    def pending(turn: AssistantTurn, n: int) -> None:
+        turn.pending.clear()
+        turn.pending.extend(frames(n))
+
+    pending(in_hand, LOW_ON_AUDIO_FRAMES + 1)      # wants frames (under ahead + 2), has some
+    pending(low, LOW_ON_AUDIO_FRAMES)
+    pending(full, ahead + 2)                       # wants none of its own, has room to ride along
+    assert in_hand.wants_frames() and low.wants_frames() and not full.wants_frames()
+    assert full.wants_frames(room=RIDE_ALONG_FRAMES)
+    assert turns_to_step([starting, in_hand]) == [starting]              # the first frame alone
+    assert turns_to_step([starting, in_hand, full]) == [starting]
+    # one about to run out joins; its speaking step then takes the others along
+    assert turns_to_step([starting, in_hand, low, full]) == [starting, low, in_hand, full]
+    # nobody starting: every speaking turn that wants frames, and the ones with room ride along
+    assert turns_to_step([in_hand, full]) == [in_hand, full]
+    pending(full, ahead + 2 + RIDE_ALONG_FRAMES)
+    assert turns_to_step([in_hand, full]) == [in_hand]
+    starting.on_tts_frames([], starting.text_version)   # starved: waits for words, not chosen
+    assert turns_to_step([starting, in_hand]) == [in_hand]
+    for turn in turns:
+        turn.cancel()
+    await asyncio.gather(*(turn.task for turn in turns), return_exceptions=True)
+    assert turns_to_step(turns) == []

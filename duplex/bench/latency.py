@@ -192,7 +192,7 @@ async def run_load(url: str, mode: str, sessions: int, script: list[np.ndarray],
     results = await asyncio.gather(*(conversation(url, mode, script, token, delay)
                                      for delay in start_delays(sessions, spread_s)))
     merged = {name: [v for r in results for v in r[name]] for name in FIGURES}
-    figures: dict[str, dict] = {name: distribution(values) for name, values in merged.items()
+    figures: dict[str, tp.Any] = {name: distribution(values) for name, values in merged.items()
                                 if mode == "duplex" or name != "frame_turnaround_ms"}
     if mode == "cascade":
         figures["stages"] = stage_figures([turn for r in results for turn in r["stages"]])

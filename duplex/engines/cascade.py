@@ -43,6 +43,9 @@ LLM_WORDS_AHEAD = 4
 # A speaking turn with room for this many frames beyond its own threshold takes them in another turn's
 # speaking step: one batched step costs about what one turn's costs (docs/cascade.md, "Speaking steps shared").
 RIDE_ALONG_FRAMES = 2
+# While a turn makes its first frame, a speaking turn with more than this many frames in hand waits (docs/cascade.md,
+# "First frames first"): with `ahead_frames` more already at the client, that is over 300 ms of audio to play.
+LOW_ON_AUDIO_FRAMES = 1
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,7 @@ class CascadeEngine(Engine):
         self.turns: set[AssistantTurn] = set()   # every turn whose task is not over yet (ended ones unwinding)
         self._wakeup = asyncio.Event()           # a turn may want frames: new words, a frame played, a new turn
         self._in_flight: set[AssistantTurn] = set()   # the turns of the pump call running on the TTS thread
+        self._first_frames_in_flight = False          # that call makes a first frame: speaking turns in hand wait
         self._newcomer = threading.Event()       # another turn wants frames: that call stops after its step
         self._pump_task: asyncio.Task | None = None
 
@@ -121,8 +125,15 @@ class CascadeEngine(Engine):
 
     def wake(self) -> None:
         self._wakeup.set()
-        if self._in_flight and any(turn not in self._in_flight and turn.wants_frames() for turn in self.turns):
+        if self._in_flight and any(self._joins_now(turn) for turn in self.turns):
             self._newcomer.set()   # the running pump call ends after its current step, and the turn joins
+
+    def _joins_now(self, turn: AssistantTurn) -> bool:
+        """Whether `turn` should cut the running pump call short to join the next one: it wants frames, and
+        the call is not making a first frame that it can wait for (it is starting too, or about to run out)."""
+        if turn in self._in_flight or not turn.wants_frames():
+            return False
+        return not self._first_frames_in_flight or not turn.speaking_started or _low_on_audio(turn)
 
     def keep(self, turn: AssistantTurn) -> None:
         """Holds `turn` until its task is over (the pump serves it meanwhile); a turn whose task failed
@@ -142,20 +153,13 @@ class CascadeEngine(Engine):
         loop = asyncio.get_running_loop()
         while True:
             self._wakeup.clear()
-            # wants_frames() is only true once the turn holds its TTS slot
-            wanted = [(turn, turn.tts, turn.text_version) for turn in list(self.turns)
-                      if turn.wants_frames() and turn.tts is not None]
+            wanted = [(turn, turn.tts, turn.text_version) for turn in turns_to_step(list(self.turns))
+                      if turn.tts is not None]   # (always: turns_to_step takes turns holding a TTS slot)
             if not wanted:
                 await self._wakeup.wait()
                 continue
-            if any(turn.speaking_started for turn, _, _ in wanted):
-                # a speaking step runs anyway: the other speaking turns with room take their next frames
-                # in it, one batched step for all, instead of a step each when their own time comes
-                chosen = {turn for turn, _, _ in wanted}
-                wanted += [(turn, turn.tts, turn.text_version) for turn in list(self.turns)
-                           if turn not in chosen and turn.speaking_started and turn.tts is not None
-                           and turn.wants_frames(room=RIDE_ALONG_FRAMES)]
             self._in_flight = {turn for turn, _, _ in wanted}
+            self._first_frames_in_flight = not all(turn.speaking_started for turn in self._in_flight)
             self._newcomer.clear()
             try:
                 produced = await loop.run_in_executor(self.tts_worker, _produce_frames, self.tts,
@@ -170,6 +174,26 @@ class CascadeEngine(Engine):
                 self._in_flight = set()
             for (turn, tts, version), frames in zip(wanted, produced, strict=True):
                 turn.on_tts_frames(frames, version, waiting=tts.waits_for_text)
+
+
+def turns_to_step(turns: list[AssistantTurn]) -> list[AssistantTurn]:
+    """The turns the pump's next call steps, of the engine's `turns`: those that want frames (once they hold
+    a TTS slot). First frames first: a starting turn's steps until its first frame are cheap (no depformer, no
+    Mimi) and a speaking step costs several of them, so while one starts, speaking turns with frames in hand
+    wait and only those about to run out join. A speaking step that runs anyway takes along the other speaking
+    turns with room: one batched step for all, instead of a step each when their own time comes."""
+    wanted = [turn for turn in turns if turn.tts is not None and turn.wants_frames()]
+    if not all(turn.speaking_started for turn in wanted):
+        wanted = [turn for turn in wanted if not turn.speaking_started or _low_on_audio(turn)]
+    if any(turn.speaking_started for turn in wanted):
+        chosen = set(wanted)
+        wanted += [turn for turn in turns if turn not in chosen and turn.speaking_started and turn.tts is not None
+                   and turn.wants_frames(room=RIDE_ALONG_FRAMES)]
+    return wanted
+
+
+def _low_on_audio(turn: AssistantTurn) -> bool:
+    return len(turn.pending) <= LOW_ON_AUDIO_FRAMES
 
 
 def _produce_frames(tts: SpeechModel[tp.Any], turns: list[SpeechTurn], stop: tp.Callable[[], bool]) -> list[list[TtsFrame]]:
