@@ -37,6 +37,9 @@ def test_bench_writes_results_plot_and_table(cascade_server, tmp_path):
     assert "stages" not in duplex and list(cascade["stages"]) == list(CASCADE_STAGES)
     spoken = cascade["stages"]["stt_final"]["from_end_of_turn"]["n"]
     assert 2 <= spoken <= 6
+    gaps = cascade["audio_gaps"]                      # every turn that spoke said how its audio played out
+    assert gaps["turns"] == spoken and gaps["gaps"] >= 0 and gaps["gap_ms"] >= 0.0, gaps
+    assert f"N = 2: {gaps['gaps']} in {spoken} turns" in result.stdout
     previous = 0.0
     for stage in CASCADE_STAGES:
         at, step = cascade["stages"][stage]["from_end_of_turn"], cascade["stages"][stage]["step"]

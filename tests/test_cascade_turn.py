@@ -93,8 +93,26 @@ async def test_a_turn_that_ends_by_itself_keeps_the_whole_reply():
     assert out[-1] == AssistantTurnDone(interrupted=False, usage=TokenUsage())   # (a fake LLM counts nothing)
     assert not out[-2].interrupted and list(out[-2].stages) == ["llm_first_token_ms", "tts_first_words_ms",
                                                                  "tts_first_frame_ms", "tts_first_audio_ms"]
+    assert out[-2].playout == {"audio_gaps": 0, "audio_gap_ms": 0.0}   # all three frames were there in time
     assert history[-1] == ChatMessage("assistant", "hello there friend")
     assert turn.ended and not turn.wants_frames()
+
+
+async def test_a_turn_counts_the_gaps_in_its_audio():
+    """Frames that come after the client's audio ran out (sent 3 ahead of real time, 80 ms each) make a gap:
+    counted, with how long the client had nothing, in the turn's `AssistantTurnEnded.playout`."""
+    turn, engine, out, history = start(FakeLLM(["hello ", "there"]))
+    await asyncio.sleep(0.01)
+    turn.on_tts_frames(frames(2), turn.text_version)          # 160 ms of audio, sent at once
+    await asyncio.sleep(0.4)                                   # the client ran out at 160 ms
+    turn.on_tts_frames(frames(2), turn.text_version)
+    await asyncio.sleep(0.01)
+    engine.turn.finished = True
+    turn.on_tts_frames([], turn.text_version)
+    await asyncio.wait_for(turn.task, 2)
+    ended = next(f for f in out if isinstance(f, AssistantTurnEnded))
+    assert ended.playout is not None and ended.playout["audio_gaps"] == 1
+    assert ended.playout["audio_gap_ms"] >= 200.0, ended.playout   # 400 ms waited - 160 ms of audio, at least
 
 
 async def test_cancel_keeps_the_heard_words_and_awaits_both_tasks():
@@ -104,7 +122,8 @@ async def test_cancel_keeps_the_heard_words_and_awaits_both_tasks():
     await asyncio.sleep(0.01)
     llm_task = turn._llm
     turn.cancel(barge_in=True)
-    assert out[-2] == AssistantTurnEnded(interrupted=True, barge_in=True, stages=out[-2].stages, usage=TokenUsage())
+    assert out[-2] == AssistantTurnEnded(interrupted=True, barge_in=True, stages=out[-2].stages, usage=TokenUsage(),
+                                         playout={"audio_gaps": 0, "audio_gap_ms": 0.0})
     assert out[-1] == AssistantTurnDone(interrupted=True, usage=TokenUsage())
     assert history[-1] == ChatMessage("assistant", "one two")     # two frames played
     assert engine.turn.cancelled and not turn.pending
@@ -139,7 +158,8 @@ async def test_truncate_cuts_a_playing_turn_at_the_time_heard():
     await asyncio.sleep(0.01)                        # three frames played: "one two three"
     turn.truncate(0.08)                              # but the client played only the first 80 ms
     assert history[-1] == ChatMessage("assistant", "one")
-    assert out[-2] == AssistantTurnEnded(interrupted=True, barge_in=False, stages=out[-2].stages, usage=TokenUsage())
+    assert out[-2] == AssistantTurnEnded(interrupted=True, barge_in=False, stages=out[-2].stages, usage=TokenUsage(),
+                                         playout={"audio_gaps": 0, "audio_gap_ms": 0.0})
     assert out[-1] == AssistantTurnDone(interrupted=True, usage=TokenUsage())
     await asyncio.gather(turn.task, return_exceptions=True)
 

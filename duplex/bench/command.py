@@ -68,12 +68,19 @@ def stage_table(results: dict) -> str:
     time each one took after the one before it (`step`); empty when no cascade turn reported stages."""
     lines = ["| sessions | stage | p50 ms | p90 ms | p99 ms | step p50 ms | step p90 ms | n |",
              "|---|---|---|---|---|---|---|---|"]
+    gaps = []
     for n, figures in results["modes"].get("cascade", {}).items():
         for stage, d in figures.get("stages", {}).items():
             at, step = d["from_end_of_turn"], d["step"]
             cells = [_ms(at[k]) for k in ("p50", "p90", "p99")] + [_ms(step[k]) for k in ("p50", "p90")]
             lines.append(f"| {n} | {stage} | {' | '.join(cells)} | {at['n']} |")
-    return "\n".join(lines) if len(lines) > 2 else ""
+        if "audio_gaps" in figures:
+            g = figures["audio_gaps"]
+            gaps.append(f"N = {n}: {g['gaps']} in {g['turns']} turns ({g['gap_ms']:.0f} ms)")
+    if len(lines) == 2:
+        return ""
+    return "\n".join(lines) + ("\n\naudio gaps (the assistant's audio ran out at the client mid-turn): " + "; ".join(gaps)
+                              if gaps else "")
 
 
 def plot(results: dict, path: Path) -> None:

@@ -140,6 +140,8 @@ async def conversation(url: str, mode: str, script: list[np.ndarray], token: str
         await client.stop()
         await client.wait_for("stop_acknowledged", timeout=10)
         samples["stages"] = turn_stages(client)
+        samples["gaps"] = [(e.data.get("audio_gaps", 0), e.data.get("audio_gap_ms", 0.0))
+                           for e in client.events_of("metrics") if "audio_gaps" in e.data]
     return samples
 
 
@@ -196,6 +198,9 @@ async def run_load(url: str, mode: str, sessions: int, script: list[np.ndarray],
                                 if mode == "duplex" or name != "frame_turnaround_ms"}
     if mode == "cascade":
         figures["stages"] = stage_figures([turn for r in results for turn in r["stages"]])
+        gaps = [gap for r in results for gap in r["gaps"]]
+        figures["audio_gaps"] = {"turns": len(gaps), "gaps": sum(n for n, _ in gaps),
+                                 "gap_ms": round(sum(ms for _, ms in gaps), 1)}
     first = min(r["started"][0] for r in results)
     figures["started_s"] = sorted(round(r["started"][0] - first, 3) for r in results)
     return figures

@@ -56,6 +56,9 @@ class AssistantTurnEnded:
     barge_in: bool = False     # cut by the user's speech (the session announces it with tts_stop)
     stages: dict | None = None  # per-stage times for `metrics` (cascade: `<stage>_ms` of protocol.CASCADE_STAGES)
     usage: TokenUsage | None = None   # cascade: the LLM's tokens for this answer, all its LLM calls summed
+    # cascade: {"audio_gaps": n, "audio_gap_ms": ms}: how often the client's audio ran out mid-turn (the TTS fell
+    # behind, or the turn waited for a tool's result), and for how long in all
+    playout: dict | None = None
 
 
 @dataclass

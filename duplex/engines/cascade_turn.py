@@ -97,6 +97,8 @@ class AssistantTurn:
         self.reply = ""                    # the LLM's text so far
         self.pending: collections.deque[TtsFrame] = collections.deque()   # produced, not yet played
         self.played = 0                    # frames sent to the sink (80 ms each)
+        self.audio_gaps = 0                # times the client's audio ran out after the first frame
+        self.audio_gap_s = 0.0             # ... and how long it had none, in all
         self.speaking = False              # AssistantTurnStarted was sent
         self.reply_entry: ChatMessage | None = None   # what this turn added to the history, if anything
         self.ended = False                 # finished or cancelled: nothing more reaches the sink
@@ -230,8 +232,11 @@ class AssistantTurn:
         while not self.ended:
             if self.pending:
                 if started is None or time.monotonic() > started + self.played * FRAME_S:
-                    # the first frame, or the client's audio ran out (the turn waited for a tool call):
-                    # pace from now, so that no burst of catching-up frames runs ahead of real time
+                    # the first frame, or the client's audio ran out (the TTS fell behind, or the turn waited for
+                    # a tool call): pace from now, so that no burst of catching-up frames runs ahead of real time
+                    if started is not None:
+                        self.audio_gaps += 1
+                        self.audio_gap_s += time.monotonic() - (started + self.played * FRAME_S)
                     started = time.monotonic() - self.played * FRAME_S
                 delay = started + (self.played - ahead) * FRAME_S - time.monotonic()
                 if delay > 0:
@@ -296,7 +301,7 @@ class AssistantTurn:
             self.history.append(self.reply_entry)
         self._release()
         if self.speaking:
-            self.sink(AssistantTurnEnded(stages=self.stage_ms(), usage=self.usage_so_far()))
+            self.sink(AssistantTurnEnded(stages=self.stage_ms(), usage=self.usage_so_far(), playout=self.playout()))
         self.sink(AssistantTurnDone(tool_calls=self.ended_at, usage=self.usage_so_far()))
 
     def cancel(self, barge_in: bool = False, heard_s: float | None = None) -> None:
@@ -323,7 +328,7 @@ class AssistantTurn:
         self._release()
         if self.speaking:
             self.sink(AssistantTurnEnded(interrupted=True, barge_in=barge_in, stages=self.stage_ms(),
-                                         usage=self.usage_so_far()))
+                                         usage=self.usage_so_far(), playout=self.playout()))
         self.sink(AssistantTurnDone(interrupted=True, usage=self.usage_so_far()))
 
     def truncate(self, heard_s: float) -> None:
@@ -360,6 +365,10 @@ class AssistantTurn:
         if start is None:
             return {}
         return {f"{name}_ms": round((t - start) * 1000.0, 1) for name, t in self.stages.items() if name != "user_end"}
+
+    def playout(self) -> dict:
+        """For `metrics`: the gaps in the turn's audio at the client (`AssistantTurnEnded.playout`)."""
+        return {"audio_gaps": self.audio_gaps, "audio_gap_ms": round(self.audio_gap_s * 1000.0, 1)}
 
     def usage_so_far(self) -> TokenUsage:
         """A copy of the turn's token counts (a cut response's own call adds its counts after the cut, if at all)."""

@@ -317,7 +317,7 @@ class Session:
             if frame.barge_in:
                 self._cut_queued_audio(conv, "barge_in")
                 self.send("tts_stop")
-            self._turn_ended(conv, frame.interrupted, frame.stages or {}, frame.usage)
+            self._turn_ended(conv, frame.interrupted, {**(frame.stages or {}), **(frame.playout or {})}, frame.usage)
         elif isinstance(frame, UserTranscript):
             kind = "final_transcript" if frame.end_ms is not None else "partial_transcript"
             extra = {"end_ms": frame.end_ms} if frame.end_ms is not None else {}
