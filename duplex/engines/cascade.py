@@ -72,7 +72,6 @@ class CascadeEngine(Engine):
         self.turns: set[AssistantTurn] = set()   # every turn whose task is not over yet (ended ones unwinding)
         self._wakeup = asyncio.Event()           # a turn may want frames: new words, a frame played, a new turn
         self._in_flight: set[AssistantTurn] = set()   # the turns of the pump call running on the TTS thread
-        self._first_frames_in_flight = False          # that call makes a first frame: speaking turns in hand wait
         self._newcomer = threading.Event()       # another turn wants frames: that call stops after its step
         self._pump_task: asyncio.Task | None = None
 
@@ -133,7 +132,9 @@ class CascadeEngine(Engine):
         the call is not making a first frame that it can wait for (it is starting too, or about to run out)."""
         if turn in self._in_flight or not turn.wants_frames():
             return False
-        return not self._first_frames_in_flight or not turn.speaking_started or _low_on_audio(turn)
+        # the call makes a first frame (an in-flight turn's first frame is recorded only once the call is over)
+        first_frames = not all(other.speaking_started for other in self._in_flight)
+        return not first_frames or not turn.speaking_started or _low_on_audio(turn)
 
     def keep(self, turn: AssistantTurn) -> None:
         """Holds `turn` until its task is over (the pump serves it meanwhile); a turn whose task failed
@@ -159,7 +160,6 @@ class CascadeEngine(Engine):
                 await self._wakeup.wait()
                 continue
             self._in_flight = {turn for turn, _, _ in wanted}
-            self._first_frames_in_flight = not all(turn.speaking_started for turn in self._in_flight)
             self._newcomer.clear()
             try:
                 produced = await loop.run_in_executor(self.tts_worker, _produce_frames, self.tts,

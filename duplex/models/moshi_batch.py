@@ -307,8 +307,7 @@ class MoshiBatch:
         """Before a step: draws the noise of the slots that sample ([B, 1 + dep_q, MAX_TOP_K], each slot as wide
         as its top-k) and, on CPU, ranks only as many logits as the widest of them asks (CUDA graphs keep
         fixed shapes). Every step sets both, so no width outlives the step it was set for."""
-        if self.device.type == "cpu":
-            self.gen.width_text, self.gen.width_audio = self.randomness.widest(sampling)
+        self.gen.rank_for(self.randomness, sampling)
         return self.randomness.draw(sampling)
 
     def _samples(self, slot: int) -> bool:

@@ -87,8 +87,8 @@ class BatchedLMGen(LMGen):
         self.noise = torch.ones(batch_size, n_streams, MAX_TOP_K, device=device)
         self.silence_codes = silence_codes.to(device=device, dtype=torch.long)   # [agent_q]
         self.agent_q = lm_model.dep_q if agent_q is None else agent_q
-        # How many top logits a step ranks, text and audio (sample_per_slot's `width`): the owner narrows them
-        # to its sampling slots' largest top-k before a CPU step; CUDA graphs keep the full MAX_TOP_K.
+        # How many top logits a step ranks, text and audio (sample_per_slot's `width`): `rank_for` narrows them
+        # before each step on CPU; CUDA graphs keep the full MAX_TOP_K.
         self.width_text = MAX_TOP_K
         self.width_audio = MAX_TOP_K
 
@@ -97,6 +97,12 @@ class BatchedLMGen(LMGen):
         if self.guidance is not None and self.guidance.doubled:
             self.guidance.install(state)
         return state
+
+    def rank_for(self, randomness: "SlotRandomness", sampling_slots: list[int]) -> None:
+        """Before a step: on CPU, rank only as many logits as the widest top-k among the slots that sample
+        (CUDA graphs were captured with fixed shapes: there the widths stay MAX_TOP_K)."""
+        if self.lm_model.device.type == "cpu":
+            self.width_text, self.width_audio = randomness.widest(sampling_slots)
 
     def _sample_text(self, text_logits: torch.Tensor) -> None:
         """text_logits [B, 1, 1, V]: rewritten in place so that its argmax is our sampled token."""

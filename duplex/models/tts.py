@@ -310,8 +310,7 @@ class TtsEngineModel:
         for t in running:
             self._steps[t.slot] = t.gen.steps
         self.gen.noise.copy_(self.randomness.draw(slots), non_blocking=True)
-        if self.device.type == "cpu":   # rank only as many logits as a turn asks (CUDA graphs: fixed shapes)
-            self.gen.width_text, self.gen.width_audio = self.randomness.widest(slots)
+        self.gen.rank_for(self.randomness, slots)
         start, rows = self.rows.span(slots)
         self._row_start = start
         self.stats["steps"] += 1
@@ -344,8 +343,9 @@ class TtsEngineModel:
         self.gen.reset_streaming(mask)
         self.tts.mimi.reset_streaming(mask)
         self.randomness.reseed(gen.slot, gen.seed)
-        self.gen.slot_top_k_audio[gen.slot] = gen.top_k if gen.top_k is not None else AUDIO_TOP_K
-        self.randomness.set_widths(gen.slot, TEXT_TOP_K, gen.top_k if gen.top_k is not None else AUDIO_TOP_K)
+        top_k = gen.top_k if gen.top_k is not None else AUDIO_TOP_K
+        self.gen.slot_top_k_audio[gen.slot] = top_k
+        self.randomness.set_widths(gen.slot, TEXT_TOP_K, top_k)
         if self._slot_voice[gen.slot] != gen.voice:
             self._set_voice(gen.slot, gen.voice)
         gen.fresh = False

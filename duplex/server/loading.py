@@ -98,17 +98,24 @@ def load_voices(options: ServeOptions, model: MoshiBatch) -> VoiceLibrary | None
     return voices
 
 
+def cascade_specs(options: ServeOptions) -> tuple[str, str, str]:
+    """The cascade's STT, TTS and LLM: each the options' own, else the preset's."""
+    from ..models.spec import PRESETS
+
+    preset = PRESETS[options.preset]
+    return (options.stt_spec or preset.stt_spec, options.tts_spec or preset.tts_spec,
+            options.llm_url or options.llm or preset.llm_spec)
+
+
 def launch_cascade_children(options: ServeOptions, device: str, dtype: torch.dtype) -> tuple[tp.Any, tp.Any]:
     """The STT's and TTS's child processes (those the options put in their own process), launched without
     waiting: they load while this process loads the duplex model and the LLM (`build_cascade_engine` waits)."""
-    from ..models.spec import PRESETS
     from ..models.stt_process import SttProcess
     from ..models.tts_process import TtsProcess
 
     if options.no_cascade:
         return None, None
-    preset = PRESETS[options.preset]
-    stt_spec, tts_spec = options.stt_spec or preset.stt_spec, options.tts_spec or preset.tts_spec
+    stt_spec, tts_spec, _ = cascade_specs(options)
     slots = options.cascade_slots
     stt = SttProcess(stt_spec, slots, device, dtype, wait=False) if in_own_process(options.stt_process, device) else None
     tts = (TtsProcess(tts_spec, slots, device, dtype, voice=options.voice, wait=False)
@@ -122,16 +129,14 @@ def build_cascade_engine(options: ServeOptions, device: str, dtype: torch.dtype,
 
     from ..engines.cascade import CascadeEngine
     from ..models.llm import load_llm
-    from ..models.spec import PRESETS, resolve_checkpoint
+    from ..models.spec import resolve_checkpoint
     from ..models.stt import SttBatch, SttModel
     from ..models.stt_process import SttProcessError
     from ..models.tts import TtsEngineModel, UnknownVoice
     from ..models.tts_process import TtsProcessError
     from ..models.tts_turn import SpeechModel
 
-    preset = PRESETS[options.preset]
-    stt_spec, tts_spec = options.stt_spec or preset.stt_spec, options.tts_spec or preset.tts_spec
-    llm_spec = options.llm_url or options.llm or preset.llm_spec
+    stt_spec, tts_spec, llm_spec = cascade_specs(options)
     slots = options.cascade_slots
     stt_child, tts_child = children          # launched by launch_cascade_children, or None: load them here
     stt_own, tts_own = stt_child is not None, tts_child is not None
@@ -259,9 +264,8 @@ def model_specs(options: ServeOptions) -> dict[str, str]:
     if not options.no_duplex:
         specs["duplex"] = options.moshi_spec or preset.duplex_spec
     if not options.no_cascade:
-        specs["stt"] = options.stt_spec or preset.stt_spec
-        specs["tts"] = options.tts_spec or preset.tts_spec
-        specs["llm"] = without_credentials(options.llm_url) if options.llm_url else options.llm or preset.llm_spec
+        specs["stt"], specs["tts"], llm = cascade_specs(options)
+        specs["llm"] = without_credentials(llm) if options.llm_url else llm
         if options.llm_url:
             specs["llm_model"] = options.llm_model or ""
     return specs
